@@ -1,1 +1,16 @@
+//! keybroker: a self-hosted BYOK key broker. See `ARCHITECTURE.md` for the map.
 
+pub mod accounts;
+pub mod audit;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod keys;
+pub mod routes;
+pub mod startup;
+pub mod telemetry;
+pub mod vault;
+pub mod vault_store;

@@ -1,0 +1,82 @@
+//! Accounts: rows keyed by the peppered hash of the owner's email, the email kept only as a
+//! vault blob so the service can write to it.
+
+pub mod email;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::vault::Vault;
+use crate::vault_store::email_binding;
+pub use email::{Email, EmailError, EmailHasher};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("an account with this email exists")]
+    Exists,
+    #[error(transparent)]
+    Db(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Vault(#[from] crate::vault::VaultError),
+}
+
+/// What sign-in needs to know about an account.
+#[derive(Debug, Clone)]
+pub struct AccountRow {
+    pub id: i64,
+    pub password_hash: Option<String>,
+}
+
+/// Creates an account. The email blob is bound to the new row's id, so the row is inserted first
+/// and sealed second, inside one transaction.
+pub fn create(
+    conn: &mut Connection,
+    vault: &Vault,
+    hasher: &EmailHasher,
+    email: &Email,
+    password_hash: Option<&str>,
+    now: i64,
+) -> Result<i64, AccountError> {
+    let tx = conn.transaction()?;
+    let inserted = tx.execute(
+        "INSERT INTO accounts (email_hash, email_blob, master_key_id, password_hash, created_at)
+         VALUES (?1, x'', ?2, ?3, ?4) ON CONFLICT (email_hash) DO NOTHING",
+        params![
+            hasher.hash(email).as_slice(),
+            vault.keyring().active_id().as_str(),
+            password_hash,
+            now
+        ],
+    )?;
+    if inserted == 0 {
+        return Err(AccountError::Exists);
+    }
+    let id = tx.last_insert_rowid();
+    let blob = vault.seal(email.as_str().as_bytes(), &email_binding(id))?;
+    tx.execute("UPDATE accounts SET email_blob = ?1 WHERE id = ?2", params![blob, id])?;
+    tx.commit()?;
+    Ok(id)
+}
+
+pub fn find_by_email(conn: &Connection, hasher: &EmailHasher, email: &Email) -> rusqlite::Result<Option<AccountRow>> {
+    conn.query_row(
+        "SELECT id, password_hash FROM accounts WHERE email_hash = ?1",
+        [hasher.hash(email).as_slice()],
+        |r| {
+            Ok(AccountRow {
+                id: r.get(0)?,
+                password_hash: r.get(1)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// The account's email, decrypted (for sending mail and showing the signed-in user).
+pub fn email_of(conn: &Connection, vault: &Vault, account_id: i64) -> Result<Option<String>, AccountError> {
+    let blob: Option<Vec<u8>> = conn
+        .query_row("SELECT email_blob FROM accounts WHERE id = ?1", [account_id], |r| r.get(0))
+        .optional()?;
+    let Some(blob) = blob else { return Ok(None) };
+    let plain = vault.open(&blob, &email_binding(account_id))?;
+    Ok(plain.expose_str().map(str::to_owned))
+}

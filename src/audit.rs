@@ -1,0 +1,329 @@
+//! The audit log: an append-only record of security-relevant events, hash-chained per account so
+//! that an edited, removed or reordered entry is detected by [`verify`].
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// The chain that holds events with no known account (e.g. a failed login for an unknown email).
+pub const NO_ACCOUNT_CHAIN: i64 = 0;
+const GENESIS: [u8; 32] = [0u8; 32];
+
+/// Who did it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    User,
+    Token(String),
+    System,
+    Anonymous,
+}
+
+impl Actor {
+    pub fn encode(&self) -> String {
+        match self {
+            Actor::User => "user".into(),
+            Actor::Token(id) => format!("token:{id}"),
+            Actor::System => "system".into(),
+            Actor::Anonymous => "anonymous".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+    Denied,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Denied => "denied",
+        }
+    }
+}
+
+/// One event to append. Never put a secret in any field.
+#[derive(Debug, Clone)]
+pub struct Event<'a> {
+    pub account_id: Option<i64>,
+    pub actor: Actor,
+    pub action: &'a str,
+    pub resource: &'a str,
+    pub request_id: &'a str,
+    pub client_addr: &'a str,
+    pub outcome: Outcome,
+    pub at: i64,
+}
+
+/// A stored entry, as the API and exports show it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Entry {
+    pub id: i64,
+    pub seq: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub resource: String,
+    pub request_id: String,
+    pub client_addr: String,
+    pub outcome: String,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn entry_hash(
+    chain: i64,
+    seq: i64,
+    at: i64,
+    actor: &str,
+    action: &str,
+    resource: &str,
+    request_id: &str,
+    client_addr: &str,
+    outcome: &str,
+    prev: &[u8],
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"keybroker-audit-v1");
+    h.update(chain.to_be_bytes());
+    h.update(seq.to_be_bytes());
+    h.update(at.to_be_bytes());
+    for field in [actor, action, resource, request_id, client_addr, outcome] {
+        h.update((field.len() as u64).to_be_bytes());
+        h.update(field.as_bytes());
+    }
+    h.update(prev);
+    h.finalize().into()
+}
+
+/// Appends an event to its account's chain. Call it inside the same write transaction as the
+/// change it records, so the record and the change commit together.
+pub fn append(conn: &Connection, event: &Event<'_>) -> rusqlite::Result<()> {
+    let chain = event.account_id.unwrap_or(NO_ACCOUNT_CHAIN);
+    let last: Option<(i64, Vec<u8>)> = conn
+        .query_row(
+            "SELECT seq, hash FROM audit_log WHERE chain = ?1 ORDER BY seq DESC LIMIT 1",
+            [chain],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (seq, prev) = match last {
+        Some((seq, hash)) => (seq + 1, hash),
+        None => (1, GENESIS.to_vec()),
+    };
+    let actor = event.actor.encode();
+    let outcome = event.outcome.as_str();
+    let hash = entry_hash(
+        chain,
+        seq,
+        event.at,
+        &actor,
+        event.action,
+        event.resource,
+        event.request_id,
+        event.client_addr,
+        outcome,
+        &prev,
+    );
+    conn.execute(
+        "INSERT INTO audit_log (chain, seq, at, actor, action, resource, request_id, client_addr, outcome, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            chain,
+            seq,
+            event.at,
+            actor,
+            event.action,
+            event.resource,
+            event.request_id,
+            event.client_addr,
+            outcome,
+            prev,
+            hash.as_slice()
+        ],
+    )?;
+    Ok(())
+}
+
+/// The first place a chain does not hold together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BrokenLink {
+    pub chain: i64,
+    pub seq: i64,
+    pub row_id: i64,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    pub chains: u64,
+    pub entries: u64,
+    pub first_broken: Option<BrokenLink>,
+}
+
+/// Walks every chain from its start and reports the first broken link.
+pub fn verify(conn: &Connection) -> rusqlite::Result<VerifyReport> {
+    let mut stmt = conn.prepare(
+        "SELECT id, chain, seq, at, actor, action, resource, request_id, client_addr, outcome, prev_hash, hash
+         FROM audit_log ORDER BY chain, seq",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut report = VerifyReport {
+        chains: 0,
+        entries: 0,
+        first_broken: None,
+    };
+    let mut current: Option<(i64, i64, Vec<u8>)> = None; // chain, last seq, last hash
+    while let Some(r) = rows.next()? {
+        let (id, chain, seq): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        let prev_hash: Vec<u8> = r.get(10)?;
+        let hash: Vec<u8> = r.get(11)?;
+        report.entries += 1;
+        let (expected_seq, expected_prev) = match &current {
+            Some((c, s, h)) if *c == chain => (s + 1, h.clone()),
+            _ => {
+                report.chains += 1;
+                (1, GENESIS.to_vec())
+            }
+        };
+        let broken = |reason| BrokenLink {
+            chain,
+            seq,
+            row_id: id,
+            reason,
+        };
+        let computed = entry_hash(
+            chain,
+            seq,
+            r.get(3)?,
+            &r.get::<_, String>(4)?,
+            &r.get::<_, String>(5)?,
+            &r.get::<_, String>(6)?,
+            &r.get::<_, String>(7)?,
+            &r.get::<_, String>(8)?,
+            &r.get::<_, String>(9)?,
+            &prev_hash,
+        );
+        let problem = if seq != expected_seq {
+            Some("an entry is missing or out of order")
+        } else if prev_hash != expected_prev {
+            Some("prev_hash does not match the previous entry")
+        } else if hash != computed {
+            Some("entry contents do not match its hash")
+        } else {
+            None
+        };
+        if let Some(reason) = problem {
+            if report.first_broken.is_none() {
+                report.first_broken = Some(broken(reason));
+            }
+        }
+        current = Some((chain, seq, hash));
+    }
+    Ok(report)
+}
+
+/// Filters for listing one account's entries, newest first, with cursor pagination.
+#[derive(Debug, Clone, Default)]
+pub struct Query<'a> {
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub action: Option<&'a str>,
+    /// Only entries with `id` below this (the cursor of the previous page).
+    pub before_id: Option<i64>,
+    pub limit: u32,
+}
+
+pub fn list(conn: &Connection, account_id: i64, q: &Query<'_>) -> rusqlite::Result<Vec<Entry>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, seq, at, actor, action, resource, request_id, client_addr, outcome FROM audit_log
+         WHERE chain = ?1
+           AND (?2 IS NULL OR at >= ?2) AND (?3 IS NULL OR at < ?3)
+           AND (?4 IS NULL OR action = ?4) AND (?5 IS NULL OR id < ?5)
+         ORDER BY id DESC LIMIT ?6",
+    )?;
+    let rows = stmt.query_map(
+        params![account_id, q.since, q.until, q.action, q.before_id, q.limit],
+        |r| {
+            Ok(Entry {
+                id: r.get(0)?,
+                seq: r.get(1)?,
+                at: r.get(2)?,
+                actor: r.get(3)?,
+                action: r.get(4)?,
+                resource: r.get(5)?,
+                request_id: r.get(6)?,
+                client_addr: r.get(7)?,
+                outcome: r.get(8)?,
+            })
+        },
+    )?;
+    rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(include_str!("../migrations/0001_init.sql")).unwrap();
+        conn
+    }
+
+    fn event(account: Option<i64>, action: &str) -> Event<'_> {
+        Event {
+            account_id: account,
+            actor: Actor::User,
+            action,
+            resource: "key_1",
+            request_id: "req",
+            client_addr: "127.0.0.1",
+            outcome: Outcome::Success,
+            at: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn appended_chains_verify() {
+        let conn = db();
+        for a in ["login", "key.add", "key.reveal"] {
+            append(&conn, &event(Some(1), a)).unwrap();
+            append(&conn, &event(Some(2), a)).unwrap();
+        }
+        append(&conn, &event(None, "login")).unwrap();
+        let report = verify(&conn).unwrap();
+        assert_eq!(report.chains, 3);
+        assert_eq!(report.entries, 7);
+        assert_eq!(report.first_broken, None);
+    }
+
+    #[test]
+    fn an_edited_entry_is_the_first_broken_link() {
+        let conn = db();
+        for a in ["login", "key.add", "key.reveal"] {
+            append(&conn, &event(Some(1), a)).unwrap();
+        }
+        assert!(conn.execute("UPDATE audit_log SET action = 'x' WHERE seq = 2", []).is_err());
+        conn.execute_batch("DROP TRIGGER audit_log_no_update; UPDATE audit_log SET action = 'login' WHERE seq = 2;")
+            .unwrap();
+        let broken = verify(&conn).unwrap().first_broken.unwrap();
+        assert_eq!((broken.chain, broken.seq), (1, 2));
+        assert_eq!(broken.reason, "entry contents do not match its hash");
+    }
+
+    #[test]
+    fn a_removed_entry_is_detected() {
+        let conn = db();
+        for a in ["login", "key.add", "key.reveal"] {
+            append(&conn, &event(Some(1), a)).unwrap();
+        }
+        conn.execute_batch("DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq = 2;")
+            .unwrap();
+        let broken = verify(&conn).unwrap().first_broken.unwrap();
+        assert_eq!(broken.seq, 3);
+    }
+}

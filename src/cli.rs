@@ -1,0 +1,164 @@
+//! The command line: `serve`, `rewrap`, `master-key generate|retire`. Each command's result goes
+//! to stdout; diagnostics go through the redacting logger; a failure is one line and a non-zero
+//! exit status.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Missing, Settings};
+use crate::startup::{self, Application};
+use crate::telemetry::{self, LogFormat};
+use crate::vault_store;
+
+#[derive(Debug, Parser)]
+#[command(name = "keybroker", version, about = "Self-hosted BYOK key broker", propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP server.
+    Serve(ServeArgs),
+    /// Re-encrypt every stored value under the active master key (resumable; safe beside a running server).
+    Rewrap(RewrapArgs),
+    /// Master key utilities.
+    #[command(subcommand)]
+    MasterKey(MasterKeyCommand),
+}
+
+#[derive(Debug, Args)]
+struct DataDir {
+    /// Directory holding the database, logs and (for development only) generated secrets.
+    #[arg(long, env = "KEYBROKER_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "KEYBROKER_BIND", default_value = "127.0.0.1:8080")]
+    bind: SocketAddr,
+    #[command(flatten)]
+    data: DataDir,
+    /// Log line format.
+    #[arg(long, env = "KEYBROKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Worker threads (default: one per CPU core).
+    #[arg(long, env = "KEYBROKER_WORKERS")]
+    workers: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct RewrapArgs {
+    #[command(flatten)]
+    data: DataDir,
+    /// Rows re-encrypted per transaction.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch_size: u32,
+}
+
+#[derive(Debug, Subcommand)]
+enum MasterKeyCommand {
+    /// Print a fresh random master key (base64 of 32 bytes).
+    Generate,
+    /// Check that no stored value still uses a master key id, so it can be removed from KEYBROKER_MASTER_KEYS.
+    Retire {
+        /// The master key id to retire.
+        id: String,
+        #[command(flatten)]
+        data: DataDir,
+    },
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Rewrap(args) => {
+            telemetry::init_cli();
+            rewrap(args)
+        }
+        Command::MasterKey(MasterKeyCommand::Generate) => {
+            println!("{}", crate::vault::generate_master_key_b64().as_str());
+            Ok(())
+        }
+        Command::MasterKey(MasterKeyCommand::Retire { id, data }) => {
+            telemetry::init_cli();
+            retire(&id, data)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let line = format!("error: {e}");
+            eprintln!("{}", telemetry::redactor().redact(&line));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // The logs directory lives in the data dir; create it before logging starts so a bad data
+    // dir is reported as such, not as a logging failure.
+    crate::config::prepare_data_dir(&args.data.data_dir)?;
+    let _guard = telemetry::init(args.log_format, Some(&args.data.data_dir))?;
+    let mut settings = Settings::new(args.bind, args.data.data_dir);
+    settings.workers = args.workers;
+    actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(settings).await?;
+        app.run_until_stopped().await?;
+        tracing::info!("keybroker stopped");
+        Ok(())
+    })
+}
+
+fn offline_settings(data: DataDir) -> Settings {
+    let mut settings = Settings::new(SocketAddr::from(([127, 0, 0, 1], 0)), data.data_dir);
+    settings.missing_secrets = Missing::Refuse;
+    settings
+}
+
+fn rewrap(args: RewrapArgs) -> anyhow::Result<()> {
+    let settings = offline_settings(args.data);
+    runtime()?.block_on(async move {
+        let (db, vault, _) = startup::open_storage(&settings).await?;
+        let batch = args.batch_size;
+        let report = tokio::task::spawn_blocking(move || {
+            db.write_blocking(|conn| vault_store::rewrap_all(conn, &vault, batch))
+        })
+        .await??;
+        for (table, n) in &report.rewrapped {
+            println!("rewrapped {n} value(s) in {table}");
+        }
+        println!(
+            "total: {} rewrapped, {} failed, {} changed concurrently (run again to pick them up)",
+            report.total_rewrapped(),
+            report.total_failed(),
+            report.skipped
+        );
+        if report.total_failed() > 0 {
+            anyhow::bail!("{} value(s) did not decrypt and were left unchanged", report.total_failed());
+        }
+        Ok(())
+    })
+}
+
+fn retire(id: &str, data: DataDir) -> anyhow::Result<()> {
+    let settings = offline_settings(data);
+    runtime()?.block_on(async move {
+        let db = crate::db::Db::open(&settings.database_path())?;
+        db.read_blocking(|conn| vault_store::check_retirable(conn, id))?;
+        println!("no stored value uses master key {id:?}; it can be removed from KEYBROKER_MASTER_KEYS");
+        Ok(())
+    })
+}

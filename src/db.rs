@@ -1,0 +1,180 @@
+//! SQLite storage: one writer connection and a few readers on one WAL-mode database file, with
+//! schema migrations applied at start-up. Every query runs on a blocking thread, never on an async
+//! worker.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use rusqlite_migration::{Migrations, M};
+
+/// The schema, one numbered file per change. Never edit a file once it has shipped: add a new one.
+static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
+    Migrations::new(vec![M::up(include_str!("../migrations/0001_init.sql"))])
+});
+
+/// How many schema versions this binary knows.
+pub fn schema_version() -> usize {
+    MIGRATIONS_COUNT
+}
+const MIGRATIONS_COUNT: usize = 1;
+
+const READERS: usize = 4;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database migration failed: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    #[error("the database at {path} has schema version {found}, newer than this binary's {known}; run a newer keybroker (nothing was changed)")]
+    TooNew {
+        path: String,
+        found: i64,
+        known: usize,
+    },
+    #[error("database task was cancelled")]
+    Cancelled,
+}
+
+struct Inner {
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+    path: PathBuf,
+}
+
+/// A handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("path", &self.inner.path).finish()
+    }
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // FULL: each commit is fsynced. Writes that matter for money go through a batching writer,
+    // so this costs one fsync per batch, and a committed key or settled spend survives power loss.
+    conn.execute_batch(
+        "PRAGMA foreign_keys = ON;
+         PRAGMA synchronous = FULL;",
+    )?;
+    Ok(())
+}
+
+impl Db {
+    /// Opens (creating if needed) the database file, switches it to WAL, and migrates it.
+    /// A database whose schema is newer than this binary is refused untouched.
+    pub fn open(path: &Path) -> Result<Self, DbError> {
+        let mut writer = Connection::open(path)?;
+        configure(&writer)?;
+        let found: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if found > MIGRATIONS_COUNT as i64 {
+            return Err(DbError::TooNew {
+                path: path.display().to_string(),
+                found,
+                known: MIGRATIONS_COUNT,
+            });
+        }
+        let mode: String = writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(DbError::Sqlite(rusqlite::Error::InvalidParameterName(format!(
+                "journal_mode is {mode}, expected wal"
+            ))));
+        }
+        MIGRATIONS.to_latest(&mut writer)?;
+
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let conn = Connection::open(path)?;
+            configure(&conn)?;
+            conn.pragma_update(None, "query_only", true)?;
+            readers.push(Mutex::new(conn));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(writer),
+                readers,
+                next_reader: AtomicUsize::new(0),
+                path: path.to_path_buf(),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` on the writer connection, on a blocking thread.
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || db.write_blocking(f))
+            .await
+            .map_err(|_| E::from(DbError::Cancelled))?
+    }
+
+    /// Runs `f` on a read-only connection, on a blocking thread.
+    pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || db.read_blocking(f))
+            .await
+            .map_err(|_| E::from(DbError::Cancelled))?
+    }
+
+    /// The writer, from a thread that may block (CLI commands, the batching writer).
+    pub fn write_blocking<T, E>(&self, f: impl FnOnce(&mut Connection) -> Result<T, E>) -> Result<T, E> {
+        // A panic while holding the lock leaves an ordinary connection behind (any open
+        // transaction was rolled back when it dropped), so poisoning is not a reason to stop.
+        let mut conn = self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut conn)
+    }
+
+    /// A reader, from a thread that may block.
+    pub fn read_blocking<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E> {
+        let readers = &self.inner.readers;
+        let start = self.inner.next_reader.fetch_add(1, Ordering::Relaxed);
+        for i in 0..readers.len() {
+            if let Some(slot) = readers.get((start + i) % readers.len()) {
+                if let Ok(conn) = slot.try_lock() {
+                    return f(&conn);
+                }
+            }
+        }
+        match readers.get(start % readers.len().max(1)) {
+            Some(slot) => f(&slot.lock().unwrap_or_else(PoisonError::into_inner)),
+            None => f(&self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_count_matches_the_list() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        MIGRATIONS.to_latest(&mut conn).unwrap();
+        let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v, MIGRATIONS_COUNT as i64);
+        MIGRATIONS.validate().unwrap();
+    }
+}

@@ -1,0 +1,139 @@
+//! Builds the application from typed settings: data directory, secrets, database, vault checks,
+//! the HTTP server. `main` and every test start the server through [`Application::build`], so
+//! they run the same code; the bound port is reported, so tests can bind port 0.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::middleware::{from_fn, DefaultHeaders};
+use actix_web::{web, App, HttpServer};
+
+use crate::accounts::EmailHasher;
+use crate::clock::SharedClock;
+use crate::config::{self, ConfigError, Secrets, ServerSecret, ServerSecrets, Settings};
+use crate::db::{Db, DbError};
+use crate::error::extractors;
+use crate::http::{access_log, request_id};
+use crate::routes;
+use crate::vault::Vault;
+use crate::vault_store::{self, StoreError};
+
+/// Largest JSON body the API accepts. Keys and labels are small; anything bigger is a mistake.
+pub const API_JSON_LIMIT: usize = 64 * 1024;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub db: Db,
+    pub vault: Arc<Vault>,
+    pub emails: EmailHasher,
+    pub session_secret: ServerSecret,
+    pub fingerprint_secret: ServerSecret,
+    pub clock: SharedClock,
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("start-up task failed: {0}")]
+    Task(String),
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+}
+
+/// Opens the database and checks it against the vault: the canary must decrypt (wrong master
+/// key → refuse) and every master key id in use must be configured.
+pub async fn open_storage(settings: &Settings) -> Result<(Db, Arc<Vault>, ServerSecrets), StartError> {
+    config::prepare_data_dir(&settings.data_dir)?;
+    let Secrets { keyring, server, .. } =
+        Secrets::resolve(&settings.secrets, &settings.data_dir, settings.missing_secrets)?;
+    let vault = Arc::new(Vault::new(keyring));
+    let path = settings.database_path();
+    let db = tokio::task::spawn_blocking(move || Db::open(&path))
+        .await
+        .map_err(|e| StartError::Task(e.to_string()))??;
+    let v = vault.clone();
+    db.write(move |conn| -> Result<(), StoreError> {
+        vault_store::check_or_create_canary(conn, &v)?;
+        vault_store::check_key_ids_present(conn, &v)
+    })
+    .await?;
+    Ok((db, vault, server))
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        let (db, vault, secrets) = open_storage(&settings).await?;
+        let state = web::Data::new(AppState {
+            db,
+            vault,
+            emails: EmailHasher::new(secrets.email_pepper),
+            session_secret: secrets.session_secret,
+            fingerprint_secret: secrets.fingerprint_secret,
+            clock: settings.clock.clone(),
+            public_url: settings.public_url.clone(),
+        });
+
+        let bind_err = |source| StartError::Bind {
+            addr: settings.bind.to_string(),
+            source,
+        };
+        let listener = TcpListener::bind(settings.bind).map_err(bind_err)?;
+        let port = listener.local_addr().map_err(bind_err)?.port();
+        let app_state = state.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .app_data(extractors::json_config(API_JSON_LIMIT))
+                .app_data(extractors::path_config())
+                .app_data(extractors::query_config())
+                .wrap(
+                    DefaultHeaders::new()
+                        .add(("X-Content-Type-Options", "nosniff"))
+                        .add(("X-Frame-Options", "DENY"))
+                        .add(("Referrer-Policy", "strict-origin")),
+                )
+                .wrap(from_fn(access_log::middleware))
+                .wrap(from_fn(request_id::middleware))
+                .configure(routes::configure)
+                .default_service(web::to(routes::not_found))
+        })
+        .listen(listener)
+        .map_err(bind_err)?
+        .shutdown_timeout(30);
+        if let Some(workers) = settings.workers {
+            server = server.workers(workers.max(1));
+        }
+        tracing::info!(port, data_dir = %settings.data_dir.display(), "keybroker listening");
+        Ok(Self {
+            port,
+            server: server.run(),
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until SIGINT/SIGTERM, then drains in-flight requests (up to 30 s).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

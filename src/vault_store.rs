@@ -1,0 +1,238 @@
+//! Where the vault meets the database: the start-up canary, which master key ids rows are sealed
+//! with, and `rewrap`, which moves every row to the active master key.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use crate::db::DbError;
+use crate::vault::{Binding, Purpose, Vault, VaultError};
+
+const CANARY_PLAINTEXT: &[u8] = b"keybroker vault canary v1";
+const CANARY_BINDING: Binding<'static> = Binding {
+    purpose: Purpose::Canary,
+    account_id: 0,
+    provider: "",
+    row_id: "canary",
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("the master key does not match this database: the vault canary failed to decrypt ({0}). Refusing to start rather than serve garbage; check KEYBROKER_MASTER_KEY(S)")]
+    CanaryFailed(VaultError),
+    #[error("{count} stored value(s) are sealed with master key id {id:?}, which is not configured. Keep it in KEYBROKER_MASTER_KEYS until `keybroker rewrap` has moved them")]
+    MissingKeyId { id: String, count: u64 },
+    #[error("{count} stored value(s) still use master key id {id:?}; run `keybroker rewrap` before retiring it")]
+    StillInUse { id: String, count: u64 },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Db(DbError::from(e))
+    }
+}
+
+/// Writes the canary on a fresh database; on an existing one, decrypts it. A wrong master key
+/// makes this fail, so the service refuses to start.
+pub fn check_or_create_canary(conn: &Connection, vault: &Vault) -> Result<(), StoreError> {
+    let blob: Option<Vec<u8>> = conn
+        .query_row("SELECT blob FROM vault_canary WHERE id = 1", [], |r| r.get(0))
+        .optional()?;
+    match blob {
+        Some(blob) => {
+            let plain = vault.open(&blob, &CANARY_BINDING).map_err(StoreError::CanaryFailed)?;
+            if plain.expose() != CANARY_PLAINTEXT {
+                return Err(StoreError::CanaryFailed(VaultError::Unauthentic));
+            }
+            Ok(())
+        }
+        None => {
+            let blob = vault
+                .seal(CANARY_PLAINTEXT, &CANARY_BINDING)
+                .map_err(StoreError::CanaryFailed)?;
+            conn.execute(
+                "INSERT INTO vault_canary (id, master_key_id, blob) VALUES (1, ?1, ?2)",
+                params![vault.keyring().active_id().as_str(), blob],
+            )?;
+            Ok(())
+        }
+    }
+}
+
+/// Decrypts the canary (for `/readyz` and `keybroker check`).
+pub fn canary_ok(conn: &Connection, vault: &Vault) -> bool {
+    let blob: Option<Vec<u8>> = conn
+        .query_row("SELECT blob FROM vault_canary WHERE id = 1", [], |r| r.get(0))
+        .optional()
+        .ok()
+        .flatten();
+    blob.and_then(|b| vault.open(&b, &CANARY_BINDING).ok())
+        .is_some_and(|p| p.expose() == CANARY_PLAINTEXT)
+}
+
+/// Every table that holds vault blobs, with the SQL to read and update them.
+struct BlobTable {
+    name: &'static str,
+    /// Selects `(rowid key as text, account_id, provider, blob)` of rows not under `?1`, after `?2`.
+    select: &'static str,
+    update: &'static str,
+    purpose: Purpose,
+}
+
+const TABLES: &[BlobTable] = &[
+    BlobTable {
+        name: "vault_canary",
+        select: "SELECT 'canary', 0, '', blob FROM vault_canary WHERE master_key_id != ?1 AND 'canary' > ?2 LIMIT ?3",
+        update: "UPDATE vault_canary SET blob = ?1, master_key_id = ?2 WHERE id = 1 AND blob = ?3",
+        purpose: Purpose::Canary,
+    },
+    BlobTable {
+        name: "accounts",
+        select: "SELECT printf('%020d', id), id, '', email_blob FROM accounts
+                 WHERE master_key_id != ?1 AND printf('%020d', id) > ?2 ORDER BY id LIMIT ?3",
+        update: "UPDATE accounts SET email_blob = ?1, master_key_id = ?2 WHERE printf('%020d', id) = ?4 AND email_blob = ?3",
+        purpose: Purpose::AccountEmail,
+    },
+    BlobTable {
+        name: "provider_keys",
+        select: "SELECT id, account_id, provider, blob FROM provider_keys
+                 WHERE master_key_id != ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        update: "UPDATE provider_keys SET blob = ?1, master_key_id = ?2 WHERE id = ?4 AND blob = ?3",
+        purpose: Purpose::ProviderKey,
+    },
+];
+
+/// The binding a row of `table` was sealed with.
+fn binding<'a>(purpose: Purpose, row_id: &'a str, account_id: i64, provider: &'a str) -> Binding<'a> {
+    match purpose {
+        Purpose::Canary => CANARY_BINDING,
+        Purpose::AccountEmail => Binding {
+            purpose,
+            account_id,
+            provider: "",
+            row_id: "email",
+        },
+        Purpose::ProviderKey => Binding {
+            purpose,
+            account_id,
+            provider,
+            row_id,
+        },
+    }
+}
+
+/// The binding for an account's email blob.
+pub fn email_binding(account_id: i64) -> Binding<'static> {
+    Binding {
+        purpose: Purpose::AccountEmail,
+        account_id,
+        provider: "",
+        row_id: "email",
+    }
+}
+
+/// How many stored values each master key id seals.
+pub fn key_id_usage(conn: &Connection) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT master_key_id, SUM(n) FROM (
+            SELECT master_key_id, COUNT(*) AS n FROM vault_canary GROUP BY master_key_id
+            UNION ALL SELECT master_key_id, COUNT(*) FROM accounts GROUP BY master_key_id
+            UNION ALL SELECT master_key_id, COUNT(*) FROM provider_keys GROUP BY master_key_id
+         ) GROUP BY master_key_id ORDER BY master_key_id",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Refuses to run when rows are sealed under a master key id the keyring does not have.
+pub fn check_key_ids_present(conn: &Connection, vault: &Vault) -> Result<(), StoreError> {
+    for (id, count) in key_id_usage(conn)? {
+        let known = crate::vault::MasterKeyId::parse(&id).is_ok_and(|id| vault.keyring().contains(&id));
+        if !known {
+            return Err(StoreError::MissingKeyId { id, count });
+        }
+    }
+    Ok(())
+}
+
+/// Succeeds only when no stored value uses `id`, so it can be removed from the keyring.
+pub fn check_retirable(conn: &Connection, id: &str) -> Result<(), StoreError> {
+    let count = key_id_usage(conn)?
+        .into_iter()
+        .find(|(k, _)| k == id)
+        .map_or(0, |(_, n)| n);
+    if count > 0 {
+        return Err(StoreError::StillInUse { id: id.to_owned(), count });
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct RewrapReport {
+    /// Values re-encrypted under the active key, per table.
+    pub rewrapped: Vec<(String, u64)>,
+    /// Values that did not decrypt (left as they were), per table.
+    pub failed: Vec<(String, u64)>,
+    /// Values that changed while we worked on them; a later run picks them up.
+    pub skipped: u64,
+}
+
+impl RewrapReport {
+    pub fn total_rewrapped(&self) -> u64 {
+        self.rewrapped.iter().map(|(_, n)| n).sum()
+    }
+
+    pub fn total_failed(&self) -> u64 {
+        self.failed.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// Re-encrypts every value not under the active master key, `batch` rows per transaction, so an
+/// interrupted run keeps what it did and the next run carries on. Runs beside a live server:
+/// each update is conditional on the blob being unchanged, so a concurrent rotation wins.
+pub fn rewrap_all(conn: &mut Connection, vault: &Vault, batch: u32) -> Result<RewrapReport, StoreError> {
+    let active = vault.keyring().active_id().as_str().to_owned();
+    let mut report = RewrapReport::default();
+    for table in TABLES {
+        let (mut done, mut failed) = (0u64, 0u64);
+        let mut after = String::new();
+        loop {
+            let tx = conn.transaction()?;
+            let rows: Vec<(String, i64, String, Vec<u8>)> = {
+                let mut stmt = tx.prepare(table.select)?;
+                let rows = stmt.query_map(params![active, after, batch], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let Some(last) = rows.last() else { break };
+            after = last.0.clone();
+            for (row_id, account_id, provider, blob) in &rows {
+                let b = binding(table.purpose, row_id, *account_id, provider);
+                match vault.rewrap(blob, &b) {
+                    Ok(new_blob) => {
+                        let changed = if table.purpose == Purpose::Canary {
+                            tx.execute(table.update, params![new_blob, active, blob])?
+                        } else {
+                            tx.execute(table.update, params![new_blob, active, blob, row_id])?
+                        };
+                        if changed == 1 {
+                            done += 1;
+                        } else {
+                            report.skipped += 1;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(table = table.name, row = %row_id, error = %e, "rewrap: value did not decrypt; left unchanged");
+                        failed += 1;
+                    }
+                }
+            }
+            tx.commit()?;
+        }
+        report.rewrapped.push((table.name.to_owned(), done));
+        report.failed.push((table.name.to_owned(), failed));
+    }
+    Ok(report)
+}

@@ -270,7 +270,8 @@ mod tests {
 
     fn db() -> Connection {
         let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(include_str!("../migrations/0001_init.sql")).unwrap();
+        conn.execute_batch(include_str!("../migrations/0001_init.sql"))
+            .unwrap();
         conn
     }
 
@@ -307,7 +308,9 @@ mod tests {
         for a in ["login", "key.add", "key.reveal"] {
             append(&conn, &event(Some(1), a)).unwrap();
         }
-        assert!(conn.execute("UPDATE audit_log SET action = 'x' WHERE seq = 2", []).is_err());
+        assert!(conn
+            .execute("UPDATE audit_log SET action = 'x' WHERE seq = 2", [])
+            .is_err());
         conn.execute_batch("DROP TRIGGER audit_log_no_update; UPDATE audit_log SET action = 'login' WHERE seq = 2;")
             .unwrap();
         let broken = verify(&conn).unwrap().first_broken.unwrap();
@@ -321,8 +324,10 @@ mod tests {
         for a in ["login", "key.add", "key.reveal"] {
             append(&conn, &event(Some(1), a)).unwrap();
         }
-        conn.execute_batch("DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq = 2;")
-            .unwrap();
+        conn.execute_batch(
+            "DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq = 2;",
+        )
+        .unwrap();
         let broken = verify(&conn).unwrap().first_broken.unwrap();
         assert_eq!(broken.seq, 3);
     }

@@ -14,7 +14,12 @@ use crate::telemetry::{self, LogFormat};
 use crate::vault_store;
 
 #[derive(Debug, Parser)]
-#[command(name = "keybroker", version, about = "Self-hosted BYOK key broker", propagate_version = true)]
+#[command(
+    name = "keybroker",
+    version,
+    about = "Self-hosted BYOK key broker",
+    propagate_version = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -104,7 +109,9 @@ pub fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -131,7 +138,7 @@ fn offline_settings(data: DataDir) -> Settings {
 fn rewrap(args: RewrapArgs) -> anyhow::Result<()> {
     let settings = offline_settings(args.data);
     runtime()?.block_on(async move {
-        let (db, vault, _) = startup::open_storage(&settings).await?;
+        let (db, vault) = startup::open_storage(&settings).await?;
         let batch = args.batch_size;
         let report = tokio::task::spawn_blocking(move || {
             db.write_blocking(|conn| vault_store::rewrap_all(conn, &vault, batch))
@@ -147,7 +154,10 @@ fn rewrap(args: RewrapArgs) -> anyhow::Result<()> {
             report.skipped
         );
         if report.total_failed() > 0 {
-            anyhow::bail!("{} value(s) did not decrypt and were left unchanged", report.total_failed());
+            anyhow::bail!(
+                "{} value(s) did not decrypt and were left unchanged",
+                report.total_failed()
+            );
         }
         Ok(())
     })
@@ -158,7 +168,9 @@ fn retire(id: &str, data: DataDir) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let db = crate::db::Db::open(&settings.database_path())?;
         db.read_blocking(|conn| vault_store::check_retirable(conn, id))?;
-        println!("no stored value uses master key {id:?}; it can be removed from KEYBROKER_MASTER_KEYS");
+        println!(
+            "no stored value uses master key {id:?}; it can be removed from KEYBROKER_MASTER_KEYS"
+        );
         Ok(())
     })
 }

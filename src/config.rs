@@ -86,26 +86,25 @@ impl SecretSources {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
-    #[error("{0}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
     Keyring(#[from] KeyringError),
     #[error("no master key configured: set KEYBROKER_MASTER_KEY (or KEYBROKER_MASTER_KEYS), or run `keybroker serve` once to create a development key in the data directory")]
     NoMasterKey,
     #[error("{what} must be base64 of at least 32 bytes")]
     WeakSecret { what: &'static str },
+    #[error("{what} is not set and there is no generated one in the data directory")]
+    MissingSecret { what: &'static str },
     #[error("{path}: {source}")]
-    SecretFile { path: String, source: std::io::Error },
+    SecretFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(String),
-}
-
-/// The resolved secrets the server runs with.
-#[derive(Debug)]
-pub struct Secrets {
-    pub keyring: Keyring,
-    pub server: ServerSecrets,
-    /// True when any secret was created in the data directory on this run.
-    pub generated: bool,
 }
 
 /// The HMAC keys the server uses beside the vault.
@@ -128,57 +127,79 @@ pub enum Missing {
 
 const MIN_SECRET_LEN: usize = 32;
 
-impl Secrets {
-    pub fn resolve(sources: &SecretSources, data_dir: &Path, missing: Missing) -> Result<Self, ConfigError> {
-        let mut generated = false;
-        let keyring = match Keyring::from_config(
-            sources.master_key.as_ref().map(|s| s.expose_secret()),
-            sources.master_keys.as_ref().map(|s| s.expose_secret()),
-            sources.active_master_key.as_deref(),
-        )? {
-            Some(ring) => ring,
-            None => {
-                let (b64, new) = file_secret(data_dir, "master.key", missing, || {
-                    crate::vault::generate_master_key_b64()
-                })?
-                .ok_or(ConfigError::NoMasterKey)?;
-                generated |= new;
-                Keyring::from_config(Some(&b64), None, Some(MasterKeyId::DEFAULT))?
-                    .ok_or(ConfigError::NoMasterKey)?
-            }
-        };
-        let mut server_secret = |env: &Option<SecretString>, what: &'static str, file: &str| {
-            let (b64, new) = match env {
-                Some(v) => (Zeroizing::new(v.expose_secret().to_owned()), false),
-                None => file_secret(data_dir, file, missing, random_secret_b64)?
-                    .ok_or(ConfigError::WeakSecret { what })?,
+const DEV_WARNING: &str = "DEVELOPMENT SET-UP: a secret was generated into the data directory. Anyone who can read \
+    that directory can decrypt every stored key. For production set KEYBROKER_MASTER_KEY, KEYBROKER_EMAIL_PEPPER, \
+    KEYBROKER_SESSION_SECRET and KEYBROKER_FINGERPRINT_SECRET from a secret store";
+
+/// The master keyring: from the environment, else `<data_dir>/master.key` (id `default`),
+/// else (only when `missing` allows) a new development key written there.
+pub fn resolve_keyring(
+    sources: &SecretSources,
+    data_dir: &Path,
+    missing: Missing,
+) -> Result<Keyring, ConfigError> {
+    if let Some(ring) = Keyring::from_config(
+        sources.master_key.as_ref().map(|s| s.expose_secret()),
+        sources.master_keys.as_ref().map(|s| s.expose_secret()),
+        sources.active_master_key.as_deref(),
+    )? {
+        return Ok(ring);
+    }
+    let (b64, generated) = file_secret(
+        data_dir,
+        "master.key",
+        missing,
+        crate::vault::generate_master_key_b64,
+    )?
+    .ok_or(ConfigError::NoMasterKey)?;
+    if generated {
+        tracing::warn!(file = %data_dir.join("master.key").display(), "{DEV_WARNING}");
+    }
+    Keyring::from_config(Some(&b64), None, Some(MasterKeyId::DEFAULT))?
+        .ok_or(ConfigError::NoMasterKey)
+}
+
+impl ServerSecrets {
+    /// Each from its environment variable, else its file in the data directory, else generated
+    /// there when `missing` allows.
+    pub fn resolve(
+        sources: &SecretSources,
+        data_dir: &Path,
+        missing: Missing,
+    ) -> Result<Self, ConfigError> {
+        let one = |env: &Option<SecretString>,
+                   what: &'static str,
+                   file: &str|
+         -> Result<ServerSecret, ConfigError> {
+            let b64 = match env {
+                Some(v) => Zeroizing::new(v.expose_secret().to_owned()),
+                None => {
+                    let (b64, generated) = file_secret(data_dir, file, missing, random_secret_b64)?
+                        .ok_or(ConfigError::MissingSecret { what })?;
+                    if generated {
+                        tracing::warn!(file = %data_dir.join(file).display(), "{DEV_WARNING}");
+                    }
+                    b64
+                }
             };
-            generated |= new;
             decode_secret(&b64, what)
         };
-        let email_pepper = server_secret(&sources.email_pepper, "KEYBROKER_EMAIL_PEPPER", "email_pepper.key")?;
-        let session_secret = server_secret(&sources.session_secret, "KEYBROKER_SESSION_SECRET", "session_secret.key")?;
-        let fingerprint_secret = server_secret(
-            &sources.fingerprint_secret,
-            "KEYBROKER_FINGERPRINT_SECRET",
-            "fingerprint_secret.key",
-        )?;
-        if generated {
-            tracing::warn!(
-                data_dir = %data_dir.display(),
-                "DEVELOPMENT SET-UP: secrets were generated into the data directory. Anyone who can read \
-                 that directory can decrypt every stored key. For production set KEYBROKER_MASTER_KEY, \
-                 KEYBROKER_EMAIL_PEPPER, KEYBROKER_SESSION_SECRET and KEYBROKER_FINGERPRINT_SECRET from a secret store."
-            );
-        }
         Ok(Self {
-            keyring,
-            server: ServerSecrets {
-                email_pepper,
-                session_secret,
-                fingerprint_secret,
-            },
-            generated,
+            email_pepper: one(
+                &sources.email_pepper,
+                "KEYBROKER_EMAIL_PEPPER",
+                "email_pepper.key",
+            )?,
+            session_secret: one(
+                &sources.session_secret,
+                "KEYBROKER_SESSION_SECRET",
+                "session_secret.key",
+            )?,
+            fingerprint_secret: one(
+                &sources.fingerprint_secret,
+                "KEYBROKER_FINGERPRINT_SECRET",
+                "fingerprint_secret.key",
+            )?,
         })
     }
 }
@@ -248,7 +269,11 @@ pub fn prepare_data_dir(dir: &Path) -> Result<(), ConfigError> {
         source,
     };
     if !dir.exists() {
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
     }
     let probe = dir.join(".write-test");
     fs::write(&probe, b"").map_err(err)?;

@@ -11,9 +11,8 @@ use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
 
 /// The schema, one numbered file per change. Never edit a file once it has shipped: add a new one.
-static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
-    Migrations::new(vec![M::up(include_str!("../migrations/0001_init.sql"))])
-});
+static MIGRATIONS: LazyLock<Migrations<'static>> =
+    LazyLock::new(|| Migrations::new(vec![M::up(include_str!("../migrations/0001_init.sql"))]));
 
 /// How many schema versions this binary knows.
 pub fn schema_version() -> usize {
@@ -55,7 +54,9 @@ pub struct Db {
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").field("path", &self.inner.path).finish()
+        f.debug_struct("Db")
+            .field("path", &self.inner.path)
+            .finish()
     }
 }
 
@@ -84,11 +85,12 @@ impl Db {
                 known: MIGRATIONS_COUNT,
             });
         }
-        let mode: String = writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        let mode: String =
+            writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(DbError::Sqlite(rusqlite::Error::InvalidParameterName(format!(
-                "journal_mode is {mode}, expected wal"
-            ))));
+            return Err(DbError::Sqlite(rusqlite::Error::InvalidParameterName(
+                format!("journal_mode is {mode}, expected wal"),
+            )));
         }
         MIGRATIONS.to_latest(&mut writer)?;
 
@@ -140,10 +142,17 @@ impl Db {
     }
 
     /// The writer, from a thread that may block (CLI commands, the batching writer).
-    pub fn write_blocking<T, E>(&self, f: impl FnOnce(&mut Connection) -> Result<T, E>) -> Result<T, E> {
+    pub fn write_blocking<T, E>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, E>,
+    ) -> Result<T, E> {
         // A panic while holding the lock leaves an ordinary connection behind (any open
         // transaction was rolled back when it dropped), so poisoning is not a reason to stop.
-        let mut conn = self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut conn = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         f(&mut conn)
     }
 
@@ -160,7 +169,11 @@ impl Db {
         }
         match readers.get(start % readers.len().max(1)) {
             Some(slot) => f(&slot.lock().unwrap_or_else(PoisonError::into_inner)),
-            None => f(&self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner)),
+            None => f(&self
+                .inner
+                .writer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)),
         }
     }
 }
@@ -173,7 +186,9 @@ mod tests {
     fn migration_count_matches_the_list() {
         let mut conn = Connection::open_in_memory().unwrap();
         MIGRATIONS.to_latest(&mut conn).unwrap();
-        let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
         assert_eq!(v, MIGRATIONS_COUNT as i64);
         MIGRATIONS.validate().unwrap();
     }

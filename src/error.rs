@@ -23,14 +23,24 @@ pub struct ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.kind, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.kind,
+            self.message
+        )
     }
 }
 
 impl std::error::Error for ApiError {}
 
 impl ApiError {
-    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
         Self {
             status,
             kind,
@@ -69,7 +79,11 @@ impl ApiError {
 
     /// One answer for every authentication failure, so the cause is not disclosed.
     pub fn authentication_failed() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "authentication_failed", "authentication failed")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_failed",
+            "authentication failed",
+        )
     }
 
     pub fn forbidden(kind: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
@@ -99,7 +113,9 @@ impl ApiError {
     pub fn body(&self) -> Value {
         let mut error = Map::new();
         error.insert("type".into(), Value::from(self.kind));
-        let message = crate::telemetry::redactor().redact(&self.message).into_owned();
+        let message = crate::telemetry::redactor()
+            .redact(&self.message)
+            .into_owned();
         error.insert("message".into(), Value::from(message));
         error.insert("request_id".into(), Value::from(request_id::current()));
         for (k, v) in &self.extra {
@@ -155,7 +171,7 @@ impl From<actix_web::error::BlockingError> for ApiError {
 pub mod extractors {
     use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
     use actix_web::http::StatusCode;
-    use actix_web::{HttpRequest, web};
+    use actix_web::{web, HttpRequest};
 
     use super::ApiError;
 
@@ -168,7 +184,11 @@ pub mod extractors {
     fn json_error(err: &JsonPayloadError) -> ApiError {
         match err {
             JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "request body is too large",
+                )
             }
             JsonPayloadError::ContentType => ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -183,20 +203,25 @@ pub mod extractors {
                     serde_json::error::Category::Eof => "the JSON body ends too early",
                     _ => "the body is not valid JSON",
                 };
-                ApiError::bad_request("invalid_json", format!("{what} (line {}, column {})", e.line(), e.column()))
+                ApiError::bad_request(
+                    "invalid_json",
+                    format!("{what} (line {}, column {})", e.line(), e.column()),
+                )
             }
             _ => ApiError::bad_request("invalid_body", "the request body could not be read"),
         }
     }
 
     pub fn path_config() -> web::PathConfig {
-        web::PathConfig::default()
-            .error_handler(|_err: PathError, _req| ApiError::bad_request("invalid_path", "a path parameter is not valid").into())
+        web::PathConfig::default().error_handler(|_err: PathError, _req| {
+            ApiError::bad_request("invalid_path", "a path parameter is not valid").into()
+        })
     }
 
     pub fn query_config() -> web::QueryConfig {
         web::QueryConfig::default().error_handler(|_err: QueryPayloadError, _req| {
-            ApiError::bad_request("invalid_query", "a query parameter is missing or not valid").into()
+            ApiError::bad_request("invalid_query", "a query parameter is missing or not valid")
+                .into()
         })
     }
 }

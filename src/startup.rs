@@ -11,7 +11,7 @@ use actix_web::{web, App, HttpServer};
 
 use crate::accounts::EmailHasher;
 use crate::clock::SharedClock;
-use crate::config::{self, ConfigError, Secrets, ServerSecret, ServerSecrets, Settings};
+use crate::config::{self, ConfigError, ServerSecret, ServerSecrets, Settings};
 use crate::db::{Db, DbError};
 use crate::error::extractors;
 use crate::http::{access_log, request_id};
@@ -42,7 +42,10 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("start-up task failed: {0}")]
     Task(String),
 }
@@ -55,10 +58,13 @@ pub struct Application {
 
 /// Opens the database and checks it against the vault: the canary must decrypt (wrong master
 /// key → refuse) and every master key id in use must be configured.
-pub async fn open_storage(settings: &Settings) -> Result<(Db, Arc<Vault>, ServerSecrets), StartError> {
+pub async fn open_storage(settings: &Settings) -> Result<(Db, Arc<Vault>), StartError> {
     config::prepare_data_dir(&settings.data_dir)?;
-    let Secrets { keyring, server, .. } =
-        Secrets::resolve(&settings.secrets, &settings.data_dir, settings.missing_secrets)?;
+    let keyring = config::resolve_keyring(
+        &settings.secrets,
+        &settings.data_dir,
+        settings.missing_secrets,
+    )?;
     let vault = Arc::new(Vault::new(keyring));
     let path = settings.database_path();
     let db = tokio::task::spawn_blocking(move || Db::open(&path))
@@ -70,12 +76,22 @@ pub async fn open_storage(settings: &Settings) -> Result<(Db, Arc<Vault>, Server
         vault_store::check_key_ids_present(conn, &v)
     })
     .await?;
-    Ok((db, vault, server))
+    Ok((db, vault))
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
-        let (db, vault, secrets) = open_storage(&settings).await?;
+        let (db, vault) = open_storage(&settings).await?;
+        let secrets = ServerSecrets::resolve(
+            &settings.secrets,
+            &settings.data_dir,
+            settings.missing_secrets,
+        )?;
+        // The dummy hash makes unknown-email logins as slow as wrong-password ones; build it now
+        // so the first such login is not the odd one out.
+        tokio::task::spawn_blocking(crate::accounts::password::warm_up)
+            .await
+            .map_err(|e| StartError::Task(e.to_string()))?;
         let state = web::Data::new(AppState {
             db,
             vault,

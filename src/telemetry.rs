@@ -80,7 +80,9 @@ impl Drop for LineWriter {
             Sink::Stderr => io::stderr().lock().write_all(&clean),
             Sink::File(w) => w.write_all(&clean),
             Sink::Memory(m) => {
-                m.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(&clean);
+                m.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend_from_slice(&clean);
                 Ok(())
             }
         };
@@ -96,7 +98,11 @@ where
         .with_writer(RedactingMakeWriter(sink));
     match format {
         LogFormat::Text => base.boxed(),
-        LogFormat::Json => base.json().with_current_span(true).with_span_list(false).boxed(),
+        LogFormat::Json => base
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
     }
 }
 

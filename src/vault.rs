@@ -92,6 +92,9 @@ struct MasterKey {
     cipher: Aes256Gcm,
 }
 
+/// A master key id with its 32 raw key bytes, as configured.
+pub type RawMasterKey = (MasterKeyId, Zeroizing<Vec<u8>>);
+
 /// Every master key the service can decrypt with, and the one it encrypts with.
 pub struct Keyring {
     keys: HashMap<MasterKeyId, MasterKey>,
@@ -111,10 +114,7 @@ impl fmt::Debug for Keyring {
 
 impl Keyring {
     /// Builds a keyring from raw 32-byte keys.
-    pub fn new(
-        keys: Vec<(MasterKeyId, Zeroizing<Vec<u8>>)>,
-        active: Option<MasterKeyId>,
-    ) -> Result<Self, KeyringError> {
+    pub fn new(keys: Vec<RawMasterKey>, active: Option<MasterKeyId>) -> Result<Self, KeyringError> {
         let active = match (active, keys.as_slice()) {
             (Some(active), _) => active,
             (None, [(only, _)]) => only.clone(),
@@ -129,12 +129,11 @@ impl Keyring {
                     len: bytes.len(),
                 });
             }
-            let cipher = Aes256Gcm::new_from_slice(&bytes).map_err(|_| {
-                KeyringError::WrongLength {
+            let cipher =
+                Aes256Gcm::new_from_slice(&bytes).map_err(|_| KeyringError::WrongLength {
                     id: id.0.clone(),
                     len: bytes.len(),
-                }
-            })?;
+                })?;
             if map.insert(id.clone(), MasterKey { cipher }).is_some() {
                 return Err(KeyringError::DuplicateId(id.0));
             }
@@ -182,7 +181,7 @@ impl Keyring {
     }
 }
 
-fn parse_key_list(list: &str) -> Result<Vec<(MasterKeyId, Zeroizing<Vec<u8>>)>, KeyringError> {
+fn parse_key_list(list: &str) -> Result<Vec<RawMasterKey>, KeyringError> {
     let mut keys = Vec::new();
     for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let (id, b64) = entry.split_once(':').ok_or(KeyringError::BadEntry)?;
@@ -347,7 +346,8 @@ impl Vault {
         rand::rngs::OsRng.fill_bytes(&mut nonce);
 
         let id_bytes = id.as_str().as_bytes();
-        let mut blob = Vec::with_capacity(2 + id_bytes.len() + NONCE_LEN + plaintext.len() + TAG_LEN);
+        let mut blob =
+            Vec::with_capacity(2 + id_bytes.len() + NONCE_LEN + plaintext.len() + TAG_LEN);
         blob.push(BLOB_VERSION);
         blob.push(u8::try_from(id_bytes.len()).map_err(|_| VaultError::Encrypt)?);
         blob.extend_from_slice(id_bytes);
@@ -355,7 +355,13 @@ impl Vault {
         blob.extend_from_slice(&nonce);
         let sealed = key
             .cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| VaultError::Encrypt)?;
         blob.extend_from_slice(&sealed);
         Ok(blob)
@@ -375,7 +381,10 @@ impl Vault {
         key.cipher
             .decrypt(
                 Nonce::from_slice(header.nonce),
-                Payload { msg: header.sealed, aad: &aad },
+                Payload {
+                    msg: header.sealed,
+                    aad: &aad,
+                },
             )
             .map(|plain| Plaintext(Zeroizing::new(plain)))
             .map_err(|_| VaultError::Unauthentic)
@@ -443,7 +452,10 @@ mod tests {
     #[test]
     fn same_plaintext_twice_gives_different_blobs() {
         let v = vault();
-        assert_ne!(v.seal(b"same", &ROW).unwrap(), v.seal(b"same", &ROW).unwrap());
+        assert_ne!(
+            v.seal(b"same", &ROW).unwrap(),
+            v.seal(b"same", &ROW).unwrap()
+        );
     }
 
     #[test]
@@ -451,10 +463,22 @@ mod tests {
         let v = vault();
         let blob = v.seal(b"secret", &ROW).unwrap();
         for other in [
-            Binding { account_id: 2, ..ROW },
-            Binding { provider: "anthropic", ..ROW },
-            Binding { row_id: "key_2", ..ROW },
-            Binding { purpose: Purpose::AccountEmail, ..ROW },
+            Binding {
+                account_id: 2,
+                ..ROW
+            },
+            Binding {
+                provider: "anthropic",
+                ..ROW
+            },
+            Binding {
+                row_id: "key_2",
+                ..ROW
+            },
+            Binding {
+                purpose: Purpose::AccountEmail,
+                ..ROW
+            },
         ] {
             assert_eq!(v.open(&blob, &other).unwrap_err(), VaultError::Unauthentic);
         }
@@ -465,11 +489,18 @@ mod tests {
         let v = vault();
         let blob = v.seal(b"secret", &ROW).unwrap();
         for len in 0..(4 + 12 + 16) {
-            assert_eq!(v.open(&blob[..len], &ROW).unwrap_err(), VaultError::Truncated, "len {len}");
+            assert_eq!(
+                v.open(&blob[..len], &ROW).unwrap_err(),
+                VaultError::Truncated,
+                "len {len}"
+            );
         }
         let mut future = blob.clone();
         future[0] = 2;
-        assert_eq!(v.open(&future, &ROW).unwrap_err(), VaultError::UnknownVersion(2));
+        assert_eq!(
+            v.open(&future, &ROW).unwrap_err(),
+            VaultError::UnknownVersion(2)
+        );
     }
 
     #[test]
@@ -486,14 +517,18 @@ mod tests {
     fn wrong_master_key_with_same_id_fails_authentication() {
         let blob = vault().seal(b"secret", &ROW).unwrap();
         let other = Vault::new(Keyring::new(vec![(id("k1"), key(8))], None).unwrap());
-        assert_eq!(other.open(&blob, &ROW).unwrap_err(), VaultError::Unauthentic);
+        assert_eq!(
+            other.open(&blob, &ROW).unwrap_err(),
+            VaultError::Unauthentic
+        );
     }
 
     #[test]
     fn keyring_decrypts_old_ids_and_seals_with_the_active_one() {
         let old = vault();
         let blob = old.seal(b"secret", &ROW).unwrap();
-        let ring = Keyring::new(vec![(id("k1"), key(7)), (id("k2"), key(9))], Some(id("k2"))).unwrap();
+        let ring =
+            Keyring::new(vec![(id("k1"), key(7)), (id("k2"), key(9))], Some(id("k2"))).unwrap();
         let v = Vault::new(ring);
         assert_eq!(v.open(&blob, &ROW).unwrap().expose(), b"secret");
         let rewrapped = v.rewrap(&blob, &ROW).unwrap();
@@ -506,18 +541,26 @@ mod tests {
         let b64 = |n: usize| base64::engine::general_purpose::STANDARD.encode(vec![1u8; n]);
         assert_eq!(
             Keyring::from_config(Some(&b64(31)), None, None).unwrap_err(),
-            KeyringError::WrongLength { id: "default".into(), len: 31 }
+            KeyringError::WrongLength {
+                id: "default".into(),
+                len: 31
+            }
         );
         assert_eq!(
             Keyring::from_config(Some("not base64!"), None, None).unwrap_err(),
-            KeyringError::NotBase64 { id: "default".into() }
+            KeyringError::NotBase64 {
+                id: "default".into()
+            }
         );
         assert_eq!(
             Keyring::from_config(Some(&b64(32)), Some("a:x"), None).unwrap_err(),
             KeyringError::BothForms
         );
         let two = format!("a:{},b:{}", b64(32), b64(32));
-        assert_eq!(Keyring::from_config(None, Some(&two), None).unwrap_err(), KeyringError::NoActive);
+        assert_eq!(
+            Keyring::from_config(None, Some(&two), None).unwrap_err(),
+            KeyringError::NoActive
+        );
         assert_eq!(
             Keyring::from_config(None, Some(&two), Some("c")).unwrap_err(),
             KeyringError::UnknownActive("c".into())
@@ -527,7 +570,9 @@ mod tests {
             Keyring::from_config(None, Some(&dup), Some("a")).unwrap_err(),
             KeyringError::DuplicateId("a".into())
         );
-        let ring = Keyring::from_config(None, Some(&two), Some("b")).unwrap().unwrap();
+        let ring = Keyring::from_config(None, Some(&two), Some("b"))
+            .unwrap()
+            .unwrap();
         assert_eq!(ring.active_id().as_str(), "b");
         assert!(Keyring::from_config(None, None, None).unwrap().is_none());
         assert!(!format!("{ring:?}").contains(&b64(32)));
@@ -536,7 +581,9 @@ mod tests {
     #[test]
     fn plaintext_debug_prints_nothing_secret() {
         let v = vault();
-        let p = v.open(&v.seal(b"hunter2-secret", &ROW).unwrap(), &ROW).unwrap();
+        let p = v
+            .open(&v.seal(b"hunter2-secret", &ROW).unwrap(), &ROW)
+            .unwrap();
         assert_eq!(format!("{p:?}"), "Plaintext(<redacted>)");
     }
 
@@ -557,19 +604,67 @@ mod tests {
         let c15 = "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa\
                    8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662898015ad";
         let vectors = [
-            Kat { key: "00".repeat(32).leak(), iv: "000000000000000000000000", pt: "", aad: "", ct: "", tag: "530f8afbc74536b9a963b4f1c4cb738b" },
-            Kat { key: "00".repeat(32).leak(), iv: "000000000000000000000000", pt: "00000000000000000000000000000000", aad: "", ct: "cea7403d4d606b6e074ec5d3baf39d18", tag: "d0d1c8a799996bf0265b98b5d48ab919" },
-            Kat { key: k15, iv: "cafebabefacedbaddecaf888", pt: p15, aad: "", ct: c15, tag: "b094dac5d93471bdec1a502270e3cc6c" },
-            Kat { key: k15, iv: "cafebabefacedbaddecaf888", pt: &p15[..120], aad: "feedfacedeadbeeffeedfacedeadbeefabaddad2", ct: &c15[..120], tag: "76fc6ece0f4e1768cddf8853bb2d551b" },
+            Kat {
+                key: "00".repeat(32).leak(),
+                iv: "000000000000000000000000",
+                pt: "",
+                aad: "",
+                ct: "",
+                tag: "530f8afbc74536b9a963b4f1c4cb738b",
+            },
+            Kat {
+                key: "00".repeat(32).leak(),
+                iv: "000000000000000000000000",
+                pt: "00000000000000000000000000000000",
+                aad: "",
+                ct: "cea7403d4d606b6e074ec5d3baf39d18",
+                tag: "d0d1c8a799996bf0265b98b5d48ab919",
+            },
+            Kat {
+                key: k15,
+                iv: "cafebabefacedbaddecaf888",
+                pt: p15,
+                aad: "",
+                ct: c15,
+                tag: "b094dac5d93471bdec1a502270e3cc6c",
+            },
+            Kat {
+                key: k15,
+                iv: "cafebabefacedbaddecaf888",
+                pt: &p15[..120],
+                aad: "feedfacedeadbeeffeedfacedeadbeefabaddad2",
+                ct: &c15[..120],
+                tag: "76fc6ece0f4e1768cddf8853bb2d551b",
+            },
         ];
         for (i, v) in vectors.iter().enumerate() {
             let cipher = Aes256Gcm::new_from_slice(&hex::decode(v.key).unwrap()).unwrap();
             let iv = hex::decode(v.iv).unwrap();
             let pt = hex::decode(v.pt).unwrap();
             let aad = hex::decode(v.aad).unwrap();
-            let sealed = cipher.encrypt(Nonce::from_slice(&iv), Payload { msg: &pt, aad: &aad }).unwrap();
-            assert_eq!(hex::encode(&sealed), format!("{}{}", v.ct, v.tag), "vector {i}");
-            let opened = cipher.decrypt(Nonce::from_slice(&iv), Payload { msg: &sealed, aad: &aad }).unwrap();
+            let sealed = cipher
+                .encrypt(
+                    Nonce::from_slice(&iv),
+                    Payload {
+                        msg: &pt,
+                        aad: &aad,
+                    },
+                )
+                .unwrap();
+            assert_eq!(
+                hex::encode(&sealed),
+                format!("{}{}", v.ct, v.tag),
+                "vector {i}"
+            );
+            let opened = cipher
+                .decrypt(
+                    Nonce::from_slice(&iv),
+                    Payload {
+                        msg: &sealed,
+                        aad: &aad,
+                    },
+                )
+                .unwrap();
             assert_eq!(opened, pt, "vector {i}");
         }
     }

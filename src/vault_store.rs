@@ -37,11 +37,15 @@ impl From<rusqlite::Error> for StoreError {
 /// makes this fail, so the service refuses to start.
 pub fn check_or_create_canary(conn: &Connection, vault: &Vault) -> Result<(), StoreError> {
     let blob: Option<Vec<u8>> = conn
-        .query_row("SELECT blob FROM vault_canary WHERE id = 1", [], |r| r.get(0))
+        .query_row("SELECT blob FROM vault_canary WHERE id = 1", [], |r| {
+            r.get(0)
+        })
         .optional()?;
     match blob {
         Some(blob) => {
-            let plain = vault.open(&blob, &CANARY_BINDING).map_err(StoreError::CanaryFailed)?;
+            let plain = vault
+                .open(&blob, &CANARY_BINDING)
+                .map_err(StoreError::CanaryFailed)?;
             if plain.expose() != CANARY_PLAINTEXT {
                 return Err(StoreError::CanaryFailed(VaultError::Unauthentic));
             }
@@ -63,7 +67,9 @@ pub fn check_or_create_canary(conn: &Connection, vault: &Vault) -> Result<(), St
 /// Decrypts the canary (for `/readyz` and `keybroker check`).
 pub fn canary_ok(conn: &Connection, vault: &Vault) -> bool {
     let blob: Option<Vec<u8>> = conn
-        .query_row("SELECT blob FROM vault_canary WHERE id = 1", [], |r| r.get(0))
+        .query_row("SELECT blob FROM vault_canary WHERE id = 1", [], |r| {
+            r.get(0)
+        })
         .optional()
         .ok()
         .flatten();
@@ -104,7 +110,12 @@ const TABLES: &[BlobTable] = &[
 ];
 
 /// The binding a row of `table` was sealed with.
-fn binding<'a>(purpose: Purpose, row_id: &'a str, account_id: i64, provider: &'a str) -> Binding<'a> {
+fn binding<'a>(
+    purpose: Purpose,
+    row_id: &'a str,
+    account_id: i64,
+    provider: &'a str,
+) -> Binding<'a> {
     match purpose {
         Purpose::Canary => CANARY_BINDING,
         Purpose::AccountEmail => Binding {
@@ -141,14 +152,17 @@ pub fn key_id_usage(conn: &Connection) -> Result<Vec<(String, u64)>, StoreError>
             UNION ALL SELECT master_key_id, COUNT(*) FROM provider_keys GROUP BY master_key_id
          ) GROUP BY master_key_id ORDER BY master_key_id",
     )?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+    })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Refuses to run when rows are sealed under a master key id the keyring does not have.
 pub fn check_key_ids_present(conn: &Connection, vault: &Vault) -> Result<(), StoreError> {
     for (id, count) in key_id_usage(conn)? {
-        let known = crate::vault::MasterKeyId::parse(&id).is_ok_and(|id| vault.keyring().contains(&id));
+        let known =
+            crate::vault::MasterKeyId::parse(&id).is_ok_and(|id| vault.keyring().contains(&id));
         if !known {
             return Err(StoreError::MissingKeyId { id, count });
         }
@@ -163,7 +177,10 @@ pub fn check_retirable(conn: &Connection, id: &str) -> Result<(), StoreError> {
         .find(|(k, _)| k == id)
         .map_or(0, |(_, n)| n);
     if count > 0 {
-        return Err(StoreError::StillInUse { id: id.to_owned(), count });
+        return Err(StoreError::StillInUse {
+            id: id.to_owned(),
+            count,
+        });
     }
     Ok(())
 }
@@ -191,7 +208,11 @@ impl RewrapReport {
 /// Re-encrypts every value not under the active master key, `batch` rows per transaction, so an
 /// interrupted run keeps what it did and the next run carries on. Runs beside a live server:
 /// each update is conditional on the blob being unchanged, so a concurrent rotation wins.
-pub fn rewrap_all(conn: &mut Connection, vault: &Vault, batch: u32) -> Result<RewrapReport, StoreError> {
+pub fn rewrap_all(
+    conn: &mut Connection,
+    vault: &Vault,
+    batch: u32,
+) -> Result<RewrapReport, StoreError> {
     let active = vault.keyring().active_id().as_str().to_owned();
     let mut report = RewrapReport::default();
     for table in TABLES {

@@ -26,7 +26,10 @@ pub struct EmailError;
 impl Email {
     pub fn parse(raw: &str) -> Result<Self, EmailError> {
         let normalised = raw.trim().to_lowercase();
-        if normalised.is_empty() || normalised.len() > MAX_LEN || !email_address::EmailAddress::is_valid(&normalised) {
+        if normalised.is_empty()
+            || normalised.len() > MAX_LEN
+            || !email_address::EmailAddress::is_valid(&normalised)
+        {
             return Err(EmailError);
         }
         // Display names (`Name <a@b>`) are valid RFC 5322 but not an address we can key on.
@@ -93,13 +96,25 @@ mod tests {
 
     #[test]
     fn invalid_addresses_are_refused() {
-        for bad in ["", "   ", "no-at-sign", "a@", "@b.com", "a b@c.com", "Name <a@b.com>", &format!("{}@x.com", "a".repeat(260))] {
+        for bad in [
+            "",
+            "   ",
+            "no-at-sign",
+            "a@",
+            "@b.com",
+            "a b@c.com",
+            "Name <a@b.com>",
+            &format!("{}@x.com", "a".repeat(260)),
+        ] {
             assert_eq!(Email::parse(bad), Err(EmailError), "{bad:?}");
         }
     }
 
     #[test]
     fn debug_does_not_print_the_address() {
-        assert_eq!(format!("{:?}", Email::parse("a@example.com").unwrap()), "Email(<redacted>)");
+        assert_eq!(
+            format!("{:?}", Email::parse("a@example.com").unwrap()),
+            "Email(<redacted>)"
+        );
     }
 }

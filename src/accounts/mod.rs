@@ -2,6 +2,8 @@
 //! vault blob so the service can write to it.
 
 pub mod email;
+pub mod password;
+pub mod session;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -52,12 +54,19 @@ pub fn create(
     }
     let id = tx.last_insert_rowid();
     let blob = vault.seal(email.as_str().as_bytes(), &email_binding(id))?;
-    tx.execute("UPDATE accounts SET email_blob = ?1 WHERE id = ?2", params![blob, id])?;
+    tx.execute(
+        "UPDATE accounts SET email_blob = ?1 WHERE id = ?2",
+        params![blob, id],
+    )?;
     tx.commit()?;
     Ok(id)
 }
 
-pub fn find_by_email(conn: &Connection, hasher: &EmailHasher, email: &Email) -> rusqlite::Result<Option<AccountRow>> {
+pub fn find_by_email(
+    conn: &Connection,
+    hasher: &EmailHasher,
+    email: &Email,
+) -> rusqlite::Result<Option<AccountRow>> {
     conn.query_row(
         "SELECT id, password_hash FROM accounts WHERE email_hash = ?1",
         [hasher.hash(email).as_slice()],
@@ -72,9 +81,17 @@ pub fn find_by_email(conn: &Connection, hasher: &EmailHasher, email: &Email) -> 
 }
 
 /// The account's email, decrypted (for sending mail and showing the signed-in user).
-pub fn email_of(conn: &Connection, vault: &Vault, account_id: i64) -> Result<Option<String>, AccountError> {
+pub fn email_of(
+    conn: &Connection,
+    vault: &Vault,
+    account_id: i64,
+) -> Result<Option<String>, AccountError> {
     let blob: Option<Vec<u8>> = conn
-        .query_row("SELECT email_blob FROM accounts WHERE id = ?1", [account_id], |r| r.get(0))
+        .query_row(
+            "SELECT email_blob FROM accounts WHERE id = ?1",
+            [account_id],
+            |r| r.get(0),
+        )
         .optional()?;
     let Some(blob) = blob else { return Ok(None) };
     let plain = vault.open(&blob, &email_binding(account_id))?;

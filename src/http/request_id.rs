@@ -20,7 +20,9 @@ tokio::task_local! {
 
 /// The id of the request this task is serving, or `-` outside a request.
 pub fn current() -> String {
-    CURRENT.try_with(Clone::clone).unwrap_or_else(|_| "-".to_owned())
+    CURRENT
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| "-".to_owned())
 }
 
 /// A client-supplied id is kept when it is 1-64 characters of `[A-Za-z0-9._:-]`: enough for

@@ -3,6 +3,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::db::DbError;
 use crate::vault::{Binding, Plaintext, Purpose, Vault, VaultError};
 
 #[derive(Debug, thiserror::Error)]
@@ -10,9 +11,15 @@ pub enum StoreError {
     #[error("this account already has a key for that provider")]
     Exists,
     #[error(transparent)]
-    Db(#[from] rusqlite::Error),
+    Db(#[from] DbError),
     #[error(transparent)]
     Vault(#[from] VaultError),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Db(DbError::from(e))
+    }
 }
 
 /// The binding of a provider-key blob: account, provider and key id.
@@ -42,7 +49,12 @@ pub struct NewKey<'a> {
     pub now: i64,
 }
 
-pub fn insert(conn: &Connection, vault: &Vault, key: &NewKey<'_>, plaintext: &[u8]) -> Result<(), StoreError> {
+pub fn insert(
+    conn: &Connection,
+    vault: &Vault,
+    key: &NewKey<'_>,
+    plaintext: &[u8],
+) -> Result<(), StoreError> {
     let blob = vault.seal(plaintext, &binding(key.account_id, key.provider, key.id))?;
     let inserted = conn.execute(
         "INSERT INTO provider_keys (id, account_id, provider, label, blob, master_key_id, masked, fingerprint, created_at)
@@ -66,7 +78,12 @@ pub fn insert(conn: &Connection, vault: &Vault, key: &NewKey<'_>, plaintext: &[u
 }
 
 /// Decrypts the account's key for `provider`, if it has one.
-pub fn open(conn: &Connection, vault: &Vault, account_id: i64, provider: &str) -> Result<Option<(String, Plaintext)>, StoreError> {
+pub fn open(
+    conn: &Connection,
+    vault: &Vault,
+    account_id: i64,
+    provider: &str,
+) -> Result<Option<(String, Plaintext)>, StoreError> {
     let row: Option<(String, Vec<u8>)> = conn
         .query_row(
             "SELECT id, blob FROM provider_keys WHERE account_id = ?1 AND provider = ?2",
@@ -74,7 +91,9 @@ pub fn open(conn: &Connection, vault: &Vault, account_id: i64, provider: &str) -
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    let Some((id, blob)) = row else { return Ok(None) };
+    let Some((id, blob)) = row else {
+        return Ok(None);
+    };
     let plain = vault.open(&blob, &binding(account_id, provider, &id))?;
     Ok(Some((id, plain)))
 }

@@ -23,6 +23,9 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     if ready {
         Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
     } else {
-        Err(ApiError::unavailable("not_ready", "database or vault is not ready"))
+        Err(ApiError::unavailable(
+            "not_ready",
+            "database or vault is not ready",
+        ))
     }
 }

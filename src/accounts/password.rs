@@ -1,0 +1,162 @@
+//! Password hashing with argon2id at OWASP's minimum cost (m = 19 MiB, t = 2, p = 1), stored as
+//! PHC strings. Hashing is slow on purpose, so callers run these functions on a blocking thread.
+
+use std::sync::LazyLock;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use secrecy::{ExposeSecret, SecretString};
+
+pub const MIN_CHARS: usize = 12;
+pub const MAX_CHARS: usize = 128;
+const M_COST_KIB: u32 = 19_456;
+const T_COST: u32 = 2;
+const P_COST: u32 = 1;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PasswordError {
+    #[error("the password must be at least 12 characters")]
+    TooShort,
+    #[error("the password must be at most 128 characters")]
+    TooLong,
+    #[error("password hashing failed")]
+    Hash,
+}
+
+fn argon2() -> Argon2<'static> {
+    // These constants are valid argon2 parameters; `Params::DEFAULT` is the fallback that cannot fail.
+    let params = Params::new(M_COST_KIB, T_COST, P_COST, None).unwrap_or(Params::DEFAULT);
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// Length checks happen before any hashing, so a 1 MB "password" costs nothing.
+pub fn validate(password: &SecretString) -> Result<(), PasswordError> {
+    let n = password.expose_secret().chars().count();
+    if n < MIN_CHARS {
+        return Err(PasswordError::TooShort);
+    }
+    if n > MAX_CHARS {
+        return Err(PasswordError::TooLong);
+    }
+    Ok(())
+}
+
+pub fn hash(password: &SecretString) -> Result<String, PasswordError> {
+    validate(password)?;
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    argon2()
+        .hash_password(password.expose_secret().as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|_| PasswordError::Hash)
+}
+
+/// The result of checking a password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Valid { needs_rehash: bool },
+    Invalid,
+}
+
+/// A hash of nothing anyone knows, verified against when the account does not exist or has no
+/// password, so that "no such account" takes as long as "wrong password".
+static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    let random = uuid::Uuid::new_v4().to_string();
+    argon2()
+        .hash_password(random.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .unwrap_or_default()
+});
+
+pub fn verify(password: &SecretString, stored: Option<&str>) -> Verdict {
+    if validate(password).is_err() && password.expose_secret().chars().count() > MAX_CHARS {
+        return Verdict::Invalid;
+    }
+    let (phc, real) = match stored {
+        Some(s) => (s, true),
+        None => (DUMMY_HASH.as_str(), false),
+    };
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return Verdict::Invalid;
+    };
+    let ok = argon2()
+        .verify_password(password.expose_secret().as_bytes(), &parsed)
+        .is_ok();
+    if !(ok && real) {
+        return Verdict::Invalid;
+    }
+    Verdict::Valid {
+        needs_rehash: needs_rehash(&parsed),
+    }
+}
+
+/// Hashes made with an older algorithm or weaker parameters are upgraded at the next login.
+fn needs_rehash(parsed: &PasswordHash<'_>) -> bool {
+    if parsed.algorithm.as_str() != "argon2id" {
+        return true;
+    }
+    match Params::try_from(parsed) {
+        Ok(p) => p.m_cost() < M_COST_KIB || p.t_cost() < T_COST || p.p_cost() < P_COST,
+        Err(_) => true,
+    }
+}
+
+/// Warms the dummy hash so the first failed login is not measurably slower than later ones.
+pub fn warm_up() {
+    LazyLock::force(&DUMMY_HASH);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> SecretString {
+        SecretString::from(v.to_owned())
+    }
+
+    #[test]
+    fn hash_is_argon2id_with_owasp_parameters_and_verifies() {
+        let h = hash(&s("correct horse battery")).unwrap();
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+        assert_eq!(
+            verify(&s("correct horse battery"), Some(&h)),
+            Verdict::Valid {
+                needs_rehash: false
+            }
+        );
+        assert_eq!(
+            verify(&s("wrong horse battery"), Some(&h)),
+            Verdict::Invalid
+        );
+    }
+
+    #[test]
+    fn unknown_account_never_verifies() {
+        assert_eq!(verify(&s("correct horse battery"), None), Verdict::Invalid);
+    }
+
+    #[test]
+    fn weaker_hashes_are_flagged_for_upgrade() {
+        let weak = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8192, 1, 1, None).unwrap(),
+        );
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        let h = weak
+            .hash_password(b"correct horse battery", &salt)
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            verify(&s("correct horse battery"), Some(&h)),
+            Verdict::Valid { needs_rehash: true }
+        );
+    }
+
+    #[test]
+    fn length_limits_apply_before_hashing() {
+        assert_eq!(hash(&s("short")), Err(PasswordError::TooShort));
+        assert_eq!(hash(&s(&"x".repeat(129))), Err(PasswordError::TooLong));
+        assert_eq!(verify(&s(&"x".repeat(100_000)), None), Verdict::Invalid);
+    }
+}

@@ -1,0 +1,207 @@
+//! `TestApp::spawn()`: a fresh server on port 0 with its own data directory, random secrets, a
+//! manual clock, and access to the (redacted) captured logs.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use actix_web::web;
+use base64::Engine as _;
+use keybroker::clock::ManualClock;
+use keybroker::config::{Missing, SecretSources, Settings};
+use keybroker::startup::{AppState, Application};
+use rand::RngCore;
+use reqwest::header::{HeaderMap, COOKIE, SET_COOKIE};
+use secrecy::SecretString;
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub fn random_b64(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+pub fn unique_email() -> String {
+    format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub data_dir: TempDir,
+    pub clock: ManualClock,
+    pub state: web::Data<AppState>,
+    pub client: reqwest::Client,
+    pub master_key_b64: String,
+    logs: Arc<Mutex<Vec<u8>>>,
+}
+
+/// A signed-in browser: the session cookie and the CSRF token the API gave it.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub cookie: String,
+    pub csrf: String,
+    pub email: String,
+}
+
+pub fn test_settings(data_dir: PathBuf, master_key_b64: &str, clock: &ManualClock) -> Settings {
+    let mut settings = Settings::new(([127, 0, 0, 1], 0).into(), data_dir);
+    settings.workers = Some(1);
+    settings.public_url = None;
+    settings.missing_secrets = Missing::Refuse;
+    settings.clock = Arc::new(clock.clone());
+    settings.secrets = SecretSources {
+        master_key: Some(SecretString::from(master_key_b64.to_owned())),
+        master_keys: None,
+        active_master_key: None,
+        email_pepper: Some(SecretString::from(random_b64(32))),
+        session_secret: Some(SecretString::from(random_b64(32))),
+        fingerprint_secret: Some(SecretString::from(random_b64(32))),
+    };
+    settings
+}
+
+/// The session cookie set by a response, as `name=value`.
+pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("__Host-kb_session=") && !v.starts_with("__Host-kb_session=;"))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned)
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+        let logs = keybroker::telemetry::init_capture();
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let clock = ManualClock::default();
+        let master_key_b64 = random_b64(32);
+        let mut settings = test_settings(data_dir.path().join("data"), &master_key_b64, &clock);
+        configure(&mut settings);
+        let app = Application::build(settings)
+            .await
+            .expect("application builds");
+        let port = app.port();
+        let state = app.state();
+        tokio::spawn(app.run_until_stopped());
+        TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            port,
+            data_dir,
+            clock,
+            state,
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            master_key_b64,
+            logs,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.path().join("data").join("keybroker.db")
+    }
+
+    /// Every log line written so far by any server in this test process, after redaction.
+    pub fn logs(&self) -> String {
+        String::from_utf8_lossy(&self.logs.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+
+    pub fn assert_not_logged(&self, secret: &str) {
+        assert!(!self.logs().contains(secret), "a secret reached the logs");
+    }
+
+    pub fn get(&self, path: &str, session: Option<&Session>) -> reqwest::RequestBuilder {
+        let mut rb = self.client.get(self.url(path));
+        if let Some(s) = session {
+            rb = rb.header(COOKIE, &s.cookie);
+        }
+        rb
+    }
+
+    /// A state-changing request from a signed-in browser: cookie and CSRF token attached.
+    pub fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        session: Option<&Session>,
+    ) -> reqwest::RequestBuilder {
+        let mut rb = self.client.request(method, self.url(path));
+        if let Some(s) = session {
+            rb = rb.header(COOKIE, &s.cookie).header("X-CSRF-Token", &s.csrf);
+        }
+        rb
+    }
+
+    pub fn post_json(
+        &self,
+        path: &str,
+        session: Option<&Session>,
+        body: &Value,
+    ) -> reqwest::RequestBuilder {
+        self.send(reqwest::Method::POST, path, session).json(body)
+    }
+
+    pub async fn signup(&self, email: &str, password: &str) -> Session {
+        let res = self
+            .post_json(
+                "/api/v1/auth/signup",
+                None,
+                &serde_json::json!({"email": email, "password": password}),
+            )
+            .send()
+            .await
+            .expect("signup request");
+        assert_eq!(res.status(), 201, "signup");
+        Self::session_from(res).await
+    }
+
+    pub async fn signed_up(&self) -> Session {
+        self.signup(&unique_email(), PASSWORD).await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> reqwest::Response {
+        self.post_json(
+            "/api/v1/auth/login",
+            None,
+            &serde_json::json!({"email": email, "password": password}),
+        )
+        .send()
+        .await
+        .expect("login request")
+    }
+
+    pub async fn session_from(res: reqwest::Response) -> Session {
+        let cookie = session_cookie(res.headers()).expect("session cookie set");
+        let body: Value = res.json().await.expect("json body");
+        Session {
+            cookie,
+            csrf: body["csrf_token"].as_str().expect("csrf_token").to_owned(),
+            email: body["email"].as_str().expect("email").to_owned(),
+        }
+    }
+}
+
+/// Reads a whole file, or nothing if it does not exist.
+pub fn read_or_empty(path: &std::path::Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_default()
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

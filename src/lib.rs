@@ -14,3 +14,4 @@ pub mod startup;
 pub mod telemetry;
 pub mod vault;
 pub mod vault_store;
+pub mod proxy;

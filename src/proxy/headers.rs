@@ -1,0 +1,176 @@
+//! Which headers cross the proxy. Requests lose every credential the tool sent (its keybroker
+//! token travels in the provider's usual auth header and must never reach the provider), the
+//! hop-by-hop headers of RFC 9110 §7.6.1, and anything that would identify or steer the hop;
+//! responses lose hop-by-hop headers and cookies.
+
+use actix_web::http::header::{HeaderMap, HeaderName};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), plus `proxy-connection`, which old clients still send.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Headers a tool may carry its keybroker token in (whichever its SDK uses), and any other
+/// credential-bearing header: none of them is forwarded.
+pub const CREDENTIAL_HEADERS: &[&str] = &["authorization", "x-api-key", "x-goog-api-key", "xi-api-key", "api-key", "cookie"];
+
+/// Set by keybroker itself, or describing the client's own network position.
+const NOT_FORWARDED: &[&str] = &[
+    "host",
+    "content-length",
+    "accept-encoding",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "expect",
+];
+
+fn named_in_connection(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all("connection")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Whether a request header from the tool may be forwarded to the provider.
+pub fn forward_request_header(name: &HeaderName, connection_named: &[String]) -> bool {
+    let n = name.as_str();
+    !(HOP_BY_HOP.contains(&n)
+        || CREDENTIAL_HEADERS.contains(&n)
+        || NOT_FORWARDED.contains(&n)
+        || n.starts_with("x-keybroker-")
+        || connection_named.iter().any(|c| c == n))
+}
+
+/// The request headers to forward, in order.
+pub fn request_headers(headers: &HeaderMap) -> Vec<(HeaderName, actix_web::http::header::HeaderValue)> {
+    let named = named_in_connection(headers);
+    headers
+        .iter()
+        .filter(|(k, _)| forward_request_header(k, &named))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Whether a response header from the provider may be passed to the tool. `content-length` is
+/// recomputed by keybroker (a stream may be altered: see the usage chunk of OpenAI streams).
+pub fn forward_response_header(name: &HeaderName, connection_named: &[String]) -> bool {
+    let n = name.as_str();
+    !(HOP_BY_HOP.contains(&n)
+        || n == "content-length"
+        || n == "set-cookie"
+        || n.starts_with("x-keybroker-")
+        || connection_named.iter().any(|c| c == n))
+}
+
+pub fn response_headers(headers: &HeaderMap) -> Vec<(HeaderName, actix_web::http::header::HeaderValue)> {
+    let named = named_in_connection(headers);
+    headers
+        .iter()
+        .filter(|(k, _)| forward_response_header(k, &named))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The keybroker token a tool presented, from whichever header its SDK uses: `Authorization:
+/// Bearer` (OpenAI, and the Anthropic SDK's `api_key` in recent versions), `x-api-key`
+/// (Anthropic), `x-goog-api-key` (Google), `xi-api-key` (ElevenLabs), `api-key`, or HTTP Basic
+/// with the token as password (Twilio) or user name.
+pub fn presented_token(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine as _;
+    if let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        let auth = auth.trim();
+        if let Some(t) = strip_prefix_ci(auth, "bearer ") {
+            return Some(t.trim().to_owned());
+        }
+        if let Some(b64) = strip_prefix_ci(auth, "basic ") {
+            let decoded = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+            let text = String::from_utf8(decoded).ok()?;
+            let (user, pass) = text.split_once(':').unwrap_or((&text, ""));
+            let pick = if pass.starts_with("kb_") || user.is_empty() { pass } else { user };
+            return Some(pick.to_owned());
+        }
+    }
+    ["x-api-key", "x-goog-api-key", "xi-api-key", "api-key"]
+        .iter()
+        .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .map(|v| v.trim().to_owned())
+}
+
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::HeaderValue;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn credentials_hop_by_hop_and_connection_named_headers_are_not_forwarded() {
+        let h = map(&[
+            ("authorization", "Bearer kb_x"),
+            ("x-api-key", "kb_x"),
+            ("cookie", "a=b"),
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-keybroker-debug", "1"),
+            ("content-type", "application/json"),
+            ("anthropic-version", "2023-06-01"),
+            ("x-stainless-lang", "python"),
+        ]);
+        let kept: Vec<_> = request_headers(&h).into_iter().map(|(k, _)| k.as_str().to_owned()).collect();
+        assert_eq!(kept, ["content-type", "anthropic-version", "x-stainless-lang"]);
+    }
+
+    #[test]
+    fn the_token_is_found_in_whichever_header_the_sdk_uses() {
+        assert_eq!(presented_token(&map(&[("authorization", "Bearer kb_a")])).as_deref(), Some("kb_a"));
+        assert_eq!(presented_token(&map(&[("authorization", "bearer  kb_a ")])).as_deref(), Some("kb_a"));
+        assert_eq!(presented_token(&map(&[("x-api-key", "kb_b")])).as_deref(), Some("kb_b"));
+        assert_eq!(presented_token(&map(&[("x-goog-api-key", "kb_c")])).as_deref(), Some("kb_c"));
+        assert_eq!(presented_token(&map(&[("xi-api-key", "kb_d")])).as_deref(), Some("kb_d"));
+        // Twilio's SDK sends Basic base64(AccountSid:AuthToken); the token is the password.
+        assert_eq!(presented_token(&map(&[("authorization", "Basic QUMxMjM6a2JfZQ==")])).as_deref(), Some("kb_e"));
+        assert_eq!(presented_token(&map(&[("authorization", "Basic !!!")])), None);
+        assert_eq!(presented_token(&map(&[])), None);
+    }
+
+    #[test]
+    fn response_cookies_lengths_and_hop_by_hop_are_dropped() {
+        let h = map(&[
+            ("set-cookie", "__cf_bm=x"),
+            ("content-length", "10"),
+            ("connection", "close"),
+            ("content-type", "text/event-stream"),
+            ("x-request-id", "up-1"),
+            ("openai-processing-ms", "12"),
+        ]);
+        let kept: Vec<_> = response_headers(&h).into_iter().map(|(k, _)| k.as_str().to_owned()).collect();
+        assert_eq!(kept, ["content-type", "x-request-id", "openai-processing-ms"]);
+    }
+}

@@ -1,0 +1,6 @@
+//! The proxy: `ANY /proxy/{provider}/{path...}` forwards a tool's call to its provider with the
+//! account's own key injected, streams the answer back, and meters it.
+
+pub mod headers;
+pub mod path;
+pub mod upstream_error;

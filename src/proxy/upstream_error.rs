@@ -1,0 +1,153 @@
+//! Rebuilding provider error bodies. The status code is kept; the body the tool gets is ours:
+//! the provider's error `type`/`code`/`status` and a message that has passed the redactor with the
+//! call's own key registered, with any long run of the request body cut out. Providers echo keys
+//! and request fragments in errors; none of that gets through.
+//!
+//! The shape `{"error": {"type", "code", "message", ...}}` is what the OpenAI and Anthropic SDKs
+//! read (`error.type`, `error.message`), and carries Google's `status` too, so each SDK raises
+//! its usual exception with a useful message.
+
+use serde_json::{json, Map, Value};
+
+/// The most of a provider's message we pass on.
+const MAX_MESSAGE_CHARS: usize = 500;
+/// Runs this long that also appear in the request body are cut from the message.
+const REQUEST_ECHO_MIN: usize = 12;
+
+/// What we keep of an upstream error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamError {
+    pub kind: Option<String>,
+    pub code: Option<Value>,
+    pub status: Option<String>,
+    pub message: Option<String>,
+}
+
+fn short_string(v: &Value) -> Option<String> {
+    v.as_str().map(|s| s.chars().take(100).collect())
+}
+
+/// Reads the fields we keep from a provider's error body; anything unparseable keeps nothing.
+pub fn parse(body: &[u8]) -> UpstreamError {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    // OpenAI/Google: {"error": {...}}; Anthropic: {"type": "error", "error": {...}}; some send a list.
+    let e = match &v {
+        Value::Array(items) => items.first().map(|i| &i["error"]).unwrap_or(&Value::Null),
+        _ => &v["error"],
+    };
+    let code = match &e["code"] {
+        Value::String(s) => Some(Value::from(s.chars().take(100).collect::<String>())),
+        Value::Number(n) => Some(Value::Number(n.clone())),
+        _ => None,
+    };
+    UpstreamError {
+        kind: short_string(&e["type"]),
+        code,
+        status: short_string(&e["status"]),
+        message: e["message"].as_str().map(str::to_owned).or_else(|| e.as_str().map(str::to_owned)),
+    }
+}
+
+/// Cuts every whitespace- or quote-delimited run of at least `REQUEST_ECHO_MIN` bytes that also
+/// occurs in the request body.
+fn cut_request_echo(message: &str, request_body: &[u8]) -> String {
+    if request_body.is_empty() {
+        return message.to_owned();
+    }
+    let finder = |needle: &str| memchr_find(request_body, needle.as_bytes());
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while !rest.is_empty() {
+        let end = rest.find(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | '`')).unwrap_or(rest.len());
+        let (word, tail) = rest.split_at(end);
+        if word.len() >= REQUEST_ECHO_MIN && finder(word) {
+            out.push_str("[request content]");
+        } else {
+            out.push_str(word);
+        }
+        let mut chars = tail.chars();
+        if let Some(sep) = chars.next() {
+            out.push(sep);
+        }
+        rest = chars.as_str();
+    }
+    out
+}
+
+fn memchr_find(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Our body for an upstream error.
+pub fn rebuild(
+    provider: &str,
+    status: u16,
+    upstream_body: &[u8],
+    request_body: &[u8],
+    key: &[u8],
+    request_id: &str,
+) -> Value {
+    let parsed = parse(upstream_body);
+    let redactor = crate::telemetry::redactor();
+    let message = match parsed.message {
+        Some(m) => {
+            let m: String = m.chars().take(MAX_MESSAGE_CHARS * 4).collect();
+            let m = redactor.redact_with(&m, &[key]).into_owned();
+            let m = cut_request_echo(&m, request_body);
+            // A second pass: cutting can join fragments into something key-shaped again.
+            let m = redactor.redact_with(&m, &[key]).into_owned();
+            m.chars().take(MAX_MESSAGE_CHARS).collect::<String>()
+        }
+        None => format!("{provider} answered HTTP {status}"),
+    };
+    let mut error = Map::new();
+    error.insert("type".into(), Value::from(parsed.kind.unwrap_or_else(|| "upstream_error".into())));
+    if let Some(code) = parsed.code {
+        error.insert("code".into(), code);
+    }
+    if let Some(s) = parsed.status {
+        error.insert("status".into(), Value::from(s));
+    }
+    error.insert("message".into(), Value::from(message));
+    error.insert("provider".into(), Value::from(provider));
+    error.insert("upstream_status".into(), Value::from(status));
+    error.insert("request_id".into(), Value::from(request_id));
+    json!({ "error": error })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_shapes_are_parsed() {
+        let openai = parse(br#"{"error": {"message": "m", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}"#);
+        assert_eq!(openai.kind.as_deref(), Some("invalid_request_error"));
+        assert_eq!(openai.code, Some(Value::from("invalid_api_key")));
+        let anthropic = parse(br#"{"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}"#);
+        assert_eq!(anthropic.kind.as_deref(), Some("authentication_error"));
+        let google = parse(br#"{"error": {"code": 400, "message": "API key not valid.", "status": "INVALID_ARGUMENT"}}"#);
+        assert_eq!(google.code, Some(Value::from(400)));
+        assert_eq!(google.status.as_deref(), Some("INVALID_ARGUMENT"));
+        assert_eq!(parse(b"<html>oops</html>"), UpstreamError { kind: None, code: None, status: None, message: None });
+    }
+
+    #[test]
+    fn the_key_and_request_echoes_never_survive() {
+        let key = b"zz-unshaped-provider-key-0123456789";
+        let body = br#"{"error": {"message": "Incorrect API key provided: zz-unshaped-provider-key-0123456789. Your prompt 'tell me the launch codes please' was rejected", "type": "invalid_request_error"}}"#;
+        let request = br#"{"messages":[{"content":"tell me the launch codes please"}]}"#;
+        let out = rebuild("openai", 401, body, request, key, "req-1").to_string();
+        assert!(!out.contains("zz-unshaped-provider-key-0123456789"), "{out}");
+        assert!(!out.contains("launch codes please"), "{out}");
+        assert!(out.contains("invalid_request_error"));
+        assert!(out.contains("req-1"));
+    }
+
+    #[test]
+    fn a_non_json_error_gets_our_own_message() {
+        let out = rebuild("anthropic", 502, b"<html>Bad gateway for sk-ant-api03-xyz</html>", b"", b"k", "r");
+        assert_eq!(out["error"]["message"], "anthropic answered HTTP 502");
+        assert_eq!(out["error"]["type"], "upstream_error");
+    }
+}

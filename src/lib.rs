@@ -1,1 +1,2 @@
+pub mod metering;
 pub mod money;

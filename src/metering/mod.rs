@@ -1,0 +1,2 @@
+//! Metering (placeholder)
+pub mod sse;

@@ -34,7 +34,9 @@ pub enum SseItem {
     Event(SseEvent),
     /// An event larger than the cap: its content was discarded as it arrived (memory stays bounded)
     /// and only its size is reported, so the caller can tell metering may have missed something.
-    Dropped { bytes: usize },
+    Dropped {
+        bytes: usize,
+    },
 }
 
 /// An incremental SSE parser. Feed it arbitrary byte chunks; it never panics and never holds more
@@ -279,7 +281,8 @@ impl SseFrameFilter {
         self.parser.feed_with(chunk, |item, end| {
             let frame = &chunk[frame_start..end];
             frame_start = end;
-            let drop_frame = matches!(&item, Some(SseItem::Event(event)) if !*passthrough && withhold(event));
+            let drop_frame =
+                matches!(&item, Some(SseItem::Event(event)) if !*passthrough && withhold(event));
             if drop_frame {
                 pending.clear();
             } else {

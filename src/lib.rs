@@ -1,2 +1,3 @@
 pub mod metering;
 pub mod money;
+pub mod spend;

@@ -9,8 +9,11 @@
 //!   reference (a URL, a file id, Google `fileData`) has no size in the body at all. Each media part,
 //!   inline or by reference, adds [`EstimateConfig::media_allowance_tokens`]. Providers also add
 //!   hidden prompt text (Anthropic's tool-use system prompt), covered by
-//!   [`EstimateConfig::overhead_tokens`]. Long video or audio by reference can still exceed the
-//!   allowance; the ledger then records an overshoot (see `spend::ledger`).
+//!   [`EstimateConfig::overhead_tokens`]. A request that pulls in server-side context (OpenAI
+//!   `previous_response_id` or `conversation`, Gemini `cachedContent`) adds
+//!   [`EstimateConfig::stateful_input_tokens`], a context window's worth. Long video or audio by
+//!   reference, and content fetched by server-side tools (web or file search), can still exceed these
+//!   allowances; the ledger then records an overshoot (see `spend::ledger`).
 //! - **Output**: the request's own limit (`max_completion_tokens`, `max_tokens`, `max_output_tokens`,
 //!   `generationConfig.maxOutputTokens`, plus a Gemini `thinkingBudget`), capped at the model's
 //!   `max_output_tokens`, times the number of choices (`n`, `candidateCount`). With no limit in the
@@ -35,6 +38,8 @@ pub struct EstimateConfig {
     pub media_allowance_tokens: u64,
     /// Input tokens added to every request for prompt text the provider injects.
     pub overhead_tokens: u64,
+    /// Input tokens added when the request references context stored at the provider.
+    pub stateful_input_tokens: u64,
 }
 
 impl Default for EstimateConfig {
@@ -46,6 +51,8 @@ impl Default for EstimateConfig {
             media_allowance_tokens: 40_000,
             // Anthropic's tool-use system prompt is a few hundred tokens.
             overhead_tokens: 1_000,
+            // The largest context window among the shipped models (gpt-4.1, Gemini: about 1M).
+            stateful_input_tokens: 1_048_576,
         }
     }
 }
@@ -87,9 +94,15 @@ pub fn estimate_tokens(
 
     let media_parts = count_media_parts(&json);
     let body_len = u64::try_from(body.len()).unwrap_or(u64::MAX);
+    let stateful = references_stored_context(&json);
     let input_tokens = body_len
         .saturating_add(media_parts.saturating_mul(config.media_allowance_tokens))
-        .saturating_add(config.overhead_tokens);
+        .saturating_add(config.overhead_tokens)
+        .saturating_add(if stateful {
+            config.stateful_input_tokens
+        } else {
+            0
+        });
 
     let (per_choice, output_bound) =
         match (requested_output(dialect, &json), prices.max_output_tokens) {
@@ -196,6 +209,19 @@ fn choices(dialect: Dialect, json: &Value) -> u64 {
         Dialect::Google => as_count(json.pointer("/generationConfig/candidateCount")),
     };
     n.unwrap_or(1).max(1)
+}
+
+/// Whether the request makes the provider add context stored on its side to the prompt.
+fn references_stored_context(json: &Value) -> bool {
+    let present = |key: &str| json.get(key).is_some_and(|v| !v.is_null());
+    [
+        "previous_response_id",
+        "conversation",
+        "cachedContent",
+        "cached_content",
+    ]
+    .into_iter()
+    .any(present)
 }
 
 /// Content parts carrying media, across the three request formats.
@@ -367,6 +393,19 @@ mod tests {
             {"fileData": {"mimeType": "video/mp4", "fileUri": "gs://b/v.mp4"}},
             {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}}]}]});
         assert_eq!(count_media_parts(&gemini), 2);
+    }
+
+    #[test]
+    fn stored_context_adds_a_context_window() {
+        let body =
+            json!({"model": "gpt-5", "previous_response_id": "resp_123", "input": "and then?"});
+        let e = estimate("openai", Dialect::OpenAi, &body);
+        assert_eq!(e.input_tokens, body.to_string().len() as u64 + 1_048_576);
+        let gemini = json!({"cachedContent": "cachedContents/abc", "contents": []});
+        assert!(references_stored_context(&gemini));
+        assert!(!references_stored_context(
+            &json!({"previous_response_id": null})
+        ));
     }
 
     #[test]

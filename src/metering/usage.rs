@@ -207,6 +207,14 @@ impl StreamMeter {
         }
     }
 
+    /// Caps the size of one event (or JSON-array element); larger ones are dropped and counted in
+    /// [`StreamUsage::dropped_events`]. Call before feeding.
+    pub fn with_max_event_bytes(mut self, max_event_bytes: usize) -> Self {
+        self.sse = SseParser::new(max_event_bytes);
+        self.array = JsonArraySplitter::new(max_event_bytes);
+        self
+    }
+
     /// Observes a chunk of the response body exactly as received.
     pub fn feed(&mut self, chunk: &[u8]) {
         match self.framing {
@@ -996,6 +1004,16 @@ mod tests {
         let mut splitter = JsonArraySplitter::new(8);
         let out = splitter.feed(br#"[{"a":"0123456789"},{"b":1}]"#);
         assert_eq!(out, vec![None, Some(br#"{"b":1}"#.to_vec())]);
+    }
+
+    #[test]
+    fn oversized_stream_event_makes_usage_untrustworthy() {
+        let mut meter =
+            StreamMeter::new(Dialect::OpenAi, Framing::Sse, None).with_max_event_bytes(64);
+        meter.feed(&openai_chat_stream(true));
+        let result = meter.finish();
+        assert!(result.dropped_events > 0);
+        assert!(!result.is_trustworthy());
     }
 
     #[test]

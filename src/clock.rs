@@ -41,6 +41,19 @@ impl Default for ManualClock {
 }
 
 impl ManualClock {
+    /// A clock standing at `at`.
+    pub fn at(at: OffsetDateTime) -> Self {
+        let nanos = i64::try_from(at.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+        Self {
+            nanos: Arc::new(AtomicI64::new(nanos)),
+        }
+    }
+
+    pub fn set(&self, at: OffsetDateTime) {
+        let nanos = i64::try_from(at.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+        self.nanos.store(nanos, Ordering::SeqCst);
+    }
+
     pub fn advance(&self, by: time::Duration) {
         let by = i64::try_from(by.whole_nanoseconds()).unwrap_or(i64::MAX);
         self.nanos.fetch_add(by, Ordering::SeqCst);

@@ -10,15 +10,21 @@ use std::time::Duration;
 use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
 
-/// The schema, one numbered file per change. Never edit a file once it has shipped: add a new one.
+/// The schema, one numbered file per change, in order. Never edit a file once it has shipped:
+/// add a new one.
+const MIGRATION_SQL: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0004_spend.sql"),
+];
+
 static MIGRATIONS: LazyLock<Migrations<'static>> =
-    LazyLock::new(|| Migrations::new(vec![M::up(include_str!("../migrations/0001_init.sql"))]));
+    LazyLock::new(|| Migrations::new(MIGRATION_SQL.iter().map(|sql| M::up(sql)).collect()));
 
 /// How many schema versions this binary knows.
 pub fn schema_version() -> usize {
     MIGRATIONS_COUNT
 }
-const MIGRATIONS_COUNT: usize = 1;
+const MIGRATIONS_COUNT: usize = MIGRATION_SQL.len();
 
 const READERS: usize = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

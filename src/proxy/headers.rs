@@ -20,7 +20,14 @@ const HOP_BY_HOP: &[&str] = &[
 
 /// Headers a tool may carry its keybroker token in (whichever its SDK uses), and any other
 /// credential-bearing header: none of them is forwarded.
-pub const CREDENTIAL_HEADERS: &[&str] = &["authorization", "x-api-key", "x-goog-api-key", "xi-api-key", "api-key", "cookie"];
+pub const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "x-api-key",
+    "x-goog-api-key",
+    "xi-api-key",
+    "api-key",
+    "cookie",
+];
 
 /// Set by keybroker itself, or describing the client's own network position.
 const NOT_FORWARDED: &[&str] = &[
@@ -56,7 +63,9 @@ pub fn forward_request_header(name: &HeaderName, connection_named: &[String]) ->
 }
 
 /// The request headers to forward, in order.
-pub fn request_headers(headers: &HeaderMap) -> Vec<(HeaderName, actix_web::http::header::HeaderValue)> {
+pub fn request_headers(
+    headers: &HeaderMap,
+) -> Vec<(HeaderName, actix_web::http::header::HeaderValue)> {
     let named = named_in_connection(headers);
     headers
         .iter()
@@ -76,7 +85,9 @@ pub fn forward_response_header(name: &HeaderName, connection_named: &[String]) -
         || connection_named.iter().any(|c| c == n))
 }
 
-pub fn response_headers(headers: &HeaderMap) -> Vec<(HeaderName, actix_web::http::header::HeaderValue)> {
+pub fn response_headers(
+    headers: &HeaderMap,
+) -> Vec<(HeaderName, actix_web::http::header::HeaderValue)> {
     let named = named_in_connection(headers);
     headers
         .iter()
@@ -97,10 +108,16 @@ pub fn presented_token(headers: &HeaderMap) -> Option<String> {
             return Some(t.trim().to_owned());
         }
         if let Some(b64) = strip_prefix_ci(auth, "basic ") {
-            let decoded = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()?;
             let text = String::from_utf8(decoded).ok()?;
             let (user, pass) = text.split_once(':').unwrap_or((&text, ""));
-            let pick = if pass.starts_with("kb_") || user.is_empty() { pass } else { user };
+            let pick = if pass.starts_with("kb_") || user.is_empty() {
+                pass
+            } else {
+                user
+            };
             return Some(pick.to_owned());
         }
     }
@@ -112,7 +129,8 @@ pub fn presented_token(headers: &HeaderMap) -> Option<String> {
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 #[cfg(test)]
@@ -143,21 +161,48 @@ mod tests {
             ("anthropic-version", "2023-06-01"),
             ("x-stainless-lang", "python"),
         ]);
-        let mut kept: Vec<_> = request_headers(&h).into_iter().map(|(k, _)| k.as_str().to_owned()).collect();
+        let mut kept: Vec<_> = request_headers(&h)
+            .into_iter()
+            .map(|(k, _)| k.as_str().to_owned())
+            .collect();
         kept.sort();
-        assert_eq!(kept, ["anthropic-version", "content-type", "x-stainless-lang"]);
+        assert_eq!(
+            kept,
+            ["anthropic-version", "content-type", "x-stainless-lang"]
+        );
     }
 
     #[test]
     fn the_token_is_found_in_whichever_header_the_sdk_uses() {
-        assert_eq!(presented_token(&map(&[("authorization", "Bearer kb_a")])).as_deref(), Some("kb_a"));
-        assert_eq!(presented_token(&map(&[("authorization", "bearer  kb_a ")])).as_deref(), Some("kb_a"));
-        assert_eq!(presented_token(&map(&[("x-api-key", "kb_b")])).as_deref(), Some("kb_b"));
-        assert_eq!(presented_token(&map(&[("x-goog-api-key", "kb_c")])).as_deref(), Some("kb_c"));
-        assert_eq!(presented_token(&map(&[("xi-api-key", "kb_d")])).as_deref(), Some("kb_d"));
+        assert_eq!(
+            presented_token(&map(&[("authorization", "Bearer kb_a")])).as_deref(),
+            Some("kb_a")
+        );
+        assert_eq!(
+            presented_token(&map(&[("authorization", "bearer  kb_a ")])).as_deref(),
+            Some("kb_a")
+        );
+        assert_eq!(
+            presented_token(&map(&[("x-api-key", "kb_b")])).as_deref(),
+            Some("kb_b")
+        );
+        assert_eq!(
+            presented_token(&map(&[("x-goog-api-key", "kb_c")])).as_deref(),
+            Some("kb_c")
+        );
+        assert_eq!(
+            presented_token(&map(&[("xi-api-key", "kb_d")])).as_deref(),
+            Some("kb_d")
+        );
         // Twilio's SDK sends Basic base64(AccountSid:AuthToken); the token is the password.
-        assert_eq!(presented_token(&map(&[("authorization", "Basic QUMxMjM6a2JfZQ==")])).as_deref(), Some("kb_e"));
-        assert_eq!(presented_token(&map(&[("authorization", "Basic !!!")])), None);
+        assert_eq!(
+            presented_token(&map(&[("authorization", "Basic QUMxMjM6a2JfZQ==")])).as_deref(),
+            Some("kb_e")
+        );
+        assert_eq!(
+            presented_token(&map(&[("authorization", "Basic !!!")])),
+            None
+        );
         assert_eq!(presented_token(&map(&[])), None);
     }
 
@@ -171,8 +216,14 @@ mod tests {
             ("x-request-id", "up-1"),
             ("openai-processing-ms", "12"),
         ]);
-        let mut kept: Vec<_> = response_headers(&h).into_iter().map(|(k, _)| k.as_str().to_owned()).collect();
+        let mut kept: Vec<_> = response_headers(&h)
+            .into_iter()
+            .map(|(k, _)| k.as_str().to_owned())
+            .collect();
         kept.sort();
-        assert_eq!(kept, ["content-type", "openai-processing-ms", "x-request-id"]);
+        assert_eq!(
+            kept,
+            ["content-type", "openai-processing-ms", "x-request-id"]
+        );
     }
 }

@@ -36,8 +36,16 @@ fn check_segment(raw: &str) -> Result<(), PathError> {
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b == b'%' {
-            let hi = bytes.get(i + 1).copied().and_then(hex).ok_or(PathError::BadEscape)?;
-            let lo = bytes.get(i + 2).copied().and_then(hex).ok_or(PathError::BadEscape)?;
+            let hi = bytes
+                .get(i + 1)
+                .copied()
+                .and_then(hex)
+                .ok_or(PathError::BadEscape)?;
+            let lo = bytes
+                .get(i + 2)
+                .copied()
+                .and_then(hex)
+                .ok_or(PathError::BadEscape)?;
             decoded.push(hi << 4 | lo);
             i += 3;
         } else {
@@ -50,7 +58,10 @@ fn check_segment(raw: &str) -> Result<(), PathError> {
     }
     // Decoded slashes, backslashes, control bytes and `@` would let a segment smuggle in a new
     // path, host or header line.
-    if decoded.iter().any(|&c| c == b'/' || c == b'\\' || c == b'@' || c < 0x20 || c == 0x7f) {
+    if decoded
+        .iter()
+        .any(|&c| c == b'/' || c == b'\\' || c == b'@' || c < 0x20 || c == 0x7f)
+    {
         return Err(PathError::ForbiddenCharacter);
     }
     Ok(())
@@ -61,12 +72,18 @@ impl UpstreamPath {
     /// query string.
     pub fn parse(tail: &str, query: Option<&str>) -> Result<Self, PathError> {
         if tail.is_empty() || tail == "/" {
-            return Ok(Self { path: "/".into(), query: clean_query(query)? });
+            return Ok(Self {
+                path: "/".into(),
+                query: clean_query(query)?,
+            });
         }
         if !tail.starts_with('/') || tail.starts_with("//") || tail.contains("://") {
             return Err(PathError::NotRelative);
         }
-        if tail.bytes().any(|c| c == b'\\' || c == b'@' || c == b'#' || c < 0x21 || c == 0x7f) {
+        if tail
+            .bytes()
+            .any(|c| c == b'\\' || c == b'@' || c == b'#' || c < 0x21 || c == 0x7f)
+        {
             return Err(PathError::ForbiddenCharacter);
         }
         for segment in tail.split('/').skip(1) {
@@ -76,7 +93,10 @@ impl UpstreamPath {
             }
             check_segment(segment)?;
         }
-        Ok(Self { path: tail.to_owned(), query: clean_query(query)? })
+        Ok(Self {
+            path: tail.to_owned(),
+            query: clean_query(query)?,
+        })
     }
 
     pub fn path(&self) -> &str {
@@ -100,7 +120,9 @@ impl UpstreamPath {
 fn clean_query(query: Option<&str>) -> Result<Option<String>, PathError> {
     match query {
         None | Some("") => Ok(None),
-        Some(q) if q.bytes().any(|c| c < 0x21 || c == 0x7f || c == b'#') => Err(PathError::ForbiddenCharacter),
+        Some(q) if q.bytes().any(|c| c < 0x21 || c == 0x7f || c == b'#') => {
+            Err(PathError::ForbiddenCharacter)
+        }
         Some(q) => Ok(Some(q.to_owned())),
     }
 }
@@ -114,7 +136,10 @@ mod tests {
         for (tail, q) in [
             ("/v1/chat/completions", None),
             ("/v1/messages", None),
-            ("/v1/models/gemini-2.5-flash:streamGenerateContent", Some("alt=sse")),
+            (
+                "/v1/models/gemini-2.5-flash:streamGenerateContent",
+                Some("alt=sse"),
+            ),
             ("/v1/text-to-speech/21m00Tcm4TlvDq8ikWAM", None),
             ("/2010-04-01/Accounts/AC123/Messages.json", None),
             ("/v1/files/file-abc%20def", None),
@@ -124,7 +149,10 @@ mod tests {
             assert_eq!(p.query(), q);
         }
         let p = UpstreamPath::parse("/v1/models/x:streamGenerateContent", Some("alt=sse")).unwrap();
-        assert_eq!(p.join("https://api.example.com/"), "https://api.example.com/v1/models/x:streamGenerateContent?alt=sse");
+        assert_eq!(
+            p.join("https://api.example.com/"),
+            "https://api.example.com/v1/models/x:streamGenerateContent?alt=sse"
+        );
     }
 
     #[test]
@@ -151,8 +179,14 @@ mod tests {
         ] {
             assert_eq!(UpstreamPath::parse(tail, None), Err(err), "{tail:?}");
         }
-        assert_eq!(UpstreamPath::parse("/v1", Some("a=b\r\nX: y")), Err(PathError::ForbiddenCharacter));
-        assert_eq!(UpstreamPath::parse("/v1", Some("a=b#frag")), Err(PathError::ForbiddenCharacter));
+        assert_eq!(
+            UpstreamPath::parse("/v1", Some("a=b\r\nX: y")),
+            Err(PathError::ForbiddenCharacter)
+        );
+        assert_eq!(
+            UpstreamPath::parse("/v1", Some("a=b#frag")),
+            Err(PathError::ForbiddenCharacter)
+        );
     }
 
     proptest::proptest! {

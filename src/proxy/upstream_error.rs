@@ -44,7 +44,10 @@ pub fn parse(body: &[u8]) -> UpstreamError {
         kind: short_string(&e["type"]),
         code,
         status: short_string(&e["status"]),
-        message: e["message"].as_str().map(str::to_owned).or_else(|| e.as_str().map(str::to_owned)),
+        message: e["message"]
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| e.as_str().map(str::to_owned)),
     }
 }
 
@@ -58,7 +61,9 @@ fn cut_request_echo(message: &str, request_body: &[u8]) -> String {
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
     while !rest.is_empty() {
-        let end = rest.find(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | '`')).unwrap_or(rest.len());
+        let end = rest
+            .find(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | '`'))
+            .unwrap_or(rest.len());
         let (word, tail) = rest.split_at(end);
         if word.len() >= REQUEST_ECHO_MIN && finder(word) {
             out.push_str("[request content]");
@@ -101,7 +106,10 @@ pub fn rebuild(
         None => format!("{provider} answered HTTP {status}"),
     };
     let mut error = Map::new();
-    error.insert("type".into(), Value::from(parsed.kind.unwrap_or_else(|| "upstream_error".into())));
+    error.insert(
+        "type".into(),
+        Value::from(parsed.kind.unwrap_or_else(|| "upstream_error".into())),
+    );
     if let Some(code) = parsed.code {
         error.insert("code".into(), code);
     }
@@ -129,7 +137,15 @@ mod tests {
         let google = parse(br#"{"error": {"code": 400, "message": "API key not valid.", "status": "INVALID_ARGUMENT"}}"#);
         assert_eq!(google.code, Some(Value::from(400)));
         assert_eq!(google.status.as_deref(), Some("INVALID_ARGUMENT"));
-        assert_eq!(parse(b"<html>oops</html>"), UpstreamError { kind: None, code: None, status: None, message: None });
+        assert_eq!(
+            parse(b"<html>oops</html>"),
+            UpstreamError {
+                kind: None,
+                code: None,
+                status: None,
+                message: None
+            }
+        );
     }
 
     #[test]
@@ -138,7 +154,10 @@ mod tests {
         let body = br#"{"error": {"message": "Incorrect API key provided: zz-unshaped-provider-key-0123456789. Your prompt 'tell me the launch codes please' was rejected", "type": "invalid_request_error"}}"#;
         let request = br#"{"messages":[{"content":"tell me the launch codes please"}]}"#;
         let out = rebuild("openai", 401, body, request, key, "req-1").to_string();
-        assert!(!out.contains("zz-unshaped-provider-key-0123456789"), "{out}");
+        assert!(
+            !out.contains("zz-unshaped-provider-key-0123456789"),
+            "{out}"
+        );
         assert!(!out.contains("launch codes please"), "{out}");
         assert!(out.contains("invalid_request_error"));
         assert!(out.contains("req-1"));
@@ -146,7 +165,14 @@ mod tests {
 
     #[test]
     fn a_non_json_error_gets_our_own_message() {
-        let out = rebuild("anthropic", 502, b"<html>Bad gateway for sk-ant-api03-xyz</html>", b"", b"k", "r");
+        let out = rebuild(
+            "anthropic",
+            502,
+            b"<html>Bad gateway for sk-ant-api03-xyz</html>",
+            b"",
+            b"k",
+            "r",
+        );
         assert_eq!(out["error"]["message"], "anthropic answered HTTP 502");
         assert_eq!(out["error"]["type"], "upstream_error");
     }

@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -105,6 +106,11 @@ pub struct LedgerRow {
 /// What happened to spend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpendKind {
+    /// Money held for a call about to be sent (`amount` is the hold). Persisted so a crash
+    /// between this and the settle still charges the hold (fail closed).
+    Reserved,
+    /// A hold given back uncharged (the call was never billed).
+    Released,
     /// A reservation settled at the metered cost. `overshoot` is how far it exceeded its reservation.
     Settled { overshoot: Option<Money> },
     /// A reservation dropped unsettled, charged its full amount.
@@ -117,6 +123,8 @@ pub enum SpendKind {
 /// `period_start`'s row; a reset sets it to zero.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpendEvent {
+    /// The reservation this event closes or opens; 0 for a reset.
+    pub reservation: u64,
     pub account: i64,
     pub provider: String,
     pub amount: Money,
@@ -202,6 +210,7 @@ struct Inner {
     entries: RwLock<HashMap<i64, HashMap<String, SharedEntry>>>,
     clock: Arc<dyn Clock>,
     sink: Option<SpendSink>,
+    next_reservation: AtomicU64,
 }
 
 impl Inner {
@@ -237,6 +246,7 @@ impl Ledger {
                 entries: RwLock::new(HashMap::new()),
                 clock,
                 sink,
+                next_reservation: AtomicU64::new(1),
             }),
         }
     }
@@ -252,9 +262,11 @@ impl Ledger {
     ) -> Result<Reservation, Refused> {
         let amount = amount.max(Money::ZERO);
         let entry = self.entry(account, provider);
+        let id = self.inner.next_reservation.fetch_add(1, Ordering::Relaxed);
         {
             let mut e = lock(&entry);
-            e.roll(self.inner.clock.now());
+            let now = self.inner.clock.now();
+            e.roll(now);
             if let Some(limit) = e.limit {
                 let total = e
                     .spent
@@ -270,8 +282,18 @@ impl Ledger {
                 }
             }
             e.reserved = e.reserved.saturating_add(amount);
+            self.inner.emit(SpendEvent {
+                reservation: id,
+                account,
+                provider: provider.to_owned(),
+                amount,
+                kind: SpendKind::Reserved,
+                period_start: e.period_start,
+                at: now,
+            });
         }
         Ok(Reservation {
+            id,
             inner: Arc::clone(&self.inner),
             entry,
             account,
@@ -321,6 +343,7 @@ impl Ledger {
         let forgiven = std::mem::replace(&mut e.spent, Money::ZERO);
         e.overshoot = Money::ZERO;
         self.inner.emit(SpendEvent {
+            reservation: 0,
             account,
             provider: provider.to_owned(),
             amount: forgiven,
@@ -414,6 +437,7 @@ impl Ledger {
 /// charged nothing; if it is dropped instead, its full amount is charged.
 #[must_use = "a reservation dropped unsettled is charged in full"]
 pub struct Reservation {
+    id: u64,
     inner: Arc<Inner>,
     entry: SharedEntry,
     account: i64,
@@ -452,6 +476,15 @@ impl Reservation {
         self.open = false;
         let mut e = lock(&self.entry);
         e.reserved = e.reserved.saturating_sub(self.amount).max(Money::ZERO);
+        self.inner.emit(SpendEvent {
+            reservation: self.id,
+            account: self.account,
+            provider: self.provider.clone(),
+            amount: self.amount,
+            kind: SpendKind::Released,
+            period_start: e.period_start,
+            at: self.inner.clock.now(),
+        });
     }
 
     fn close(&self, actual: Money, abandoned: bool) -> Settled {
@@ -465,6 +498,7 @@ impl Reservation {
             e.overshoot = e.overshoot.saturating_add(over);
         }
         self.inner.emit(SpendEvent {
+            reservation: self.id,
             account: self.account,
             provider: self.provider.clone(),
             amount: actual,
@@ -525,8 +559,11 @@ mod tests {
         let clock = Arc::new(ManualClock::at(at));
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink_events = Arc::clone(&events);
+        // Holds (reserved/released) are checked in their own test; the others look at spend.
         let sink: SpendSink = Arc::new(move |event: &SpendEvent| {
-            sink_events.lock().unwrap().push(event.clone());
+            if !matches!(event.kind, SpendKind::Reserved | SpendKind::Released) {
+                sink_events.lock().unwrap().push(event.clone());
+            }
         });
         (Ledger::new(clock.clone(), Some(sink)), clock, events)
     }
@@ -686,6 +723,7 @@ mod tests {
         assert_eq!(
             events[..],
             [SpendEvent {
+                reservation: events[0].reservation,
                 account: ACCOUNT,
                 provider: "openai".to_owned(),
                 amount: usd("0.10"),
@@ -908,6 +946,35 @@ mod tests {
         assert_eq!(
             (snapshot.limit, snapshot.spent, snapshot.state),
             (None, Money::ZERO, CeilingState::Ok)
+        );
+    }
+
+    #[test]
+    fn holds_are_announced_so_a_writer_can_persist_them() {
+        let clock = Arc::new(ManualClock::at(datetime!(2025-06-15 12:00 UTC)));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink_events = Arc::clone(&events);
+        let sink: SpendSink = Arc::new(move |e: &SpendEvent| {
+            sink_events
+                .lock()
+                .unwrap()
+                .push((e.reservation, e.kind, e.amount))
+        });
+        let ledger = Ledger::new(clock, Some(sink));
+        let a = ledger.reserve(ACCOUNT, "openai", usd("0.30")).unwrap();
+        let b = ledger.reserve(ACCOUNT, "openai", usd("0.20")).unwrap();
+        let (ida, idb) = (a.id, b.id);
+        assert_ne!(ida, idb);
+        a.settle(usd("0.10"));
+        b.release();
+        assert_eq!(
+            events.lock().unwrap()[..],
+            [
+                (ida, SpendKind::Reserved, usd("0.30")),
+                (idb, SpendKind::Reserved, usd("0.20")),
+                (ida, SpendKind::Settled { overshoot: None }, usd("0.10")),
+                (idb, SpendKind::Released, usd("0.20")),
+            ]
         );
     }
 }

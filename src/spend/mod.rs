@@ -1,7 +1,10 @@
 //! Spend: what each account has spent per provider, and the ceilings that refuse calls beyond it.
-//! In memory only; persistence hangs off the ledger's event sink.
+//! The ledger decides in memory; the writer persists its events in batches; the store reads them
+//! back at start-up (charging holds a crash left behind) and for usage reports.
 
 pub mod ledger;
+pub mod store;
+pub mod writer;
 
 pub use ledger::{
     CeilingState, Ledger, LedgerRow, Period, Refused, Reservation, Settled, Snapshot, SpendEvent,

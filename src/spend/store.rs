@@ -1,0 +1,108 @@
+//! Reading spend back: the start-up load (with holds left by a crash charged in full) and the
+//! usage report.
+
+use rusqlite::{params, Connection};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::money::Money;
+use crate::spend::ledger::LedgerRow;
+use crate::spend::writer::parse_period;
+
+/// What the start-up recovery did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Holds found from calls in flight when the process stopped, charged at their full amount.
+    pub holds_charged: u64,
+    pub amount: Money,
+}
+
+/// Charges every hold left by a previous run (fail closed), then returns the rows to load into
+/// the ledger. One transaction.
+pub fn recover_and_load(conn: &mut Connection) -> rusqlite::Result<(Recovered, Vec<LedgerRow>)> {
+    let tx = conn.transaction()?;
+    let holds: Vec<(i64, String, i64, i64)> = tx
+        .prepare("SELECT account_id, provider, amount_micros, period_start FROM spend_holds")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut recovered = Recovered::default();
+    for (account, provider, amount, period_start) in &holds {
+        tx.execute(
+            "INSERT INTO spend (account_id, provider, period_start, spent_micros) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (account_id, provider) DO UPDATE SET
+                spent_micros = CASE
+                    WHEN excluded.period_start = spend.period_start THEN spend.spent_micros + excluded.spent_micros
+                    WHEN excluded.period_start > spend.period_start THEN excluded.spent_micros
+                    ELSE spend.spent_micros END,
+                period_start = MAX(spend.period_start, excluded.period_start)",
+            params![account, provider, period_start, amount],
+        )?;
+        recovered.holds_charged += 1;
+        recovered.amount = recovered.amount.saturating_add(Money::from_micros(*amount));
+    }
+    tx.execute("DELETE FROM spend_holds", [])?;
+    let rows = {
+        let mut stmt = tx.prepare("SELECT account_id, provider, limit_micros, period, period_start, spent_micros FROM spend")?;
+        let rows = stmt.query_map([], |r| {
+            let period: String = r.get(3)?;
+            Ok(LedgerRow {
+                account: r.get(0)?,
+                provider: r.get(1)?,
+                limit: r.get::<_, Option<i64>>(2)?.map(Money::from_micros),
+                period: parse_period(&period).unwrap_or_default(),
+                period_start: OffsetDateTime::from_unix_timestamp(r.get(4)?)
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                spent: Money::from_micros(r.get(5)?),
+            })
+        })?;
+        rows.collect::<Result<Vec<_>, _>>()?
+    };
+    tx.commit()?;
+    Ok((recovered, rows))
+}
+
+/// Usage of one provider over a time range.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UsageRow {
+    pub provider: String,
+    pub calls: i64,
+    pub refused: i64,
+    pub failed: i64,
+    pub input_tokens: i64,
+    pub cached_input_tokens: i64,
+    pub output_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub spend_usd: Money,
+    pub fallback_priced_calls: i64,
+}
+
+/// Per-provider usage for hours starting in `[since, until)`.
+pub fn usage(
+    conn: &Connection,
+    account: i64,
+    since: i64,
+    until: i64,
+) -> rusqlite::Result<Vec<UsageRow>> {
+    let since_hour = since - since.rem_euclid(3600);
+    let mut stmt = conn.prepare_cached(
+        "SELECT provider, SUM(calls), SUM(refused), SUM(failed), SUM(input_tokens), SUM(cached_input_tokens),
+                SUM(output_tokens), SUM(reasoning_tokens), SUM(spend_micros), SUM(fallback_priced)
+         FROM usage_hourly WHERE account_id = ?1 AND hour >= ?2 AND hour < ?3
+         GROUP BY provider ORDER BY provider",
+    )?;
+    let rows = stmt.query_map(params![account, since_hour, until], |r| {
+        Ok(UsageRow {
+            provider: r.get(0)?,
+            calls: r.get(1)?,
+            refused: r.get(2)?,
+            failed: r.get(3)?,
+            input_tokens: r.get(4)?,
+            cached_input_tokens: r.get(5)?,
+            output_tokens: r.get(6)?,
+            reasoning_tokens: r.get(7)?,
+            spend_usd: Money::from_micros(r.get(8)?),
+            fallback_priced_calls: r.get(9)?,
+        })
+    })?;
+    rows.collect()
+}

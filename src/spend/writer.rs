@@ -1,0 +1,494 @@
+//! The spend writer: one thread that persists spend events, holds in flight and per-call usage to
+//! SQLite in batches (group commit: everything that arrives within a few milliseconds of the first
+//! message shares one transaction and one fsync). The proxy only sends on a channel, so its hot
+//! path never waits for the disk. The writer is owned by [`SpendWriter`], whose drop drains the
+//! queue and joins the thread.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection};
+
+use crate::db::Db;
+use crate::money::Money;
+use crate::spend::ledger::{Period, SpendEvent, SpendKind, SpendSink};
+
+/// How long the writer waits for more messages after the first one of a batch.
+pub const DEFAULT_WINDOW: Duration = Duration::from_millis(3);
+const MAX_BATCH: usize = 4096;
+/// Recent calls kept per account for the dashboard.
+pub const RECENT_CALLS_KEPT: i64 = 200;
+
+/// One proxied call, for usage and the recent-calls list.
+#[derive(Debug, Clone, Default)]
+pub struct CallRecord {
+    pub account: i64,
+    pub provider: String,
+    pub at: i64,
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+    /// `ok`, `refused` (ceiling), `failed` (no upstream answer), `upstream_error` (4xx/5xx).
+    pub outcome: &'static str,
+    pub model: String,
+    pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub output_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub cost: Money,
+    pub priced_by_fallback: bool,
+    pub request_id: String,
+}
+
+/// A ceiling as configured, written in order with the spend events around it.
+#[derive(Debug, Clone)]
+pub struct CeilingRow {
+    pub account: i64,
+    pub provider: String,
+    pub limit: Option<Money>,
+    pub period: Period,
+    pub period_start: i64,
+    pub spent: Money,
+}
+
+enum Msg {
+    Spend(SpendEvent),
+    Call(Box<CallRecord>),
+    Ceiling(CeilingRow),
+    Barrier(SyncSender<()>),
+    Stop,
+}
+
+pub struct SpendWriter {
+    tx: Sender<Msg>,
+    depth: Arc<AtomicUsize>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for SpendWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpendWriter")
+            .field("queue_depth", &self.queue_depth())
+            .finish()
+    }
+}
+
+impl SpendWriter {
+    pub fn start(db: Db, window: Duration) -> std::io::Result<Arc<Self>> {
+        let (tx, rx) = mpsc::channel();
+        let depth = Arc::new(AtomicUsize::new(0));
+        let thread_depth = depth.clone();
+        let thread = std::thread::Builder::new()
+            .name("spend-writer".into())
+            .spawn(move || run(db, rx, window, thread_depth))?;
+        Ok(Arc::new(Self {
+            tx,
+            depth,
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    fn send(&self, msg: Msg) {
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(msg).is_err() {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!("spend writer is gone; a spend record was not persisted");
+        }
+    }
+
+    /// The ledger's sink: every event goes to the writer, in the order the ledger made them.
+    pub fn sink(self: &Arc<Self>) -> SpendSink {
+        let writer = Arc::clone(self);
+        Arc::new(move |event: &SpendEvent| writer.send(Msg::Spend(event.clone())))
+    }
+
+    pub fn record_call(&self, call: CallRecord) {
+        self.send(Msg::Call(Box::new(call)));
+    }
+
+    pub fn record_ceiling(&self, row: CeilingRow) {
+        self.send(Msg::Ceiling(row));
+    }
+
+    /// Messages sent but not yet committed.
+    pub fn queue_depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Waits until everything sent before this call is committed.
+    pub fn flush_blocking(&self) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Msg::Barrier(tx));
+        let _ = rx.recv();
+    }
+
+    pub async fn flush(self: &Arc<Self>) {
+        let w = Arc::clone(self);
+        let _ = tokio::task::spawn_blocking(move || w.flush_blocking()).await;
+    }
+
+    /// Commits what is queued and stops the thread. Idempotent.
+    pub fn shutdown(&self) {
+        let handle = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            let _ = self.tx.send(Msg::Stop);
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for SpendWriter {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn run(db: Db, rx: Receiver<Msg>, window: Duration, depth: Arc<AtomicUsize>) {
+    let mut batch = Vec::with_capacity(256);
+    loop {
+        let Ok(first) = rx.recv() else { return };
+        let deadline = Instant::now() + window;
+        let mut stop = matches!(first, Msg::Stop);
+        batch.push(first);
+        while !stop && batch.len() < MAX_BATCH {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(msg) => {
+                    stop = matches!(msg, Msg::Stop);
+                    batch.push(msg);
+                }
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    stop = true;
+                    break;
+                }
+            }
+        }
+        let n = batch.len();
+        let barriers = apply(&db, &mut batch);
+        depth.fetch_sub(n, Ordering::Relaxed);
+        for b in barriers {
+            let _ = b.send(());
+        }
+        if stop {
+            // Anything sent after Stop (a late settle) is still written before we go.
+            let rest: Vec<Msg> = rx.try_iter().collect();
+            if !rest.is_empty() {
+                let n = rest.len();
+                let mut rest = rest;
+                for b in apply(&db, &mut rest) {
+                    let _ = b.send(());
+                }
+                depth.fetch_sub(n, Ordering::Relaxed);
+            }
+            return;
+        }
+    }
+}
+
+/// Writes one batch in one transaction. A statement that fails (e.g. a row for an account deleted
+/// meanwhile) is logged and skipped; it does not lose the rest of the batch.
+fn apply(db: &Db, batch: &mut Vec<Msg>) -> Vec<SyncSender<()>> {
+    let mut barriers = Vec::new();
+    let result = db.write_blocking(|conn| -> rusqlite::Result<()> {
+        let tx = conn.transaction()?;
+        let mut touched_accounts = Vec::new();
+        for msg in batch.drain(..) {
+            let outcome = match msg {
+                Msg::Spend(e) => apply_spend(&tx, &e),
+                Msg::Call(c) => {
+                    if !touched_accounts.contains(&c.account) {
+                        touched_accounts.push(c.account);
+                    }
+                    apply_call(&tx, &c)
+                }
+                Msg::Ceiling(row) => apply_ceiling(&tx, &row),
+                Msg::Barrier(b) => {
+                    barriers.push(b);
+                    Ok(())
+                }
+                Msg::Stop => Ok(()),
+            };
+            if let Err(e) = outcome {
+                tracing::error!(error = %e, "spend writer: a record could not be written");
+            }
+        }
+        for account in touched_accounts {
+            tx.execute(
+                "DELETE FROM recent_calls WHERE account_id = ?1 AND id <= (
+                    SELECT id FROM recent_calls WHERE account_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                params![account, RECENT_CALLS_KEPT],
+            )?;
+        }
+        tx.commit()
+    });
+    if let Err(e) = result {
+        tracing::error!(error = %e, "spend writer: a batch could not be committed");
+    }
+    barriers
+}
+
+/// Adds `amount` to the spend of `period_start` (a newer period replaces an older one).
+fn add_spend(
+    conn: &Connection,
+    account: i64,
+    provider: &str,
+    period_start: i64,
+    amount: Money,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO spend (account_id, provider, period_start, spent_micros) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (account_id, provider) DO UPDATE SET
+            spent_micros = CASE
+                WHEN excluded.period_start = spend.period_start THEN spend.spent_micros + excluded.spent_micros
+                WHEN excluded.period_start > spend.period_start THEN excluded.spent_micros
+                ELSE spend.spent_micros END,
+            period_start = MAX(spend.period_start, excluded.period_start)",
+    )?
+    .execute(params![account, provider, period_start, amount.micros()])?;
+    Ok(())
+}
+
+fn apply_spend(conn: &Connection, e: &SpendEvent) -> rusqlite::Result<()> {
+    let period_start = e.period_start.unix_timestamp();
+    let id = i64::try_from(e.reservation).unwrap_or(i64::MAX);
+    match e.kind {
+        SpendKind::Reserved => {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO spend_holds (id, account_id, provider, amount_micros, period_start, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![id, e.account, e.provider, e.amount.micros(), period_start, e.at.unix_timestamp()])?;
+        }
+        SpendKind::Released => {
+            conn.prepare_cached("DELETE FROM spend_holds WHERE id = ?1")?
+                .execute([id])?;
+        }
+        SpendKind::Settled { .. } | SpendKind::Abandoned => {
+            conn.prepare_cached("DELETE FROM spend_holds WHERE id = ?1")?
+                .execute([id])?;
+            add_spend(conn, e.account, &e.provider, period_start, e.amount)?;
+        }
+        SpendKind::Reset => {
+            conn.prepare_cached(
+                "UPDATE spend SET spent_micros = 0 WHERE account_id = ?1 AND provider = ?2",
+            )?
+            .execute(params![e.account, e.provider])?;
+        }
+    }
+    Ok(())
+}
+
+fn apply_call(conn: &Connection, c: &CallRecord) -> rusqlite::Result<()> {
+    let hour = c.at - c.at.rem_euclid(3600);
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    conn.prepare_cached(
+        "INSERT INTO usage_hourly (account_id, provider, hour, calls, refused, failed, input_tokens, cached_input_tokens,
+                                   output_tokens, reasoning_tokens, spend_micros, fallback_priced)
+         VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (account_id, provider, hour) DO UPDATE SET
+            calls = calls + 1, refused = refused + excluded.refused, failed = failed + excluded.failed,
+            input_tokens = input_tokens + excluded.input_tokens,
+            cached_input_tokens = cached_input_tokens + excluded.cached_input_tokens,
+            output_tokens = output_tokens + excluded.output_tokens,
+            reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
+            spend_micros = spend_micros + excluded.spend_micros,
+            fallback_priced = fallback_priced + excluded.fallback_priced",
+    )?
+    .execute(params![
+        c.account,
+        c.provider,
+        hour,
+        i64::from(c.outcome == "refused"),
+        i64::from(c.outcome == "failed" || c.outcome == "upstream_error"),
+        clamp(c.input_tokens),
+        clamp(c.cached_input_tokens),
+        clamp(c.output_tokens),
+        clamp(c.reasoning_tokens),
+        c.cost.micros(),
+        i64::from(c.priced_by_fallback),
+    ])?;
+    conn.prepare_cached(
+        "INSERT INTO recent_calls (account_id, provider, at, method, route, status, outcome, model, input_tokens, output_tokens, cost_micros, request_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        c.account,
+        c.provider,
+        c.at,
+        c.method,
+        c.route,
+        c.status,
+        c.outcome,
+        c.model,
+        clamp(c.input_tokens),
+        clamp(c.output_tokens),
+        c.cost.micros(),
+        c.request_id
+    ])?;
+    Ok(())
+}
+
+fn apply_ceiling(conn: &Connection, r: &CeilingRow) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO spend (account_id, provider, limit_micros, period, period_start, spent_micros) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (account_id, provider) DO UPDATE SET
+            limit_micros = excluded.limit_micros, period = excluded.period,
+            period_start = excluded.period_start, spent_micros = excluded.spent_micros",
+    )?
+    .execute(params![
+        r.account,
+        r.provider,
+        r.limit.map(Money::micros),
+        period_name(r.period),
+        r.period_start,
+        r.spent.micros()
+    ])?;
+    Ok(())
+}
+
+pub fn period_name(p: Period) -> &'static str {
+    match p {
+        Period::None => "none",
+        Period::Daily => "daily",
+        Period::Monthly => "monthly",
+    }
+}
+
+pub fn parse_period(s: &str) -> Option<Period> {
+    match s {
+        "none" => Some(Period::None),
+        "daily" => Some(Period::Daily),
+        "monthly" => Some(Period::Monthly),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::spend::ledger::Ledger;
+    use crate::spend::store;
+    use time::macros::datetime;
+
+    fn db_with_account(dir: &std::path::Path) -> Db {
+        let db = Db::open(&dir.join("t.db")).unwrap();
+        db.write_blocking(|c| {
+            c.execute("INSERT INTO accounts (id, email_hash, email_blob, master_key_id, created_at) VALUES (1, x'01', x'', 'k', 0)", [])
+        })
+        .unwrap();
+        db
+    }
+
+    fn usd(s: &str) -> Money {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn settled_spend_and_ceilings_are_persisted_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db_with_account(dir.path());
+        let writer = SpendWriter::start(db.clone(), DEFAULT_WINDOW).unwrap();
+        let clock = Arc::new(ManualClock::at(datetime!(2026-01-10 12:00 UTC)));
+        let ledger = Ledger::new(clock, Some(writer.sink()));
+        let snap = ledger.set_ceiling(1, "openai", usd("1.00"), Period::Monthly);
+        writer.record_ceiling(CeilingRow {
+            account: 1,
+            provider: "openai".into(),
+            limit: snap.limit,
+            period: snap.period,
+            period_start: snap.period_start.unix_timestamp(),
+            spent: snap.spent,
+        });
+        for _ in 0..10 {
+            ledger
+                .reserve(1, "openai", usd("0.05"))
+                .unwrap()
+                .settle(usd("0.03"));
+        }
+        ledger.reserve(1, "openai", usd("0.05")).unwrap().release();
+        writer.flush_blocking();
+        let (spent, limit, holds): (i64, i64, i64) = db
+            .read_blocking(|c| {
+                c.query_row(
+                    "SELECT spent_micros, limit_micros, (SELECT COUNT(*) FROM spend_holds) FROM spend WHERE account_id = 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+            })
+            .unwrap();
+        assert_eq!((spent, limit, holds), (300_000, 1_000_000, 0));
+        assert_eq!(writer.queue_depth(), 0);
+    }
+
+    #[test]
+    fn a_hold_left_by_a_crash_is_charged_in_full_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db_with_account(dir.path());
+        {
+            let writer = SpendWriter::start(db.clone(), DEFAULT_WINDOW).unwrap();
+            let ledger = Ledger::new(
+                Arc::new(ManualClock::at(datetime!(2026-01-10 12:00 UTC))),
+                Some(writer.sink()),
+            );
+            ledger
+                .reserve(1, "anthropic", usd("0.20"))
+                .unwrap()
+                .settle(usd("0.10"));
+            // The process dies with this call in flight: nothing settles or releases it.
+            std::mem::forget(ledger.reserve(1, "anthropic", usd("0.50")).unwrap());
+            writer.flush_blocking();
+        }
+        let (recovered, rows) = db.write_blocking(store::recover_and_load).unwrap();
+        assert_eq!(recovered.holds_charged, 1);
+        assert_eq!(recovered.amount, usd("0.50"));
+        let row = rows.iter().find(|r| r.provider == "anthropic").unwrap();
+        assert_eq!(row.spent, usd("0.60"));
+        // Recovery is done once: the holds are gone.
+        let (again, _) = db.write_blocking(store::recover_and_load).unwrap();
+        assert_eq!(again.holds_charged, 0);
+    }
+
+    #[test]
+    fn calls_are_aggregated_per_hour_and_recent_calls_are_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db_with_account(dir.path());
+        let writer = SpendWriter::start(db.clone(), DEFAULT_WINDOW).unwrap();
+        let n = RECENT_CALLS_KEPT + 25;
+        for i in 0..n {
+            writer.record_call(CallRecord {
+                account: 1,
+                provider: "openai".into(),
+                at: 1_767_000_000 + i,
+                outcome: if i % 5 == 0 { "refused" } else { "ok" },
+                input_tokens: 10,
+                output_tokens: 20,
+                cost: Money::from_micros(7),
+                ..CallRecord::default()
+            });
+        }
+        writer.flush_blocking();
+        let usage = db
+            .read_blocking(|c| store::usage(c, 1, 0, i64::MAX))
+            .unwrap();
+        assert_eq!(usage.len(), 1);
+        let refused = (0..n).filter(|i| i % 5 == 0).count() as i64;
+        assert_eq!(
+            (usage[0].calls, usage[0].refused, usage[0].input_tokens),
+            (n, refused, 10 * n)
+        );
+        assert_eq!(usage[0].spend_usd, Money::from_micros(7 * n));
+        let kept: i64 = db
+            .read_blocking(|c| c.query_row("SELECT COUNT(*) FROM recent_calls", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(kept, RECENT_CALLS_KEPT);
+    }
+}

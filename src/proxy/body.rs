@@ -1,0 +1,221 @@
+//! The response body of a proxied call: the provider's bytes, passed to the client as they arrive
+//! (no buffering), observed by the meter on the way. When the stream ends the call is settled at
+//! its metered cost; when it breaks, times out or the client goes away, it is settled at what the
+//! stream reported so far if that is known, else at the full reservation (fail closed).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_web::web::Bytes;
+use futures_util::Stream;
+
+use crate::metering::prices::PriceTable;
+use crate::metering::sse::SseFrameFilter;
+use crate::metering::usage::{self, Dialect, StreamMeter, Usage};
+use crate::money::Money;
+use crate::spend::writer::{CallRecord, SpendWriter};
+use crate::spend::Reservation;
+
+/// Largest non-streamed body kept aside for metering; a bigger one is settled at its reservation.
+const MAX_METERED_BODY: usize = 16 * 1024 * 1024;
+const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+/// How the body is metered.
+pub enum Meter {
+    /// An SSE or JSON-array stream of a token-priced provider.
+    Stream(Box<StreamMeter>),
+    /// A whole JSON body of a token-priced provider, kept aside as it passes.
+    Json { dialect: Dialect, kept: Vec<u8>, overflow: bool },
+    /// A provider priced per request: the cost is known before the body arrives.
+    Fixed(Money),
+}
+
+/// Everything that must outlive the response headers and be finished when the body ends.
+pub struct Settlement {
+    pub reservation: Option<Reservation>,
+    pub meter: Option<Meter>,
+    pub prices: Arc<PriceTable>,
+    pub provider: &'static str,
+    pub request_model: Option<String>,
+    pub writer: Arc<SpendWriter>,
+    pub record: CallRecord,
+    /// Held for the life of the call: dropping them ends the key's registration with the redactor
+    /// and frees the account's in-flight slot.
+    pub guards: Vec<Box<dyn Send>>,
+}
+
+impl Settlement {
+    fn observe(&mut self, chunk: &[u8]) {
+        match &mut self.meter {
+            Some(Meter::Stream(m)) => m.feed(chunk),
+            Some(Meter::Json { kept, overflow, .. }) => {
+                if kept.len() + chunk.len() <= MAX_METERED_BODY {
+                    kept.extend_from_slice(chunk);
+                } else {
+                    *overflow = true;
+                }
+            }
+            Some(Meter::Fixed(_)) | None => {}
+        }
+    }
+
+    /// Settles the call. `complete` is false when the body did not arrive whole.
+    fn finish(&mut self, complete: bool) {
+        let Some(reservation) = self.reservation.take() else { return };
+        let reserved = reservation.amount();
+        let metered: Option<(Usage, Money, bool)> = match self.meter.take() {
+            Some(Meter::Stream(m)) => {
+                let su = m.finish();
+                let trustworthy = su.is_trustworthy();
+                su.usage.map(|u| {
+                    let cost = self.prices.token_cost(self.provider, &u);
+                    (u, cost.micros, cost.priced_by_fallback || !trustworthy)
+                })
+            }
+            Some(Meter::Json { dialect, kept, overflow }) if !overflow => {
+                usage::usage_from_body(dialect, &kept, self.request_model.as_deref()).map(|u| {
+                    let cost = self.prices.token_cost(self.provider, &u);
+                    (u, cost.micros, cost.priced_by_fallback)
+                })
+            }
+            Some(Meter::Fixed(price)) => Some((Usage::default(), price, false)),
+            _ => None,
+        };
+        let (usage, charge) = match metered {
+            // A whole body with a usage report: charge what it says.
+            Some((u, cost, _)) if complete => (u, cost),
+            // Cut short but some usage was reported: charge at least that, and never less than
+            // what the provider may already have billed for the prompt.
+            Some((u, cost, _)) => (u, cost.max(reserved)),
+            // Nothing to go by: the full reservation (fail closed).
+            None => (Usage::default(), reserved),
+        };
+        let settled = reservation.settle(charge);
+        if let Some(over) = settled.overshoot {
+            tracing::warn!(provider = self.provider, overshoot = %over, "call cost more than its reservation");
+        }
+        let record = &mut self.record;
+        record.model = usage.model.clone().or_else(|| self.request_model.clone()).unwrap_or_default();
+        record.input_tokens = usage.input_tokens;
+        record.cached_input_tokens = usage.cached_input_tokens;
+        record.output_tokens = usage.output_tokens;
+        record.reasoning_tokens = usage.reasoning_tokens;
+        record.cost = settled.charged;
+        if !complete {
+            record.outcome = "failed";
+        }
+        self.writer.record_call(std::mem::take(record));
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        // The client went away or the body errored before the end.
+        self.finish(false);
+    }
+}
+
+type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, awc::error::PayloadError>>>>;
+
+/// The client-facing body.
+pub struct MeteredBody {
+    upstream: Upstream,
+    settlement: Settlement,
+    /// Withholds OpenAI's usage-only chunk when keybroker asked for it and the client did not.
+    filter: Option<SseFrameFilter>,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+}
+
+impl MeteredBody {
+    pub fn new(upstream: Upstream, settlement: Settlement, strip_usage_chunk: bool, idle: Duration) -> Self {
+        Self {
+            upstream,
+            settlement,
+            filter: strip_usage_chunk.then(|| SseFrameFilter::new(MAX_EVENT_BYTES)),
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            done: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the provider stopped sending")]
+    Idle,
+    #[error("the provider's response broke off")]
+    Upstream,
+}
+
+impl actix_web::ResponseError for BodyError {}
+
+impl Stream for MeteredBody {
+    type Item = Result<Bytes, BodyError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match this.upstream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let deadline = tokio::time::Instant::now() + this.idle;
+                    this.timer.as_mut().reset(deadline);
+                    let out = match &mut this.filter {
+                        Some(filter) => {
+                            let (forward, items) = filter.feed(&chunk, usage::is_usage_only_chunk);
+                            if let Some(Meter::Stream(m)) = &mut this.settlement.meter {
+                                for item in &items {
+                                    m.observe(item);
+                                }
+                            }
+                            Bytes::from(forward)
+                        }
+                        None => {
+                            this.settlement.observe(&chunk);
+                            chunk
+                        }
+                    };
+                    if out.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(out)));
+                }
+                Poll::Ready(Some(Err(_))) => {
+                    this.done = true;
+                    this.settlement.finish(false);
+                    return Poll::Ready(Some(Err(BodyError::Upstream)));
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    let mut tail = Vec::new();
+                    if let Some(filter) = &mut this.filter {
+                        let (rest, items) = filter.finish();
+                        if let Some(Meter::Stream(m)) = &mut this.settlement.meter {
+                            for item in &items {
+                                m.observe(item);
+                            }
+                        }
+                        tail = rest;
+                    }
+                    this.settlement.finish(true);
+                    return if tail.is_empty() { Poll::Ready(None) } else { Poll::Ready(Some(Ok(Bytes::from(tail)))) };
+                }
+                Poll::Pending => {
+                    if this.timer.as_mut().poll(cx).is_ready() {
+                        this.done = true;
+                        this.settlement.finish(false);
+                        return Poll::Ready(Some(Err(BodyError::Idle)));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}

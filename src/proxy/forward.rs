@@ -1,0 +1,395 @@
+//! `ANY /proxy/{provider}/{path...}`: authenticate the tool token, reserve the worst-case cost
+//! against the ceiling, open the account's key for this one call, forward, and hand the response
+//! to [`MeteredBody`] to stream back and settle.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use base64::Engine as _;
+use futures_util::StreamExt;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use zeroize::Zeroizing;
+
+use crate::db::DbError;
+use crate::error::ApiError;
+use crate::http::request_id::RequestId;
+use crate::metering::estimate::{self, EstimateConfig};
+use crate::metering::prices::PriceTable;
+use crate::metering::usage::{self, Dialect, Framing, StreamMeter};
+use crate::providers::{self, Injection, Provider};
+use crate::proxy::body::{Meter, MeteredBody, Settlement};
+use crate::proxy::headers;
+use crate::proxy::path::UpstreamPath;
+use crate::spend::writer::{CallRecord, SpendWriter};
+use crate::spend::Ledger;
+use crate::startup::AppState;
+use crate::tokens::{self, KeyAccess, TokenCache};
+
+/// Operator settings for the proxy, with sane defaults.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Per-provider base URL overrides (`KEYBROKER_UPSTREAM_<PROVIDER>`), operator only.
+    pub upstreams: HashMap<String, String>,
+    pub max_body_bytes: usize,
+    pub connect_timeout: Duration,
+    /// Longest wait for the response head, and for each chunk of the body after it.
+    pub read_timeout: Duration,
+    pub max_in_flight_per_account: u32,
+    pub requests_per_minute_per_token: u32,
+    pub estimate: EstimateConfig,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            upstreams: HashMap::new(),
+            max_body_bytes: 32 * 1024 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(300),
+            max_in_flight_per_account: 256,
+            requests_per_minute_per_token: 1000,
+            estimate: EstimateConfig::default(),
+        }
+    }
+}
+
+/// The proxy's shared state, built once and reached through `AppState`.
+pub struct Proxy {
+    pub settings: ProxySettings,
+    pub ledger: Ledger,
+    pub writer: Arc<SpendWriter>,
+    pub prices: Arc<PriceTable>,
+    pub tokens: TokenCache,
+    rate: DefaultKeyedRateLimiter<String>,
+    in_flight: Arc<Mutex<HashMap<i64, u32>>>,
+}
+
+impl Proxy {
+    pub fn new(settings: ProxySettings, ledger: Ledger, writer: Arc<SpendWriter>, prices: Arc<PriceTable>) -> Self {
+        let per_minute = std::num::NonZeroU32::new(settings.requests_per_minute_per_token.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        Self {
+            rate: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            settings,
+            ledger,
+            writer,
+            prices,
+            tokens: TokenCache::new(),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn base_url<'a>(&'a self, provider: &'a Provider) -> &'a str {
+        self.settings
+            .upstreams
+            .get(provider.id)
+            .map_or(provider.base_url, String::as_str)
+    }
+}
+
+/// Holds one of an account's in-flight slots until dropped.
+struct InFlight {
+    map: Arc<Mutex<HashMap<i64, u32>>>,
+    account: i64,
+}
+
+impl InFlight {
+    fn acquire(map: &Arc<Mutex<HashMap<i64, u32>>>, account: i64, max: u32) -> Option<Self> {
+        let mut m = map.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = m.entry(account).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self { map: Arc::clone(map), account })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.account) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.account);
+            }
+        }
+    }
+}
+
+/// The upstream HTTP client: one per worker (awc clients are not `Send`), pooled keep-alive
+/// connections, HTTP/2 where the provider offers it over TLS, no automatic redirects or
+/// decompression (bodies pass through as the provider sent them).
+pub fn upstream_client(settings: &ProxySettings) -> awc::Client {
+    let connector = awc::Connector::new()
+        .timeout(settings.connect_timeout)
+        .conn_keep_alive(Duration::from_secs(90))
+        .limit(0);
+    awc::Client::builder()
+        .connector(connector)
+        .disable_redirects()
+        .timeout(settings.read_timeout)
+        .finish()
+}
+
+fn dialect_of(provider: &str) -> Option<Dialect> {
+    match provider {
+        "openai" => Some(Dialect::OpenAi),
+        "anthropic" => Some(Dialect::Anthropic),
+        "google" => Some(Dialect::Google),
+        _ => None,
+    }
+}
+
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| ApiError::bad_request("invalid_body", "the request body could not be read"))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The header that carries the key upstream. The formatted value lives in a zeroizing buffer;
+/// the header value itself is marked sensitive so no debug output prints it.
+fn key_header(injection: Injection, key: &str) -> Result<(HeaderName, HeaderValue), ApiError> {
+    let (name, value) = match injection {
+        Injection::Bearer => (HeaderName::from_static("authorization"), Zeroizing::new(format!("Bearer {key}"))),
+        Injection::Header(name) => (
+            HeaderName::from_bytes(name.as_bytes()).map_err(ApiError::internal)?,
+            Zeroizing::new(key.to_owned()),
+        ),
+        Injection::Basic => (
+            HeaderName::from_static("authorization"),
+            Zeroizing::new(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(key))),
+        ),
+    };
+    let mut value = HeaderValue::from_str(&value).map_err(|_| ApiError::internal("stored key is not a valid header value"))?;
+    value.set_sensitive(true);
+    Ok((name, value))
+}
+
+fn refused(provider: &str, limit: crate::money::Money, spent: crate::money::Money) -> ApiError {
+    ApiError::new(StatusCode::PAYMENT_REQUIRED, "spend_ceiling_reached", "the spend ceiling for this provider is reached")
+        .with_field("provider", provider)
+        .with_field("limit_usd", limit.to_string())
+        .with_field("spent_usd", spent.to_string())
+}
+
+pub async fn proxy(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    client: web::Data<awc::Client>,
+) -> Result<HttpResponse, ApiError> {
+    let proxy = &state.proxy;
+    let provider_id = req.match_info().get("provider").unwrap_or("");
+    let provider = providers::lookup(provider_id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_provider", "keybroker does not know this provider"))?;
+    let prefix_len = "/proxy/".len() + provider_id.len();
+    let tail = req.uri().path().get(prefix_len..).unwrap_or("");
+    let upstream_path = UpstreamPath::parse(tail, req.uri().query())
+        .map_err(|e| ApiError::bad_request("invalid_path", e.to_string()))?;
+
+    // Who is calling: one answer for every authentication failure.
+    let presented = headers::presented_token(req.headers()).ok_or_else(ApiError::authentication_failed)?;
+    let now = state.clock.unix();
+    let token = proxy
+        .tokens
+        .authenticate(&state.db, &presented, now)
+        .await?
+        .ok_or_else(ApiError::authentication_failed)?;
+    drop(presented);
+    if !token.allows(provider.id) {
+        return Err(ApiError::forbidden("provider_not_allowed", "this token is not allowed to use this provider"));
+    }
+    if let Err(not_until) = proxy.rate.check_key(&token.id) {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "this token's request rate limit is reached")
+            .with_retry_after(wait.as_secs().max(1)));
+    }
+    let in_flight = InFlight::acquire(&proxy.in_flight, token.account_id, proxy.settings.max_in_flight_per_account)
+        .ok_or_else(|| ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_in_flight", "too many calls in flight for this account").with_retry_after(1))?;
+
+    let mut body = read_body(payload, proxy.settings.max_body_bytes).await?;
+    let dialect = dialect_of(provider.id);
+    let request_model = match dialect {
+        Some(Dialect::Google) => estimate::google_model_from_path(upstream_path.path()).map(str::to_owned),
+        _ => serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_owned)),
+    };
+    // OpenAI streams report usage only when asked: ask, and hide the extra chunk from a client
+    // that did not.
+    let mut strip_usage_chunk = false;
+    if dialect == Some(Dialect::OpenAi) {
+        if let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&body) {
+            if usage::openai_prepare_stream_request(&mut json) {
+                strip_usage_chunk = true;
+                body = serde_json::to_vec(&json).map_err(ApiError::internal)?.into();
+            }
+        }
+    }
+
+    let method = req.method().as_str().to_owned();
+    let estimate = match dialect {
+        Some(d) => estimate::estimate_tokens(&proxy.prices, &proxy.settings.estimate, provider.id, d, &body, request_model.as_deref()).cost,
+        None => estimate::estimate_request(&proxy.prices, provider.id, &method, upstream_path.path(), &body),
+    };
+    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+    let mut record = CallRecord {
+        account: token.account_id,
+        provider: provider.id.to_owned(),
+        at: now,
+        method: method.clone(),
+        route: route_of(upstream_path.path()),
+        status: 0,
+        outcome: "ok",
+        model: request_model.clone().unwrap_or_default(),
+        priced_by_fallback: estimate.priced_by_fallback,
+        request_id: request_id.clone(),
+        ..CallRecord::default()
+    };
+    let reservation = match proxy.ledger.reserve(token.account_id, provider.id, estimate.micros) {
+        Ok(r) => r,
+        Err(refusal) => {
+            record.status = 402;
+            record.outcome = "refused";
+            proxy.writer.record_call(record);
+            return Err(refused(provider.id, refusal.limit, refusal.spent));
+        }
+    };
+
+    // The key, for this call only.
+    let vault = state.vault.clone();
+    let scoped = token.clone();
+    let pid = provider.id;
+    let access = state
+        .db
+        .read(move |conn| tokens::key_for(conn, &vault, &scoped, pid))
+        .await;
+    let (key_id, plaintext) = match access {
+        Ok(KeyAccess::Key { key_id, plaintext }) => (key_id, plaintext),
+        Ok(KeyAccess::NoKey) => {
+            reservation.release();
+            return Err(ApiError::new(StatusCode::FAILED_DEPENDENCY, "no_key", "this account has no key for this provider"));
+        }
+        Ok(KeyAccess::NotInScope) => {
+            reservation.release();
+            return Err(ApiError::forbidden("provider_not_allowed", "this token is not allowed to use this provider"));
+        }
+        Err(e) => {
+            reservation.release();
+            return Err(ApiError::internal(e));
+        }
+    };
+    let key = plaintext.expose_str().ok_or_else(|| ApiError::internal("stored key is not UTF-8"))?;
+    let registration = crate::telemetry::redactor().register(key.as_bytes());
+    let (auth_name, auth_value) = key_header(provider.injection, key)?;
+    // The key's only other copy is in the error rewriter's hands, for this call.
+    let key_copy = Zeroizing::new(key.as_bytes().to_vec());
+    drop(plaintext);
+
+    let url = upstream_path.join(proxy.base_url(provider));
+    let mut upstream = client.request(req.method().clone(), url.as_str());
+    for (name, value) in headers::request_headers(req.headers()) {
+        upstream = upstream.insert_header((name, value));
+    }
+    upstream = upstream
+        .insert_header((auth_name, auth_value))
+        .insert_header(("accept-encoding", "identity"))
+        .no_decompress();
+
+    let sent = upstream.send_body(body.clone()).await;
+    let response = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            reservation.release();
+            record.outcome = "failed";
+            let (status, kind, message) = match e {
+                awc::error::SendRequestError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "the provider did not answer in time"),
+                _ => (StatusCode::BAD_GATEWAY, "upstream_unreachable", "the provider could not be reached"),
+            };
+            record.status = status.as_u16();
+            proxy.writer.record_call(record);
+            tracing::warn!(provider = provider.id, error = %e, "upstream request failed");
+            return Err(ApiError::new(status, kind, message).with_field("provider", provider.id));
+        }
+    };
+    let status = response.status();
+    record.status = status.as_u16();
+    let _ = key_id;
+
+    if status.is_client_error() || status.is_server_error() {
+        let mut response = response;
+        let upstream_body = response.body().limit(256 * 1024).await.unwrap_or_default();
+        reservation.release();
+        record.outcome = "upstream_error";
+        proxy.writer.record_call(record);
+        let rebuilt = crate::proxy::upstream_error::rebuild(provider.id, status.as_u16(), &upstream_body, &body, &key_copy, &request_id);
+        drop(registration);
+        let mut out = HttpResponse::build(status);
+        if let Some(retry) = response.headers().get("retry-after") {
+            out.insert_header(("retry-after", retry.clone()));
+        }
+        return Ok(out.insert_header(("cache-control", "no-store")).json(rebuilt));
+    }
+    drop(key_copy);
+
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let meter = match dialect {
+        Some(d) if content_type.starts_with("text/event-stream") => {
+            Meter::Stream(Box::new(StreamMeter::new(d, Framing::Sse, request_model.as_deref())))
+        }
+        Some(Dialect::Google) if upstream_path.path().contains(":streamGenerateContent") => {
+            Meter::Stream(Box::new(StreamMeter::new(Dialect::Google, Framing::JsonArray, request_model.as_deref())))
+        }
+        Some(d) => Meter::Json { dialect: d, kept: Vec::new(), overflow: false },
+        None => {
+            let characters = usage::elevenlabs_character_cost(response.headers().get("character-cost").and_then(|v| v.to_str().ok()));
+            Meter::Fixed(proxy.prices.request_cost(provider.id, &method, upstream_path.path(), characters).micros)
+        }
+    };
+    let remaining = proxy.ledger.snapshot(token.account_id, provider.id).remaining;
+    let mut out = HttpResponse::build(status);
+    for (name, value) in headers::response_headers(response.headers()) {
+        out.append_header((name, value));
+    }
+    if let Some(remaining) = remaining {
+        out.insert_header(("x-keybroker-spend-remaining", remaining.to_string()));
+    }
+    let settlement = Settlement {
+        reservation: Some(reservation),
+        meter: Some(meter),
+        prices: proxy.prices.clone(),
+        provider: provider.id,
+        request_model,
+        writer: proxy.writer.clone(),
+        record,
+        guards: vec![Box::new(registration), Box::new(in_flight)],
+    };
+    let body = MeteredBody::new(Box::pin(response), settlement, strip_usage_chunk && content_type.starts_with("text/event-stream"), proxy.settings.read_timeout);
+    Ok(out.streaming(body))
+}
+
+/// The upstream path with ids blanked, for usage records and logs: `/v1/files/{id}`.
+fn route_of(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            let digits = seg.bytes().filter(u8::is_ascii_digit).count();
+            if seg.len() > 20 || (seg.len() > 8 && digits * 3 >= seg.len()) { "{id}" } else { seg }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}

@@ -1,0 +1,160 @@
+//! Spend ceilings (`/api/v1/ceilings`), usage (`/api/v1/usage`) and the price table
+//! (`/api/v1/prices`).
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::audit::{self, Actor, Outcome};
+use crate::error::ApiError;
+use crate::http::auth::Authenticated;
+use crate::money::Money;
+use crate::providers;
+use crate::spend::writer::{parse_period, period_name, CeilingRow};
+use crate::spend::{CeilingState, Snapshot};
+use crate::startup::AppState;
+
+#[derive(Deserialize)]
+pub struct CeilingBody {
+    limit_usd: String,
+    #[serde(default)]
+    period: Option<String>,
+}
+
+fn provider_id(raw: &str) -> Result<&'static str, ApiError> {
+    providers::lookup(raw)
+        .map(|p| p.id)
+        .ok_or_else(|| ApiError::bad_request("unknown_provider", "keybroker does not know this provider"))
+}
+
+fn view(provider: &str, s: &Snapshot) -> Value {
+    json!({
+        "provider": provider,
+        "limit_usd": s.limit.map(|m| m.to_string()),
+        "spent_usd": s.spent.to_string(),
+        "reserved_usd": s.reserved.to_string(),
+        "remaining_usd": s.remaining.map(|m| m.to_string()),
+        "period": period_name(s.period),
+        "period_start": crate::timefmt::rfc3339(s.period_start.unix_timestamp()),
+        "state": match s.state { CeilingState::Ok => "ok", CeilingState::Reached => "reached" },
+    })
+}
+
+async fn persist_and_audit(state: &AppState, auth: &Authenticated, provider: &'static str, snap: &Snapshot, action: &'static str) -> Result<(), ApiError> {
+    state.proxy.writer.record_ceiling(CeilingRow {
+        account: auth.account_id,
+        provider: provider.to_owned(),
+        limit: snap.limit,
+        period: snap.period,
+        period_start: snap.period_start.unix_timestamp(),
+        spent: snap.spent,
+    });
+    state.proxy.writer.flush().await;
+    let (account, ctx, now) = (auth.account_id, auth.ctx.clone(), state.clock.unix());
+    state
+        .db
+        .write(move |conn| {
+            audit::append(
+                conn,
+                &audit::Event {
+                    account_id: Some(account),
+                    actor: Actor::User,
+                    action,
+                    resource: provider,
+                    request_id: &ctx.request_id,
+                    client_addr: &ctx.client_addr,
+                    outcome: Outcome::Success,
+                    at: now,
+                },
+            )
+            .map_err(ApiError::from)
+        })
+        .await
+}
+
+pub async fn put_ceiling(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Json<CeilingBody>,
+) -> Result<HttpResponse, ApiError> {
+    let provider = provider_id(&path)?;
+    let limit = Money::parse_non_negative(body.limit_usd.trim())
+        .map_err(|_| ApiError::bad_request("invalid_amount", "limit_usd must be a decimal amount in USD, like \"5.00\""))?;
+    let period = match body.period.as_deref() {
+        None => crate::spend::Period::None,
+        Some(p) => parse_period(p).ok_or_else(|| ApiError::bad_request("invalid_period", "period is one of none, daily, monthly"))?,
+    };
+    let snap = state.proxy.ledger.set_ceiling(auth.account_id, provider, limit, period);
+    persist_and_audit(&state, &auth, provider, &snap, "ceiling.set").await?;
+    Ok(HttpResponse::Ok().json(view(provider, &snap)))
+}
+
+pub async fn list_ceilings(auth: Authenticated, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let rows: Vec<Value> = state
+        .proxy
+        .ledger
+        .snapshots(auth.account_id)
+        .iter()
+        .filter(|(_, s)| s.limit.is_some())
+        .map(|(p, s)| view(p, s))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "ceilings": rows })))
+}
+
+pub async fn reset_ceiling(auth: Authenticated, state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let provider = provider_id(&path)?;
+    let snap = state.proxy.ledger.reset(auth.account_id, provider);
+    persist_and_audit(&state, &auth, provider, &snap, "ceiling.reset").await?;
+    Ok(HttpResponse::Ok().json(view(provider, &snap)))
+}
+
+pub async fn delete_ceiling(auth: Authenticated, state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let provider = provider_id(&path)?;
+    let snap = state.proxy.ledger.remove_ceiling(auth.account_id, provider);
+    persist_and_audit(&state, &auth, provider, &snap, "ceiling.delete").await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+pub struct Range {
+    since: Option<String>,
+    until: Option<String>,
+}
+
+fn parse_time(raw: &str) -> Result<i64, ApiError> {
+    if let Ok(secs) = raw.parse::<i64>() {
+        return Ok(secs);
+    }
+    time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|_| ApiError::bad_request("invalid_time", "since/until are RFC 3339 timestamps or Unix seconds"))
+}
+
+pub async fn usage(auth: Authenticated, state: web::Data<AppState>, q: web::Query<Range>) -> Result<HttpResponse, ApiError> {
+    let now = state.clock.unix();
+    let since = q.since.as_deref().map(parse_time).transpose()?.unwrap_or(now - 30 * 86_400);
+    let until = q.until.as_deref().map(parse_time).transpose()?.unwrap_or(now + 1);
+    if until < since {
+        return Err(ApiError::bad_request("invalid_time", "until is before since"));
+    }
+    state.proxy.writer.flush().await;
+    let account = auth.account_id;
+    let rows = state
+        .db
+        .read(move |conn| crate::spend::store::usage(conn, account, since, until).map_err(ApiError::from))
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "since": crate::timefmt::rfc3339(since),
+        "until": crate::timefmt::rfc3339(until),
+        "providers": rows,
+    })))
+}
+
+pub async fn prices(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "unit": "USD per million tokens (per request or per character where stated)",
+        "source_date": state.proxy.prices.source_date(),
+        "prices": state.proxy.prices.to_api_rows(),
+    }))
+}

@@ -1,0 +1,421 @@
+//! The proxy end to end: official SDKs, metering, ceilings under concurrency, hostile upstreams.
+
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::fake_upstream::{FakeUpstream, ANTHROPIC_USAGE, GOOGLE_USAGE, OPENAI_USAGE};
+use crate::helpers::{Session, TestApp};
+
+pub const OPENAI_KEY: &str = "sk-proj-TESTabcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH";
+pub const ANTHROPIC_KEY: &str = "sk-ant-api03-TESTabcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx-AAAAAAAA";
+pub const GOOGLE_KEY: &str = "AIzaSyTESTabcdefghijklmnopqrstuvwxyz012";
+
+/// An app whose providers all point at one fake upstream.
+pub async fn app_with_upstream() -> (TestApp, FakeUpstream) {
+    let upstream = FakeUpstream::start().await;
+    let url = upstream.url.clone();
+    let app = TestApp::spawn_with(move |s| {
+        for p in ["openai", "anthropic", "google", "elevenlabs", "stripe", "twilio", "resend", "vultr", "railway"] {
+            s.proxy.upstreams.insert(p.to_owned(), url.clone());
+        }
+    })
+    .await;
+    (app, upstream)
+}
+
+pub async fn add_key(app: &TestApp, s: &Session, provider: &str, key: &str) -> Value {
+    let res = app.post_json("/api/v1/keys", Some(s), &json!({"provider": provider, "key": key})).send().await.unwrap();
+    assert_eq!(res.status(), 201, "add key");
+    res.json().await.unwrap()
+}
+
+pub async fn token(app: &TestApp, s: &Session, providers: Option<&[&str]>) -> String {
+    let mut body = json!({"name": "test tool"});
+    if let Some(p) = providers {
+        body["providers"] = json!(p);
+    }
+    let res = app.post_json("/api/v1/tokens", Some(s), &body).send().await.unwrap();
+    assert_eq!(res.status(), 201, "create token");
+    res.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned()
+}
+
+pub async fn set_ceiling(app: &TestApp, s: &Session, provider: &str, limit: &str) -> Value {
+    let res = app
+        .send(Method::PUT, &format!("/api/v1/ceilings/{provider}"), Some(s))
+        .json(&json!({"limit_usd": limit, "period": "none"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "set ceiling");
+    res.json().await.unwrap()
+}
+
+pub async fn ceiling(app: &TestApp, s: &Session, provider: &str) -> Value {
+    let all: Value = app.get("/api/v1/ceilings", Some(s)).send().await.unwrap().json().await.unwrap();
+    all["ceilings"].as_array().unwrap().iter().find(|c| c["provider"] == provider).cloned().unwrap_or(Value::Null)
+}
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50})
+}
+
+// ---- the official SDKs ----
+
+/// A Python with the pinned official SDKs, made once per test run under `target/`.
+fn sdk_python() -> &'static str {
+    static PY: OnceLock<String> = OnceLock::new();
+    PY.get_or_init(|| {
+        if let Ok(p) = std::env::var("KEYBROKER_SDK_PYTHON") {
+            return p;
+        }
+        let root = env!("CARGO_MANIFEST_DIR");
+        let venv = format!("{root}/target/sdk-venv");
+        let py = format!("{venv}/bin/python");
+        let ready = Command::new(&py).args(["-c", "import openai, anthropic, google.genai"]).status().is_ok_and(|s| s.success());
+        if !ready {
+            assert!(Command::new("python3").args(["-m", "venv", &venv]).status().unwrap().success(), "python3 -m venv");
+            let ok = Command::new(format!("{venv}/bin/pip"))
+                .args(["install", "-q", "-r", &format!("{root}/tests/sdk/requirements.txt")])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "pip install the SDKs");
+        }
+        py
+    })
+}
+
+async fn drive_sdk(app: &TestApp, which: &str, token: &str, mode: Option<&str>) -> Value {
+    let py = sdk_python().to_owned();
+    let script = format!("{}/tests/sdk/drive.py", env!("CARGO_MANIFEST_DIR"));
+    let (base, token, which, mode) = (app.address.clone(), token.to_owned(), which.to_owned(), mode.map(str::to_owned));
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(py);
+        cmd.arg(script).arg(which).env("KB_BASE", base).env("KB_TOKEN", token);
+        if let Some(m) = mode {
+            cmd.env("KB_FAKE_MODE", m);
+        }
+        cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("SDK output: {stdout} / {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Spend in micro-dollars, from the API's decimal string.
+fn micros(usd: &Value) -> i64 {
+    let s = usd.as_str().unwrap();
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    let frac = format!("{frac:0<6}");
+    whole.parse::<i64>().unwrap() * 1_000_000 + frac[..6].parse::<i64>().unwrap()
+}
+
+/// ceil(Σ tokens × USD-per-million) in micro-dollars: the price table's rule, computed by hand.
+fn expected_micros(parts: &[(u64, f64)]) -> i64 {
+    // Prices have at most 4 decimals per million; work in 1e-4 micro-dollar units to stay exact.
+    let units: u64 = parts.iter().map(|(t, p)| t * (p * 10_000.0).round() as u64).sum();
+    units.div_ceil(10_000) as i64
+}
+
+async fn spent(app: &TestApp, s: &Session, provider: &str) -> i64 {
+    app.state.proxy.writer.flush().await;
+    micros(&ceiling(app, s, provider).await["spent_usd"])
+}
+
+#[tokio::test]
+async fn the_openai_sdk_works_through_keybroker_with_only_a_base_url_and_is_metered_exactly() {
+    let (app, upstream) = app_with_upstream().await;
+    let s = app.signed_up().await;
+    add_key(&app, &s, "openai", OPENAI_KEY).await;
+    set_ceiling(&app, &s, "openai", "10.00").await;
+    let t = token(&app, &s, None).await;
+    let out = drive_sdk(&app, "openai", &t, None).await;
+    assert_eq!(out["text"], "Hello from the fake.", "{out}");
+    assert_eq!(out["usage"], json!([OPENAI_USAGE.0, OPENAI_USAGE.1]));
+    assert_eq!(out["stream_text"], "Hello from the fake.");
+    // keybroker asked for usage on the stream; the client did not, so it never saw that chunk.
+    assert_eq!(out["stream_usage_chunks_seen"], 0);
+
+    let calls = upstream.recorder.calls();
+    assert_eq!(calls.len(), 2);
+    for c in &calls {
+        assert_eq!(c.credentials, [format!("authorization: Bearer {OPENAI_KEY}")]);
+    }
+    let streamed: Value = serde_json::from_slice(&calls[1].body).unwrap();
+    assert_eq!(streamed["stream_options"]["include_usage"], true);
+
+    // gpt-4o-mini: $0.15 in, $0.60 out per million; each call rounded up on its own.
+    let per_call = expected_micros(&[(OPENAI_USAGE.0, 0.15), (OPENAI_USAGE.1, 0.60)]);
+    assert_eq!(spent(&app, &s, "openai").await, 2 * per_call);
+    app.assert_not_logged(OPENAI_KEY);
+    app.assert_not_logged(&t);
+}
+
+#[tokio::test]
+async fn the_anthropic_sdk_works_and_cumulative_stream_usage_is_not_counted_twice() {
+    let (app, upstream) = app_with_upstream().await;
+    let s = app.signed_up().await;
+    add_key(&app, &s, "anthropic", ANTHROPIC_KEY).await;
+    set_ceiling(&app, &s, "anthropic", "10.00").await;
+    let t = token(&app, &s, Some(&["anthropic"])).await;
+    let out = drive_sdk(&app, "anthropic", &t, None).await;
+    assert_eq!(out["text"], "Hello from the fake.", "{out}");
+    assert_eq!(out["stream_text"], "Hello from the fake.");
+    assert_eq!(out["stream_usage"], json!([ANTHROPIC_USAGE.0, ANTHROPIC_USAGE.1]));
+    for c in upstream.recorder.calls() {
+        assert_eq!(c.credentials, [format!("x-api-key: {ANTHROPIC_KEY}")]);
+    }
+    // claude-sonnet-4: $3 in, $15 out per million.
+    let per_call = expected_micros(&[(ANTHROPIC_USAGE.0, 3.0), (ANTHROPIC_USAGE.1, 15.0)]);
+    assert_eq!(spent(&app, &s, "anthropic").await, 2 * per_call);
+}
+
+#[tokio::test]
+async fn the_google_genai_sdk_works_and_is_metered_from_usage_metadata() {
+    let (app, upstream) = app_with_upstream().await;
+    let s = app.signed_up().await;
+    add_key(&app, &s, "google", GOOGLE_KEY).await;
+    set_ceiling(&app, &s, "google", "10.00").await;
+    let t = token(&app, &s, Some(&["google"])).await;
+    let out = drive_sdk(&app, "google", &t, None).await;
+    assert_eq!(out["text"], "Hello from the fake.", "{out}");
+    assert_eq!(out["stream_text"], "Hello from the fake.");
+    for c in upstream.recorder.calls() {
+        assert_eq!(c.credentials, [format!("x-goog-api-key: {GOOGLE_KEY}")]);
+    }
+    // gemini-2.5-flash: $0.30 in, $2.50 out per million.
+    let per_call = expected_micros(&[(GOOGLE_USAGE.0, 0.30), (GOOGLE_USAGE.1, 2.50)]);
+    assert_eq!(spent(&app, &s, "google").await, 2 * per_call);
+}
+
+// ---- ceilings ----
+
+#[tokio::test]
+async fn a_hundred_concurrent_calls_never_push_settled_spend_past_the_ceiling() {
+    let (app, upstream) = app_with_upstream().await;
+    let s = app.signed_up().await;
+    add_key(&app, &s, "openai", OPENAI_KEY).await;
+    let t = token(&app, &s, None).await;
+    // Each call reserves its worst case (~1.1k input tokens at most + 50 output); 3 cents fits
+    // roughly a hundred of those... so use a ceiling that fits only a fraction of them.
+    set_ceiling(&app, &s, "openai", "0.004").await;
+    let mut calls = Vec::new();
+    for _ in 0..100 {
+        let client = app.client.clone();
+        let url = app.url("/proxy/openai/v1/chat/completions");
+        let t = t.clone();
+        calls.push(tokio::spawn(async move {
+            client.post(url).bearer_auth(t).json(&chat("gpt-4o")).send().await.unwrap()
+        }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for c in calls {
+        let res = c.await.unwrap();
+        match res.status().as_u16() {
+            200 => {
+                ok += 1;
+                res.bytes().await.unwrap();
+            }
+            402 => {
+                refused += 1;
+                let body: Value = res.json().await.unwrap();
+                assert_eq!(body["error"]["type"], "spend_ceiling_reached");
+                assert_eq!(body["error"]["provider"], "openai");
+                assert_eq!(body["error"]["limit_usd"], "0.004");
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(ok + refused, 100);
+    assert!(ok > 0 && refused > 0, "ok {ok}, refused {refused}");
+    assert_eq!(upstream.recorder.count(), ok, "the upstream saw exactly the admitted calls");
+    let settled = spent(&app, &s, "openai").await;
+    assert!(settled <= 4_000, "settled {settled} µ$ over a 4000 µ$ ceiling");
+    let per_call = expected_micros(&[(OPENAI_USAGE.0, 2.50), (OPENAI_USAGE.1, 10.0)]);
+    assert_eq!(settled, per_call * ok as i64);
+    let c = ceiling(&app, &s, "openai").await;
+    assert_eq!(c["reserved_usd"], "0.00");
+}
+
+#[tokio::test]
+async fn a_refused_call_never_reaches_the_upstream_and_reset_lets_calls_flow_again() {
+    let (app, upstream) = app_with_upstream().await;
+    let s = app.signed_up().await;
+    add_key(&app, &s, "openai", OPENAI_KEY).await;
+    let t = token(&app, &s, None).await;
+    set_ceiling(&app, &s, "openai", "0.00").await;
+    let res = app.client.post(app.url("/proxy/openai/v1/chat/completions")).bearer_auth(&t).json(&chat("gpt-4o-mini")).send().await.unwrap();
+    assert_eq!(res.status(), 402);
+    assert_eq!(upstream.recorder.count(), 0);
+    set_ceiling(&app, &s, "openai", "1.00").await;
+    let res = app.client.post(app.url("/proxy/openai/v1/chat/completions")).bearer_auth(&t).json(&chat("gpt-4o-mini")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let remaining = res.headers()["x-keybroker-spend-remaining"].to_str().unwrap().to_owned();
+    assert!(remaining.starts_with("0.99"), "{remaining}");
+    res.bytes().await.unwrap();
+    let reset = app.send(Method::POST, "/api/v1/ceilings/openai/reset", Some(&s)).send().await.unwrap();
+    assert_eq!(reset.status(), 200);
+    assert_eq!(reset.json::<Value>().await.unwrap()["spent_usd"], "0.00");
+}
+
+// ---- errors and hostile upstreams ----
+
+#[tokio::test]
+async fn an_upstream_that_echoes_the_key_never_gets_it_to_the_client_or_the_logs() {
+    let (app, _upstream) = app_with_upstream().await;
+    let s = app.signed_up().await;
+    // A key with no recognisable shape: only exact-value redaction can catch it.
+    let odd_key = "zz9-plural-z-alpha-unshaped-key-5551234";
+    add_key(&app, &s, "vultr", odd_key).await;
+    add_key(&app, &s, "openai", OPENAI_KEY).await;
+    let t = token(&app, &s, None).await;
+    for (provider, path, mode, status) in [
+        ("vultr", "/v2/account", "echo-key-401", 401),
+        ("vultr", "/v2/account", "echo-key-500", 500),
+        ("openai", "/v1/chat/completions", "echo-key-401", 401),
+        ("openai", "/v1/chat/completions", "echo-key-500", 500),
+    ] {
+        let res = app
+            .client
+            .post(app.url(&format!("/proxy/{provider}{path}")))
+            .bearer_auth(&t)
+            .header("x-fake-mode", mode)
+            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "my secret prompt text here"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), status);
+        let body = res.text().await.unwrap();
+        for secret in [odd_key, OPENAI_KEY, &t, "my secret prompt text here"] {
+            assert!(!body.contains(secret), "{provider} {mode}: leaked into {body}");
+        }
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["provider"], provider);
+    }
+    for secret in [odd_key, OPENAI_KEY, &t] {
+        app.assert_not_logged(secret);
+    }
+}
+
+#[tokio::test]
+async fn bad_tokens_scopes_and_missing_keys_get_their_own_errors() {
+    let (app, upstream) = app_with_upstream().await;
+    let s = app.signed_up().await;
+    let only_google = token(&app, &s, Some(&["google"])).await;
+    let all = token(&app, &s, None).await;
+    let url = app.url("/proxy/openai/v1/chat/completions");
+    let cases: Vec<(Option<&str>, u16, &str)> = vec![
+        (None, 401, "authentication_failed"),
+        (Some("kb_not-a-real-token-at-all-0000000000000000000"), 401, "authentication_failed"),
+        (Some("sk-proj-someone-pasted-a-real-key"), 401, "authentication_failed"),
+        (Some(&only_google), 403, "provider_not_allowed"),
+        (Some(&all), 424, "no_key"),
+    ];
+    for (tok, status, kind) in cases {
+        let mut rb = app.client.post(&url).json(&chat("gpt-4o-mini"));
+        if let Some(t) = tok {
+            rb = rb.bearer_auth(t);
+        }
+        let res = rb.send().await.unwrap();
+        assert_eq!(res.status().as_u16(), status, "{kind}");
+        assert_eq!(res.json::<Value>().await.unwrap()["error"]["type"], kind);
+    }
+    assert_eq!(upstream.recorder.count(), 0);
+    let res = app.client.post(app.url("/proxy/nope/v1/x")).bearer_auth(&all).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+}
+
+#[tokio::test]
+async fn path_traversal_and_header_injection_are_refused_before_any_upstream_contact() {
+    let (app, upstream) = app_with_upstream().await;
+    let s = app.signed_up().await;
+    add_key(&app, &s, "openai", OPENAI_KEY).await;
+    let t = token(&app, &s, None).await;
+    for path in [
+        "/proxy/openai/v1/%2e%2e/%2e%2e/admin",
+        "/proxy/openai/v1/..%2fadmin",
+        "/proxy/openai//evil.example/v1",
+        "/proxy/openai/v1/x%0d%0aHost:%20evil.example",
+        "/proxy/openai/@evil.example/v1",
+        "/proxy/openai/v1/x%5c..%5cy",
+    ] {
+        let res = app.client.get(app.url(path)).bearer_auth(&t).send().await.unwrap();
+        assert_eq!(res.status(), 400, "{path}");
+        assert_eq!(res.json::<Value>().await.unwrap()["error"]["type"], "invalid_path", "{path}");
+    }
+    assert_eq!(upstream.recorder.count(), 0);
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_leaves_no_reservation_behind() {
+    let (app, _upstream) = app_with_upstream().await;
+    let s = app.signed_up().await;
+    add_key(&app, &s, "openai", OPENAI_KEY).await;
+    set_ceiling(&app, &s, "openai", "5.00").await;
+    let t = token(&app, &s, None).await;
+    let mut body = chat("gpt-4o-mini");
+    body["stream"] = json!(true);
+    let mut res = app
+        .client
+        .post(app.url("/proxy/openai/v1/chat/completions"))
+        .bearer_auth(&t)
+        .header("x-fake-mode", "slow-stream")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let first = res.chunk().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(res);
+    // The proxy notices on its next write; give the stream a few of its 20 ms gaps.
+    let mut c = Value::Null;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        c = ceiling(&app, &s, "openai").await;
+        if c["reserved_usd"] == "0.00" {
+            break;
+        }
+    }
+    assert_eq!(c["reserved_usd"], "0.00", "{c}");
+    // Fail closed: the call is charged (its reservation), not forgotten.
+    assert_ne!(c["spent_usd"], "0.00", "{c}");
+}
+
+#[tokio::test]
+async fn usage_reports_calls_tokens_spend_and_refusals_per_provider() {
+    let (app, _upstream) = app_with_upstream().await;
+    let s = app.signed_up().await;
+    add_key(&app, &s, "openai", OPENAI_KEY).await;
+    let t = token(&app, &s, None).await;
+    for _ in 0..3 {
+        let res = app.client.post(app.url("/proxy/openai/v1/chat/completions")).bearer_auth(&t).json(&chat("gpt-4o-mini")).send().await.unwrap();
+        res.bytes().await.unwrap();
+    }
+    set_ceiling(&app, &s, "openai", "0.00").await;
+    let res = app.client.post(app.url("/proxy/openai/v1/chat/completions")).bearer_auth(&t).json(&chat("gpt-4o-mini")).send().await.unwrap();
+    assert_eq!(res.status(), 402);
+    app.state.proxy.writer.flush().await;
+    let usage: Value = app.get("/api/v1/usage", Some(&s)).send().await.unwrap().json().await.unwrap();
+    let row = &usage["providers"][0];
+    assert_eq!(row["provider"], "openai");
+    assert_eq!(row["calls"], 4);
+    assert_eq!(row["refused"], 1);
+    assert_eq!(row["input_tokens"], 3 * OPENAI_USAGE.0);
+    assert_eq!(row["output_tokens"], 3 * OPENAI_USAGE.1);
+    let per_call = expected_micros(&[(OPENAI_USAGE.0, 0.15), (OPENAI_USAGE.1, 0.60)]);
+    assert_eq!(micros(&row["spend_usd"]), 3 * per_call);
+}
+
+#[tokio::test]
+async fn the_price_table_is_listed_in_usd_per_million_tokens() {
+    let app = TestApp::spawn().await;
+    let prices: Value = app.get("/api/v1/prices", None).send().await.unwrap().json().await.unwrap();
+    let rows = prices["prices"].as_array().unwrap();
+    assert!(rows.iter().any(|r| r["provider"] == "openai" && r["model"] == "gpt-4o-mini"), "{prices}");
+}

@@ -14,8 +14,9 @@ use crate::clock::SharedClock;
 use crate::config::{self, ConfigError, ServerSecret, ServerSecrets, Settings};
 use crate::db::{Db, DbError};
 use crate::error::extractors;
-use crate::http::{access_log, request_id};
+use crate::http::{access_log, key_in_url, request_id};
 use crate::routes;
+use crate::tokens::TokenCache;
 use crate::vault::Vault;
 use crate::vault_store::{self, StoreError};
 
@@ -31,6 +32,8 @@ pub struct AppState {
     pub fingerprint_secret: ServerSecret,
     pub clock: SharedClock,
     pub public_url: Option<String>,
+    /// Tool-token lookups for the proxy; revocations through the API evict at once.
+    pub tokens: TokenCache,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +103,7 @@ impl Application {
             fingerprint_secret: secrets.fingerprint_secret,
             clock: settings.clock.clone(),
             public_url: settings.public_url.clone(),
+            tokens: TokenCache::new(),
         });
 
         let bind_err = |source| StartError::Bind {
@@ -115,6 +119,9 @@ impl Application {
                 .app_data(extractors::json_config(API_JSON_LIMIT))
                 .app_data(extractors::path_config())
                 .app_data(extractors::query_config())
+                // Innermost, so the refusal still gets a request id, security headers and an
+                // access-log line (which names no URL).
+                .wrap(from_fn(key_in_url::middleware))
                 .wrap(
                     DefaultHeaders::new()
                         .add(("X-Content-Type-Options", "nosniff"))

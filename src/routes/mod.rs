@@ -1,7 +1,10 @@
 //! Every HTTP route, registered in one place.
 
+pub mod audit;
 pub mod auth;
 pub mod health;
+pub mod keys;
+pub mod tokens;
 
 use actix_web::web;
 
@@ -15,7 +18,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/auth/signup", web::post().to(auth::signup))
                 .route("/auth/login", web::post().to(auth::login))
                 .route("/auth/logout", web::post().to(auth::logout))
-                .route("/auth/session", web::get().to(auth::current)),
+                .route("/auth/session", web::get().to(auth::current))
+                .route("/keys", web::post().to(keys::add))
+                .route("/keys", web::get().to(keys::list))
+                .route("/keys/export", web::get().to(keys::export))
+                .route("/keys/{id}", web::put().to(keys::rotate))
+                .route("/keys/{id}", web::delete().to(keys::delete))
+                .route("/keys/{id}/reveal", web::post().to(keys::reveal))
+                .route("/tokens", web::post().to(tokens::create))
+                .route("/tokens", web::get().to(tokens::list))
+                .route("/tokens/{id}", web::delete().to(tokens::revoke))
+                .route("/audit", web::get().to(audit::list)),
         );
 }
 

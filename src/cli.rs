@@ -1,4 +1,4 @@
-//! The command line: `serve`, `rewrap`, `master-key generate|retire`. Each command's result goes
+//! The command line: `serve`, `rewrap`, `master-key generate|retire`, `audit verify`. Each command's result goes
 //! to stdout; diagnostics go through the redacting logger; a failure is one line and a non-zero
 //! exit status.
 
@@ -34,6 +34,18 @@ enum Command {
     /// Master key utilities.
     #[command(subcommand)]
     MasterKey(MasterKeyCommand),
+    /// Audit log utilities.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Walk every account's hash chain and report the first broken link (exit status 1 if any).
+    Verify {
+        #[command(flatten)]
+        data: DataDir,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +109,10 @@ pub fn main() -> ExitCode {
             telemetry::init_cli();
             retire(&id, data)
         }
+        Command::Audit(AuditCommand::Verify { data }) => {
+            telemetry::init_cli();
+            audit_verify(data)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -121,6 +137,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _guard = telemetry::init(args.log_format, Some(&args.data.data_dir))?;
     let mut settings = Settings::new(args.bind, args.data.data_dir);
     settings.workers = args.workers;
+    settings.proxy_from_env()?;
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).await?;
         app.run_until_stopped().await?;
@@ -173,4 +190,43 @@ fn retire(id: &str, data: DataDir) -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+/// Opens the database read-only (no migration, no secrets needed; safe beside a running server)
+/// and verifies the audit chains.
+fn audit_verify(data: DataDir) -> anyhow::Result<()> {
+    let path = data.data_dir.join("keybroker.db");
+    if !path.exists() {
+        anyhow::bail!("no database at {}", path.display());
+    }
+    let conn = rusqlite::Connection::open_with_flags(
+        &path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let report = crate::audit::verify(&conn)?;
+    println!(
+        "audit log: {} chain(s), {} entr{} checked",
+        report.chains,
+        report.entries,
+        if report.entries == 1 { "y" } else { "ies" }
+    );
+    match report.first_broken {
+        None => {
+            println!("ok: every chain verifies");
+            Ok(())
+        }
+        Some(b) => {
+            let chain = if b.chain == crate::audit::NO_ACCOUNT_CHAIN {
+                "chain 0 (no account)".to_owned()
+            } else {
+                format!("chain {} (account {})", b.chain, b.chain)
+            };
+            println!(
+                "BROKEN: {chain}, entry seq {} (row id {}): {}",
+                b.seq, b.row_id, b.reason
+            );
+            anyhow::bail!("the audit log has been tampered with or damaged")
+        }
+    }
 }

@@ -262,6 +262,18 @@ fn file_secret(
     }
 }
 
+/// An operator's upstream override: an `http(s)://host[:port][/path]` URL with no credentials,
+/// query or fragment. Returned without a trailing slash.
+fn check_upstream_url(var: &str, url: &str) -> Result<String, ConfigError> {
+    let bad = || ConfigError::Invalid(format!("{var} must be an http:// or https:// URL without credentials, query or fragment"));
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")).ok_or_else(bad)?;
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty() || authority.contains('@') || url.contains(['?', '#', ' ']) {
+        return Err(bad());
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
 /// Creates the data directory (0700) if needed and checks it is writable.
 pub fn prepare_data_dir(dir: &Path) -> Result<(), ConfigError> {
     let err = |source| ConfigError::DataDir {
@@ -293,6 +305,9 @@ pub struct Settings {
     pub secrets: SecretSources,
     pub missing_secrets: Missing,
     pub clock: SharedClock,
+    pub proxy: crate::proxy::ProxySettings,
+    /// `KEYBROKER_PRICES`: a TOML file whose entries add to or replace the built-in prices.
+    pub prices_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for Settings {
@@ -317,7 +332,40 @@ impl Settings {
             secrets: SecretSources::from_env(),
             missing_secrets: Missing::Generate,
             clock: Arc::new(SystemClock),
+            proxy: crate::proxy::ProxySettings::default(),
+            prices_file: env_var("KEYBROKER_PRICES").map(PathBuf::from),
         }
+    }
+
+    /// Reads the proxy's settings from the environment (see the README's table).
+    pub fn proxy_from_env(&mut self) -> Result<(), ConfigError> {
+        for provider in crate::providers::ids() {
+            let var = format!("KEYBROKER_UPSTREAM_{}", provider.to_ascii_uppercase());
+            if let Some(url) = env_var(&var) {
+                self.proxy.upstreams.insert(provider.to_owned(), check_upstream_url(&var, &url)?);
+            }
+        }
+        let num = |var: &str| -> Result<Option<u64>, ConfigError> {
+            env_var(var)
+                .map(|v| v.trim().parse::<u64>().map_err(|_| ConfigError::Invalid(format!("{var} must be a whole number"))))
+                .transpose()
+        };
+        if let Some(v) = num("KEYBROKER_PROXY_MAX_BODY_BYTES")? {
+            self.proxy.max_body_bytes = usize::try_from(v).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = num("KEYBROKER_PROXY_CONNECT_TIMEOUT_SECS")? {
+            self.proxy.connect_timeout = std::time::Duration::from_secs(v.max(1));
+        }
+        if let Some(v) = num("KEYBROKER_PROXY_READ_TIMEOUT_SECS")? {
+            self.proxy.read_timeout = std::time::Duration::from_secs(v.max(1));
+        }
+        if let Some(v) = num("KEYBROKER_PROXY_MAX_IN_FLIGHT")? {
+            self.proxy.max_in_flight_per_account = u32::try_from(v).unwrap_or(u32::MAX).max(1);
+        }
+        if let Some(v) = num("KEYBROKER_PROXY_RATE_PER_MINUTE")? {
+            self.proxy.requests_per_minute_per_token = u32::try_from(v).unwrap_or(u32::MAX).max(1);
+        }
+        Ok(())
     }
 
     /// The database file inside the data directory.

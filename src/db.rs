@@ -14,6 +14,8 @@ use rusqlite_migration::{Migrations, M};
 /// add a new one.
 const MIGRATION_SQL: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_accounts.sql"),
+    include_str!("../migrations/0003_keys_tokens.sql"),
     include_str!("../migrations/0004_spend.sql"),
 ];
 

@@ -14,8 +14,14 @@ use crate::clock::SharedClock;
 use crate::config::{self, ConfigError, ServerSecret, ServerSecrets, Settings};
 use crate::db::{Db, DbError};
 use crate::error::extractors;
-use crate::http::{access_log, request_id};
+use crate::http::{access_log, key_in_url, request_id};
+use crate::metering::prices::PriceTable;
+use crate::proxy::Proxy;
 use crate::routes;
+use crate::spend::store;
+use crate::spend::writer::SpendWriter;
+use crate::spend::Ledger;
+use crate::tokens::TokenCache;
 use crate::vault::Vault;
 use crate::vault_store::{self, StoreError};
 
@@ -31,6 +37,9 @@ pub struct AppState {
     pub fingerprint_secret: ServerSecret,
     pub clock: SharedClock,
     pub public_url: Option<String>,
+    /// Tool-token lookups for the proxy; revocations through the API evict at once.
+    pub tokens: TokenCache,
+    pub proxy: Proxy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +55,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("price table: {0}")]
+    Prices(String),
     #[error("start-up task failed: {0}")]
     Task(String),
 }
@@ -79,6 +90,26 @@ pub async fn open_storage(settings: &Settings) -> Result<(Db, Arc<Vault>), Start
     Ok((db, vault))
 }
 
+/// The spend ledger restored from the database (holds a crash left behind are charged in full
+/// first), its writer, and the price table.
+async fn build_proxy(settings: &Settings, db: &Db) -> Result<Proxy, StartError> {
+    let overrides = match &settings.prices_file {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| StartError::Prices(format!("{}: {e}", path.display())))?),
+        None => None,
+    };
+    let prices = PriceTable::load(crate::metering::prices::DEFAULT_PRICES_TOML, overrides.as_deref())
+        .map_err(|e| StartError::Prices(e.to_string()))?;
+    let (recovered, rows) = db.write(|conn| store::recover_and_load(conn).map_err(DbError::from)).await?;
+    if recovered.holds_charged > 0 {
+        tracing::warn!(holds = recovered.holds_charged, amount = %recovered.amount, "charged calls left in flight by the last run (fail closed)");
+    }
+    let writer = SpendWriter::start(db.clone(), crate::spend::writer::DEFAULT_WINDOW)
+        .map_err(|e| StartError::Task(e.to_string()))?;
+    let ledger = Ledger::new(settings.clock.clone(), Some(writer.sink()));
+    ledger.load(rows);
+    Ok(Proxy::new(settings.proxy.clone(), ledger, writer, Arc::new(prices)))
+}
+
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let (db, vault) = open_storage(&settings).await?;
@@ -92,6 +123,7 @@ impl Application {
         tokio::task::spawn_blocking(crate::accounts::password::warm_up)
             .await
             .map_err(|e| StartError::Task(e.to_string()))?;
+        let proxy = build_proxy(&settings, &db).await?;
         let state = web::Data::new(AppState {
             db,
             vault,
@@ -100,6 +132,8 @@ impl Application {
             fingerprint_secret: secrets.fingerprint_secret,
             clock: settings.clock.clone(),
             public_url: settings.public_url.clone(),
+            tokens: TokenCache::new(),
+            proxy,
         });
 
         let bind_err = |source| StartError::Bind {
@@ -109,12 +143,17 @@ impl Application {
         let listener = TcpListener::bind(settings.bind).map_err(bind_err)?;
         let port = listener.local_addr().map_err(bind_err)?.port();
         let app_state = state.clone();
+        let proxy_settings = settings.proxy.clone();
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
+                .app_data(web::Data::new(crate::proxy::upstream_client(&proxy_settings)))
                 .app_data(extractors::json_config(API_JSON_LIMIT))
                 .app_data(extractors::path_config())
                 .app_data(extractors::query_config())
+                // Innermost, so the refusal still gets a request id, security headers and an
+                // access-log line (which names no URL).
+                .wrap(from_fn(key_in_url::middleware))
                 .wrap(
                     DefaultHeaders::new()
                         .add(("X-Content-Type-Options", "nosniff"))

@@ -1,5 +1,8 @@
-//! HTTP plumbing shared by every route: request ids and the access log.
+//! HTTP plumbing shared by every route: request ids, the access log, the key-in-URL guard,
+//! authentication and CSV downloads.
 
 pub mod access_log;
 pub mod auth;
+pub mod download;
+pub mod key_in_url;
 pub mod request_id;

@@ -97,3 +97,169 @@ pub fn open(
     let plain = vault.open(&blob, &binding(account_id, provider, &id))?;
     Ok(Some((id, plain)))
 }
+
+/// A key row without its blob: everything the API may show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRow {
+    pub id: String,
+    pub provider: String,
+    pub label: String,
+    pub masked: String,
+    pub fingerprint: String,
+    pub created_at: i64,
+    pub rotated_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+    /// Starts at 1, bumped by every rotation.
+    pub generation: i64,
+}
+
+/// The columns of [`KeyRow`], in order; a macro so queries stay compile-time string literals.
+macro_rules! row_columns {
+    () => {
+        "id, provider, label, masked, fingerprint, created_at, rotated_at, last_used_at, generation"
+    };
+}
+
+fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
+    Ok(KeyRow {
+        id: r.get(0)?,
+        provider: r.get(1)?,
+        label: r.get(2)?,
+        masked: r.get(3)?,
+        fingerprint: r.get(4)?,
+        created_at: r.get(5)?,
+        rotated_at: r.get(6)?,
+        last_used_at: r.get(7)?,
+        generation: r.get(8)?,
+    })
+}
+
+/// The account's keys, oldest first.
+pub fn list(conn: &Connection, account_id: i64) -> rusqlite::Result<Vec<KeyRow>> {
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT ",
+        row_columns!(),
+        " FROM provider_keys WHERE account_id = ?1 ORDER BY created_at, id"
+    ))?;
+    let rows = stmt.query_map([account_id], key_row)?;
+    rows.collect()
+}
+
+/// The key `id` if it belongs to `account_id`. Another account's id is simply not found.
+pub fn get(conn: &Connection, account_id: i64, id: &str) -> rusqlite::Result<Option<KeyRow>> {
+    conn.query_row(
+        concat!(
+            "SELECT ",
+            row_columns!(),
+            " FROM provider_keys WHERE id = ?1 AND account_id = ?2"
+        ),
+        params![id, account_id],
+        key_row,
+    )
+    .optional()
+}
+
+/// The account's key for `provider`, if any (to point a duplicate add at it).
+pub fn find_by_provider(
+    conn: &Connection,
+    account_id: i64,
+    provider: &str,
+) -> rusqlite::Result<Option<KeyRow>> {
+    conn.query_row(
+        concat!(
+            "SELECT ",
+            row_columns!(),
+            " FROM provider_keys WHERE account_id = ?1 AND provider = ?2"
+        ),
+        params![account_id, provider],
+        key_row,
+    )
+    .optional()
+}
+
+/// The new public columns of a rotated key.
+#[derive(Debug, Clone)]
+pub struct Rotation<'a> {
+    pub masked: &'a str,
+    pub fingerprint: &'a str,
+    pub now: i64,
+}
+
+/// Replaces the blob of `row` (already loaded for this account) in one UPDATE, so a reader sees
+/// the old key or the new one, never a mix; bumps `generation` and sets `rotated_at`. The key
+/// id, and so the blob's binding, stay the same.
+pub fn rotate(
+    conn: &Connection,
+    vault: &Vault,
+    account_id: i64,
+    row: &KeyRow,
+    rotation: &Rotation<'_>,
+    plaintext: &[u8],
+) -> Result<KeyRow, StoreError> {
+    let blob = vault.seal(plaintext, &binding(account_id, &row.provider, &row.id))?;
+    conn.execute(
+        "UPDATE provider_keys SET blob = ?1, master_key_id = ?2, masked = ?3, fingerprint = ?4,
+             rotated_at = ?5, generation = generation + 1
+         WHERE id = ?6 AND account_id = ?7",
+        params![
+            blob,
+            vault.keyring().active_id().as_str(),
+            rotation.masked,
+            rotation.fingerprint,
+            rotation.now,
+            row.id,
+            account_id
+        ],
+    )?;
+    get(conn, account_id, &row.id)?.ok_or(StoreError::Db(DbError::Sqlite(
+        rusqlite::Error::QueryReturnedNoRows,
+    )))
+}
+
+/// Sets the label of the account's key `id`.
+pub fn set_label(
+    conn: &Connection,
+    account_id: i64,
+    id: &str,
+    label: &str,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE provider_keys SET label = ?1 WHERE id = ?2 AND account_id = ?3",
+        params![label, id, account_id],
+    )?;
+    Ok(())
+}
+
+/// Deletes the account's key `id`; false when there was none.
+pub fn delete(conn: &Connection, account_id: i64, id: &str) -> rusqlite::Result<bool> {
+    let n = conn.execute(
+        "DELETE FROM provider_keys WHERE id = ?1 AND account_id = ?2",
+        params![id, account_id],
+    )?;
+    Ok(n == 1)
+}
+
+/// Decrypts the account's key `id`.
+pub fn open_by_id(
+    conn: &Connection,
+    vault: &Vault,
+    account_id: i64,
+    id: &str,
+) -> Result<Option<(KeyRow, Plaintext)>, StoreError> {
+    let row: Option<(KeyRow, Vec<u8>)> = conn
+        .query_row(
+            concat!(
+                "SELECT ",
+                row_columns!(),
+                ", blob FROM provider_keys WHERE id = ?1 AND account_id = ?2"
+            ),
+            params![id, account_id],
+            |r| Ok((key_row(r)?, r.get(9)?)),
+        )
+        .optional()?;
+    let Some((row, blob)) = row else {
+        return Ok(None);
+    };
+    let plain = vault.open(&blob, &binding(account_id, &row.provider, &row.id))?;
+    Ok(Some((row, plain)))
+}

@@ -14,7 +14,6 @@ use futures_util::StreamExt;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use zeroize::Zeroizing;
 
-use crate::db::DbError;
 use crate::error::ApiError;
 use crate::http::request_id::RequestId;
 use crate::metering::estimate::{self, EstimateConfig};
@@ -27,7 +26,7 @@ use crate::proxy::path::UpstreamPath;
 use crate::spend::writer::{CallRecord, SpendWriter};
 use crate::spend::Ledger;
 use crate::startup::AppState;
-use crate::tokens::{self, KeyAccess, TokenCache};
+use crate::tokens::{self, KeyAccess};
 
 /// Operator settings for the proxy, with sane defaults.
 #[derive(Debug, Clone)]
@@ -63,7 +62,6 @@ pub struct Proxy {
     pub ledger: Ledger,
     pub writer: Arc<SpendWriter>,
     pub prices: Arc<PriceTable>,
-    pub tokens: TokenCache,
     rate: DefaultKeyedRateLimiter<String>,
     in_flight: Arc<Mutex<HashMap<i64, u32>>>,
 }
@@ -77,7 +75,6 @@ impl Proxy {
             ledger,
             writer,
             prices,
-            tokens: TokenCache::new(),
             in_flight: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -200,7 +197,7 @@ pub async fn proxy(
     // Who is calling: one answer for every authentication failure.
     let presented = headers::presented_token(req.headers()).ok_or_else(ApiError::authentication_failed)?;
     let now = state.clock.unix();
-    let token = proxy
+    let token = state
         .tokens
         .authenticate(&state.db, &presented, now)
         .await?

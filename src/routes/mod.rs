@@ -1,7 +1,11 @@
 //! Every HTTP route, registered in one place.
 
+pub mod audit;
 pub mod auth;
 pub mod health;
+pub mod keys;
+pub mod spend;
+pub mod tokens;
 
 use actix_web::web;
 
@@ -15,7 +19,27 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/auth/signup", web::post().to(auth::signup))
                 .route("/auth/login", web::post().to(auth::login))
                 .route("/auth/logout", web::post().to(auth::logout))
-                .route("/auth/session", web::get().to(auth::current)),
+                .route("/auth/session", web::get().to(auth::current))
+                .route("/keys", web::post().to(keys::add))
+                .route("/keys", web::get().to(keys::list))
+                .route("/keys/export", web::get().to(keys::export))
+                .route("/keys/{id}", web::put().to(keys::rotate))
+                .route("/keys/{id}", web::delete().to(keys::delete))
+                .route("/keys/{id}/reveal", web::post().to(keys::reveal))
+                .route("/tokens", web::post().to(tokens::create))
+                .route("/tokens", web::get().to(tokens::list))
+                .route("/tokens/{id}", web::delete().to(tokens::revoke))
+                .route("/audit", web::get().to(audit::list))
+                .route("/ceilings", web::get().to(spend::list_ceilings))
+                .route("/ceilings/{provider}", web::put().to(spend::put_ceiling))
+                .route("/ceilings/{provider}", web::delete().to(spend::delete_ceiling))
+                .route("/ceilings/{provider}/reset", web::post().to(spend::reset_ceiling))
+                .route("/usage", web::get().to(spend::usage))
+                .route("/prices", web::get().to(spend::prices)),
+        )
+        .service(
+            web::resource(["/proxy/{provider}", "/proxy/{provider}/{tail:.*}"])
+                .route(web::route().to(crate::proxy::proxy)),
         );
 }
 

@@ -1,0 +1,166 @@
+//! Tool tokens (`/api/v1/tokens...`): create (the secret is shown once), list (never a secret),
+//! revoke (effective at once, in this process's cache too). Another account's token id is a 404.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::audit::{self, Outcome};
+use crate::error::ApiError;
+use crate::http::auth::Authenticated;
+use crate::routes::keys::{provider_of, user_event};
+use crate::startup::AppState;
+use crate::timefmt::{parse_rfc3339, rfc3339, rfc3339_opt};
+use crate::tokens::{self, NewToken, ToolToken};
+
+const MAX_NAME_CHARS: usize = 100;
+
+#[derive(Deserialize)]
+pub struct CreateToken {
+    name: String,
+    providers: Option<Vec<String>>,
+    expires_at: Option<String>,
+}
+
+fn view(token: &ToolToken, now: i64) -> Value {
+    json!({
+        "id": token.id,
+        "name": token.name,
+        "providers": token.providers,
+        "created_at": rfc3339(token.created_at),
+        "expires_at": rfc3339_opt(token.expires_at),
+        "expired": token.expired(now),
+        "last_used_at": rfc3339_opt(token.last_used_at),
+    })
+}
+
+fn parse_name(raw: &str) -> Result<String, ApiError> {
+    let name = raw.trim();
+    if name.is_empty()
+        || name.chars().count() > MAX_NAME_CHARS
+        || name.chars().any(char::is_control)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            "a token name is 1-100 characters, without control characters",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+pub async fn create(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    body: web::Json<CreateToken>,
+) -> Result<HttpResponse, ApiError> {
+    let CreateToken {
+        name,
+        providers,
+        expires_at,
+    } = body.into_inner();
+    let name = parse_name(&name)?;
+    let providers: Vec<&'static str> = providers
+        .unwrap_or_default()
+        .iter()
+        .map(|p| provider_of(p).map(|p| p.id))
+        .collect::<Result<_, _>>()?;
+    let now = state.clock.unix();
+    let expires_at = match expires_at {
+        None => None,
+        Some(raw) => match parse_rfc3339(&raw) {
+            Some(at) if at > now => Some(at),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_expires_at",
+                    "expires_at must be an RFC 3339 time in the future",
+                ))
+            }
+        },
+    };
+    let account_id = auth.account_id;
+    let (token, issued) = state
+        .db
+        .write(move |conn| -> Result<_, ApiError> {
+            let tx = conn.transaction()?;
+            let new = NewToken {
+                account_id,
+                name: &name,
+                providers: &providers,
+                expires_at,
+                now,
+            };
+            let created = tokens::create(&tx, &new)?;
+            audit::append(
+                &tx,
+                &user_event(
+                    account_id,
+                    "token.create",
+                    &created.0.id,
+                    &auth.ctx,
+                    Outcome::Success,
+                    now,
+                ),
+            )?;
+            tx.commit()?;
+            Ok(created)
+        })
+        .await?;
+    let mut body = view(&token, now);
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("token".into(), Value::from(issued.expose()));
+    }
+    Ok(HttpResponse::build(StatusCode::CREATED)
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(body))
+}
+
+pub async fn list(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let account_id = auth.account_id;
+    let now = state.clock.unix();
+    let list = state
+        .db
+        .read(move |conn| tokens::list(conn, account_id).map_err(ApiError::from))
+        .await?;
+    let list: Vec<Value> = list.iter().map(|t| view(t, now)).collect();
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({ "tokens": list })))
+}
+
+pub async fn revoke(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    let (now, account_id) = (state.clock.unix(), auth.account_id);
+    let revoked_id = id.clone();
+    state
+        .db
+        .write(move |conn| -> Result<(), ApiError> {
+            let tx = conn.transaction()?;
+            if !tokens::revoke(&tx, account_id, &id, now)? {
+                return Err(ApiError::not_found());
+            }
+            audit::append(
+                &tx,
+                &user_event(
+                    account_id,
+                    "token.revoke",
+                    &id,
+                    &auth.ctx,
+                    Outcome::Success,
+                    now,
+                ),
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await?;
+    state.tokens.invalidate(&revoked_id);
+    Ok(HttpResponse::NoContent().finish())
+}

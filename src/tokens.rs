@@ -1,0 +1,423 @@
+//! Tool tokens: the credentials tools and agents present to the proxy instead of provider keys.
+//!
+//! A token is `kb_` + base64url(32 random bytes): 256 bits from the OS RNG, 46 characters. It is
+//! shown once, at creation; only its SHA-256 is stored. A token belongs to one account, may be
+//! limited to some providers (none listed = all), may expire, and is revoked at once.
+//!
+//! Lookup is one SHA-256 and an indexed equality query, not argon2: a password needs a slow hash
+//! because it is guessable, a 256-bit random token is not, and the proxy checks a token on every
+//! call. No constant-time comparison is needed either: the database compares *hashes* of what
+//! the caller sent, and learning how many leading bytes of a SHA-256 matched tells an attacker
+//! nothing about a preimage. [`TokenCache`] keeps recent lookups for at most a second.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use rand::RngCore;
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::db::{Db, DbError};
+use crate::keys::store::{self, StoreError};
+use crate::vault::{Plaintext, Vault};
+
+pub const PREFIX: &str = "kb_";
+/// Characters after the prefix: 32 bytes in unpadded base64url.
+const BODY_LEN: usize = 43;
+
+/// A token as issued, shown to the user once. Zeroized on drop; `Debug` prints nothing of it.
+pub struct IssuedToken(Zeroizing<String>);
+
+impl IssuedToken {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IssuedToken(<redacted>)")
+    }
+}
+
+fn generate() -> IssuedToken {
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(bytes.as_mut());
+    IssuedToken(Zeroizing::new(format!(
+        "{PREFIX}{}",
+        B64.encode(bytes.as_ref())
+    )))
+}
+
+/// What the database stores for a token string.
+pub fn hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Whether `presented` is shaped like one of our tokens; anything else is refused unhashed.
+fn well_formed(presented: &str) -> bool {
+    presented.len() == PREFIX.len() + BODY_LEN
+        && presented.starts_with(PREFIX)
+        && presented[PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A live token, as the proxy and the API see it. Holds no secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolToken {
+    pub id: String,
+    pub account_id: i64,
+    pub name: String,
+    /// Provider ids the token may use; empty means every provider.
+    pub providers: Vec<String>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+}
+
+impl ToolToken {
+    pub fn allows(&self, provider: &str) -> bool {
+        self.providers.is_empty() || self.providers.iter().any(|p| p == provider)
+    }
+
+    pub fn expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+}
+
+/// A new token's settings, already validated.
+#[derive(Debug, Clone)]
+pub struct NewToken<'a> {
+    pub account_id: i64,
+    pub name: &'a str,
+    pub providers: &'a [&'static str],
+    pub expires_at: Option<i64>,
+    pub now: i64,
+}
+
+/// Stores a new token and returns it with the secret to show once.
+pub fn create(conn: &Connection, new: &NewToken<'_>) -> rusqlite::Result<(ToolToken, IssuedToken)> {
+    let issued = generate();
+    let id = format!("tok_{}", uuid::Uuid::new_v4().simple());
+    conn.execute(
+        "INSERT INTO tool_tokens (id, account_id, name, token_hash, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            id,
+            new.account_id,
+            new.name,
+            hash(issued.expose()),
+            new.now,
+            new.expires_at
+        ],
+    )?;
+    let mut providers: Vec<String> = Vec::with_capacity(new.providers.len());
+    for provider in new.providers {
+        conn.execute(
+            "INSERT OR IGNORE INTO tool_token_providers (token_id, provider) VALUES (?1, ?2)",
+            params![id, provider],
+        )?;
+        if !providers.iter().any(|p| p == provider) {
+            providers.push((*provider).to_owned());
+        }
+    }
+    providers.sort();
+    let token = ToolToken {
+        id,
+        account_id: new.account_id,
+        name: new.name.to_owned(),
+        providers,
+        created_at: new.now,
+        expires_at: new.expires_at,
+        last_used_at: None,
+    };
+    Ok((token, issued))
+}
+
+fn providers_of(conn: &Connection, token_id: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT provider FROM tool_token_providers WHERE token_id = ?1 ORDER BY provider",
+    )?;
+    let rows = stmt.query_map([token_id], |r| r.get(0))?;
+    rows.collect()
+}
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ToolToken> {
+    Ok(ToolToken {
+        id: r.get(0)?,
+        account_id: r.get(1)?,
+        name: r.get(2)?,
+        providers: Vec::new(),
+        created_at: r.get(3)?,
+        expires_at: r.get(4)?,
+        last_used_at: r.get(5)?,
+    })
+}
+
+/// The account's tokens that are not revoked (expired ones included, so they can be cleaned
+/// up), oldest first.
+pub fn list(conn: &Connection, account_id: i64) -> rusqlite::Result<Vec<ToolToken>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, account_id, name, created_at, expires_at, last_used_at FROM tool_tokens
+         WHERE account_id = ?1 AND revoked_at IS NULL ORDER BY created_at, id",
+    )?;
+    let mut tokens = stmt
+        .query_map([account_id], token_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for token in &mut tokens {
+        token.providers = providers_of(conn, &token.id)?;
+    }
+    Ok(tokens)
+}
+
+/// Revokes the account's token `id`; false when there is no such live token (another
+/// account's id included).
+pub fn revoke(conn: &Connection, account_id: i64, id: &str, now: i64) -> rusqlite::Result<bool> {
+    let n = conn.execute(
+        "UPDATE tool_tokens SET revoked_at = ?1
+         WHERE id = ?2 AND account_id = ?3 AND revoked_at IS NULL",
+        params![now, id, account_id],
+    )?;
+    Ok(n == 1)
+}
+
+/// The live, unexpired token `presented` is, if any: a SHA-256 lookup (see the module doc).
+pub fn authenticate(
+    conn: &Connection,
+    presented: &str,
+    now: i64,
+) -> rusqlite::Result<Option<ToolToken>> {
+    if !well_formed(presented) {
+        return Ok(None);
+    }
+    let token = conn
+        .query_row(
+            "SELECT id, account_id, name, created_at, expires_at, last_used_at FROM tool_tokens
+             WHERE token_hash = ?1 AND revoked_at IS NULL",
+            [hash(presented)],
+            token_row,
+        )
+        .optional()?;
+    let Some(mut token) = token else {
+        return Ok(None);
+    };
+    if token.expired(now) {
+        return Ok(None);
+    }
+    token.providers = providers_of(conn, &token.id)?;
+    Ok(Some(token))
+}
+
+/// What a token may do with a provider.
+#[derive(Debug)]
+pub enum KeyAccess {
+    /// The token is not scoped to this provider.
+    NotInScope,
+    /// The token's account has no key for this provider.
+    NoKey,
+    /// The token's account's key, decrypted for one call.
+    Key {
+        key_id: String,
+        plaintext: Plaintext,
+    },
+}
+
+/// The key a token may use for `provider`: only its own account's, only in scope. The proxy's
+/// one way from a token to a key, so isolation holds by construction.
+pub fn key_for(
+    conn: &Connection,
+    vault: &Vault,
+    token: &ToolToken,
+    provider: &str,
+) -> Result<KeyAccess, StoreError> {
+    if !token.allows(provider) {
+        return Ok(KeyAccess::NotInScope);
+    }
+    Ok(
+        match store::open(conn, vault, token.account_id, provider)? {
+            Some((key_id, plaintext)) => KeyAccess::Key { key_id, plaintext },
+            None => KeyAccess::NoKey,
+        },
+    )
+}
+
+/// Recent token lookups, so the proxy does not query the database on every call.
+///
+/// An entry lives at most [`TokenCache::TTL`] (one second), so a revocation made anywhere, even
+/// by another process, is seen within a second; a revocation through this server's API also
+/// evicts the token at once ([`TokenCache::invalidate`]). Only successful lookups are cached:
+/// a flood of made-up tokens cannot grow the cache, and a garbage token costs one hash and one
+/// indexed read. Expiry is re-checked against the caller's clock on every hit.
+#[derive(Clone, Default)]
+pub struct TokenCache {
+    entries: Arc<Mutex<HashMap<[u8; 32], Cached>>>,
+}
+
+struct Cached {
+    token: ToolToken,
+    loaded: Instant,
+}
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenCache")
+    }
+}
+
+impl TokenCache {
+    pub const TTL: Duration = Duration::from_secs(1);
+    /// Bound on live entries; past it the cache starts over (a second of extra reads at worst).
+    const MAX_ENTRIES: usize = 10_000;
+
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Cached>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The live token `presented` is, from the cache when fresh, else from the database.
+    pub async fn authenticate(
+        &self,
+        db: &Db,
+        presented: &str,
+        now: i64,
+    ) -> Result<Option<ToolToken>, DbError> {
+        if !well_formed(presented) {
+            return Ok(None);
+        }
+        let key = hash(presented);
+        if let Some(hit) = self.lookup(&key) {
+            return Ok((!hit.expired(now)).then_some(hit));
+        }
+        let presented = Zeroizing::new(presented.to_owned());
+        let found = db
+            .read(move |conn| authenticate(conn, &presented, now).map_err(DbError::from))
+            .await?;
+        if let Some(token) = &found {
+            self.insert(key, token.clone());
+        }
+        Ok(found)
+    }
+
+    fn lookup(&self, key: &[u8; 32]) -> Option<ToolToken> {
+        let mut entries = self.lock();
+        match entries.get(key) {
+            Some(c) if c.loaded.elapsed() < Self::TTL => Some(c.token.clone()),
+            Some(_) => {
+                entries.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn insert(&self, key: [u8; 32], token: ToolToken) {
+        let mut entries = self.lock();
+        if entries.len() >= Self::MAX_ENTRIES {
+            entries.retain(|_, c| c.loaded.elapsed() < Self::TTL);
+            if entries.len() >= Self::MAX_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(
+            key,
+            Cached {
+                token,
+                loaded: Instant::now(),
+            },
+        );
+    }
+
+    /// Forgets token `id` at once (called after a revocation commits).
+    pub fn invalidate(&self, token_id: &str) {
+        self.lock().retain(|_, c| c.token.id != token_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in [
+            include_str!("../migrations/0001_init.sql"),
+            include_str!("../migrations/0003_keys_tokens.sql"),
+        ] {
+            conn.execute_batch(sql).unwrap();
+        }
+        let tx = conn.transaction().unwrap();
+        tx.execute(
+            "INSERT INTO accounts (id, email_hash, email_blob, master_key_id, created_at)
+             VALUES (1, x'01', x'01', 'default', 0)",
+            [],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        conn
+    }
+
+    fn new(providers: &'static [&'static str], expires_at: Option<i64>) -> NewToken<'static> {
+        NewToken {
+            account_id: 1,
+            name: "ci",
+            providers,
+            expires_at,
+            now: 100,
+        }
+    }
+
+    #[test]
+    fn tokens_are_prefixed_256_bit_and_distinct() {
+        let a = generate();
+        let b = generate();
+        assert!(a.expose().starts_with("kb_"));
+        assert_eq!(a.expose().len(), 46);
+        assert_eq!(B64.decode(&a.expose()[3..]).unwrap().len(), 32);
+        assert_ne!(a.expose(), b.expose());
+        assert!(well_formed(a.expose()));
+        assert_eq!(format!("{a:?}"), "IssuedToken(<redacted>)");
+    }
+
+    #[test]
+    fn only_the_hash_is_stored_and_it_authenticates() {
+        let conn = db();
+        let (token, issued) = create(&conn, &new(&["openai"], None)).unwrap();
+        let stored: Vec<u8> = conn
+            .query_row("SELECT token_hash FROM tool_tokens", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, hash(issued.expose()).to_vec());
+        let found = authenticate(&conn, issued.expose(), 100).unwrap().unwrap();
+        assert_eq!(found, token);
+        assert!(found.allows("openai"));
+        assert!(!found.allows("anthropic"));
+    }
+
+    #[test]
+    fn revoked_expired_and_malformed_tokens_do_not_authenticate() {
+        let conn = db();
+        let (token, issued) = create(&conn, &new(&[], Some(200))).unwrap();
+        assert!(authenticate(&conn, issued.expose(), 199).unwrap().is_some());
+        assert!(authenticate(&conn, issued.expose(), 200).unwrap().is_none());
+        assert!(revoke(&conn, 1, &token.id, 150).unwrap());
+        assert!(authenticate(&conn, issued.expose(), 150).unwrap().is_none());
+        assert!(!revoke(&conn, 1, &token.id, 150).unwrap());
+        assert!(authenticate(&conn, "kb_short", 0).unwrap().is_none());
+        assert!(authenticate(&conn, "", 0).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_unscoped_token_allows_every_provider() {
+        let conn = db();
+        let (token, _) = create(&conn, &new(&[], None)).unwrap();
+        assert!(token.allows("openai") && token.allows("twilio"));
+    }
+}

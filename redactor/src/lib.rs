@@ -1,1 +1,411 @@
-//! placeholder until the redactor lands
+//! Scrubs API keys and credentials from text and bytes before they reach a log line, an error
+//! body or a metrics label. keybroker promises that the provider keys it holds never appear in
+//! either; this crate keeps that promise.
+//!
+//! Two mechanisms, applied in this order:
+//!
+//! 1. **Exact values.** The broker [`register`](Redactor::register)s each key it has just
+//!    decrypted for as long as it uses it; that value and its base64, base64url, percent- and
+//!    JSON-escaped forms are removed wherever they appear. This is the only way to catch keys that
+//!    have no recognisable shape (Vultr, Railway, ElevenLabs v1, Twilio auth tokens).
+//! 2. **Patterns.** Built-in rules for provider key shapes (OpenAI, Anthropic, Google, GitHub,
+//!    Stripe, Twilio, AWS, Slack, ElevenLabs, Resend, …), JWTs, private-key blocks, HTTP
+//!    credentials, secret query parameters and `name = value` pairs whose name says secret.
+//!
+//! Each secret becomes a marker naming its [`Kind`], e.g. `[REDACTED:openai]`; names, delimiters
+//! and quotes are kept so a log line stays readable.
+//!
+//! Guarantees: text with nothing to redact comes back as `Cow::Borrowed` without allocating;
+//! every step is linear in the input (`aho-corasick`, the `regex` crate's automata, `memchr`, a
+//! fingerprint index for registered values — no backtracking); redaction is idempotent; nothing
+//! panics, whatever the input; no IO and no state outside the [`Redactor`] value.
+//!
+//! ```
+//! use redactor::Redactor;
+//! let r = Redactor::new();
+//! assert_eq!(
+//!     r.redact("auth failed for key AKIAIOSFODNN7EXAMPL3"),
+//!     "auth failed for key [REDACTED:aws]"
+//! );
+//! let key = r.register(b"a-key-with-no-shape-at-all");
+//! assert_eq!(r.redact("got a-key-with-no-shape-at-all back"), "got [REDACTED:exact] back");
+//! drop(key);
+//! ```
+
+mod exact;
+mod format;
+mod kind;
+mod rules;
+
+pub use exact::MIN_SECRET_LEN;
+pub use format::matches_format;
+pub use kind::{marker, Counts, Kind};
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+/// A byte range of the input to replace with the marker of `kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub start: usize,
+    pub end: usize,
+    pub kind: Kind,
+}
+
+struct Rule {
+    kind: Kind,
+    regex: regex::bytes::Regex,
+    check: rules::Check,
+    /// Capture groups whose bytes are replaced; empty means the whole match.
+    targets: Vec<usize>,
+    name_group: Option<usize>,
+}
+
+/// The redaction engine: compiled patterns plus the set of registered values.
+///
+/// Build it once with [`Redactor::new`] (it compiles a few dozen regexes) and share it behind an
+/// `Arc`; every method takes `&self` and is safe to call from many threads at once.
+pub struct Redactor {
+    rules: Vec<Rule>,
+    /// Finds the literal anchors that make rules worth running; `None` runs every rule.
+    prefilter: Option<AhoCorasick>,
+    /// For each prefilter pattern, the rules (as bits) it triggers.
+    anchor_masks: Vec<u64>,
+    all_rules: u64,
+    registry: Arc<exact::Registry>,
+}
+
+impl Default for Redactor {
+    fn default() -> Self {
+        Redactor::new()
+    }
+}
+
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redactor")
+            .field("rules", &self.rules.len())
+            .field("registered", &self.registry.len())
+            .finish()
+    }
+}
+
+/// Keeps a value registered with [`Redactor::register`]; dropping it unregisters the value.
+///
+/// Registering the same value several times is reference-counted: it stays redacted until the
+/// last of its registrations is dropped. `Debug` shows only whether the registration is active.
+#[must_use = "the value is unregistered as soon as the Registration is dropped"]
+pub struct Registration {
+    held: Option<(Arc<exact::Registry>, Arc<[u8]>)>,
+}
+
+impl Registration {
+    /// False for values [`Redactor::register`] refused (shorter than [`MIN_SECRET_LEN`]).
+    pub fn is_active(&self) -> bool {
+        self.held.is_some()
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some((registry, key)) = self.held.take() {
+            registry.release(&key);
+        }
+    }
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("active", &self.is_active())
+            .finish()
+    }
+}
+
+impl Redactor {
+    /// Compiles the built-in patterns. Takes a few milliseconds: do it once.
+    pub fn new() -> Redactor {
+        let mut rules = Vec::new();
+        let mut anchors: Vec<(String, u64)> = Vec::new();
+        for spec in rules::specs() {
+            let pattern = format!("(?-u){}", spec.pattern);
+            // The patterns are constants covered by tests; a rule that failed to compile would
+            // show up there, so at run time it is skipped rather than taking the service down.
+            let Ok(regex) = regex::bytes::RegexBuilder::new(&pattern)
+                .size_limit(1 << 24)
+                .build()
+            else {
+                continue;
+            };
+            let Some(bit) = 1u64.checked_shl(rules.len() as u32) else {
+                continue;
+            };
+            let mut targets = Vec::new();
+            let mut name_group = None;
+            for (i, name) in regex.capture_names().enumerate() {
+                match name {
+                    Some("s" | "t") => targets.push(i),
+                    Some("name") => name_group = Some(i),
+                    _ => {}
+                }
+            }
+            for a in spec.anchors {
+                anchors.push((a, bit));
+            }
+            rules.push(Rule {
+                kind: spec.kind,
+                regex,
+                check: spec.check,
+                targets,
+                name_group,
+            });
+        }
+        let all_rules = rules
+            .iter()
+            .enumerate()
+            .fold(0u64, |m, (i, _)| m | 1u64.checked_shl(i as u32).unwrap_or(0));
+        let (prefilter, anchor_masks) = build_prefilter(anchors);
+        Redactor {
+            rules,
+            prefilter,
+            anchor_masks,
+            all_rules,
+            registry: Arc::new(exact::Registry::new()),
+        }
+    }
+
+    /// Redacts registered values and built-in patterns from `text`.
+    pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        to_str(text, self.run(text.as_bytes(), &[], None))
+    }
+
+    /// [`redact`](Redactor::redact) on arbitrary bytes; invalid UTF-8 is fine and kept as is.
+    pub fn redact_bytes<'a>(&self, bytes: &'a [u8]) -> Cow<'a, [u8]> {
+        self.run(bytes, &[], None)
+    }
+
+    /// [`redact`](Redactor::redact), also removing `extra` values (and their encodings) for this
+    /// one call. Values shorter than [`MIN_SECRET_LEN`] are ignored.
+    pub fn redact_with<'a>(&self, text: &'a str, extra: &[&[u8]]) -> Cow<'a, str> {
+        to_str(text, self.run(text.as_bytes(), extra, None))
+    }
+
+    /// [`redact_bytes`](Redactor::redact_bytes), adding one to `counts` per marker written.
+    pub fn redact_counting<'a>(&self, text: &'a [u8], counts: &mut Counts) -> Cow<'a, [u8]> {
+        self.run(text, &[], Some(counts))
+    }
+
+    /// Redacts `secret` and its encodings (base64, base64url, padded or not, percent- and
+    /// JSON-escaped) from everything this `Redactor` processes until the returned guard drops.
+    ///
+    /// Cost does not grow with the number of registered values, neither here nor when scanning.
+    /// Values shorter than [`MIN_SECRET_LEN`] bytes are refused: the returned `Registration`
+    /// does nothing (see [`Registration::is_active`]), because redacting short strings verbatim
+    /// would shred ordinary text and no real key is that short.
+    pub fn register(&self, secret: &[u8]) -> Registration {
+        if secret.len() < MIN_SECRET_LEN {
+            return Registration { held: None };
+        }
+        let key = self.registry.add(secret);
+        Registration {
+            held: Some((Arc::clone(&self.registry), key)),
+        }
+    }
+
+    /// True if [`redact`](Redactor::redact) would change `text`; stops at the first finding.
+    pub fn contains_secret(&self, text: &str) -> bool {
+        let bytes = text.as_bytes();
+        let mut spans = Vec::new();
+        self.registry.scan(bytes, &mut spans);
+        if !spans.is_empty() {
+            return true;
+        }
+        self.pattern_spans(bytes, &mut spans, true);
+        !spans.is_empty()
+    }
+
+    /// Exact values first, then patterns over the result: a pattern never sees a registered
+    /// value, so a half-matched key cannot leave a fragment behind that a second pass would take.
+    fn run<'a>(
+        &self,
+        text: &'a [u8],
+        extra: &[&[u8]],
+        mut counts: Option<&mut Counts>,
+    ) -> Cow<'a, [u8]> {
+        let mut spans = Vec::new();
+        self.registry.scan(text, &mut spans);
+        exact::scan_extra(text, extra, &mut spans);
+        let stage: Cow<'a, [u8]> = if spans.is_empty() {
+            Cow::Borrowed(text)
+        } else {
+            let merged = merge(spans);
+            tally(&merged, counts.as_deref_mut());
+            Cow::Owned(apply(text, &merged))
+        };
+        let mut spans = Vec::new();
+        self.pattern_spans(&stage, &mut spans, false);
+        if spans.is_empty() {
+            return stage;
+        }
+        let merged = merge(spans);
+        tally(&merged, counts);
+        Cow::Owned(apply(&stage, &merged))
+    }
+
+    /// Rules whose anchors occur in `text`, as bits.
+    fn triggered(&self, text: &[u8]) -> u64 {
+        let Some(ac) = &self.prefilter else {
+            return self.all_rules;
+        };
+        let mut mask = 0u64;
+        let mut at = 0;
+        // Restart one byte after each hit, not after its end, so an anchor inside another
+        // (`api-key` in `xi-api-key`) is still seen.
+        while at < text.len() {
+            let Some(m) = ac.find(aho_corasick::Input::new(text).range(at..)) else {
+                break;
+            };
+            mask |= self
+                .anchor_masks
+                .get(m.pattern().as_usize())
+                .copied()
+                .unwrap_or(self.all_rules);
+            if mask == self.all_rules {
+                break;
+            }
+            at = m.start() + 1;
+        }
+        mask
+    }
+
+    fn pattern_spans(&self, text: &[u8], out: &mut Vec<Span>, first_only: bool) {
+        let mask = self.triggered(text);
+        if mask == 0 {
+            return;
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            if mask & 1u64.checked_shl(i as u32).unwrap_or(0) == 0 {
+                continue;
+            }
+            for caps in rule.regex.captures_iter(text) {
+                let name = rule
+                    .name_group
+                    .and_then(|g| caps.get(g))
+                    .map(|m| m.as_bytes());
+                let mut found = rule.targets.iter().filter_map(|g| caps.get(*g)).peekable();
+                let whole = if rule.targets.is_empty() { caps.get(0) } else { None };
+                if found.peek().is_none() && whole.is_none() {
+                    continue;
+                }
+                for m in found.chain(whole) {
+                    if m.start() < m.end() && rules::check(rule.check, name, m.as_bytes()) {
+                        out.push(Span {
+                            start: m.start(),
+                            end: m.end(),
+                            kind: rule.kind,
+                        });
+                        if first_only {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn build_prefilter(anchors: Vec<(String, u64)>) -> (Option<AhoCorasick>, Vec<u64>) {
+    let mut uniq: Vec<(String, u64)> = Vec::new();
+    for (a, bit) in anchors {
+        match uniq.iter_mut().find(|(u, _)| *u == a) {
+            Some((_, m)) => *m |= bit,
+            None => uniq.push((a, bit)),
+        }
+    }
+    // The automaton reports one anchor per start position; anchors that are prefixes of one
+    // another share their rules so it does not matter which one it picks.
+    let masks: Vec<u64> = uniq
+        .iter()
+        .map(|(a, m)| {
+            uniq.iter()
+                .filter(|(b, _)| a.starts_with(b.as_str()) || b.starts_with(a.as_str()))
+                .fold(*m, |acc, (_, bm)| acc | bm)
+        })
+        .collect();
+    let ac = AhoCorasick::builder()
+        .match_kind(MatchKind::LeftmostFirst)
+        .build(uniq.iter().map(|(a, _)| a.as_bytes()))
+        .ok();
+    (ac, masks)
+}
+
+/// Sorts spans and merges overlapping ones; the merged span takes the most specific kind.
+fn merge(mut spans: Vec<Span>) -> Vec<Span> {
+    spans.sort_unstable_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
+    let mut out: Vec<Span> = Vec::with_capacity(spans.len());
+    for s in spans {
+        match out.last_mut() {
+            Some(cur) if s.start < cur.end => {
+                cur.end = cur.end.max(s.end);
+                if s.kind.specificity() > cur.kind.specificity() {
+                    cur.kind = s.kind;
+                }
+            }
+            _ => out.push(s),
+        }
+    }
+    out
+}
+
+fn tally(spans: &[Span], counts: Option<&mut Counts>) {
+    if let Some(c) = counts {
+        for s in spans {
+            c.add(s.kind);
+        }
+    }
+}
+
+fn apply(text: &[u8], spans: &[Span]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + spans.len() * 16);
+    let mut at = 0;
+    for s in spans {
+        out.extend_from_slice(text.get(at..s.start).unwrap_or_default());
+        out.extend_from_slice(marker(s.kind).as_bytes());
+        at = s.end;
+    }
+    out.extend_from_slice(text.get(at..).unwrap_or_default());
+    out
+}
+
+/// Pattern spans start and end on ASCII bytes, so they keep UTF-8 intact; a registered value
+/// that is not itself valid UTF-8 could split a character, which is replaced, never panicked on.
+fn to_str<'a>(original: &'a str, bytes: Cow<'a, [u8]>) -> Cow<'a, str> {
+    match bytes {
+        Cow::Borrowed(_) => Cow::Borrowed(original),
+        Cow::Owned(v) => match String::from_utf8(v) {
+            Ok(s) => Cow::Owned(s),
+            Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rule_compiles() {
+        let r = Redactor::new();
+        assert_eq!(r.rules.len(), rules::specs().len());
+        assert!(r.prefilter.is_some());
+    }
+
+    #[test]
+    fn redactor_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Redactor>();
+        assert_send_sync::<Registration>();
+    }
+}

@@ -274,10 +274,12 @@ pub(crate) fn specs() -> Vec<RuleSpec> {
     );
     // The body between BEGIN and END lines (also JSON-escaped or string-concatenated); a block
     // cut off before its END line loses its base64 run. 64 bytes of body at least, as gitleaks.
+    // The body never contains `--`, so a match cannot run from one block's BEGIN over an already
+    // redacted body into the next block's END (which would make redaction non-idempotent).
     add(
         Kind::PrivateKey,
         format!(
-            r"{PEM_BEGIN}(?:(?s:(?P<s>.{{64,}}?)){PEM_END}|(?P<t>(?:[A-Za-z0-9+/=\r\n]|\\[rn]){{64,}}))"
+            r"{PEM_BEGIN}(?:(?P<s>(?:[^\-]|-[^\-]){{64,}}?){PEM_END}|(?P<t>(?:[A-Za-z0-9+/=\r\n]|\\[rn]){{64,}}))"
         ),
         Check::None,
         lit(&["-----BEGIN"]),

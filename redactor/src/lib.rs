@@ -289,17 +289,23 @@ impl Redactor {
             if mask & 1u64.checked_shl(i as u32).unwrap_or(0) == 0 {
                 continue;
             }
-            for caps in rule.regex.captures_iter(text) {
+            let mut pos = 0;
+            while pos <= text.len() {
+                let Some(caps) = rule.regex.captures_at(text, pos) else {
+                    break;
+                };
+                let Some(whole) = caps.get(0) else { break };
                 let name = rule
                     .name_group
                     .and_then(|g| caps.get(g))
                     .map(|m| m.as_bytes());
-                let mut found = rule.targets.iter().filter_map(|g| caps.get(*g)).peekable();
-                let whole = if rule.targets.is_empty() { caps.get(0) } else { None };
-                if found.peek().is_none() && whole.is_none() {
-                    continue;
-                }
-                for m in found.chain(whole) {
+                let targets: Vec<regex::bytes::Match<'_>> = if rule.targets.is_empty() {
+                    vec![whole]
+                } else {
+                    rule.targets.iter().filter_map(|g| caps.get(*g)).collect()
+                };
+                let mut rejected = None;
+                for m in targets {
                     if m.start() < m.end() && rules::check(rule.check, name, m.as_bytes()) {
                         out.push(Span {
                             start: m.start(),
@@ -309,12 +315,25 @@ impl Redactor {
                         if first_only {
                             return;
                         }
+                    } else {
+                        rejected = Some(m);
                     }
                 }
+                // A rejected value may itself start a real match (`Bearer Bearer sk-…`): look
+                // again from the value's start. Only short values are looked at again, which
+                // bounds the extra work per rejection and keeps the scan linear.
+                pos = match rejected {
+                    Some(m) if m.len() <= RESCAN_LIMIT => m.start().max(whole.start() + 1),
+                    _ if whole.end() > whole.start() => whole.end(),
+                    _ => whole.end() + 1,
+                };
             }
         }
     }
 }
+
+/// Longest rejected value that is searched again for a match starting inside it.
+const RESCAN_LIMIT: usize = 512;
 
 fn build_prefilter(anchors: Vec<(String, u64)>) -> (Option<AhoCorasick>, Vec<u64>) {
     let mut uniq: Vec<(String, u64)> = Vec::new();

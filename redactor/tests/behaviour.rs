@@ -255,3 +255,18 @@ fn format_checks_accept_whole_keys_only() {
     assert!(!matches_format(Kind::OpenAi, "sk-proj-Xi8tdMjHV6pmbBbwilTeT4BlbkFJ3UDnpdEwNNm6wVBpYM0o"));
     assert!(!matches_format(Kind::GenericSecret, "hunter2hunter2"));
 }
+
+#[test]
+fn inputs_the_fuzzer_once_broke_are_idempotent() {
+    let r = Redactor::new();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions");
+    let entries = std::fs::read_dir(&dir).expect("regression inputs directory exists");
+    let mut seen = 0;
+    for entry in entries {
+        let bytes = std::fs::read(entry.expect("readable entry").path()).expect("readable file");
+        let once = r.redact_bytes(&bytes).into_owned();
+        assert_eq!(r.redact_bytes(&once).into_owned(), once);
+        seen += 1;
+    }
+    assert!(seen > 0);
+}

@@ -268,7 +268,9 @@ impl Index {
     fn remove_form(&mut self, form: &Arc<[u8]>) {
         if form.len() >= LONG_MIN {
             for offset in 0..STRIDE {
-                let Some(fp) = long_fp(form, offset) else { continue };
+                let Some(fp) = long_fp(form, offset) else {
+                    continue;
+                };
                 if let Some(slots) = self.long.get_mut(&fp) {
                     slots.retain(|s| !(Arc::ptr_eq(&s.form, form) && s.offset == offset));
                     if slots.is_empty() {

@@ -98,7 +98,10 @@ mod tests {
         assert!(matches_format(Kind::OpenAi, key));
         assert!(!matches_format(Kind::OpenAi, &format!(" {key}")));
         assert!(!matches_format(Kind::Anthropic, key));
-        assert!(matches_format(Kind::Google, "AIzaSyNHxIf32IQ1a1yjl3ZJIqKZqzLAK1XhDk-"));
+        assert!(matches_format(
+            Kind::Google,
+            "AIzaSyNHxIf32IQ1a1yjl3ZJIqKZqzLAK1XhDk-"
+        ));
         assert!(!matches_format(Kind::Bearer, "anything"));
     }
 }

@@ -1,8 +1,8 @@
 //! The built-in patterns: one regex per rule, the literal anchors that make a rule worth running,
 //! and the value checks that keep placeholders and ordinary words out.
 //!
-//! A rule redacts its capture group `s` (and `t`, for the second alternative of a few rules), or
-//! its whole match when it has neither. Names, delimiters and quotes stay outside those groups, so
+//! A rule redacts its capture group `s` (and `t`/`u`, for the other alternatives of a few rules),
+//! or, for shape rules, its match minus the left boundary. Names, delimiters and quotes stay outside those groups, so
 //! `api_key: "sk-…"` becomes `api_key: "[REDACTED:openai]"`.
 
 use crate::kind::Kind;
@@ -72,84 +72,79 @@ pub(crate) enum Check {
 
 pub(crate) struct RuleSpec {
     pub kind: Kind,
+    /// A shape rule: `{LB}(?P<s>shape)`, where the match minus a leading `\n`-style escape is the
+    /// secret, so no capture groups need resolving (much faster).
+    pub shape: bool,
     pub pattern: String,
     pub check: Check,
-    /// Literal strings at least one of which occurs in any text this rule can match.
+    /// Literal strings at least one of which occurs in any text this rule can match; empty for
+    /// rules that run on every text.
     pub anchors: Vec<String>,
-}
-
-/// `word`, `Word` and `WORD`: keyword anchors are matched case-sensitively (so the prefilter can
-/// use SIMD), which covers how names are actually written; `sEcReT` is not.
-fn cases(words: &[&str]) -> Vec<String> {
-    let mut out = Vec::new();
-    for w in words {
-        out.push(w.to_string());
-        out.push(w.to_ascii_uppercase());
-        let mut cap = String::new();
-        for (i, c) in w.chars().enumerate() {
-            if i == 0 {
-                cap.push(c.to_ascii_uppercase());
-            } else {
-                cap.push(c);
-            }
-        }
-        out.push(cap);
-    }
-    out.sort();
-    out.dedup();
-    out
 }
 
 fn lit(words: &[&str]) -> Vec<String> {
     words.iter().map(|w| w.to_string()).collect()
 }
 
-/// Words whose presence in a name makes the name's value worth checking.
-const NAME_WORDS: &[&str] = &[
-    "pass",
-    "pwd",
-    "secret",
-    "token",
-    "auth",
-    "cred",
-    "session",
-    "cookie",
-    "signature",
-    "apikey",
-    "api_key",
-    "api-key",
-    "api.key",
-    "accesskey",
-    "access_key",
-    "access-key",
-    "privatekey",
-    "private_key",
-    "private-key",
-];
-
+/// Anchors for secret-looking names, as stems that cover the usual spellings: `oken` finds
+/// `token` and `Token`, `OKEN` finds `TOKEN`. Fewer, longer anchors keep the SIMD prefilter fast.
 fn name_anchors() -> Vec<String> {
-    let mut a = cases(NAME_WORDS);
-    // camelCase spellings `cases` cannot produce.
-    a.extend(lit(&[
-        "apiKey",
-        "ApiKey",
-        "Api-Key",
-        "Api_Key",
-        "accessKey",
-        "AccessKey",
-        "Access-Key",
-        "privateKey",
-        "PrivateKey",
-        "Private-Key",
-    ]));
-    a
+    lit(&[
+        "pass",
+        "Pass",
+        "PASS",
+        "pwd",
+        "Pwd",
+        "PWD",
+        "ecret",
+        "ECRET",
+        "oken",
+        "OKEN",
+        "uth",
+        "UTH",
+        "cred",
+        "Cred",
+        "CRED",
+        "ession",
+        "ESSION",
+        "ookie",
+        "OOKIE",
+        "ignature",
+        "IGNATURE",
+        "pikey",
+        "piKey",
+        "pi_key",
+        "pi-key",
+        "pi_Key",
+        "pi-Key",
+        "PIKEY",
+        "PI_KEY",
+        "PI-KEY",
+        "ccesskey",
+        "ccessKey",
+        "ccess_key",
+        "ccess-key",
+        "ccess_Key",
+        "ccess-Key",
+        "CCESSKEY",
+        "CCESS_KEY",
+        "CCESS-KEY",
+        "rivate",
+        "RIVATE",
+    ])
 }
 
 pub(crate) fn specs() -> Vec<RuleSpec> {
     let mut v = Vec::new();
     let mut add = |kind: Kind, pattern: String, check: Check, anchors: Vec<String>| {
+        let shape = pattern.starts_with(LB)
+            && pattern
+                .get(LB.len()..)
+                .is_some_and(|p| p.starts_with("(?P<s>"))
+            && (pattern.ends_with(')') || pattern.ends_with(RB));
         v.push(RuleSpec {
             kind,
+            shape,
             pattern,
             check,
             anchors,
@@ -163,7 +158,7 @@ pub(crate) fn specs() -> Vec<RuleSpec> {
     );
     add(
         Kind::Anthropic,
-        format!(r"{LB}(?P<s>{ANTHROPIC})(?:[^A-Za-z0-9_\-]|$)"),
+        format!(r"{LB}(?P<s>{ANTHROPIC}){RB}"),
         Check::None,
         lit(&["sk-ant-"]),
     );
@@ -195,7 +190,7 @@ pub(crate) fn specs() -> Vec<RuleSpec> {
         Kind::ElevenLabs,
         format!(r#"(?i:xi[_\-]api[_\-]key){SEP}(?P<s>[A-Za-z0-9_\-]{{16,}})"#),
         Check::None,
-        lit(&["xi-api-key", "Xi-Api-Key", "XI-API-KEY", "xi_api_key", "XI_API_KEY"]),
+        lit(&["pi-key", "pi-Key", "PI-KEY", "pi_key", "PI_KEY"]),
     );
     add(
         Kind::Resend,
@@ -207,7 +202,9 @@ pub(crate) fn specs() -> Vec<RuleSpec> {
         Kind::Twilio,
         format!(r"{LB}(?P<s>{TWILIO_SID}){RB}"),
         Check::None,
-        lit(&["SK", "AC"]),
+        // No anchors: `SK`/`AC` are too short for the shared prefilter; this regex's own literal
+        // prefilter finds them quickly, so the rule simply always runs.
+        Vec::new(),
     );
     // Auth tokens are bare 32-hex strings: only taken beside a Twilio name or right after an
     // account SID (`AC…:token`, the Basic-auth pair).
@@ -217,11 +214,7 @@ pub(crate) fn specs() -> Vec<RuleSpec> {
             r#"(?:(?i:twilio)[A-Za-z0-9_.\-]*{SEP}|AC[0-9a-fA-F]{{32}}["']?[ \t]*[:,][ \t]*["']?)(?P<s>[0-9a-fA-F]{{32}}){RB}"#
         ),
         Check::None,
-        {
-            let mut a = cases(&["twilio"]);
-            a.push("AC".into());
-            a
-        },
+        lit(&["wilio", "WILIO", "ACCA"]),
     );
     add(
         Kind::Aws,
@@ -235,7 +228,7 @@ pub(crate) fn specs() -> Vec<RuleSpec> {
             r#"(?i:aws)[A-Za-z0-9_.\-]*(?i:secret)[A-Za-z0-9_.\-]*{SEP}(?P<s>[A-Za-z0-9/+]{{40}})(?:[^A-Za-z0-9/+=]|$)"#
         ),
         Check::None,
-        cases(&["aws"]),
+        lit(&["aws", "Aws", "AWS"]),
     );
     add(
         Kind::Slack,
@@ -253,13 +246,13 @@ pub(crate) fn specs() -> Vec<RuleSpec> {
         Kind::Vultr,
         format!(r"(?i:vultr)[A-Za-z0-9_.\-]*{SEP}(?P<s>{VULTR}){RB}"),
         Check::None,
-        cases(&["vultr"]),
+        lit(&["ultr", "ULTR"]),
     );
     add(
         Kind::Railway,
         format!(r"(?i:railway)[A-Za-z0-9_.\-]*{SEP}(?P<s>{UUID}){RB}"),
         Check::None,
-        cases(&["railway"]),
+        lit(&["ailway", "AILWAY"]),
     );
     add(
         Kind::Jwt,
@@ -302,26 +295,35 @@ pub(crate) fn specs() -> Vec<RuleSpec> {
         Kind::Bearer,
         r"(?i:\bbearer)[ \t]+(?P<s>[A-Za-z0-9\-._~+/]+=*)".into(),
         Check::Value,
-        cases(&["bearer"]),
+        lit(&["earer", "EARER"]),
     );
     add(
         Kind::BasicAuth,
         format!(r"(?i:\bbasic)[ \t]+(?P<s>[A-Za-z0-9+/]{{8,}}={{0,2}}){RB}"),
         Check::Basic,
-        cases(&["basic"]),
+        lit(&["asic", "ASIC"]),
     );
     // Other Authorization schemes (`Token …`, `Api-Token …`, bare values).
     add(
         Kind::Bearer,
         r#"(?i:authorization)["']?[ \t]*[:=][ \t]*["']?(?:[A-Za-z][A-Za-z0-9\-]{1,20}[ \t]+)?(?P<s>[A-Za-z0-9\-._~+/@=!#%^*|]{8,})"#.into(),
         Check::Value,
-        cases(&["authorization"]),
+        lit(&["uth", "UTH"]),
     );
     add(
         Kind::BasicAuth,
-        r#"(?:^|\s)(?:-u|--user)(?:[ \t]+|=)(?P<s>"[^"\n]*"(?::"[^"\n]*")?|'[^'\n]*'|[^\s"']+(?:'[^'\n]*'|"[^"\n]*")?)"#.into(),
+        // Values never contain `[` or `]` and an unquoted one must end at a delimiter, so a value
+        // is never cut short by (or made of) a marker from an earlier pass.
+        concat!(
+            r#"\B(?:-u|--user)(?:[ \t]+|=)(?:"#,
+            r#"(?P<s>"[^"\n\[\]]*"(?::"[^"\n\[\]]*")?|'[^'\n\[\]]*')(?:$|[^\[\]])"#,
+            r#"|(?P<t>[^\s"'\[\]]+(?:'[^'\n\[\]]*'|"[^"\n\[\]]*"))(?:$|[^\[\]])"#,
+            r#"|(?P<u>[^\s"'\[\]]+)(?:$|[\s"']))"#,
+        )
+        .into(),
         Check::CurlUser,
-        lit(&["-u", "--user"]),
+        // No anchors, as for Twilio SIDs: `-u` is too short to share the prefilter.
+        Vec::new(),
     );
     add(
         Kind::UrlCredentials,
@@ -335,8 +337,7 @@ pub(crate) fn specs() -> Vec<RuleSpec> {
         Check::Value,
         {
             let mut a = name_anchors();
-            a.extend(cases(&["key=", "sig=", "jwt=", "assertion=", "x-amz-"]));
-            a.push("X-Amz-".into());
+            a.extend(lit(&["ey=", "EY=", "sig=", "SIG=", "jwt=", "JWT=", "ssertion=", "amz-", "Amz-", "AMZ-"]));
             a
         },
     );
@@ -523,7 +524,10 @@ fn is_secret_word(w: &str, next: Option<&str>) -> bool {
     }
     matches!(
         (w, next),
-        ("api" | "access" | "private" | "secret" | "client" | "signing" | "master", Some("key"))
+        (
+            "api" | "access" | "private" | "secret" | "client" | "signing" | "master",
+            Some("key")
+        )
     )
 }
 
@@ -661,7 +665,10 @@ mod tests {
 
     #[test]
     fn names_split_into_words() {
-        assert_eq!(words(b"openaiApiKey_TOKEN"), ["openai", "api", "key", "token"]);
+        assert_eq!(
+            words(b"openaiApiKey_TOKEN"),
+            ["openai", "api", "key", "token"]
+        );
         assert_eq!(words(b"UserSecretsId"), ["user", "secrets", "id"]);
         assert_eq!(words(b"X-Octopus-ApiKey"), ["x", "octopus", "api", "key"]);
         assert_eq!(words(b"APIKey"), ["api", "key"]);
@@ -708,7 +715,13 @@ mod tests {
 
     #[test]
     fn placeholders_are_not_secrets() {
-        for v in ["$API_KEY", "re_REDACTED_API_KEY", "XXXXXXXXXXXX", "**********", "aaaaaaaaaaaaend"] {
+        for v in [
+            "$API_KEY",
+            "re_REDACTED_API_KEY",
+            "XXXXXXXXXXXX",
+            "**********",
+            "aaaaaaaaaaaaend",
+        ] {
             assert!(!looks_secret(v.as_bytes()), "{v}");
         }
         assert!(looks_secret(b"Zf3D0LXCM3EIMbgJpUNnkRtOfOueHznB"));

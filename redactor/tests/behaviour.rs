@@ -116,7 +116,10 @@ fn json_escaped_private_key_body_is_removed() {
 fn keybroker_tool_tokens_and_admin_tokens_are_redacted() {
     let r = Redactor::new();
     let tool = "kb_Xq3vN8pL2mR7tY1wZ5cB9dF4gH6jK0sA3eU8iO2yT7r";
-    assert_eq!(r.redact(&format!("tool={tool}")), "tool=[REDACTED:keybroker-token]");
+    assert_eq!(
+        r.redact(&format!("tool={tool}")),
+        "tool=[REDACTED:keybroker-token]"
+    );
     let admin = "admin-Xq3vN8pL2mR7tY1wZ5cB9dF4gH6jK0sA";
     assert_eq!(
         r.redact(&format!("X-Admin: {admin}")),
@@ -200,7 +203,10 @@ fn redact_with_removes_extra_values_for_one_call() {
         r.redact_with("echo 0f9e8d7c6b5a49382716", &[b"0f9e8d7c6b5a49382716"]),
         "echo [REDACTED:exact]"
     );
-    assert_eq!(r.redact("echo 0f9e8d7c6b5a49382716"), "echo 0f9e8d7c6b5a49382716");
+    assert_eq!(
+        r.redact("echo 0f9e8d7c6b5a49382716"),
+        "echo 0f9e8d7c6b5a49382716"
+    );
 }
 
 #[test]
@@ -215,7 +221,8 @@ fn registration_debug_shows_nothing_secret() {
 fn counting_reports_one_per_marker() {
     let r = Redactor::new();
     let mut counts = Counts::new();
-    let text = b"a=AKIAIOSFODNN7EXAMPL3 b=AKIAIOSFODNN7EXAMPL4 ghp_4U3LSowpDx8XvYE7A8GH56oxU5aWnY2mzIbV";
+    let text =
+        b"a=AKIAIOSFODNN7EXAMPL3 b=AKIAIOSFODNN7EXAMPL4 ghp_4U3LSowpDx8XvYE7A8GH56oxU5aWnY2mzIbV";
     let out = r.redact_counting(text, &mut counts);
     assert_eq!(counts.get(Kind::Aws), 2);
     assert_eq!(counts.get(Kind::GitHub), 1);
@@ -247,12 +254,30 @@ fn markers_name_their_kind() {
 #[test]
 fn format_checks_accept_whole_keys_only() {
     assert!(matches_format(Kind::Anthropic, "sk-ant-api03-abc123xyz-456def789ghij-klmnopqrstuvwx-3456yza789bcde-1234fghijklmnopby56aaaogaopaaaabc123xyzAA"));
-    assert!(matches_format(Kind::GitHub, "ghp_4U3LSowpDx8XvYE7A8GH56oxU5aWnY2mzIbV"));
-    assert!(matches_format(Kind::Stripe, "sk_live_DdBOfg1XfOkca8gKQ5umfoQGrTTLU1sAmiNe"));
-    assert!(matches_format(Kind::Resend, "re_zKa4RCko_Lhm9ost2YjNCctnPjbLw8Nop"));
-    assert!(matches_format(Kind::Railway, "3f2504e0-4f89-11d3-9a0c-0305e82c3301"));
-    assert!(!matches_format(Kind::GitHub, "ghp_4U3LSowpDx8XvYE7A8GH56oxU5aWnY2mzIbV\n"));
-    assert!(!matches_format(Kind::OpenAi, "sk-proj-Xi8tdMjHV6pmbBbwilTeT4BlbkFJ3UDnpdEwNNm6wVBpYM0o"));
+    assert!(matches_format(
+        Kind::GitHub,
+        "ghp_4U3LSowpDx8XvYE7A8GH56oxU5aWnY2mzIbV"
+    ));
+    assert!(matches_format(
+        Kind::Stripe,
+        "sk_live_DdBOfg1XfOkca8gKQ5umfoQGrTTLU1sAmiNe"
+    ));
+    assert!(matches_format(
+        Kind::Resend,
+        "re_zKa4RCko_Lhm9ost2YjNCctnPjbLw8Nop"
+    ));
+    assert!(matches_format(
+        Kind::Railway,
+        "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
+    ));
+    assert!(!matches_format(
+        Kind::GitHub,
+        "ghp_4U3LSowpDx8XvYE7A8GH56oxU5aWnY2mzIbV\n"
+    ));
+    assert!(!matches_format(
+        Kind::OpenAi,
+        "sk-proj-Xi8tdMjHV6pmbBbwilTeT4BlbkFJ3UDnpdEwNNm6wVBpYM0o"
+    ));
     assert!(!matches_format(Kind::GenericSecret, "hunter2hunter2"));
 }
 

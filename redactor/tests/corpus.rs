@@ -87,7 +87,10 @@ fn corpus_secrets_are_removed_and_strict_clean_rows_survive() {
             _ => continue,
         };
         if !ok {
-            let msg = format!("row {i} ({provider}, {}): {what}\n  in:  {text:?}\n  out: {out:?}", row["rule"]);
+            let msg = format!(
+                "row {i} ({provider}, {}): {what}\n  in:  {text:?}\n  out: {out:?}",
+                row["rule"]
+            );
             if EXCEPTIONS.iter().any(|(n, _)| *n == i) {
                 excused.push(msg);
             } else {

@@ -42,12 +42,20 @@ fn any_key() -> BoxedStrategy<String> {
         s(HEX, 32..=32).prop_map(|a| format!("AC{a}")),
         s(UPPER32, 16..=16).prop_map(|a| format!("AKIA{a}")),
         s(UPPER32, 16..=16).prop_map(|a| format!("ASIA{a}")),
-        (s("0123456789", 10..=13), s("0123456789", 10..=13), s(ALNUM, 24..=24))
+        (
+            s("0123456789", 10..=13),
+            s("0123456789", 10..=13),
+            s(ALNUM, 24..=24)
+        )
             .prop_map(|(a, b, c)| format!("xoxb-{a}-{b}-{c}")),
-        s(ALNUM, 8..=8).prop_flat_map(|a| s(ALNUM, 24..=24)
-            .prop_map(move |b| format!("re_{a}_{b}"))),
+        s(ALNUM, 8..=8)
+            .prop_flat_map(|a| s(ALNUM, 24..=24).prop_map(move |b| format!("re_{a}_{b}"))),
         s(HEX, 48..=48).prop_map(|a| format!("sk_{a}")),
-        (s(URLSAFE, 10..=60), s(URLSAFE, 10..=200), s(URLSAFE, 0..=86))
+        (
+            s(URLSAFE, 10..=60),
+            s(URLSAFE, 10..=200),
+            s(URLSAFE, 0..=86)
+        )
             .prop_map(|(a, b, c)| format!("eyJ{a}.eyJ{b}.{c}")),
         s(URLSAFE, 43..=60).prop_map(|a| format!("kb_{a}")),
     ]
@@ -56,14 +64,22 @@ fn any_key() -> BoxedStrategy<String> {
 
 /// Text before a key: anything, then a delimiter.
 fn before() -> BoxedStrategy<String> {
-    (".{0,40}", proptest::sample::select(vec![" ", "=", ":", "\"", "'", "\n", "(", ",", "\t", "\\n", "Bearer ", "api_key=", "?key="]))
+    (
+        ".{0,40}",
+        proptest::sample::select(vec![
+            " ", "=", ":", "\"", "'", "\n", "(", ",", "\t", "\\n", "Bearer ", "api_key=", "?key=",
+        ]),
+    )
         .prop_map(|(a, d)| format!("{a}{d}"))
         .boxed()
 }
 
 /// Text after a key: a delimiter, then anything.
 fn after() -> BoxedStrategy<String> {
-    (proptest::sample::select(vec![" ", "\"", "'", "\n", ")", ",", ";", "&", "\\n", "}"]), ".{0,40}")
+    (
+        proptest::sample::select(vec![" ", "\"", "'", "\n", ")", ",", ";", "&", "\\n", "}"]),
+        ".{0,40}",
+    )
         .prop_map(|(d, a)| format!("{d}{a}"))
         .boxed()
 }

@@ -76,6 +76,8 @@ pub struct Redactor {
     all_rules: u64,
     /// Rules without anchors, run on every text.
     always: u64,
+    /// Rules run only if an anchor hit passes `rules::could_be_pair`.
+    gated: u64,
     registry: Arc<exact::Registry>,
 }
 
@@ -131,6 +133,7 @@ impl Redactor {
     pub fn new() -> Redactor {
         let mut rules = Vec::new();
         let mut always = 0u64;
+        let mut gated = 0u64;
         let mut anchors: Vec<(String, u64)> = Vec::new();
         for spec in rules::specs() {
             let pattern = format!("(?-u){}", spec.pattern);
@@ -157,6 +160,9 @@ impl Redactor {
             if spec.anchors.is_empty() {
                 always |= bit;
             }
+            if spec.gated {
+                gated |= bit;
+            }
             for a in spec.anchors {
                 anchors.push((a, bit));
             }
@@ -178,6 +184,7 @@ impl Redactor {
             prefilter,
             all_rules,
             always,
+            gated,
             registry: Arc::new(exact::Registry::new()),
         }
     }
@@ -267,7 +274,7 @@ impl Redactor {
 
     /// Rules whose anchors occur in `text`, as bits.
     fn triggered(&self, text: &[u8]) -> u64 {
-        self.prefilter.triggered(text, self.all_rules) | self.always
+        self.prefilter.triggered(text, self.all_rules, self.gated) | self.always
     }
 
     fn pattern_spans(&self, text: &[u8], out: &mut Vec<Span>, first_only: bool) {
@@ -438,8 +445,18 @@ impl Prefilter {
         }
     }
 
-    fn triggered(&self, text: &[u8], all: u64) -> u64 {
+    /// Rules whose anchors occur in `text`. Bits in `gated` are kept only if one of their hits
+    /// passes `rules::could_be_pair`.
+    fn triggered(&self, text: &[u8], all: u64, gated: u64) -> u64 {
         let mut mask = 0u64;
+        let mut gate_open = false;
+        let mut hit = |pattern: usize, start: usize, masks: &[u64], mask: &mut u64| {
+            let m = masks.get(pattern).copied().unwrap_or(all);
+            if m & gated != 0 && !gate_open && rules::could_be_pair(text, start) {
+                gate_open = true;
+            }
+            *mask |= m;
+        };
         match self {
             Prefilter::Teddy(groups) => {
                 for (searcher, masks) in groups {
@@ -451,10 +468,7 @@ impl Prefilter {
                         let Some(m) = searcher.find_in(text, span) else {
                             break;
                         };
-                        mask |= masks.get(m.pattern().as_usize()).copied().unwrap_or(all);
-                        if mask == all {
-                            return mask;
-                        }
+                        hit(m.pattern().as_usize(), m.start(), masks, &mut mask);
                         at = m.start() + 1;
                     }
                 }
@@ -465,16 +479,17 @@ impl Prefilter {
                     let Some(m) = ac.find(aho_corasick::Input::new(text).range(at..)) else {
                         break;
                     };
-                    mask |= masks.get(m.pattern().as_usize()).copied().unwrap_or(all);
-                    if mask == all {
-                        return mask;
-                    }
+                    hit(m.pattern().as_usize(), m.start(), masks, &mut mask);
                     at = m.start() + 1;
                 }
             }
             Prefilter::RunEverything => return all,
         }
-        mask
+        if gate_open {
+            mask
+        } else {
+            mask & !gated
+        }
     }
 }
 

@@ -72,6 +72,8 @@ pub(crate) enum Check {
 
 pub(crate) struct RuleSpec {
     pub kind: Kind,
+    /// The generic `name = value` rule: skipped unless some anchor hit passes [`could_be_pair`].
+    pub gated: bool,
     /// A shape rule: `{LB}(?P<s>shape)`, where the match minus a leading `\n`-style escape is the
     /// secret, so no capture groups need resolving (much faster).
     pub shape: bool,
@@ -144,6 +146,7 @@ pub(crate) fn specs() -> Vec<RuleSpec> {
             && (pattern.ends_with(')') || pattern.ends_with(RB));
         v.push(RuleSpec {
             kind,
+            gated: check == Check::NameValue,
             shape,
             pattern,
             check,
@@ -350,6 +353,55 @@ pub(crate) fn specs() -> Vec<RuleSpec> {
         name_anchors(),
     );
     v
+}
+
+/// Cheap necessary condition for the generic rule around an anchor hit at `at`: after the
+/// identifier containing the hit and any separator bytes come at least 8 value bytes. It accepts
+/// every separator form the regex does (and more), so it never hides a match; it exists because
+/// `prompt_tokens=812`, on every metered call, would otherwise run the regex for nothing.
+pub(crate) fn could_be_pair(text: &[u8], at: usize) -> bool {
+    let is_name = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+    let is_sep = |b: &u8| {
+        matches!(
+            b,
+            b' ' | b'\t' | b'\r' | b'\n' | b'"' | b'\'' | b'`' | b':' | b'>' | b',' | b'=' | b'?'
+        )
+    };
+    let is_value = |b: &u8| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'_' | b'-'
+                    | b'+'
+                    | b'/'
+                    | b'='
+                    | b'.'
+                    | b'~'
+                    | b'!'
+                    | b'@'
+                    | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'^'
+                    | b'*'
+                    | b'|'
+                    | b'?'
+            )
+    };
+    let rest = text.get(at..).unwrap_or_default();
+    let after_name = rest.iter().position(|b| !is_name(b)).unwrap_or(rest.len());
+    let rest = rest.get(after_name..).unwrap_or_default();
+    let after_sep = rest.iter().position(|b| !is_sep(b)).unwrap_or(rest.len());
+    // `=` and `?` are separators and value bytes at once: each skipped one is credited to the
+    // value, which keeps this a necessary condition.
+    let credit = rest
+        .iter()
+        .take(after_sep)
+        .filter(|b| matches!(b, b'=' | b'?'))
+        .count();
+    let need = 8usize.saturating_sub(credit);
+    let rest = rest.get(after_sep..).unwrap_or_default();
+    rest.iter().take(need).take_while(|b| is_value(b)).count() >= need
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -711,6 +763,27 @@ mod tests {
         ] {
             assert!(!is_secret_name(n.as_bytes()), "{n}");
         }
+    }
+
+    #[test]
+    fn pair_gate_opens_for_every_separator_form() {
+        for (text, kw) in [
+            ("DB_PASSWORD := \"hunter2-Is-Not-Enough\"", "PASS"),
+            ("<genericToken>\n    Zf3D0LXCM3EIMbgJ\n</genericToken>", "oken"),
+            ("(\"api_token\", \"dafa7817-e246\")", "oken"),
+            ("token=?abcdefg", "oken"),
+            ("vultr_SECRET_ACCESS_KEY ABCDEFGHIJ", "ECRET"),
+        ] {
+            let at = text.find(kw).unwrap();
+            assert!(could_be_pair(text.as_bytes(), at), "{text}");
+        }
+    }
+
+    #[test]
+    fn pair_gate_stays_shut_for_token_counts() {
+        let text = b"prompt_tokens=812 completion_tokens=120";
+        assert!(!could_be_pair(text, 8));
+        assert!(!could_be_pair(text, 30));
     }
 
     #[test]

@@ -769,7 +769,10 @@ mod tests {
     fn pair_gate_opens_for_every_separator_form() {
         for (text, kw) in [
             ("DB_PASSWORD := \"hunter2-Is-Not-Enough\"", "PASS"),
-            ("<genericToken>\n    Zf3D0LXCM3EIMbgJ\n</genericToken>", "oken"),
+            (
+                "<genericToken>\n    Zf3D0LXCM3EIMbgJ\n</genericToken>",
+                "oken",
+            ),
             ("(\"api_token\", \"dafa7817-e246\")", "oken"),
             ("token=?abcdefg", "oken"),
             ("vultr_SECRET_ACCESS_KEY ABCDEFGHIJ", "ECRET"),

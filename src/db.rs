@@ -11,14 +11,18 @@ use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
 
 /// The schema, one numbered file per change. Never edit a file once it has shipped: add a new one.
-static MIGRATIONS: LazyLock<Migrations<'static>> =
-    LazyLock::new(|| Migrations::new(vec![M::up(include_str!("../migrations/0001_init.sql"))]));
+static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
+    Migrations::new(vec![
+        M::up(include_str!("../migrations/0001_init.sql")),
+        M::up(include_str!("../migrations/0002_accounts.sql")),
+    ])
+});
 
 /// How many schema versions this binary knows.
 pub fn schema_version() -> usize {
     MIGRATIONS_COUNT
 }
-const MIGRATIONS_COUNT: usize = 1;
+const MIGRATIONS_COUNT: usize = 2;
 
 const READERS: usize = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -9,6 +9,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod mail;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;

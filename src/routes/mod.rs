@@ -2,6 +2,9 @@
 
 pub mod auth;
 pub mod health;
+pub mod oauth;
+pub mod password_reset;
+pub mod sessions;
 
 use actix_web::web;
 
@@ -15,7 +18,25 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/auth/signup", web::post().to(auth::signup))
                 .route("/auth/login", web::post().to(auth::login))
                 .route("/auth/logout", web::post().to(auth::logout))
-                .route("/auth/session", web::get().to(auth::current)),
+                .route("/auth/session", web::get().to(auth::current))
+                .route("/auth/reauth", web::post().to(auth::reauth))
+                .route("/auth/password", web::post().to(auth::change_password))
+                .route(
+                    "/auth/password-reset",
+                    web::post().to(password_reset::request),
+                )
+                .route(
+                    "/auth/password-reset/confirm",
+                    web::post().to(password_reset::confirm),
+                )
+                .route("/auth/sessions", web::get().to(sessions::list))
+                .route("/auth/sessions/{id}", web::delete().to(sessions::revoke))
+                .route("/auth/oauth/{provider}", web::delete().to(oauth::unlink)),
+        )
+        .route("/auth/oauth/{provider}/start", web::get().to(oauth::start))
+        .route(
+            "/auth/oauth/{provider}/callback",
+            web::get().to(oauth::callback),
         );
 }
 

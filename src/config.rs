@@ -287,8 +287,10 @@ pub fn prepare_data_dir(dir: &Path) -> Result<(), ConfigError> {
 pub struct Settings {
     pub bind: SocketAddr,
     pub data_dir: PathBuf,
-    /// The URL users reach keybroker at (links in mail, the allowed `Origin`). Never taken from
-    /// a request's Host header.
+    /// The URL users reach keybroker at (links in mail, the allowed `Origin`, OAuth redirect
+    /// URIs). Never taken from a request's Host header. When unset, password-reset requests still
+    /// answer 202 but mail nothing (a warning is logged, without any token), and OAuth sign-in
+    /// answers 503.
     pub public_url: Option<String>,
     pub workers: Option<usize>,
     pub secrets: SecretSources,

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use rand::RngCore;
@@ -298,8 +299,10 @@ pub fn prepare_data_dir(dir: &Path) -> Result<(), ConfigError> {
 pub struct Settings {
     pub bind: SocketAddr,
     pub data_dir: PathBuf,
-    /// The URL users reach keybroker at (links in mail, the allowed `Origin`). Never taken from
-    /// a request's Host header.
+    /// The URL users reach keybroker at (links in mail, the allowed `Origin`, OAuth redirect
+    /// URIs). Never taken from a request's Host header. When unset, password-reset requests still
+    /// answer 202 but mail nothing (a warning is logged, without any token), and OAuth sign-in
+    /// answers 503.
     pub public_url: Option<String>,
     pub workers: Option<usize>,
     pub secrets: SecretSources,
@@ -308,6 +311,9 @@ pub struct Settings {
     pub proxy: crate::proxy::ProxySettings,
     /// `KEYBROKER_PRICES`: a TOML file whose entries add to or replace the built-in prices.
     pub prices_file: Option<PathBuf>,
+    pub mail: MailSettings,
+    pub oauth: OAuthSettings,
+    pub throttle: ThrottleSettings,
 }
 
 impl fmt::Debug for Settings {
@@ -317,6 +323,9 @@ impl fmt::Debug for Settings {
             .field("data_dir", &self.data_dir)
             .field("public_url", &self.public_url)
             .field("workers", &self.workers)
+            .field("mail", &self.mail)
+            .field("oauth", &self.oauth)
+            .field("throttle", &self.throttle)
             .finish_non_exhaustive()
     }
 }
@@ -334,6 +343,9 @@ impl Settings {
             clock: Arc::new(SystemClock),
             proxy: crate::proxy::ProxySettings::default(),
             prices_file: env_var("KEYBROKER_PRICES").map(PathBuf::from),
+            mail: MailSettings::from_env(),
+            oauth: OAuthSettings::from_env(),
+            throttle: ThrottleSettings::from_env(),
         }
     }
 
@@ -371,5 +383,208 @@ impl Settings {
     /// The database file inside the data directory.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("keybroker.db")
+    }
+}
+
+/// Outgoing mail: SMTP when `KEYBROKER_SMTP_URL` is set, otherwise lettre's file transport into
+/// `<data-dir>/outbox/`, so a default installation works with no mail server.
+#[derive(Clone)]
+pub struct MailSettings {
+    /// `KEYBROKER_SMTP_URL`: `smtp://host:port` (plain), `smtp://host?tls=required` (STARTTLS) or
+    /// `smtps://user:password@host`. A secret, because it may carry the SMTP password.
+    pub smtp_url: Option<SecretString>,
+    /// `KEYBROKER_MAIL_FROM`: the sender, default `keybroker <keybroker@localhost>`.
+    pub from: String,
+}
+
+pub const DEFAULT_MAIL_FROM: &str = "keybroker <keybroker@localhost>";
+
+impl MailSettings {
+    pub fn from_env() -> Self {
+        Self {
+            smtp_url: env_var("KEYBROKER_SMTP_URL").map(SecretString::from),
+            from: env_var("KEYBROKER_MAIL_FROM").unwrap_or_else(|| DEFAULT_MAIL_FROM.to_owned()),
+        }
+    }
+}
+
+impl fmt::Debug for MailSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MailSettings")
+            .field("smtp", &self.smtp_url.is_some())
+            .field("from", &self.from)
+            .finish()
+    }
+}
+
+/// One OAuth provider's client registration and endpoints. Configured only when both the client
+/// id and the client secret are set; the URLs have the provider's real defaults and can be pointed
+/// elsewhere (tests point them at a local fake provider).
+#[derive(Clone)]
+pub struct OAuthClientSettings {
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub auth_url: String,
+    pub token_url: String,
+    /// GitHub: `/user` (for the stable numeric id). Google: the OpenID userinfo endpoint.
+    pub userinfo_url: String,
+    /// GitHub only: `/user/emails`, which says which addresses are verified.
+    pub emails_url: Option<String>,
+}
+
+impl fmt::Debug for OAuthClientSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuthClientSettings")
+            .field("client_id", &self.client_id)
+            .field("auth_url", &self.auth_url)
+            .field("token_url", &self.token_url)
+            .field("userinfo_url", &self.userinfo_url)
+            .field("emails_url", &self.emails_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The OAuth providers that are configured (each `None` when its client id or secret is unset).
+#[derive(Clone, Debug, Default)]
+pub struct OAuthSettings {
+    pub github: Option<OAuthClientSettings>,
+    pub google: Option<OAuthClientSettings>,
+}
+
+impl OAuthSettings {
+    /// `KEYBROKER_OAUTH_{GITHUB,GOOGLE}_{CLIENT_ID,CLIENT_SECRET,AUTH_URL,TOKEN_URL,USERINFO_URL}`,
+    /// plus `KEYBROKER_OAUTH_GITHUB_EMAILS_URL`.
+    pub fn from_env() -> Self {
+        Self {
+            github: OAuthClientSettings::from_env(
+                "GITHUB",
+                "https://github.com/login/oauth/authorize",
+                "https://github.com/login/oauth/access_token",
+                "https://api.github.com/user",
+                Some("https://api.github.com/user/emails"),
+            ),
+            google: OAuthClientSettings::from_env(
+                "GOOGLE",
+                "https://accounts.google.com/o/oauth2/v2/auth",
+                "https://oauth2.googleapis.com/token",
+                "https://openidconnect.googleapis.com/v1/userinfo",
+                None,
+            ),
+        }
+    }
+}
+
+impl OAuthClientSettings {
+    fn from_env(
+        provider: &str,
+        auth_url: &str,
+        token_url: &str,
+        userinfo_url: &str,
+        emails_url: Option<&str>,
+    ) -> Option<Self> {
+        let var = |what: &str| env_var(&format!("KEYBROKER_OAUTH_{provider}_{what}"));
+        let client_id = var("CLIENT_ID")?;
+        let client_secret = SecretString::from(var("CLIENT_SECRET")?);
+        Some(Self {
+            client_id,
+            client_secret,
+            auth_url: var("AUTH_URL").unwrap_or_else(|| auth_url.to_owned()),
+            token_url: var("TOKEN_URL").unwrap_or_else(|| token_url.to_owned()),
+            userinfo_url: var("USERINFO_URL").unwrap_or_else(|| userinfo_url.to_owned()),
+            emails_url: emails_url.map(|d| var("EMAILS_URL").unwrap_or_else(|| d.to_owned())),
+        })
+    }
+}
+
+/// At most `attempts` within `window`, refilled evenly over the window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    pub attempts: u32,
+    pub window: Duration,
+}
+
+/// Limits keyed by account (the peppered email hash, whether or not the account exists) and by
+/// client address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitPair {
+    pub per_account: Limit,
+    pub per_client: Limit,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThrottleSettings {
+    /// Password checks: login and reauth.
+    pub login: LimitPair,
+    /// Password-reset requests (each may send a mail).
+    pub reset: LimitPair,
+}
+
+impl Default for ThrottleSettings {
+    fn default() -> Self {
+        let limit = |attempts, secs| Limit {
+            attempts,
+            window: Duration::from_secs(secs),
+        };
+        Self {
+            login: LimitPair {
+                per_account: limit(10, 15 * 60),
+                per_client: limit(50, 15 * 60),
+            },
+            reset: LimitPair {
+                per_account: limit(5, 60 * 60),
+                per_client: limit(20, 60 * 60),
+            },
+        }
+    }
+}
+
+impl ThrottleSettings {
+    /// `KEYBROKER_LOGIN_ATTEMPTS_PER_ACCOUNT` (10), `KEYBROKER_LOGIN_ATTEMPTS_PER_CLIENT` (50),
+    /// `KEYBROKER_LOGIN_WINDOW_SECS` (900), `KEYBROKER_RESET_REQUESTS_PER_ACCOUNT` (5),
+    /// `KEYBROKER_RESET_REQUESTS_PER_CLIENT` (20), `KEYBROKER_RESET_WINDOW_SECS` (3600). A value
+    /// that is not a positive integer is ignored with a warning.
+    pub fn from_env() -> Self {
+        let d = Self::default();
+        let num = |name: &str, default: u64| -> u64 {
+            match env_var(name).map(|v| v.trim().parse::<u64>()) {
+                None => default,
+                Some(Ok(n)) if n > 0 && n <= u64::from(u32::MAX) => n,
+                Some(_) => {
+                    tracing::warn!(
+                        variable = name,
+                        default,
+                        "not a positive integer; using the default"
+                    );
+                    default
+                }
+            }
+        };
+        let pair = |prefix: &str, what: &str, d: LimitPair| {
+            let window = Duration::from_secs(num(
+                &format!("KEYBROKER_{prefix}_WINDOW_SECS"),
+                d.per_account.window.as_secs(),
+            ));
+            let attempts = |scope: &str, default: u32| {
+                u32::try_from(num(
+                    &format!("KEYBROKER_{prefix}_{what}_PER_{scope}"),
+                    u64::from(default),
+                ))
+                .unwrap_or(default)
+            };
+            LimitPair {
+                per_account: Limit {
+                    attempts: attempts("ACCOUNT", d.per_account.attempts),
+                    window,
+                },
+                per_client: Limit {
+                    attempts: attempts("CLIENT", d.per_client.attempts),
+                    window,
+                },
+            }
+        };
+        Self {
+            login: pair("LOGIN", "ATTEMPTS", d.login),
+            reset: pair("RESET", "REQUESTS", d.reset),
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod metering;
 pub mod money;
 pub mod proxy;
 pub mod providers;
+pub mod mail;
 pub mod routes;
 pub mod spend;
 pub mod startup;

@@ -9,14 +9,16 @@ use actix_web::dev::Server;
 use actix_web::middleware::{from_fn, DefaultHeaders};
 use actix_web::{web, App, HttpServer};
 
+use crate::accounts::throttle::Throttle;
 use crate::accounts::EmailHasher;
 use crate::clock::SharedClock;
-use crate::config::{self, ConfigError, ServerSecret, ServerSecrets, Settings};
+use crate::config::{self, ConfigError, OAuthSettings, ServerSecret, ServerSecrets, Settings};
 use crate::db::{Db, DbError};
 use crate::error::extractors;
 use crate::http::{access_log, key_in_url, request_id};
 use crate::metering::prices::PriceTable;
 use crate::proxy::Proxy;
+use crate::mail::{self, MailError, MailWorker, Mailer, Outbox};
 use crate::routes;
 use crate::spend::store;
 use crate::spend::writer::SpendWriter;
@@ -40,7 +42,19 @@ pub struct AppState {
     /// Tool-token lookups for the proxy; revocations through the API evict at once.
     pub tokens: TokenCache,
     pub proxy: Proxy,
+    /// Queued outgoing mail (reset links, notifications).
+    pub mail: Outbox,
+    /// Password checks (login, reauth) per account and per client address.
+    pub login_throttle: Throttle,
+    /// Password-reset requests per email and per client address.
+    pub reset_throttle: Throttle,
+    pub oauth: OAuthSettings,
+    /// Talks to OAuth providers: no redirects followed (SSRF), bounded time.
+    pub http: reqwest::Client,
 }
+
+/// How long a call to an OAuth provider may take.
+const PROVIDER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -59,12 +73,17 @@ pub enum StartError {
     Prices(String),
     #[error("start-up task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Mail(#[from] MailError),
+    #[error("HTTP client: {0}")]
+    HttpClient(String),
 }
 
 pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
+    mail_worker: MailWorker,
 }
 
 /// Opens the database and checks it against the vault: the canary must decrypt (wrong master
@@ -124,6 +143,17 @@ impl Application {
             .await
             .map_err(|e| StartError::Task(e.to_string()))?;
         let proxy = build_proxy(&settings, &db).await?;
+        let mailer = Mailer::new(&settings.mail, &settings.data_dir)?;
+        let (outbox, mail_worker) = mail::start(mailer);
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(PROVIDER_TIMEOUT)
+            .user_agent(concat!("keybroker/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| StartError::HttpClient(e.to_string()))?;
+        if settings.public_url.is_none() {
+            tracing::warn!("KEYBROKER_PUBLIC_URL is not set: password-reset mails and OAuth sign-in are disabled (links are never built from a request's Host header)");
+        }
         let state = web::Data::new(AppState {
             db,
             vault,
@@ -131,9 +161,17 @@ impl Application {
             session_secret: secrets.session_secret,
             fingerprint_secret: secrets.fingerprint_secret,
             clock: settings.clock.clone(),
-            public_url: settings.public_url.clone(),
             tokens: TokenCache::new(),
             proxy,
+            public_url: settings
+                .public_url
+                .as_deref()
+                .map(|u| u.trim_end_matches('/').to_owned()),
+            mail: outbox,
+            login_throttle: Throttle::new(settings.throttle.login, &settings.clock),
+            reset_throttle: Throttle::new(settings.throttle.reset, &settings.clock),
+            oauth: settings.oauth.clone(),
+            http,
         });
 
         let bind_err = |source| StartError::Bind {
@@ -176,6 +214,7 @@ impl Application {
             port,
             server: server.run(),
             state,
+            mail_worker,
         })
     }
 
@@ -187,8 +226,11 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until SIGINT/SIGTERM, then drains in-flight requests (up to 30 s).
+    /// Serves until SIGINT/SIGTERM, then drains in-flight requests (up to 30 s) and queued mail
+    /// (up to 30 s).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        self.mail_worker.shutdown().await;
+        served
     }
 }

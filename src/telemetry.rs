@@ -164,7 +164,8 @@ pub fn init_capture() -> Arc<Mutex<Vec<u8>>> {
                 .with(EnvFilter::new("debug"))
                 .with(layer(LogFormat::Json, Sink::Memory(buf.clone())))
                 .try_init();
-            install_panic_hook();
+            // Tests keep the default panic hook: a failing assertion must print where a person
+            // reads it, not vanish into the captured log.
             buf
         })
         .clone()

@@ -2,8 +2,11 @@
 //! vault blob so the service can write to it.
 
 pub mod email;
+pub mod oauth;
 pub mod password;
+pub mod reset;
 pub mod session;
+pub mod throttle;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -39,6 +42,20 @@ pub fn create(
     now: i64,
 ) -> Result<i64, AccountError> {
     let tx = conn.transaction()?;
+    let id = create_in(&tx, vault, hasher, email, password_hash, now)?;
+    tx.commit()?;
+    Ok(id)
+}
+
+/// [`create`] inside a transaction the caller holds (and commits).
+pub fn create_in(
+    tx: &Connection,
+    vault: &Vault,
+    hasher: &EmailHasher,
+    email: &Email,
+    password_hash: Option<&str>,
+    now: i64,
+) -> Result<i64, AccountError> {
     let inserted = tx.execute(
         "INSERT INTO accounts (email_hash, email_blob, master_key_id, password_hash, created_at)
          VALUES (?1, x'', ?2, ?3, ?4) ON CONFLICT (email_hash) DO NOTHING",
@@ -58,7 +75,6 @@ pub fn create(
         "UPDATE accounts SET email_blob = ?1 WHERE id = ?2",
         params![blob, id],
     )?;
-    tx.commit()?;
     Ok(id)
 }
 
@@ -78,6 +94,35 @@ pub fn find_by_email(
         },
     )
     .optional()
+}
+
+/// What a signed-in account's password check needs: its password hash (none for an account that
+/// signs in only through OAuth) and its email hash (the throttling key).
+pub fn credentials_of(
+    conn: &Connection,
+    account_id: i64,
+) -> rusqlite::Result<Option<(Option<String>, [u8; 32])>> {
+    conn.query_row(
+        "SELECT password_hash, email_hash FROM accounts WHERE id = ?1",
+        [account_id],
+        |r| {
+            let hash: Vec<u8> = r.get(1)?;
+            Ok((r.get(0)?, hash.try_into().unwrap_or([0u8; 32])))
+        },
+    )
+    .optional()
+}
+
+pub fn set_password(
+    conn: &Connection,
+    account_id: i64,
+    password_hash: &str,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE accounts SET password_hash = ?1 WHERE id = ?2",
+        params![password_hash, account_id],
+    )?;
+    Ok(())
 }
 
 /// The account's email, decrypted (for sending mail and showing the signed-in user).

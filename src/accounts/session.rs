@@ -161,6 +161,74 @@ pub fn revoke_all(conn: &Connection, account_id: i64) -> rusqlite::Result<usize>
     conn.execute("DELETE FROM sessions WHERE account_id = ?1", [account_id])
 }
 
+/// Revokes every session of the account but `keep` (after a password change).
+pub fn revoke_others(
+    conn: &Connection,
+    account_id: i64,
+    keep: &[u8; 32],
+) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM sessions WHERE account_id = ?1 AND id_hash != ?2",
+        params![account_id, keep.as_slice()],
+    )
+}
+
+/// Revokes one of the account's sessions by its public id; returns its id hash, or `None` when
+/// the account has no such session (another account's id included).
+pub fn revoke_public(
+    conn: &Connection,
+    account_id: i64,
+    public_id: &str,
+) -> rusqlite::Result<Option<[u8; 32]>> {
+    let hash: Option<Vec<u8>> = conn
+        .query_row(
+            "DELETE FROM sessions WHERE account_id = ?1 AND public_id = ?2 RETURNING id_hash",
+            params![account_id, public_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(hash.map(|h| h.try_into().unwrap_or([0u8; 32])))
+}
+
+/// A session as its owner sees it in the list.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub id_hash: [u8; 32],
+    pub public_id: String,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+    pub user_agent: String,
+    pub client_addr: String,
+}
+
+/// The account's live sessions (timed-out ones are left out), most recently used first.
+pub fn list(conn: &Connection, account_id: i64, now: i64) -> rusqlite::Result<Vec<SessionInfo>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id_hash, public_id, created_at, last_seen_at, user_agent, client_addr FROM sessions
+         WHERE account_id = ?1 AND last_seen_at > ?2 AND created_at > ?3
+         ORDER BY last_seen_at DESC, created_at DESC",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            account_id,
+            now - IDLE_TIMEOUT_SECS,
+            now - ABSOLUTE_TIMEOUT_SECS
+        ],
+        |r| {
+            let hash: Vec<u8> = r.get(0)?;
+            Ok(SessionInfo {
+                id_hash: hash.try_into().unwrap_or([0u8; 32]),
+                public_id: r.get(1)?,
+                created_at: r.get(2)?,
+                last_seen_at: r.get(3)?,
+                user_agent: r.get(4)?,
+                client_addr: r.get(5)?,
+            })
+        },
+    )?;
+    rows.collect()
+}
+
 pub fn set_reauth(conn: &Connection, id_hash: &[u8; 32], until: i64) -> rusqlite::Result<()> {
     conn.execute(
         "UPDATE sessions SET reauth_until = ?2 WHERE id_hash = ?1",

@@ -1,4 +1,7 @@
-//! Sign-up, sign-in, sign-out and the current session (`/api/v1/auth/...`).
+//! Sign-up, sign-in, sign-out, the current session, re-authentication and password change
+//! (`/api/v1/auth/...`).
+
+use std::net::IpAddr;
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::StatusCode;
@@ -8,11 +11,12 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::accounts::password::{self, PasswordError, Verdict};
-use crate::accounts::session;
-use crate::accounts::{self, AccountError, Email};
+use crate::accounts::throttle::RetryAfter;
+use crate::accounts::{self, oauth, reset, session, AccountError, Email};
 use crate::audit::{self, Actor, Outcome};
 use crate::error::ApiError;
 use crate::http::auth::{check_origin, Authenticated, RequestContext};
+use crate::mail::Mail;
 use crate::startup::AppState;
 
 #[derive(Deserialize)]
@@ -30,7 +34,7 @@ pub fn session_cookie(value: String) -> Cookie<'static> {
         .finish()
 }
 
-fn expired_cookie() -> Cookie<'static> {
+pub fn expired_cookie() -> Cookie<'static> {
     let mut c = session_cookie(String::new());
     c.make_removal();
     c
@@ -50,7 +54,32 @@ pub fn password_error(e: PasswordError) -> ApiError {
     }
 }
 
-fn parse_email(raw: &str) -> Result<Email, ApiError> {
+/// 429 with `Retry-After`.
+pub fn throttled(wait: RetryAfter) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_attempts",
+        "too many attempts; wait and try again",
+    )
+    .with_retry_after(wait.secs())
+}
+
+/// The peer address, for per-client throttling.
+pub fn client_ip(ctx: &RequestContext) -> Option<IpAddr> {
+    ctx.client_addr.parse().ok()
+}
+
+/// Unix seconds as RFC 3339, for JSON.
+pub fn rfc3339(unix: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+}
+
+pub fn parse_email(raw: &str) -> Result<Email, ApiError> {
     Email::parse(raw)
         .map_err(|_| ApiError::bad_request("invalid_email", "the email address is not valid"))
 }
@@ -169,6 +198,11 @@ pub async fn login(
         password: pw,
     } = body.into_inner();
     let email = parse_email(&email)?;
+    // Before any lookup or hashing: a throttled guess costs us nothing and learns nothing.
+    state
+        .login_throttle
+        .check(&state.emails.hash(&email), client_ip(&ctx))
+        .map_err(throttled)?;
     let hasher = state.emails.clone();
     let lookup = email.clone();
     let account = state
@@ -260,14 +294,145 @@ pub async fn current(
         .read(move |conn| accounts::email_of(conn, &vault, account_id).map_err(ApiError::internal))
         .await?
         .ok_or_else(ApiError::authentication_failed)?;
+    let providers = state
+        .db
+        .read(move |conn| oauth::providers_of(conn, account_id).map_err(ApiError::from))
+        .await?;
     let reauth_until = (auth.reauth_until > state.clock.unix())
-        .then(|| time::OffsetDateTime::from_unix_timestamp(auth.reauth_until).ok())
-        .flatten()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        });
+        .then(|| rfc3339(auth.reauth_until))
+        .flatten();
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
-        .json(json!({"email": email, "csrf_token": auth.csrf_token, "reauth_until": reauth_until})))
+        .json(json!({
+            "email": email,
+            "csrf_token": auth.csrf_token,
+            "reauth_until": reauth_until,
+            "oauth_providers": providers,
+        })))
+}
+
+#[derive(Deserialize)]
+pub struct ReauthBody {
+    password: SecretString,
+}
+
+/// Checks the password again and marks this session freshly authenticated for ten minutes.
+/// A wrong password answers 401 but leaves the session signed in.
+pub async fn reauth(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    body: web::Json<ReauthBody>,
+) -> Result<HttpResponse, ApiError> {
+    let pw = body.into_inner().password;
+    let account_id = auth.account_id;
+    let (stored, email_hash) = state
+        .db
+        .read(move |conn| accounts::credentials_of(conn, account_id).map_err(ApiError::from))
+        .await?
+        .ok_or_else(ApiError::authentication_failed)?;
+    state
+        .login_throttle
+        .check(&email_hash, client_ip(&auth.ctx))
+        .map_err(throttled)?;
+    let verdict = web::block(move || password::verify(&pw, stored.as_deref())).await?;
+    let now = state.clock.unix();
+    let until = now + session::REAUTH_WINDOW_SECS;
+    let ok = matches!(verdict, Verdict::Valid { .. });
+    state
+        .db
+        .write(move |conn| -> Result<(), ApiError> {
+            let tx = conn.transaction()?;
+            if ok {
+                session::set_reauth(&tx, &auth.session_hash, until)?;
+            }
+            let outcome = if ok {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            };
+            audit::append(
+                &tx,
+                &event(Some(account_id), "reauth", &auth.ctx, outcome, now),
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await?;
+    if !ok {
+        return Err(ApiError::authentication_failed());
+    }
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(json!({"reauth_until": rfc3339(until)})))
+}
+
+#[derive(Deserialize)]
+pub struct ChangePassword {
+    current_password: SecretString,
+    new_password: SecretString,
+}
+
+/// Changes the password (needs a recent reauth and the current password), signs out every other
+/// session, voids outstanding reset links and sends a notification mail.
+pub async fn change_password(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    body: web::Json<ChangePassword>,
+) -> Result<HttpResponse, ApiError> {
+    let now = state.clock.unix();
+    auth.require_recent_auth(now)?;
+    let ChangePassword {
+        current_password,
+        new_password,
+    } = body.into_inner();
+    password::validate(&new_password).map_err(password_error)?;
+    let account_id = auth.account_id;
+    let (stored, _) = state
+        .db
+        .read(move |conn| accounts::credentials_of(conn, account_id).map_err(ApiError::from))
+        .await?
+        .ok_or_else(ApiError::authentication_failed)?;
+    let verdict =
+        web::block(move || password::verify(&current_password, stored.as_deref())).await?;
+    if verdict == Verdict::Invalid {
+        return Err(ApiError::authentication_failed());
+    }
+    let phc = web::block(move || password::hash(&new_password))
+        .await?
+        .map_err(password_error)?;
+    let vault = state.vault.clone();
+    let email = state
+        .db
+        .write(move |conn| -> Result<Option<String>, ApiError> {
+            let tx = conn.transaction()?;
+            accounts::set_password(&tx, account_id, &phc)?;
+            session::revoke_others(&tx, account_id, &auth.session_hash)?;
+            reset::revoke_all(&tx, account_id)?;
+            audit::append(
+                &tx,
+                &event(
+                    Some(account_id),
+                    "password.change",
+                    &auth.ctx,
+                    Outcome::Success,
+                    now,
+                ),
+            )?;
+            let email = accounts::email_of(&tx, &vault, account_id).map_err(ApiError::internal)?;
+            tx.commit()?;
+            Ok(email)
+        })
+        .await?;
+    if let Some(to) = email {
+        state.mail.enqueue(Mail {
+            kind: "password_changed",
+            to,
+            subject: "Your keybroker password was changed",
+            body: "The password of your keybroker account was just changed, and every other \
+                   signed-in session was signed out.\n\nIf this was not you, reset your password \
+                   at once and review your account's audit log.\n"
+                .to_owned(),
+        });
+    }
+    Ok(HttpResponse::NoContent().finish())
 }

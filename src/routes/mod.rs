@@ -6,6 +6,9 @@ pub mod health;
 pub mod keys;
 pub mod spend;
 pub mod tokens;
+pub mod oauth;
+pub mod password_reset;
+pub mod sessions;
 
 use actix_web::web;
 
@@ -20,6 +23,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/auth/login", web::post().to(auth::login))
                 .route("/auth/logout", web::post().to(auth::logout))
                 .route("/auth/session", web::get().to(auth::current))
+                .route("/auth/reauth", web::post().to(auth::reauth))
+                .route("/auth/password", web::post().to(auth::change_password))
+                .route("/auth/password-reset", web::post().to(password_reset::request))
+                .route("/auth/password-reset/confirm", web::post().to(password_reset::confirm))
+                .route("/auth/sessions", web::get().to(sessions::list))
+                .route("/auth/sessions/{id}", web::delete().to(sessions::revoke))
+                .route("/auth/oauth/{provider}", web::delete().to(oauth::unlink))
                 .route("/keys", web::post().to(keys::add))
                 .route("/keys", web::get().to(keys::list))
                 .route("/keys/export", web::get().to(keys::export))
@@ -37,6 +47,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/usage", web::get().to(spend::usage))
                 .route("/prices", web::get().to(spend::prices)),
         )
+        .route("/auth/oauth/{provider}/start", web::get().to(oauth::start))
+        .route("/auth/oauth/{provider}/callback", web::get().to(oauth::callback))
         .service(
             web::resource(["/proxy/{provider}", "/proxy/{provider}/{tail:.*}"])
                 .route(web::route().to(crate::proxy::proxy)),

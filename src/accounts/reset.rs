@@ -1,0 +1,124 @@
+//! Password-reset tokens: `kbr_` + 256 random bits (base64url), stored only as their SHA-256,
+//! bound to one account, valid 24 hours, redeemed once by a single atomic `UPDATE`.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use rand::RngCore;
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+pub const TOKEN_PREFIX: &str = "kbr_";
+pub const TOKEN_TTL_SECS: i64 = 24 * 60 * 60;
+
+/// A freshly issued token. Only the mail ever sees [`ResetToken::as_str`].
+pub struct ResetToken(Zeroizing<String>);
+
+impl std::fmt::Debug for ResetToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResetToken(<redacted>)")
+    }
+}
+
+impl ResetToken {
+    pub fn generate() -> Self {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(bytes.as_mut());
+        Self(Zeroizing::new(format!(
+            "{TOKEN_PREFIX}{}",
+            B64.encode(bytes.as_ref())
+        )))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn hash(&self) -> [u8; 32] {
+        Sha256::digest(self.0.as_bytes()).into()
+    }
+}
+
+/// The stored hash of a presented token, or `None` when it is not shaped like one of ours.
+pub fn hash_presented(raw: &str) -> Option<[u8; 32]> {
+    let body = raw.strip_prefix(TOKEN_PREFIX)?;
+    let decoded = Zeroizing::new(B64.decode(body).ok()?);
+    (decoded.len() == 32).then(|| Sha256::digest(raw.as_bytes()).into())
+}
+
+/// Stores a new token for the account, voiding any older one.
+pub fn issue(
+    conn: &Connection,
+    account_id: i64,
+    token_hash: &[u8; 32],
+    now: i64,
+) -> rusqlite::Result<()> {
+    revoke_all(conn, account_id)?;
+    conn.execute(
+        "INSERT INTO password_reset_tokens (token_hash, account_id, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4)",
+        params![token_hash.as_slice(), account_id, now, now + TOKEN_TTL_SECS],
+    )?;
+    Ok(())
+}
+
+/// Whether the token could be redeemed now (a cheap check before hashing the new password).
+pub fn is_redeemable(conn: &Connection, token_hash: &[u8; 32], now: i64) -> rusqlite::Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM password_reset_tokens
+             WHERE token_hash = ?1 AND used_at IS NULL AND expires_at > ?2",
+            params![token_hash.as_slice(), now],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// Marks the token used and returns its account, in one statement: of two racing redemptions,
+/// only the first matches `used_at IS NULL`.
+pub fn redeem(conn: &Connection, token_hash: &[u8; 32], now: i64) -> rusqlite::Result<Option<i64>> {
+    conn.query_row(
+        "UPDATE password_reset_tokens SET used_at = ?2
+         WHERE token_hash = ?1 AND used_at IS NULL AND expires_at > ?2
+         RETURNING account_id",
+        params![token_hash.as_slice(), now],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Voids every token of the account (after a reset or a password change).
+pub fn revoke_all(conn: &Connection, account_id: i64) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM password_reset_tokens WHERE account_id = ?1",
+        [account_id],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_prefixed_high_entropy_and_hash_as_presented() {
+        let t = ResetToken::generate();
+        assert!(t.as_str().starts_with(TOKEN_PREFIX));
+        assert_eq!(t.as_str().len(), TOKEN_PREFIX.len() + 43);
+        assert_eq!(hash_presented(t.as_str()), Some(t.hash()));
+        assert_ne!(ResetToken::generate().as_str(), t.as_str());
+        assert_eq!(format!("{t:?}"), "ResetToken(<redacted>)");
+    }
+
+    #[test]
+    fn malformed_tokens_have_no_hash() {
+        for bad in [
+            "",
+            "kbr_",
+            "kbr_short",
+            "xyz_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
+            assert_eq!(hash_presented(bad), None, "{bad:?}");
+        }
+    }
+}

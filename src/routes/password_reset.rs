@@ -1,0 +1,188 @@
+//! Password reset by email: `POST /api/v1/auth/password-reset` mails a single-use link,
+//! `POST /api/v1/auth/password-reset/confirm` redeems it.
+//!
+//! Timing: a request does the same work whether or not the account exists: it generates and
+//! hashes a token, runs one write transaction that always appends an audit entry (so both paths
+//! commit, and fsync, once), and answers 202 with one body. The mail itself is queued for the
+//! mail worker, so SMTP latency never shows in the response.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::accounts::reset::{self, ResetToken};
+use crate::accounts::{self, password, session};
+use crate::audit::{self, Outcome};
+use crate::error::ApiError;
+use crate::http::auth::{check_origin, RequestContext};
+use crate::mail::Mail;
+use crate::routes::auth::{client_ip, event, parse_email, password_error, throttled};
+use crate::startup::AppState;
+
+#[derive(Deserialize)]
+pub struct ResetRequest {
+    email: String,
+}
+
+#[derive(Deserialize)]
+pub struct ResetConfirm {
+    token: SecretString,
+    password: SecretString,
+}
+
+fn invalid_token() -> ApiError {
+    ApiError::bad_request(
+        "invalid_token",
+        "the reset link is invalid, already used or expired; request a new one",
+    )
+}
+
+fn reset_mail(to: String, public_url: &str, token: &ResetToken) -> Mail {
+    let link = format!("{public_url}/reset/confirm?token={}", token.as_str());
+    Mail {
+        kind: "password_reset",
+        to,
+        subject: "Reset your keybroker password",
+        body: format!(
+            "Someone (hopefully you) asked to reset the password of your keybroker account.\n\n\
+             To choose a new password, open this link within 24 hours:\n\n{link}\n\n\
+             The link works once. If you did not ask for it, ignore this mail: your password \
+             stays as it is.\n"
+        ),
+    }
+}
+
+pub async fn request(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<ResetRequest>,
+) -> Result<HttpResponse, ApiError> {
+    check_origin(&req, &state)?;
+    let ctx = RequestContext::of(&req);
+    let email = parse_email(&body.into_inner().email)?;
+    state
+        .reset_throttle
+        .check(&state.emails.hash(&email), client_ip(&ctx))
+        .map_err(throttled)?;
+    let token = ResetToken::generate();
+    let token_hash = token.hash();
+    let now = state.clock.unix();
+    let hasher = state.emails.clone();
+    let lookup = email.clone();
+    let found = state
+        .db
+        .write(move |conn| -> Result<bool, ApiError> {
+            let tx = conn.transaction()?;
+            let account = accounts::find_by_email(&tx, &hasher, &lookup)?.map(|a| a.id);
+            if let Some(id) = account {
+                reset::issue(&tx, id, &token_hash, now)?;
+            }
+            audit::append(
+                &tx,
+                &event(
+                    account,
+                    "password_reset.request",
+                    &ctx,
+                    Outcome::Success,
+                    now,
+                ),
+            )?;
+            tx.commit()?;
+            Ok(account.is_some())
+        })
+        .await?;
+    match state.public_url.as_deref() {
+        Some(base) if found => state
+            .mail
+            .enqueue(reset_mail(email.as_str().to_owned(), base, &token)),
+        Some(_) => {}
+        None => tracing::warn!(
+            "a password reset was requested, but KEYBROKER_PUBLIC_URL is not set, so no link can be mailed"
+        ),
+    }
+    Ok(HttpResponse::build(StatusCode::ACCEPTED)
+        .insert_header(("Cache-Control", "no-store"))
+        .json(json!({
+            "status": "accepted",
+            "message": "if an account exists for this address, a reset link is on its way",
+        })))
+}
+
+pub async fn confirm(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<ResetConfirm>,
+) -> Result<HttpResponse, ApiError> {
+    check_origin(&req, &state)?;
+    let ctx = RequestContext::of(&req);
+    let ResetConfirm {
+        token,
+        password: pw,
+    } = body.into_inner();
+    let token_hash = reset::hash_presented(token.expose_secret()).ok_or_else(invalid_token)?;
+    password::validate(&pw).map_err(password_error)?;
+    let now = state.clock.unix();
+    // A cheap look first, so a made-up token costs no argon2 run. The redemption below is what
+    // decides.
+    let redeemable = state
+        .db
+        .read(move |conn| reset::is_redeemable(conn, &token_hash, now).map_err(ApiError::from))
+        .await?;
+    if !redeemable {
+        return Err(invalid_token());
+    }
+    let phc = web::block(move || password::hash(&pw))
+        .await?
+        .map_err(password_error)?;
+    let vault = state.vault.clone();
+    let (account_id, email) = state
+        .db
+        .write(
+            move |conn| -> Result<Option<(i64, Option<String>)>, ApiError> {
+                let tx = conn.transaction()?;
+                let Some(account_id) = reset::redeem(&tx, &token_hash, now)? else {
+                    return Ok(None);
+                };
+                accounts::set_password(&tx, account_id, &phc)?;
+                session::revoke_all(&tx, account_id)?;
+                reset::revoke_all(&tx, account_id)?;
+                audit::append(
+                    &tx,
+                    &event(
+                        Some(account_id),
+                        "password_reset.confirm",
+                        &ctx,
+                        Outcome::Success,
+                        now,
+                    ),
+                )?;
+                let email =
+                    accounts::email_of(&tx, &vault, account_id).map_err(ApiError::internal)?;
+                tx.commit()?;
+                Ok(Some((account_id, email)))
+            },
+        )
+        .await?
+        .ok_or_else(invalid_token)?;
+    tracing::info!(
+        account_id,
+        "password reset; every session of the account was revoked"
+    );
+    if let Some(to) = email {
+        state.mail.enqueue(Mail {
+            kind: "password_reset_done",
+            to,
+            subject: "Your keybroker password was reset",
+            body: "The password of your keybroker account was just reset with a link sent to \
+                   this address. Every signed-in session was signed out; sign in again with the \
+                   new password.\n\nIf this was not you, reset your password again at once and \
+                   review your account's audit log.\n"
+                .to_owned(),
+        });
+    }
+    Ok(HttpResponse::NoContent()
+        .insert_header(("Cache-Control", "no-store"))
+        .finish())
+}

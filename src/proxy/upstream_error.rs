@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 
 /// The most of a provider's message we pass on.
 const MAX_MESSAGE_CHARS: usize = 500;
+const MAX_MESSAGE_CHARS: usize = 500;
 /// Runs this long that also appear in the request body are cut from the message.
 const REQUEST_ECHO_MIN: usize = 12;
 
@@ -51,36 +52,67 @@ pub fn parse(body: &[u8]) -> UpstreamError {
     }
 }
 
-/// Cuts every whitespace- or quote-delimited run of at least `REQUEST_ECHO_MIN` bytes that also
-/// occurs in the request body.
-fn cut_request_echo(message: &str, request_body: &[u8]) -> String {
-    if request_body.is_empty() {
-        return message.to_owned();
-    }
-    let finder = |needle: &str| memchr_find(request_body, needle.as_bytes());
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while !rest.is_empty() {
-        let end = rest
-            .find(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | '`'))
-            .unwrap_or(rest.len());
-        let (word, tail) = rest.split_at(end);
-        if word.len() >= REQUEST_ECHO_MIN && finder(word) {
-            out.push_str("[request content]");
-        } else {
-            out.push_str(word);
+/// Shared runs at least this long between the message and the request body are cut.
+const ECHO_WINDOW: usize = 16;
+/// How much of the request body is compared (error path only; bounded work).
+const ECHO_SCAN_LIMIT: usize = 1 << 20;
+
+fn window_hashes(bytes: &[u8]) -> impl Iterator<Item = (usize, u64)> + '_ {
+    const BASE: u64 = 1_000_003;
+    let top = (1..ECHO_WINDOW).fold(1u64, |acc, _| acc.wrapping_mul(BASE));
+    let mut h = bytes
+        .iter()
+        .take(ECHO_WINDOW)
+        .fold(0u64, |acc, &b| acc.wrapping_mul(BASE).wrapping_add(u64::from(b)));
+    let last = bytes.len().saturating_sub(ECHO_WINDOW);
+    (0..=last).map(move |i| {
+        let out = (i, h);
+        if let (Some(&old), Some(&new)) = (bytes.get(i), bytes.get(i + ECHO_WINDOW)) {
+            h = h
+                .wrapping_sub(u64::from(old).wrapping_mul(top))
+                .wrapping_mul(BASE)
+                .wrapping_add(u64::from(new));
         }
-        let mut chars = tail.chars();
-        if let Some(sep) = chars.next() {
-            out.push(sep);
-        }
-        rest = chars.as_str();
-    }
-    out
+        out
+    })
 }
 
-fn memchr_find(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+/// Replaces every run of the message that also occurs in the request body (16 bytes or more)
+/// with `[request content]`. Linear in the body: one rolling hash over it, looked up in a small
+/// map of the message's windows.
+fn cut_request_echo(message: &str, request_body: &[u8]) -> String {
+    let m = message.as_bytes();
+    let body = request_body.get(..request_body.len().min(ECHO_SCAN_LIMIT)).unwrap_or(request_body);
+    if m.len() < ECHO_WINDOW || body.len() < ECHO_WINDOW {
+        return message.to_owned();
+    }
+    let mut windows: std::collections::HashMap<u64, Vec<usize>> = std::collections::HashMap::new();
+    for (i, h) in window_hashes(m) {
+        windows.entry(h).or_default().push(i);
+    }
+    let mut cut = vec![false; m.len()];
+    for (j, h) in window_hashes(body) {
+        let Some(positions) = windows.get(&h) else { continue };
+        for &i in positions {
+            if m.get(i..i + ECHO_WINDOW) == body.get(j..j + ECHO_WINDOW) {
+                cut[i..i + ECHO_WINDOW].iter_mut().for_each(|c| *c = true);
+            }
+        }
+    }
+    let mut out = String::with_capacity(message.len());
+    let mut in_cut = false;
+    for (i, ch) in message.char_indices() {
+        if cut[i] {
+            if !in_cut {
+                out.push_str("[request content]");
+                in_cut = true;
+            }
+        } else {
+            in_cut = false;
+            out.push(ch);
+        }
+    }
+    out
 }
 
 /// Our body for an upstream error.
@@ -161,6 +193,17 @@ mod tests {
         assert!(!out.contains("launch codes please"), "{out}");
         assert!(out.contains("invalid_request_error"));
         assert!(out.contains("req-1"));
+    }
+
+    #[test]
+    fn only_shared_runs_of_sixteen_bytes_or_more_are_cut() {
+        let request = br#"{"model":"gpt-4o-mini","messages":[{"content":"a fairly distinctive sentence"}]}"#;
+        assert_eq!(
+            cut_request_echo("Model gpt-4o-mini rejected 'a fairly distinctive sentence' (too long)", request),
+            "Model gpt-4o-mini rejected '[request content]' (too long)"
+        );
+        assert_eq!(cut_request_echo("short message", request), "short message");
+        assert_eq!(cut_request_echo("né è ü a fairly distinctive sentence ü", request), "né è ü [request content] ü");
     }
 
     #[test]

@@ -2,8 +2,12 @@
 //! the real binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod audit;
 mod auth_basic;
 mod cli;
 mod health;
 mod helpers;
+mod key_helpers;
+mod keys;
+mod tokens;
 mod vault_storage;

@@ -165,7 +165,7 @@ fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ToolToken> {
 pub fn list(conn: &Connection, account_id: i64) -> rusqlite::Result<Vec<ToolToken>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, account_id, name, created_at, expires_at, last_used_at FROM tool_tokens
-         WHERE account_id = ?1 AND revoked_at IS NULL ORDER BY created_at, id",
+         WHERE account_id = ?1 AND revoked_at IS NULL ORDER BY created_at, rowid",
     )?;
     let mut tokens = stmt
         .query_map([account_id], token_row)?

@@ -7,6 +7,35 @@ use std::borrow::Cow;
 use actix_web::http::header;
 use actix_web::HttpResponse;
 
+use crate::error::ApiError;
+
+/// The `format` query parameter of every download: `json` (the default) or `csv`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Csv,
+}
+
+impl Format {
+    pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
+        match raw {
+            None | Some("json") => Ok(Format::Json),
+            Some("csv") => Ok(Format::Csv),
+            Some(_) => Err(ApiError::bad_request(
+                "invalid_format",
+                "format must be json or csv",
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Csv => "csv",
+        }
+    }
+}
+
 /// A cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets
 /// (tab and carriage return too, since some strip them first).
 const FORMULA_STARTS: &[char] = &['=', '+', '-', '@', '\t', '\r'];

@@ -24,7 +24,7 @@ pub const ELLIPSIS: char = '…';
 pub enum KeyError {
     #[error("the key is empty")]
     Empty,
-    #[error("the key is longer than 4096 characters")]
+    #[error("the key is longer than 4 KiB; no provider key is that long")]
     TooLong,
     #[error("that is a masked key as keybroker shows it, not a key; paste the full key")]
     Masked,

@@ -139,7 +139,7 @@ pub fn list(conn: &Connection, account_id: i64) -> rusqlite::Result<Vec<KeyRow>>
     let mut stmt = conn.prepare_cached(concat!(
         "SELECT ",
         row_columns!(),
-        " FROM provider_keys WHERE account_id = ?1 ORDER BY created_at, id"
+        " FROM provider_keys WHERE account_id = ?1 ORDER BY created_at, rowid"
     ))?;
     let rows = stmt.query_map([account_id], key_row)?;
     rows.collect()

@@ -10,8 +10,7 @@ use serde_json::json;
 use crate::audit::{self, Entry};
 use crate::error::ApiError;
 use crate::http::auth::Authenticated;
-use crate::http::download;
-use crate::routes::keys::Format;
+use crate::http::download::{self, Format};
 use crate::startup::AppState;
 use crate::timefmt::{parse_rfc3339, rfc3339};
 

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::audit::{self, Actor, Outcome};
 use crate::error::ApiError;
 use crate::http::auth::{Authenticated, RequestContext};
-use crate::http::download;
+use crate::http::download::{self, Format};
 use crate::keys::material::{self, KeyError, KeyMaterial};
 use crate::keys::spend_for;
 use crate::keys::store::{self, KeyRow, StoreError};
@@ -344,32 +344,6 @@ pub async fn reveal(
     Ok(no_store(StatusCode::OK)
         .insert_header((header::PRAGMA, "no-cache"))
         .json(json!({ "key": key })))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Json,
-    Csv,
-}
-
-impl Format {
-    pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
-        match raw {
-            None | Some("json") => Ok(Format::Json),
-            Some("csv") => Ok(Format::Csv),
-            Some(_) => Err(ApiError::bad_request(
-                "invalid_format",
-                "format must be json or csv",
-            )),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Json => "json",
-            Format::Csv => "csv",
-        }
-    }
 }
 
 const EXPORT_COLUMNS: &[&str] = &[

@@ -2,15 +2,19 @@
 //! the real binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod audit;
 mod auth_basic;
 mod auth_sessions;
 mod cli;
-mod health;
 mod fake_upstream;
+mod health;
 mod helpers;
-mod proxy;
+mod key_helpers;
+mod keys;
 mod mail_support;
 mod oauth;
 mod password_reset;
+mod proxy;
 mod throttling;
+mod tokens;
 mod vault_storage;

@@ -266,8 +266,15 @@ fn file_secret(
 /// An operator's upstream override: an `http(s)://host[:port][/path]` URL with no credentials,
 /// query or fragment. Returned without a trailing slash.
 fn check_upstream_url(var: &str, url: &str) -> Result<String, ConfigError> {
-    let bad = || ConfigError::Invalid(format!("{var} must be an http:// or https:// URL without credentials, query or fragment"));
-    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")).ok_or_else(bad)?;
+    let bad = || {
+        ConfigError::Invalid(format!(
+            "{var} must be an http:// or https:// URL without credentials, query or fragment"
+        ))
+    };
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(bad)?;
     let authority = rest.split('/').next().unwrap_or("");
     if authority.is_empty() || authority.contains('@') || url.contains(['?', '#', ' ']) {
         return Err(bad());
@@ -354,12 +361,18 @@ impl Settings {
         for provider in crate::providers::ids() {
             let var = format!("KEYBROKER_UPSTREAM_{}", provider.to_ascii_uppercase());
             if let Some(url) = env_var(&var) {
-                self.proxy.upstreams.insert(provider.to_owned(), check_upstream_url(&var, &url)?);
+                self.proxy
+                    .upstreams
+                    .insert(provider.to_owned(), check_upstream_url(&var, &url)?);
             }
         }
         let num = |var: &str| -> Result<Option<u64>, ConfigError> {
             env_var(var)
-                .map(|v| v.trim().parse::<u64>().map_err(|_| ConfigError::Invalid(format!("{var} must be a whole number"))))
+                .map(|v| {
+                    v.trim()
+                        .parse::<u64>()
+                        .map_err(|_| ConfigError::Invalid(format!("{var} must be a whole number")))
+                })
                 .transpose()
         };
         if let Some(v) = num("KEYBROKER_PROXY_MAX_BODY_BYTES")? {

@@ -16,9 +16,9 @@ use crate::config::{self, ConfigError, OAuthSettings, ServerSecret, ServerSecret
 use crate::db::{Db, DbError};
 use crate::error::extractors;
 use crate::http::{access_log, key_in_url, request_id};
+use crate::mail::{self, MailError, MailWorker, Mailer, Outbox};
 use crate::metering::prices::PriceTable;
 use crate::proxy::Proxy;
-use crate::mail::{self, MailError, MailWorker, Mailer, Outbox};
 use crate::routes;
 use crate::spend::store;
 use crate::spend::writer::SpendWriter;
@@ -113,12 +113,20 @@ pub async fn open_storage(settings: &Settings) -> Result<(Db, Arc<Vault>), Start
 /// first), its writer, and the price table.
 async fn build_proxy(settings: &Settings, db: &Db) -> Result<Proxy, StartError> {
     let overrides = match &settings.prices_file {
-        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| StartError::Prices(format!("{}: {e}", path.display())))?),
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| StartError::Prices(format!("{}: {e}", path.display())))?,
+        ),
         None => None,
     };
-    let prices = PriceTable::load(crate::metering::prices::DEFAULT_PRICES_TOML, overrides.as_deref())
-        .map_err(|e| StartError::Prices(e.to_string()))?;
-    let (recovered, rows) = db.write(|conn| store::recover_and_load(conn).map_err(DbError::from)).await?;
+    let prices = PriceTable::load(
+        crate::metering::prices::DEFAULT_PRICES_TOML,
+        overrides.as_deref(),
+    )
+    .map_err(|e| StartError::Prices(e.to_string()))?;
+    let (recovered, rows) = db
+        .write(|conn| store::recover_and_load(conn).map_err(DbError::from))
+        .await?;
     if recovered.holds_charged > 0 {
         tracing::warn!(holds = recovered.holds_charged, amount = %recovered.amount, "charged calls left in flight by the last run (fail closed)");
     }
@@ -126,7 +134,12 @@ async fn build_proxy(settings: &Settings, db: &Db) -> Result<Proxy, StartError> 
         .map_err(|e| StartError::Task(e.to_string()))?;
     let ledger = Ledger::new(settings.clock.clone(), Some(writer.sink()));
     ledger.load(rows);
-    Ok(Proxy::new(settings.proxy.clone(), ledger, writer, Arc::new(prices)))
+    Ok(Proxy::new(
+        settings.proxy.clone(),
+        ledger,
+        writer,
+        Arc::new(prices),
+    ))
 }
 
 impl Application {
@@ -185,7 +198,9 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
-                .app_data(web::Data::new(crate::proxy::upstream_client(&proxy_settings)))
+                .app_data(web::Data::new(crate::proxy::upstream_client(
+                    &proxy_settings,
+                )))
                 .app_data(extractors::json_config(API_JSON_LIMIT))
                 .app_data(extractors::path_config())
                 .app_data(extractors::query_config())

@@ -28,7 +28,11 @@ pub enum Meter {
     /// An SSE or JSON-array stream of a token-priced provider.
     Stream(Box<StreamMeter>),
     /// A whole JSON body of a token-priced provider, kept aside as it passes.
-    Json { dialect: Dialect, kept: Vec<u8>, overflow: bool },
+    Json {
+        dialect: Dialect,
+        kept: Vec<u8>,
+        overflow: bool,
+    },
     /// A provider priced per request: the cost is known before the body arrives.
     Fixed(Money),
 }
@@ -64,7 +68,9 @@ impl Settlement {
 
     /// Settles the call. `complete` is false when the body did not arrive whole.
     fn finish(&mut self, complete: bool) {
-        let Some(reservation) = self.reservation.take() else { return };
+        let Some(reservation) = self.reservation.take() else {
+            return;
+        };
         let reserved = reservation.amount();
         let metered: Option<(Usage, Money, bool)> = match self.meter.take() {
             Some(Meter::Stream(m)) => {
@@ -75,7 +81,11 @@ impl Settlement {
                     (u, cost.micros, cost.priced_by_fallback || !trustworthy)
                 })
             }
-            Some(Meter::Json { dialect, kept, overflow }) if !overflow => {
+            Some(Meter::Json {
+                dialect,
+                kept,
+                overflow,
+            }) if !overflow => {
                 usage::usage_from_body(dialect, &kept, self.request_model.as_deref()).map(|u| {
                     let cost = self.prices.token_cost(self.provider, &u);
                     (u, cost.micros, cost.priced_by_fallback)
@@ -98,7 +108,11 @@ impl Settlement {
             tracing::warn!(provider = self.provider, overshoot = %over, "call cost more than its reservation");
         }
         let record = &mut self.record;
-        record.model = usage.model.clone().or_else(|| self.request_model.clone()).unwrap_or_default();
+        record.model = usage
+            .model
+            .clone()
+            .or_else(|| self.request_model.clone())
+            .unwrap_or_default();
         record.input_tokens = usage.input_tokens;
         record.cached_input_tokens = usage.cached_input_tokens;
         record.output_tokens = usage.output_tokens;
@@ -132,7 +146,12 @@ pub struct MeteredBody {
 }
 
 impl MeteredBody {
-    pub fn new(upstream: Upstream, settlement: Settlement, strip_usage_chunk: bool, idle: Duration) -> Self {
+    pub fn new(
+        upstream: Upstream,
+        settlement: Settlement,
+        strip_usage_chunk: bool,
+        idle: Duration,
+    ) -> Self {
         Self {
             upstream,
             settlement,
@@ -205,7 +224,11 @@ impl Stream for MeteredBody {
                         tail = rest;
                     }
                     this.settlement.finish(true);
-                    return if tail.is_empty() { Poll::Ready(None) } else { Poll::Ready(Some(Ok(Bytes::from(tail)))) };
+                    return if tail.is_empty() {
+                        Poll::Ready(None)
+                    } else {
+                        Poll::Ready(Some(Ok(Bytes::from(tail))))
+                    };
                 }
                 Poll::Pending => {
                     if this.timer.as_mut().poll(cx).is_ready() {

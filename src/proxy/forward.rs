@@ -67,8 +67,14 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(settings: ProxySettings, ledger: Ledger, writer: Arc<SpendWriter>, prices: Arc<PriceTable>) -> Self {
-        let per_minute = std::num::NonZeroU32::new(settings.requests_per_minute_per_token.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+    pub fn new(
+        settings: ProxySettings,
+        ledger: Ledger,
+        writer: Arc<SpendWriter>,
+        prices: Arc<PriceTable>,
+    ) -> Self {
+        let per_minute = std::num::NonZeroU32::new(settings.requests_per_minute_per_token.max(1))
+            .unwrap_or(std::num::NonZeroU32::MIN);
         Self {
             rate: RateLimiter::keyed(Quota::per_minute(per_minute)),
             settings,
@@ -101,7 +107,10 @@ impl InFlight {
             return None;
         }
         *n += 1;
-        Some(Self { map: Arc::clone(map), account })
+        Some(Self {
+            map: Arc::clone(map),
+            account,
+        })
     }
 }
 
@@ -144,9 +153,15 @@ fn dialect_of(provider: &str) -> Option<Dialect> {
 async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| ApiError::bad_request("invalid_body", "the request body could not be read"))?;
+        let chunk = chunk.map_err(|_| {
+            ApiError::bad_request("invalid_body", "the request body could not be read")
+        })?;
         if body.len() + chunk.len() > limit {
-            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large"));
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request body is too large",
+            ));
         }
         body.extend_from_slice(&chunk);
     }
@@ -157,26 +172,37 @@ async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes
 /// the header value itself is marked sensitive so no debug output prints it.
 fn key_header(injection: Injection, key: &str) -> Result<(HeaderName, HeaderValue), ApiError> {
     let (name, value) = match injection {
-        Injection::Bearer => (HeaderName::from_static("authorization"), Zeroizing::new(format!("Bearer {key}"))),
+        Injection::Bearer => (
+            HeaderName::from_static("authorization"),
+            Zeroizing::new(format!("Bearer {key}")),
+        ),
         Injection::Header(name) => (
             HeaderName::from_bytes(name.as_bytes()).map_err(ApiError::internal)?,
             Zeroizing::new(key.to_owned()),
         ),
         Injection::Basic => (
             HeaderName::from_static("authorization"),
-            Zeroizing::new(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(key))),
+            Zeroizing::new(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(key)
+            )),
         ),
     };
-    let mut value = HeaderValue::from_str(&value).map_err(|_| ApiError::internal("stored key is not a valid header value"))?;
+    let mut value = HeaderValue::from_str(&value)
+        .map_err(|_| ApiError::internal("stored key is not a valid header value"))?;
     value.set_sensitive(true);
     Ok((name, value))
 }
 
 fn refused(provider: &str, limit: crate::money::Money, spent: crate::money::Money) -> ApiError {
-    ApiError::new(StatusCode::PAYMENT_REQUIRED, "spend_ceiling_reached", "the spend ceiling for this provider is reached")
-        .with_field("provider", provider)
-        .with_field("limit_usd", limit.to_string())
-        .with_field("spent_usd", spent.to_string())
+    ApiError::new(
+        StatusCode::PAYMENT_REQUIRED,
+        "spend_ceiling_reached",
+        "the spend ceiling for this provider is reached",
+    )
+    .with_field("provider", provider)
+    .with_field("limit_usd", limit.to_string())
+    .with_field("spent_usd", spent.to_string())
 }
 
 pub async fn proxy(
@@ -187,15 +213,21 @@ pub async fn proxy(
 ) -> Result<HttpResponse, ApiError> {
     let proxy = &state.proxy;
     let provider_id = req.match_info().get("provider").unwrap_or("");
-    let provider = providers::lookup(provider_id)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_provider", "keybroker does not know this provider"))?;
+    let provider = providers::lookup(provider_id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_provider",
+            "keybroker does not know this provider",
+        )
+    })?;
     let prefix_len = "/proxy/".len() + provider_id.len();
     let tail = req.uri().path().get(prefix_len..).unwrap_or("");
     let upstream_path = UpstreamPath::parse(tail, req.uri().query())
         .map_err(|e| ApiError::bad_request("invalid_path", e.to_string()))?;
 
     // Who is calling: one answer for every authentication failure.
-    let presented = headers::presented_token(req.headers()).ok_or_else(ApiError::authentication_failed)?;
+    let presented =
+        headers::presented_token(req.headers()).ok_or_else(ApiError::authentication_failed)?;
     let now = state.clock.unix();
     let token = state
         .tokens
@@ -204,20 +236,42 @@ pub async fn proxy(
         .ok_or_else(ApiError::authentication_failed)?;
     drop(presented);
     if !token.allows(provider.id) {
-        return Err(ApiError::forbidden("provider_not_allowed", "this token is not allowed to use this provider"));
+        return Err(ApiError::forbidden(
+            "provider_not_allowed",
+            "this token is not allowed to use this provider",
+        ));
     }
     if let Err(not_until) = proxy.rate.check_key(&token.id) {
-        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
-        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "this token's request rate limit is reached")
-            .with_retry_after(wait.as_secs().max(1)));
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "this token's request rate limit is reached",
+        )
+        .with_retry_after(wait.as_secs().max(1)));
     }
-    let in_flight = InFlight::acquire(&proxy.in_flight, token.account_id, proxy.settings.max_in_flight_per_account)
-        .ok_or_else(|| ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_in_flight", "too many calls in flight for this account").with_retry_after(1))?;
+    let in_flight = InFlight::acquire(
+        &proxy.in_flight,
+        token.account_id,
+        proxy.settings.max_in_flight_per_account,
+    )
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_in_flight",
+            "too many calls in flight for this account",
+        )
+        .with_retry_after(1)
+    })?;
 
     let mut body = read_body(payload, proxy.settings.max_body_bytes).await?;
     let dialect = dialect_of(provider.id);
     let request_model = match dialect {
-        Some(Dialect::Google) => estimate::google_model_from_path(upstream_path.path()).map(str::to_owned),
+        Some(Dialect::Google) => {
+            estimate::google_model_from_path(upstream_path.path()).map(str::to_owned)
+        }
         _ => serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_owned)),
@@ -229,17 +283,39 @@ pub async fn proxy(
         if let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&body) {
             if usage::openai_prepare_stream_request(&mut json) {
                 strip_usage_chunk = true;
-                body = serde_json::to_vec(&json).map_err(ApiError::internal)?.into();
+                body = serde_json::to_vec(&json)
+                    .map_err(ApiError::internal)?
+                    .into();
             }
         }
     }
 
     let method = req.method().as_str().to_owned();
     let estimate = match dialect {
-        Some(d) => estimate::estimate_tokens(&proxy.prices, &proxy.settings.estimate, provider.id, d, &body, request_model.as_deref()).cost,
-        None => estimate::estimate_request(&proxy.prices, provider.id, &method, upstream_path.path(), &body),
+        Some(d) => {
+            estimate::estimate_tokens(
+                &proxy.prices,
+                &proxy.settings.estimate,
+                provider.id,
+                d,
+                &body,
+                request_model.as_deref(),
+            )
+            .cost
+        }
+        None => estimate::estimate_request(
+            &proxy.prices,
+            provider.id,
+            &method,
+            upstream_path.path(),
+            &body,
+        ),
     };
-    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
     let mut record = CallRecord {
         account: token.account_id,
         provider: provider.id.to_owned(),
@@ -253,7 +329,10 @@ pub async fn proxy(
         request_id: request_id.clone(),
         ..CallRecord::default()
     };
-    let reservation = match proxy.ledger.reserve(token.account_id, provider.id, estimate.micros) {
+    let reservation = match proxy
+        .ledger
+        .reserve(token.account_id, provider.id, estimate.micros)
+    {
         Ok(r) => r,
         Err(refusal) => {
             record.status = 402;
@@ -275,18 +354,27 @@ pub async fn proxy(
         Ok(KeyAccess::Key { key_id, plaintext }) => (key_id, plaintext),
         Ok(KeyAccess::NoKey) => {
             reservation.release();
-            return Err(ApiError::new(StatusCode::FAILED_DEPENDENCY, "no_key", "this account has no key for this provider"));
+            return Err(ApiError::new(
+                StatusCode::FAILED_DEPENDENCY,
+                "no_key",
+                "this account has no key for this provider",
+            ));
         }
         Ok(KeyAccess::NotInScope) => {
             reservation.release();
-            return Err(ApiError::forbidden("provider_not_allowed", "this token is not allowed to use this provider"));
+            return Err(ApiError::forbidden(
+                "provider_not_allowed",
+                "this token is not allowed to use this provider",
+            ));
         }
         Err(e) => {
             reservation.release();
             return Err(ApiError::internal(e));
         }
     };
-    let key = plaintext.expose_str().ok_or_else(|| ApiError::internal("stored key is not UTF-8"))?;
+    let key = plaintext
+        .expose_str()
+        .ok_or_else(|| ApiError::internal("stored key is not UTF-8"))?;
     let registration = crate::telemetry::redactor().register(key.as_bytes());
     let (auth_name, auth_value) = key_header(provider.injection, key)?;
     // The key's only other copy is in the error rewriter's hands, for this call.
@@ -310,8 +398,16 @@ pub async fn proxy(
             reservation.release();
             record.outcome = "failed";
             let (status, kind, message) = match e {
-                awc::error::SendRequestError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "the provider did not answer in time"),
-                _ => (StatusCode::BAD_GATEWAY, "upstream_unreachable", "the provider could not be reached"),
+                awc::error::SendRequestError::Timeout => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    "the provider did not answer in time",
+                ),
+                _ => (
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_unreachable",
+                    "the provider could not be reached",
+                ),
             };
             record.status = status.as_u16();
             proxy.writer.record_call(record);
@@ -329,13 +425,22 @@ pub async fn proxy(
         reservation.release();
         record.outcome = "upstream_error";
         proxy.writer.record_call(record);
-        let rebuilt = crate::proxy::upstream_error::rebuild(provider.id, status.as_u16(), &upstream_body, &body, &key_copy, &request_id);
+        let rebuilt = crate::proxy::upstream_error::rebuild(
+            provider.id,
+            status.as_u16(),
+            &upstream_body,
+            &body,
+            &key_copy,
+            &request_id,
+        );
         drop(registration);
         let mut out = HttpResponse::build(status);
         if let Some(retry) = response.headers().get("retry-after") {
             out.insert_header(("retry-after", retry.clone()));
         }
-        return Ok(out.insert_header(("cache-control", "no-store")).json(rebuilt));
+        return Ok(out
+            .insert_header(("cache-control", "no-store"))
+            .json(rebuilt));
     }
     drop(key_copy);
 
@@ -346,19 +451,40 @@ pub async fn proxy(
         .unwrap_or("")
         .to_ascii_lowercase();
     let meter = match dialect {
-        Some(d) if content_type.starts_with("text/event-stream") => {
-            Meter::Stream(Box::new(StreamMeter::new(d, Framing::Sse, request_model.as_deref())))
-        }
+        Some(d) if content_type.starts_with("text/event-stream") => Meter::Stream(Box::new(
+            StreamMeter::new(d, Framing::Sse, request_model.as_deref()),
+        )),
         Some(Dialect::Google) if upstream_path.path().contains(":streamGenerateContent") => {
-            Meter::Stream(Box::new(StreamMeter::new(Dialect::Google, Framing::JsonArray, request_model.as_deref())))
+            Meter::Stream(Box::new(StreamMeter::new(
+                Dialect::Google,
+                Framing::JsonArray,
+                request_model.as_deref(),
+            )))
         }
-        Some(d) => Meter::Json { dialect: d, kept: Vec::new(), overflow: false },
+        Some(d) => Meter::Json {
+            dialect: d,
+            kept: Vec::new(),
+            overflow: false,
+        },
         None => {
-            let characters = usage::elevenlabs_character_cost(response.headers().get("character-cost").and_then(|v| v.to_str().ok()));
-            Meter::Fixed(proxy.prices.request_cost(provider.id, &method, upstream_path.path(), characters).micros)
+            let characters = usage::elevenlabs_character_cost(
+                response
+                    .headers()
+                    .get("character-cost")
+                    .and_then(|v| v.to_str().ok()),
+            );
+            Meter::Fixed(
+                proxy
+                    .prices
+                    .request_cost(provider.id, &method, upstream_path.path(), characters)
+                    .micros,
+            )
         }
     };
-    let remaining = proxy.ledger.snapshot(token.account_id, provider.id).remaining;
+    let remaining = proxy
+        .ledger
+        .snapshot(token.account_id, provider.id)
+        .remaining;
     let mut out = HttpResponse::build(status);
     for (name, value) in headers::response_headers(response.headers()) {
         out.append_header((name, value));
@@ -376,7 +502,12 @@ pub async fn proxy(
         record,
         guards: vec![Box::new(registration), Box::new(in_flight)],
     };
-    let body = MeteredBody::new(Box::pin(response), settlement, strip_usage_chunk && content_type.starts_with("text/event-stream"), proxy.settings.read_timeout);
+    let body = MeteredBody::new(
+        Box::pin(response),
+        settlement,
+        strip_usage_chunk && content_type.starts_with("text/event-stream"),
+        proxy.settings.read_timeout,
+    );
     Ok(out.streaming(body))
 }
 
@@ -385,7 +516,11 @@ fn route_of(path: &str) -> String {
     path.split('/')
         .map(|seg| {
             let digits = seg.bytes().filter(u8::is_ascii_digit).count();
-            if seg.len() > 20 || (seg.len() > 8 && digits * 3 >= seg.len()) { "{id}" } else { seg }
+            if seg.len() > 20 || (seg.len() > 8 && digits * 3 >= seg.len()) {
+                "{id}"
+            } else {
+                seg
+            }
         })
         .collect::<Vec<_>>()
         .join("/")

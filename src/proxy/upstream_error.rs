@@ -11,9 +11,6 @@ use serde_json::{json, Map, Value};
 
 /// The most of a provider's message we pass on.
 const MAX_MESSAGE_CHARS: usize = 500;
-const MAX_MESSAGE_CHARS: usize = 500;
-/// Runs this long that also appear in the request body are cut from the message.
-const REQUEST_ECHO_MIN: usize = 12;
 
 /// What we keep of an upstream error.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,10 +57,9 @@ const ECHO_SCAN_LIMIT: usize = 1 << 20;
 fn window_hashes(bytes: &[u8]) -> impl Iterator<Item = (usize, u64)> + '_ {
     const BASE: u64 = 1_000_003;
     let top = (1..ECHO_WINDOW).fold(1u64, |acc, _| acc.wrapping_mul(BASE));
-    let mut h = bytes
-        .iter()
-        .take(ECHO_WINDOW)
-        .fold(0u64, |acc, &b| acc.wrapping_mul(BASE).wrapping_add(u64::from(b)));
+    let mut h = bytes.iter().take(ECHO_WINDOW).fold(0u64, |acc, &b| {
+        acc.wrapping_mul(BASE).wrapping_add(u64::from(b))
+    });
     let last = bytes.len().saturating_sub(ECHO_WINDOW);
     (0..=last).map(move |i| {
         let out = (i, h);
@@ -82,7 +78,9 @@ fn window_hashes(bytes: &[u8]) -> impl Iterator<Item = (usize, u64)> + '_ {
 /// map of the message's windows.
 fn cut_request_echo(message: &str, request_body: &[u8]) -> String {
     let m = message.as_bytes();
-    let body = request_body.get(..request_body.len().min(ECHO_SCAN_LIMIT)).unwrap_or(request_body);
+    let body = request_body
+        .get(..request_body.len().min(ECHO_SCAN_LIMIT))
+        .unwrap_or(request_body);
     if m.len() < ECHO_WINDOW || body.len() < ECHO_WINDOW {
         return message.to_owned();
     }
@@ -92,7 +90,9 @@ fn cut_request_echo(message: &str, request_body: &[u8]) -> String {
     }
     let mut cut = vec![false; m.len()];
     for (j, h) in window_hashes(body) {
-        let Some(positions) = windows.get(&h) else { continue };
+        let Some(positions) = windows.get(&h) else {
+            continue;
+        };
         for &i in positions {
             if m.get(i..i + ECHO_WINDOW) == body.get(j..j + ECHO_WINDOW) {
                 cut[i..i + ECHO_WINDOW].iter_mut().for_each(|c| *c = true);
@@ -197,13 +197,20 @@ mod tests {
 
     #[test]
     fn only_shared_runs_of_sixteen_bytes_or_more_are_cut() {
-        let request = br#"{"model":"gpt-4o-mini","messages":[{"content":"a fairly distinctive sentence"}]}"#;
+        let request =
+            br#"{"model":"gpt-4o-mini","messages":[{"content":"a fairly distinctive sentence"}]}"#;
         assert_eq!(
-            cut_request_echo("Model gpt-4o-mini rejected 'a fairly distinctive sentence' (too long)", request),
+            cut_request_echo(
+                "Model gpt-4o-mini rejected 'a fairly distinctive sentence' (too long)",
+                request
+            ),
             "Model gpt-4o-mini rejected '[request content]' (too long)"
         );
         assert_eq!(cut_request_echo("short message", request), "short message");
-        assert_eq!(cut_request_echo("né è ü a fairly distinctive sentence ü", request), "né è ü [request content] ü");
+        assert_eq!(
+            cut_request_echo("né è ü a fairly distinctive sentence ü", request),
+            "né è ü [request content] ü"
+        );
     }
 
     #[test]

@@ -4,11 +4,11 @@ pub mod audit;
 pub mod auth;
 pub mod health;
 pub mod keys;
-pub mod spend;
-pub mod tokens;
 pub mod oauth;
 pub mod password_reset;
 pub mod sessions;
+pub mod spend;
+pub mod tokens;
 
 use actix_web::web;
 
@@ -25,8 +25,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/auth/session", web::get().to(auth::current))
                 .route("/auth/reauth", web::post().to(auth::reauth))
                 .route("/auth/password", web::post().to(auth::change_password))
-                .route("/auth/password-reset", web::post().to(password_reset::request))
-                .route("/auth/password-reset/confirm", web::post().to(password_reset::confirm))
+                .route(
+                    "/auth/password-reset",
+                    web::post().to(password_reset::request),
+                )
+                .route(
+                    "/auth/password-reset/confirm",
+                    web::post().to(password_reset::confirm),
+                )
                 .route("/auth/sessions", web::get().to(sessions::list))
                 .route("/auth/sessions/{id}", web::delete().to(sessions::revoke))
                 .route("/auth/oauth/{provider}", web::delete().to(oauth::unlink))
@@ -42,13 +48,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/audit", web::get().to(audit::list))
                 .route("/ceilings", web::get().to(spend::list_ceilings))
                 .route("/ceilings/{provider}", web::put().to(spend::put_ceiling))
-                .route("/ceilings/{provider}", web::delete().to(spend::delete_ceiling))
-                .route("/ceilings/{provider}/reset", web::post().to(spend::reset_ceiling))
+                .route(
+                    "/ceilings/{provider}",
+                    web::delete().to(spend::delete_ceiling),
+                )
+                .route(
+                    "/ceilings/{provider}/reset",
+                    web::post().to(spend::reset_ceiling),
+                )
                 .route("/usage", web::get().to(spend::usage))
                 .route("/prices", web::get().to(spend::prices)),
         )
         .route("/auth/oauth/{provider}/start", web::get().to(oauth::start))
-        .route("/auth/oauth/{provider}/callback", web::get().to(oauth::callback))
+        .route(
+            "/auth/oauth/{provider}/callback",
+            web::get().to(oauth::callback),
+        )
         .service(
             web::resource(["/proxy/{provider}", "/proxy/{provider}/{tail:.*}"])
                 .route(web::route().to(crate::proxy::proxy)),

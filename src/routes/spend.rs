@@ -22,9 +22,9 @@ pub struct CeilingBody {
 }
 
 fn provider_id(raw: &str) -> Result<&'static str, ApiError> {
-    providers::lookup(raw)
-        .map(|p| p.id)
-        .ok_or_else(|| ApiError::bad_request("unknown_provider", "keybroker does not know this provider"))
+    providers::lookup(raw).map(|p| p.id).ok_or_else(|| {
+        ApiError::bad_request("unknown_provider", "keybroker does not know this provider")
+    })
 }
 
 fn view(provider: &str, s: &Snapshot) -> Value {
@@ -40,7 +40,13 @@ fn view(provider: &str, s: &Snapshot) -> Value {
     })
 }
 
-async fn persist_and_audit(state: &AppState, auth: &Authenticated, provider: &'static str, snap: &Snapshot, action: &'static str) -> Result<(), ApiError> {
+async fn persist_and_audit(
+    state: &AppState,
+    auth: &Authenticated,
+    provider: &'static str,
+    snap: &Snapshot,
+    action: &'static str,
+) -> Result<(), ApiError> {
     state.proxy.writer.record_ceiling(CeilingRow {
         account: auth.account_id,
         provider: provider.to_owned(),
@@ -79,18 +85,30 @@ pub async fn put_ceiling(
     body: web::Json<CeilingBody>,
 ) -> Result<HttpResponse, ApiError> {
     let provider = provider_id(&path)?;
-    let limit = Money::parse_non_negative(body.limit_usd.trim())
-        .map_err(|_| ApiError::bad_request("invalid_amount", "limit_usd must be a decimal amount in USD, like \"5.00\""))?;
+    let limit = Money::parse_non_negative(body.limit_usd.trim()).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_amount",
+            "limit_usd must be a decimal amount in USD, like \"5.00\"",
+        )
+    })?;
     let period = match body.period.as_deref() {
         None => crate::spend::Period::None,
-        Some(p) => parse_period(p).ok_or_else(|| ApiError::bad_request("invalid_period", "period is one of none, daily, monthly"))?,
+        Some(p) => parse_period(p).ok_or_else(|| {
+            ApiError::bad_request("invalid_period", "period is one of none, daily, monthly")
+        })?,
     };
-    let snap = state.proxy.ledger.set_ceiling(auth.account_id, provider, limit, period);
+    let snap = state
+        .proxy
+        .ledger
+        .set_ceiling(auth.account_id, provider, limit, period);
     persist_and_audit(&state, &auth, provider, &snap, "ceiling.set").await?;
     Ok(HttpResponse::Ok().json(view(provider, &snap)))
 }
 
-pub async fn list_ceilings(auth: Authenticated, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn list_ceilings(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let rows: Vec<Value> = state
         .proxy
         .ledger
@@ -102,14 +120,22 @@ pub async fn list_ceilings(auth: Authenticated, state: web::Data<AppState>) -> R
     Ok(HttpResponse::Ok().json(json!({ "ceilings": rows })))
 }
 
-pub async fn reset_ceiling(auth: Authenticated, state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn reset_ceiling(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let provider = provider_id(&path)?;
     let snap = state.proxy.ledger.reset(auth.account_id, provider);
     persist_and_audit(&state, &auth, provider, &snap, "ceiling.reset").await?;
     Ok(HttpResponse::Ok().json(view(provider, &snap)))
 }
 
-pub async fn delete_ceiling(auth: Authenticated, state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn delete_ceiling(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let provider = provider_id(&path)?;
     let snap = state.proxy.ledger.remove_ceiling(auth.account_id, provider);
     persist_and_audit(&state, &auth, provider, &snap, "ceiling.delete").await?;
@@ -128,21 +154,45 @@ fn parse_time(raw: &str) -> Result<i64, ApiError> {
     }
     time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
         .map(|t| t.unix_timestamp())
-        .map_err(|_| ApiError::bad_request("invalid_time", "since/until are RFC 3339 timestamps or Unix seconds"))
+        .map_err(|_| {
+            ApiError::bad_request(
+                "invalid_time",
+                "since/until are RFC 3339 timestamps or Unix seconds",
+            )
+        })
 }
 
-pub async fn usage(auth: Authenticated, state: web::Data<AppState>, q: web::Query<Range>) -> Result<HttpResponse, ApiError> {
+pub async fn usage(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    q: web::Query<Range>,
+) -> Result<HttpResponse, ApiError> {
     let now = state.clock.unix();
-    let since = q.since.as_deref().map(parse_time).transpose()?.unwrap_or(now - 30 * 86_400);
-    let until = q.until.as_deref().map(parse_time).transpose()?.unwrap_or(now + 1);
+    let since = q
+        .since
+        .as_deref()
+        .map(parse_time)
+        .transpose()?
+        .unwrap_or(now - 30 * 86_400);
+    let until = q
+        .until
+        .as_deref()
+        .map(parse_time)
+        .transpose()?
+        .unwrap_or(now + 1);
     if until < since {
-        return Err(ApiError::bad_request("invalid_time", "until is before since"));
+        return Err(ApiError::bad_request(
+            "invalid_time",
+            "until is before since",
+        ));
     }
     state.proxy.writer.flush().await;
     let account = auth.account_id;
     let rows = state
         .db
-        .read(move |conn| crate::spend::store::usage(conn, account, since, until).map_err(ApiError::from))
+        .read(move |conn| {
+            crate::spend::store::usage(conn, account, since, until).map_err(ApiError::from)
+        })
         .await?;
     Ok(HttpResponse::Ok().json(json!({
         "since": crate::timefmt::rfc3339(since),

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use actix_web::web::Bytes;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
 
@@ -52,15 +52,23 @@ impl FakeUpstream {
     pub async fn start() -> FakeUpstream {
         let recorder = Recorder::default();
         let r = recorder.clone();
-        let server = HttpServer::new(move || App::new().app_data(web::Data::new(r.clone())).default_service(web::to(handle)))
-            .workers(1)
-            .bind(("127.0.0.1", 0))
-            .unwrap();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(r.clone()))
+                .default_service(web::to(handle))
+        })
+        .workers(1)
+        .bind(("127.0.0.1", 0))
+        .unwrap();
         let port = server.addrs()[0].port();
         let server = server.run();
         let handle = server.handle();
         tokio::spawn(server);
-        FakeUpstream { url: format!("http://127.0.0.1:{port}"), recorder, handle }
+        FakeUpstream {
+            url: format!("http://127.0.0.1:{port}"),
+            recorder,
+            handle,
+        }
     }
 }
 
@@ -72,19 +80,39 @@ impl Drop for FakeUpstream {
     }
 }
 
-const CREDENTIAL_HEADERS: &[&str] = &["authorization", "x-api-key", "x-goog-api-key", "xi-api-key", "api-key", "cookie"];
+const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "x-api-key",
+    "x-goog-api-key",
+    "xi-api-key",
+    "api-key",
+    "cookie",
+];
 
 async fn handle(req: HttpRequest, body: Bytes, rec: web::Data<Recorder>) -> HttpResponse {
     let credentials: Vec<String> = CREDENTIAL_HEADERS
         .iter()
-        .flat_map(|name| req.headers().get_all(*name).map(move |v| format!("{name}: {}", v.to_str().unwrap_or("<bin>"))))
+        .flat_map(|name| {
+            req.headers()
+                .get_all(*name)
+                .map(move |v| format!("{name}: {}", v.to_str().unwrap_or("<bin>")))
+        })
         .collect();
     let headers = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("<bin>").to_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                v.to_str().unwrap_or("<bin>").to_owned(),
+            )
+        })
         .collect();
-    let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
     rec.0.lock().unwrap().push(Recorded {
         method: req.method().to_string(),
         path_and_query: path_and_query.clone(),
@@ -92,7 +120,12 @@ async fn handle(req: HttpRequest, body: Bytes, rec: web::Data<Recorder>) -> Http
         headers,
         body: body.clone(),
     });
-    let mode = req.headers().get("x-fake-mode").and_then(|v| v.to_str().ok()).unwrap_or("ok").to_owned();
+    let mode = req
+        .headers()
+        .get("x-fake-mode")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("ok")
+        .to_owned();
     let echoed = credentials.join(" | ");
     match mode.as_str() {
         "echo-key-401" => {
@@ -119,7 +152,11 @@ async fn handle(req: HttpRequest, body: Bytes, rec: web::Data<Recorder>) -> Http
     let json_body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let path = req.uri().path();
     let cut = mode == "cut-stream";
-    let gap = if mode == "slow-stream" { Duration::from_millis(20) } else { Duration::ZERO };
+    let gap = if mode == "slow-stream" {
+        Duration::from_millis(20)
+    } else {
+        Duration::ZERO
+    };
     if path.ends_with("/chat/completions") {
         openai_chat(&json_body, cut, gap)
     } else if path.ends_with("/v1/messages") {
@@ -136,18 +173,26 @@ async fn handle(req: HttpRequest, body: Bytes, rec: web::Data<Recorder>) -> Http
 fn sse(events: Vec<String>, cut: bool, gap: Duration) -> HttpResponse {
     let n = events.len();
     let keep = if cut { n / 2 } else { n };
-    let stream = stream::iter(events.into_iter().take(keep).enumerate()).then(move |(i, e)| async move {
-        if i > 0 && !gap.is_zero() {
-            tokio::time::sleep(gap).await;
-        }
-        Ok::<_, actix_web::Error>(Bytes::from(e))
-    });
-    let stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, actix_web::Error>>>> = if cut {
-        Box::pin(stream.chain(stream::once(async { Err(actix_web::error::ErrorInternalServerError("cut")) })))
+    let stream =
+        stream::iter(events.into_iter().take(keep).enumerate()).then(move |(i, e)| async move {
+            if i > 0 && !gap.is_zero() {
+                tokio::time::sleep(gap).await;
+            }
+            Ok::<_, actix_web::Error>(Bytes::from(e))
+        });
+    let stream: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<Bytes, actix_web::Error>>>,
+    > = if cut {
+        Box::pin(stream.chain(stream::once(async {
+            Err(actix_web::error::ErrorInternalServerError("cut"))
+        })))
     } else {
         Box::pin(stream)
     };
-    HttpResponse::Ok().content_type("text/event-stream").insert_header(("cache-control", "no-cache")).streaming(stream)
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(stream)
 }
 
 fn openai_chat(req: &Value, cut: bool, gap: Duration) -> HttpResponse {
@@ -162,24 +207,36 @@ fn openai_chat(req: &Value, cut: bool, gap: Duration) -> HttpResponse {
             "usage": usage}));
     }
     let chunk = |delta: Value, finish: Value| {
-        format!("data: {}\n\n", json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000,
-            "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}))
+        format!(
+            "data: {}\n\n",
+            json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000,
+            "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        )
     };
-    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
     for word in ["Hello", " from", " the", " fake", "."] {
         events.push(chunk(json!({"content": word}), Value::Null));
     }
     events.push(chunk(json!({}), json!("stop")));
     if req["stream_options"]["include_usage"].as_bool() == Some(true) {
-        events.push(format!("data: {}\n\n", json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
-            "created": 1_700_000_000, "model": model, "choices": [], "usage": usage})));
+        events.push(format!(
+            "data: {}\n\n",
+            json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+            "created": 1_700_000_000, "model": model, "choices": [], "usage": usage})
+        ));
     }
     events.push("data: [DONE]\n\n".into());
     sse(events, cut, gap)
 }
 
 fn anthropic_messages(req: &Value, cut: bool, gap: Duration) -> HttpResponse {
-    let model = req["model"].as_str().unwrap_or("claude-sonnet-4-20250514").to_owned();
+    let model = req["model"]
+        .as_str()
+        .unwrap_or("claude-sonnet-4-20250514")
+        .to_owned();
     let (i, o) = ANTHROPIC_USAGE;
     if req["stream"].as_bool() != Some(true) {
         return HttpResponse::Ok().json(json!({
@@ -190,16 +247,25 @@ fn anthropic_messages(req: &Value, cut: bool, gap: Duration) -> HttpResponse {
     }
     let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
     let mut events = vec![
-        ev("message_start", json!({"type": "message_start", "message": {"id": "msg_fake", "type": "message", "role": "assistant",
+        ev(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_fake", "type": "message", "role": "assistant",
             "content": [], "model": model, "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": i, "output_tokens": 1, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}})),
-        ev("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+            "usage": {"input_tokens": i, "output_tokens": 1, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}}),
+        ),
+        ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
         ev("ping", json!({"type": "ping"})),
     ];
     for word in ["Hello", " from", " the", " fake", "."] {
         events.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}})));
     }
-    events.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+    events.push(ev(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
     // Cumulative usage: a metering bug that adds these twice shows up as 2x.
     events.push(ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": o / 2}})));
     events.push(ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": o}})));
@@ -208,7 +274,12 @@ fn anthropic_messages(req: &Value, cut: bool, gap: Duration) -> HttpResponse {
 }
 
 fn google(path: &str, stream: bool, cut: bool, gap: Duration) -> HttpResponse {
-    let model = path.rsplit('/').next().and_then(|m| m.split(':').next()).unwrap_or("gemini-2.5-flash").to_owned();
+    let model = path
+        .rsplit('/')
+        .next()
+        .and_then(|m| m.split(':').next())
+        .unwrap_or("gemini-2.5-flash")
+        .to_owned();
     let (p, c) = GOOGLE_USAGE;
     let body = |text: &str, cands: u64, finish: bool| {
         let mut cand = json!({"content": {"parts": [{"text": text}], "role": "model"}, "index": 0});

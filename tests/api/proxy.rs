@@ -19,7 +19,17 @@ pub async fn app_with_upstream() -> (TestApp, FakeUpstream) {
     let upstream = FakeUpstream::start().await;
     let url = upstream.url.clone();
     let app = TestApp::spawn_with(move |s| {
-        for p in ["openai", "anthropic", "google", "elevenlabs", "stripe", "twilio", "resend", "vultr", "railway"] {
+        for p in [
+            "openai",
+            "anthropic",
+            "google",
+            "elevenlabs",
+            "stripe",
+            "twilio",
+            "resend",
+            "vultr",
+            "railway",
+        ] {
             s.proxy.upstreams.insert(p.to_owned(), url.clone());
         }
     })
@@ -28,7 +38,15 @@ pub async fn app_with_upstream() -> (TestApp, FakeUpstream) {
 }
 
 pub async fn add_key(app: &TestApp, s: &Session, provider: &str, key: &str) -> Value {
-    let res = app.post_json("/api/v1/keys", Some(s), &json!({"provider": provider, "key": key})).send().await.unwrap();
+    let res = app
+        .post_json(
+            "/api/v1/keys",
+            Some(s),
+            &json!({"provider": provider, "key": key}),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 201, "add key");
     res.json().await.unwrap()
 }
@@ -38,14 +56,25 @@ pub async fn token(app: &TestApp, s: &Session, providers: Option<&[&str]>) -> St
     if let Some(p) = providers {
         body["providers"] = json!(p);
     }
-    let res = app.post_json("/api/v1/tokens", Some(s), &body).send().await.unwrap();
+    let res = app
+        .post_json("/api/v1/tokens", Some(s), &body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 201, "create token");
-    res.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned()
+    res.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 pub async fn set_ceiling(app: &TestApp, s: &Session, provider: &str, limit: &str) -> Value {
     let res = app
-        .send(Method::PUT, &format!("/api/v1/ceilings/{provider}"), Some(s))
+        .send(
+            Method::PUT,
+            &format!("/api/v1/ceilings/{provider}"),
+            Some(s),
+        )
         .json(&json!({"limit_usd": limit, "period": "none"}))
         .send()
         .await
@@ -55,8 +84,21 @@ pub async fn set_ceiling(app: &TestApp, s: &Session, provider: &str, limit: &str
 }
 
 pub async fn ceiling(app: &TestApp, s: &Session, provider: &str) -> Value {
-    let all: Value = app.get("/api/v1/ceilings", Some(s)).send().await.unwrap().json().await.unwrap();
-    all["ceilings"].as_array().unwrap().iter().find(|c| c["provider"] == provider).cloned().unwrap_or(Value::Null)
+    let all: Value = app
+        .get("/api/v1/ceilings", Some(s))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    all["ceilings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["provider"] == provider)
+        .cloned()
+        .unwrap_or(Value::Null)
 }
 
 fn chat(model: &str) -> Value {
@@ -75,11 +117,26 @@ fn sdk_python() -> &'static str {
         let root = env!("CARGO_MANIFEST_DIR");
         let venv = format!("{root}/target/sdk-venv");
         let py = format!("{venv}/bin/python");
-        let ready = Command::new(&py).args(["-c", "import openai, anthropic, google.genai"]).status().is_ok_and(|s| s.success());
+        let ready = Command::new(&py)
+            .args(["-c", "import openai, anthropic, google.genai"])
+            .status()
+            .is_ok_and(|s| s.success());
         if !ready {
-            assert!(Command::new("python3").args(["-m", "venv", &venv]).status().unwrap().success(), "python3 -m venv");
+            assert!(
+                Command::new("python3")
+                    .args(["-m", "venv", &venv])
+                    .status()
+                    .unwrap()
+                    .success(),
+                "python3 -m venv"
+            );
             let ok = Command::new(format!("{venv}/bin/pip"))
-                .args(["install", "-q", "-r", &format!("{root}/tests/sdk/requirements.txt")])
+                .args([
+                    "install",
+                    "-q",
+                    "-r",
+                    &format!("{root}/tests/sdk/requirements.txt"),
+                ])
                 .status()
                 .unwrap()
                 .success();
@@ -92,10 +149,18 @@ fn sdk_python() -> &'static str {
 async fn drive_sdk(app: &TestApp, which: &str, token: &str, mode: Option<&str>) -> Value {
     let py = sdk_python().to_owned();
     let script = format!("{}/tests/sdk/drive.py", env!("CARGO_MANIFEST_DIR"));
-    let (base, token, which, mode) = (app.address.clone(), token.to_owned(), which.to_owned(), mode.map(str::to_owned));
+    let (base, token, which, mode) = (
+        app.address.clone(),
+        token.to_owned(),
+        which.to_owned(),
+        mode.map(str::to_owned),
+    );
     let out = tokio::task::spawn_blocking(move || {
         let mut cmd = Command::new(py);
-        cmd.arg(script).arg(which).env("KB_BASE", base).env("KB_TOKEN", token);
+        cmd.arg(script)
+            .arg(which)
+            .env("KB_BASE", base)
+            .env("KB_TOKEN", token);
         if let Some(m) = mode {
             cmd.env("KB_FAKE_MODE", m);
         }
@@ -104,7 +169,12 @@ async fn drive_sdk(app: &TestApp, which: &str, token: &str, mode: Option<&str>) 
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("SDK output: {stdout} / {}", String::from_utf8_lossy(&out.stderr)))
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+        panic!(
+            "SDK output: {stdout} / {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
 
 /// Spend in micro-dollars, from the API's decimal string.
@@ -118,7 +188,10 @@ fn micros(usd: &Value) -> i64 {
 /// ceil(Σ tokens × USD-per-million) in micro-dollars: the price table's rule, computed by hand.
 fn expected_micros(parts: &[(u64, f64)]) -> i64 {
     // Prices have at most 4 decimals per million; work in 1e-4 micro-dollar units to stay exact.
-    let units: u64 = parts.iter().map(|(t, p)| t * (p * 10_000.0).round() as u64).sum();
+    let units: u64 = parts
+        .iter()
+        .map(|(t, p)| t * (p * 10_000.0).round() as u64)
+        .sum();
     units.div_ceil(10_000) as i64
 }
 
@@ -144,7 +217,10 @@ async fn the_openai_sdk_works_through_keybroker_with_only_a_base_url_and_is_mete
     let calls = upstream.recorder.calls();
     assert_eq!(calls.len(), 2);
     for c in &calls {
-        assert_eq!(c.credentials, [format!("authorization: Bearer {OPENAI_KEY}")]);
+        assert_eq!(
+            c.credentials,
+            [format!("authorization: Bearer {OPENAI_KEY}")]
+        );
     }
     let streamed: Value = serde_json::from_slice(&calls[1].body).unwrap();
     assert_eq!(streamed["stream_options"]["include_usage"], true);
@@ -166,7 +242,10 @@ async fn the_anthropic_sdk_works_and_cumulative_stream_usage_is_not_counted_twic
     let out = drive_sdk(&app, "anthropic", &t, None).await;
     assert_eq!(out["text"], "Hello from the fake.", "{out}");
     assert_eq!(out["stream_text"], "Hello from the fake.");
-    assert_eq!(out["stream_usage"], json!([ANTHROPIC_USAGE.0, ANTHROPIC_USAGE.1]));
+    assert_eq!(
+        out["stream_usage"],
+        json!([ANTHROPIC_USAGE.0, ANTHROPIC_USAGE.1])
+    );
     for c in upstream.recorder.calls() {
         assert_eq!(c.credentials, [format!("x-api-key: {ANTHROPIC_KEY}")]);
     }
@@ -210,7 +289,13 @@ async fn a_hundred_concurrent_calls_never_push_settled_spend_past_the_ceiling() 
         let url = app.url("/proxy/openai/v1/chat/completions");
         let t = t.clone();
         calls.push(tokio::spawn(async move {
-            client.post(url).bearer_auth(t).json(&chat("gpt-4o")).send().await.unwrap()
+            client
+                .post(url)
+                .bearer_auth(t)
+                .json(&chat("gpt-4o"))
+                .send()
+                .await
+                .unwrap()
         }));
     }
     let (mut ok, mut refused) = (0, 0);
@@ -233,9 +318,16 @@ async fn a_hundred_concurrent_calls_never_push_settled_spend_past_the_ceiling() 
     }
     assert_eq!(ok + refused, 100);
     assert!(ok > 0 && refused > 0, "ok {ok}, refused {refused}");
-    assert_eq!(upstream.recorder.count(), ok, "the upstream saw exactly the admitted calls");
+    assert_eq!(
+        upstream.recorder.count(),
+        ok,
+        "the upstream saw exactly the admitted calls"
+    );
     let settled = spent(&app, &s, "openai").await;
-    assert!(settled <= 4_000, "settled {settled} µ$ over a 4000 µ$ ceiling");
+    assert!(
+        settled <= 4_000,
+        "settled {settled} µ$ over a 4000 µ$ ceiling"
+    );
     let per_call = expected_micros(&[(OPENAI_USAGE.0, 2.50), (OPENAI_USAGE.1, 10.0)]);
     assert_eq!(settled, per_call * ok as i64);
     let c = ceiling(&app, &s, "openai").await;
@@ -249,16 +341,37 @@ async fn a_refused_call_never_reaches_the_upstream_and_reset_lets_calls_flow_aga
     add_key(&app, &s, "openai", OPENAI_KEY).await;
     let t = token(&app, &s, None).await;
     set_ceiling(&app, &s, "openai", "0.00").await;
-    let res = app.client.post(app.url("/proxy/openai/v1/chat/completions")).bearer_auth(&t).json(&chat("gpt-4o-mini")).send().await.unwrap();
+    let res = app
+        .client
+        .post(app.url("/proxy/openai/v1/chat/completions"))
+        .bearer_auth(&t)
+        .json(&chat("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 402);
     assert_eq!(upstream.recorder.count(), 0);
     set_ceiling(&app, &s, "openai", "1.00").await;
-    let res = app.client.post(app.url("/proxy/openai/v1/chat/completions")).bearer_auth(&t).json(&chat("gpt-4o-mini")).send().await.unwrap();
+    let res = app
+        .client
+        .post(app.url("/proxy/openai/v1/chat/completions"))
+        .bearer_auth(&t)
+        .json(&chat("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
-    let remaining = res.headers()["x-keybroker-spend-remaining"].to_str().unwrap().to_owned();
+    let remaining = res.headers()["x-keybroker-spend-remaining"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(remaining.starts_with("0.99"), "{remaining}");
     res.bytes().await.unwrap();
-    let reset = app.send(Method::POST, "/api/v1/ceilings/openai/reset", Some(&s)).send().await.unwrap();
+    let reset = app
+        .send(Method::POST, "/api/v1/ceilings/openai/reset", Some(&s))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(reset.status(), 200);
     assert_eq!(reset.json::<Value>().await.unwrap()["spent_usd"], "0.00");
 }
@@ -292,7 +405,10 @@ async fn an_upstream_that_echoes_the_key_never_gets_it_to_the_client_or_the_logs
         assert_eq!(res.status().as_u16(), status);
         let body = res.text().await.unwrap();
         for secret in [odd_key, OPENAI_KEY, &t, "my secret prompt text here"] {
-            assert!(!body.contains(secret), "{provider} {mode}: leaked into {body}");
+            assert!(
+                !body.contains(secret),
+                "{provider} {mode}: leaked into {body}"
+            );
         }
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["error"]["provider"], provider);
@@ -311,8 +427,16 @@ async fn bad_tokens_scopes_and_missing_keys_get_their_own_errors() {
     let url = app.url("/proxy/openai/v1/chat/completions");
     let cases: Vec<(Option<&str>, u16, &str)> = vec![
         (None, 401, "authentication_failed"),
-        (Some("kb_not-a-real-token-at-all-0000000000000000000"), 401, "authentication_failed"),
-        (Some("sk-proj-someone-pasted-a-real-key"), 401, "authentication_failed"),
+        (
+            Some("kb_not-a-real-token-at-all-0000000000000000000"),
+            401,
+            "authentication_failed",
+        ),
+        (
+            Some("sk-proj-someone-pasted-a-real-key"),
+            401,
+            "authentication_failed",
+        ),
         (Some(&only_google), 403, "provider_not_allowed"),
         (Some(&all), 424, "no_key"),
     ];
@@ -326,8 +450,42 @@ async fn bad_tokens_scopes_and_missing_keys_get_their_own_errors() {
         assert_eq!(res.json::<Value>().await.unwrap()["error"]["type"], kind);
     }
     assert_eq!(upstream.recorder.count(), 0);
-    let res = app.client.post(app.url("/proxy/nope/v1/x")).bearer_auth(&all).send().await.unwrap();
+    let res = app
+        .client
+        .post(app.url("/proxy/nope/v1/x"))
+        .bearer_auth(&all)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 404);
+}
+
+/// A GET with `path` exactly as given, over a fresh connection; returns status and body.
+async fn raw_get(port: u16, path: &str, token: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    // Chunked bodies: keep the JSON object only.
+    let body = match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) if b >= a => body[a..=b].to_owned(),
+        _ => body,
+    };
+    (status, body)
 }
 
 #[tokio::test]
@@ -336,17 +494,21 @@ async fn path_traversal_and_header_injection_are_refused_before_any_upstream_con
     let s = app.signed_up().await;
     add_key(&app, &s, "openai", OPENAI_KEY).await;
     let t = token(&app, &s, None).await;
+    // Sent byte for byte over TCP: an HTTP client library would normalise these before sending.
     for path in [
         "/proxy/openai/v1/%2e%2e/%2e%2e/admin",
+        "/proxy/openai/v1/../../admin",
         "/proxy/openai/v1/..%2fadmin",
         "/proxy/openai//evil.example/v1",
         "/proxy/openai/v1/x%0d%0aHost:%20evil.example",
         "/proxy/openai/@evil.example/v1",
         "/proxy/openai/v1/x%5c..%5cy",
+        "/proxy/openai/http://evil.example/v1",
     ] {
-        let res = app.client.get(app.url(path)).bearer_auth(&t).send().await.unwrap();
-        assert_eq!(res.status(), 400, "{path}");
-        assert_eq!(res.json::<Value>().await.unwrap()["error"]["type"], "invalid_path", "{path}");
+        let (status, body) = raw_get(app.port, path, &t).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_path", "{path}");
     }
     assert_eq!(upstream.recorder.count(), 0);
 }
@@ -394,14 +556,35 @@ async fn usage_reports_calls_tokens_spend_and_refusals_per_provider() {
     add_key(&app, &s, "openai", OPENAI_KEY).await;
     let t = token(&app, &s, None).await;
     for _ in 0..3 {
-        let res = app.client.post(app.url("/proxy/openai/v1/chat/completions")).bearer_auth(&t).json(&chat("gpt-4o-mini")).send().await.unwrap();
+        let res = app
+            .client
+            .post(app.url("/proxy/openai/v1/chat/completions"))
+            .bearer_auth(&t)
+            .json(&chat("gpt-4o-mini"))
+            .send()
+            .await
+            .unwrap();
         res.bytes().await.unwrap();
     }
     set_ceiling(&app, &s, "openai", "0.00").await;
-    let res = app.client.post(app.url("/proxy/openai/v1/chat/completions")).bearer_auth(&t).json(&chat("gpt-4o-mini")).send().await.unwrap();
+    let res = app
+        .client
+        .post(app.url("/proxy/openai/v1/chat/completions"))
+        .bearer_auth(&t)
+        .json(&chat("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 402);
     app.state.proxy.writer.flush().await;
-    let usage: Value = app.get("/api/v1/usage", Some(&s)).send().await.unwrap().json().await.unwrap();
+    let usage: Value = app
+        .get("/api/v1/usage", Some(&s))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let row = &usage["providers"][0];
     assert_eq!(row["provider"], "openai");
     assert_eq!(row["calls"], 4);
@@ -415,7 +598,18 @@ async fn usage_reports_calls_tokens_spend_and_refusals_per_provider() {
 #[tokio::test]
 async fn the_price_table_is_listed_in_usd_per_million_tokens() {
     let app = TestApp::spawn().await;
-    let prices: Value = app.get("/api/v1/prices", None).send().await.unwrap().json().await.unwrap();
+    let prices: Value = app
+        .get("/api/v1/prices", None)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let rows = prices["prices"].as_array().unwrap();
-    assert!(rows.iter().any(|r| r["provider"] == "openai" && r["model"] == "gpt-4o-mini"), "{prices}");
+    assert!(
+        rows.iter()
+            .any(|r| r["provider"] == "openai" && r["model"] == "gpt-4o-mini"),
+        "{prices}"
+    );
 }

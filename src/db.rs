@@ -45,6 +45,8 @@ pub enum DbError {
     },
     #[error("database task was cancelled")]
     Cancelled,
+    #[error("could not start a database thread: {0}")]
+    Thread(String),
 }
 
 struct Inner {
@@ -80,6 +82,15 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 impl Db {
+    /// A separate read-write connection to the same file, for a writer thread that owns its
+    /// connection (the spend writer). `synchronous` is the caller's choice and reason.
+    pub fn dedicated_writer(&self, synchronous: &str) -> Result<Connection, DbError> {
+        let conn = Connection::open(&self.inner.path)?;
+        configure(&conn)?;
+        conn.pragma_update(None, "synchronous", synchronous)?;
+        Ok(conn)
+    }
+
     /// Opens (creating if needed) the database file, switches it to WAL, and migrates it.
     /// A database whose schema is newer than this binary is refused untouched.
     pub fn open(path: &Path) -> Result<Self, DbError> {

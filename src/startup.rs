@@ -130,8 +130,7 @@ async fn build_proxy(settings: &Settings, db: &Db) -> Result<Proxy, StartError> 
     if recovered.holds_charged > 0 {
         tracing::warn!(holds = recovered.holds_charged, amount = %recovered.amount, "charged calls left in flight by the last run (fail closed)");
     }
-    let writer = SpendWriter::start(db.clone(), crate::spend::writer::DEFAULT_WINDOW)
-        .map_err(|e| StartError::Task(e.to_string()))?;
+    let writer = SpendWriter::start(db)?;
     let ledger = Ledger::new(settings.clock.clone(), Some(writer.sink()));
     ledger.load(rows);
     Ok(Proxy::new(
@@ -144,6 +143,10 @@ async fn build_proxy(settings: &Settings, db: &Db) -> Result<Proxy, StartError> 
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        // One TLS crypto provider for every client (upstreams, OAuth, SMTP): ring. Installing it
+        // explicitly keeps a second provider pulled in by some dependency from leaving rustls
+        // without a default (awc's connector would then panic). Already installed is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let (db, vault) = open_storage(&settings).await?;
         let secrets = ServerSecrets::resolve(
             &settings.secrets,
@@ -218,6 +221,7 @@ impl Application {
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
         })
+        .tcp_nodelay(true)
         .listen(listener)
         .map_err(bind_err)?
         .shutdown_timeout(30);

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use actix_service::ServiceExt as _;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
@@ -130,7 +131,18 @@ impl Drop for InFlight {
 /// connections, HTTP/2 where the provider offers it over TLS, no automatic redirects or
 /// decompression (bodies pass through as the provider sent them).
 pub fn upstream_client(settings: &ProxySettings) -> awc::Client {
+    // awc's own TCP connector leaves Nagle's algorithm on; a request written as head then body
+    // would then wait for the peer's delayed ACK. Every upstream socket gets TCP_NODELAY.
+    let tcp = actix_tls::connect::Connector::new(actix_tls::connect::Resolver::default())
+        .service()
+        .map(
+            |conn: actix_tls::connect::Connection<awc::http::Uri, tokio::net::TcpStream>| {
+                let _ = conn.io_ref().set_nodelay(true);
+                conn
+            },
+        );
     let connector = awc::Connector::new()
+        .connector(tcp)
         .timeout(settings.connect_timeout)
         .conn_keep_alive(Duration::from_secs(90))
         .limit(0);
@@ -327,6 +339,7 @@ pub async fn proxy(
         model: request_model.clone().unwrap_or_default(),
         priced_by_fallback: estimate.priced_by_fallback,
         request_id: request_id.clone(),
+        token_id: token.id.clone(),
         ..CallRecord::default()
     };
     let reservation = match proxy

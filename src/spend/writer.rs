@@ -1,14 +1,23 @@
 //! The spend writer: one thread that persists spend events, holds in flight and per-call usage to
-//! SQLite in batches (group commit: everything that arrives within a few milliseconds of the first
-//! message shares one transaction and one fsync). The proxy only sends on a channel, so its hot
-//! path never waits for the disk. The writer is owned by [`SpendWriter`], whose drop drains the
+//! SQLite in batches. Group commit: while one transaction commits, new messages queue up, and the
+//! next transaction takes all of them, so the cost per call falls as load rises.
+//!
+//! Durability: the writer has its own connection with `synchronous = NORMAL`. In WAL mode a
+//! committed transaction then survives a crash of the process (SIGKILL included: the data is in
+//! the OS page cache), but not a power cut right after it. Measured on the build machine, an
+//! fsync per commit (`FULL`) costs 1.8 ms and `NORMAL` 18 µs; the proxy waits for its hold to be
+//! committed before it answers (see [`SpendWriter::committed`]), so that wait must be cheap. Keys
+//! and accounts are written through the main connection with `FULL`.
+//!
+//! Every message gets a sequence number in channel order; after each commit the writer publishes
+//! the last number it committed. The writer is owned by [`SpendWriter`], whose drop drains the
 //! queue and joins the thread.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rusqlite::{params, Connection};
 
@@ -16,8 +25,6 @@ use crate::db::Db;
 use crate::money::Money;
 use crate::spend::ledger::{Period, SpendEvent, SpendKind, SpendSink};
 
-/// How long the writer waits for more messages after the first one of a batch.
-pub const DEFAULT_WINDOW: Duration = Duration::from_millis(3);
 const MAX_BATCH: usize = 4096;
 /// Recent calls kept per account for the dashboard.
 pub const RECENT_CALLS_KEPT: i64 = 200;
@@ -41,6 +48,8 @@ pub struct CallRecord {
     pub cost: Money,
     pub priced_by_fallback: bool,
     pub request_id: String,
+    /// The tool token that made the call (its `last_used_at` is bumped).
+    pub token_id: String,
 }
 
 /// A ceiling as configured, written in order with the spend events around it.
@@ -63,8 +72,11 @@ enum Msg {
 }
 
 pub struct SpendWriter {
-    tx: Sender<Msg>,
+    /// The sender and the last sequence number handed out, under one lock, so sequence order is
+    /// channel order.
+    tx: Mutex<(Sender<(u64, Msg)>, u64)>,
     depth: Arc<AtomicUsize>,
+    committed: tokio::sync::watch::Receiver<u64>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -77,26 +89,46 @@ impl std::fmt::Debug for SpendWriter {
 }
 
 impl SpendWriter {
-    pub fn start(db: Db, window: Duration) -> std::io::Result<Arc<Self>> {
+    pub fn start(db: &Db) -> Result<Arc<Self>, crate::db::DbError> {
+        let conn = db.dedicated_writer("NORMAL")?;
         let (tx, rx) = mpsc::channel();
         let depth = Arc::new(AtomicUsize::new(0));
         let thread_depth = depth.clone();
+        let (committed_tx, committed) = tokio::sync::watch::channel(0u64);
         let thread = std::thread::Builder::new()
             .name("spend-writer".into())
-            .spawn(move || run(db, rx, window, thread_depth))?;
+            .spawn(move || run(conn, rx, thread_depth, committed_tx))
+            .map_err(|e| crate::db::DbError::Thread(e.to_string()))?;
         Ok(Arc::new(Self {
-            tx,
+            tx: Mutex::new((tx, 0)),
             depth,
+            committed,
             thread: Mutex::new(Some(thread)),
         }))
     }
 
     fn send(&self, msg: Msg) {
         self.depth.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(msg).is_err() {
+        let mut guard = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
+        guard.1 += 1;
+        let seq = guard.1;
+        if guard.0.send((seq, msg)).is_err() {
             self.depth.fetch_sub(1, Ordering::Relaxed);
             tracing::error!("spend writer is gone; a spend record was not persisted");
         }
+    }
+
+    /// The sequence number of the last message sent so far.
+    pub fn sent(&self) -> u64 {
+        self.tx.lock().unwrap_or_else(PoisonError::into_inner).1
+    }
+
+    /// Waits (at most `limit`) until every message up to `seq` is committed. Returns false on
+    /// timeout.
+    pub async fn committed(&self, seq: u64, limit: Duration) -> bool {
+        let mut rx = self.committed.clone();
+        let done = tokio::time::timeout(limit, rx.wait_for(|&c| c >= seq)).await;
+        matches!(done, Ok(Ok(_)))
     }
 
     /// The ledger's sink: every event goes to the writer, in the order the ledger made them.
@@ -138,7 +170,7 @@ impl SpendWriter {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(handle) = handle {
-            let _ = self.tx.send(Msg::Stop);
+            self.send(Msg::Stop);
             let _ = handle.join();
         }
     }
@@ -150,43 +182,50 @@ impl Drop for SpendWriter {
     }
 }
 
-fn run(db: Db, rx: Receiver<Msg>, window: Duration, depth: Arc<AtomicUsize>) {
+fn run(
+    mut conn: Connection,
+    rx: Receiver<(u64, Msg)>,
+    depth: Arc<AtomicUsize>,
+    committed: tokio::sync::watch::Sender<u64>,
+) {
     let mut batch = Vec::with_capacity(256);
     loop {
         let Ok(first) = rx.recv() else { return };
-        let deadline = Instant::now() + window;
-        let mut stop = matches!(first, Msg::Stop);
-        batch.push(first);
+        let mut last_seq = first.0;
+        let mut stop = matches!(first.1, Msg::Stop);
+        batch.push(first.1);
+        // Everything already queued joins this transaction; nothing waits on purpose.
         while !stop && batch.len() < MAX_BATCH {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(msg) => {
+            match rx.try_recv() {
+                Ok((seq, msg)) => {
+                    last_seq = seq;
                     stop = matches!(msg, Msg::Stop);
                     batch.push(msg);
                 }
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => {
-                    stop = true;
-                    break;
-                }
+                Err(_) => break,
             }
         }
         let n = batch.len();
-        let barriers = apply(&db, &mut batch);
+        let barriers = apply(&mut conn, &mut batch);
         depth.fetch_sub(n, Ordering::Relaxed);
+        committed.send_replace(last_seq);
         for b in barriers {
             let _ = b.send(());
         }
         if stop {
             // Anything sent after Stop (a late settle) is still written before we go.
-            let rest: Vec<Msg> = rx.try_iter().collect();
+            let mut rest: Vec<Msg> = Vec::new();
+            for (seq, msg) in rx.try_iter() {
+                last_seq = seq;
+                rest.push(msg);
+            }
             if !rest.is_empty() {
                 let n = rest.len();
-                let mut rest = rest;
-                for b in apply(&db, &mut rest) {
+                for b in apply(&mut conn, &mut rest) {
                     let _ = b.send(());
                 }
                 depth.fetch_sub(n, Ordering::Relaxed);
+                committed.send_replace(last_seq);
             }
             return;
         }
@@ -195,17 +234,32 @@ fn run(db: Db, rx: Receiver<Msg>, window: Duration, depth: Arc<AtomicUsize>) {
 
 /// Writes one batch in one transaction. A statement that fails (e.g. a row for an account deleted
 /// meanwhile) is logged and skipped; it does not lose the rest of the batch.
-fn apply(db: &Db, batch: &mut Vec<Msg>) -> Vec<SyncSender<()>> {
+fn apply(conn: &mut Connection, batch: &mut Vec<Msg>) -> Vec<SyncSender<()>> {
     let mut barriers = Vec::new();
-    let result = db.write_blocking(|conn| -> rusqlite::Result<()> {
+    let result = (|| -> rusqlite::Result<()> {
         let tx = conn.transaction()?;
         let mut touched_accounts = Vec::new();
+        // Latest use per key and per token in this batch: one UPDATE each, not one per call.
+        let mut key_used: std::collections::HashMap<(i64, String), i64> =
+            std::collections::HashMap::new();
+        let mut token_used: std::collections::HashMap<String, i64> =
+            std::collections::HashMap::new();
         for msg in batch.drain(..) {
             let outcome = match msg {
                 Msg::Spend(e) => apply_spend(&tx, &e),
                 Msg::Call(c) => {
                     if !touched_accounts.contains(&c.account) {
                         touched_accounts.push(c.account);
+                    }
+                    if c.outcome != "refused" {
+                        let at = key_used
+                            .entry((c.account, c.provider.clone()))
+                            .or_insert(c.at);
+                        *at = (*at).max(c.at);
+                    }
+                    if !c.token_id.is_empty() {
+                        let at = token_used.entry(c.token_id.clone()).or_insert(c.at);
+                        *at = (*at).max(c.at);
                     }
                     apply_call(&tx, &c)
                 }
@@ -220,6 +274,19 @@ fn apply(db: &Db, batch: &mut Vec<Msg>) -> Vec<SyncSender<()>> {
                 tracing::error!(error = %e, "spend writer: a record could not be written");
             }
         }
+        for ((account, provider), at) in key_used {
+            tx.prepare_cached(
+                "UPDATE provider_keys SET last_used_at = ?3
+                 WHERE account_id = ?1 AND provider = ?2 AND (last_used_at IS NULL OR last_used_at < ?3)",
+            )?
+            .execute(params![account, provider, at])?;
+        }
+        for (token, at) in token_used {
+            tx.prepare_cached(
+                "UPDATE tool_tokens SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+            )?
+            .execute(params![token, at])?;
+        }
         for account in touched_accounts {
             tx.execute(
                 "DELETE FROM recent_calls WHERE account_id = ?1 AND id <= (
@@ -228,8 +295,11 @@ fn apply(db: &Db, batch: &mut Vec<Msg>) -> Vec<SyncSender<()>> {
             )?;
         }
         tx.commit()
-    });
+    })();
     if let Err(e) = result {
+        // Drop what did not commit rather than retry forever; the holds already committed are
+        // charged in full at the next start, which keeps the ceiling safe.
+        batch.clear();
         tracing::error!(error = %e, "spend writer: a batch could not be committed");
     }
     barriers
@@ -396,7 +466,7 @@ mod tests {
     fn settled_spend_and_ceilings_are_persisted_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let db = db_with_account(dir.path());
-        let writer = SpendWriter::start(db.clone(), DEFAULT_WINDOW).unwrap();
+        let writer = SpendWriter::start(&db).unwrap();
         let clock = Arc::new(ManualClock::at(datetime!(2026-01-10 12:00 UTC)));
         let ledger = Ledger::new(clock, Some(writer.sink()));
         let snap = ledger.set_ceiling(1, "openai", usd("1.00"), Period::Monthly);
@@ -434,7 +504,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = db_with_account(dir.path());
         {
-            let writer = SpendWriter::start(db.clone(), DEFAULT_WINDOW).unwrap();
+            let writer = SpendWriter::start(&db).unwrap();
             let ledger = Ledger::new(
                 Arc::new(ManualClock::at(datetime!(2026-01-10 12:00 UTC))),
                 Some(writer.sink()),
@@ -461,7 +531,7 @@ mod tests {
     fn calls_are_aggregated_per_hour_and_recent_calls_are_trimmed() {
         let dir = tempfile::tempdir().unwrap();
         let db = db_with_account(dir.path());
-        let writer = SpendWriter::start(db.clone(), DEFAULT_WINDOW).unwrap();
+        let writer = SpendWriter::start(&db).unwrap();
         let n = RECENT_CALLS_KEPT + 25;
         for i in 0..n {
             writer.record_call(CallRecord {

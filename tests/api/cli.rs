@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 use crate::helpers::{random_b64, TestApp};
 
 /// The binary with no KEYBROKER_* variables inherited from the developer's shell.
-fn keybroker() -> Command {
+pub fn keybroker() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keybroker"));
     for (k, _) in std::env::vars() {
         if k.starts_with("KEYBROKER_") {
@@ -29,14 +29,14 @@ fn keybroker() -> Command {
     cmd
 }
 
-struct Running {
-    child: Child,
-    port: u16,
+pub struct Running {
+    pub child: Child,
+    pub port: u16,
 }
 
 /// Starts `serve` on port 0 and waits for the line that reports the port. On early exit,
 /// returns everything it wrote to stderr.
-fn serve(data_dir: &Path, env: &[(&str, &str)]) -> Result<Running, String> {
+pub fn serve(data_dir: &Path, env: &[(&str, &str)]) -> Result<Running, String> {
     let mut child = keybroker()
         .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
@@ -73,9 +73,17 @@ fn serve(data_dir: &Path, env: &[(&str, &str)]) -> Result<Running, String> {
                 seen.push_str(&line);
                 seen.push('\n');
             }
-            Err(_) => {
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let _ = child.wait();
                 return Err(seen);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Up but never said so (or hung): don't leave it running.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "no 'keybroker listening' line within 30 s; stderr so far:\n{seen}"
+                ));
             }
         }
     }
@@ -117,7 +125,7 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
     (status, out)
 }
 
-fn stop(mut r: Running) -> std::process::ExitStatus {
+pub fn stop(mut r: Running) -> std::process::ExitStatus {
     Command::new("kill")
         .args(["-TERM", &r.child.id().to_string()])
         .status()

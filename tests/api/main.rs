@@ -6,6 +6,7 @@ mod audit;
 mod auth_basic;
 mod auth_sessions;
 mod cli;
+mod crash;
 mod fake_upstream;
 mod health;
 mod helpers;

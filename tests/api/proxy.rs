@@ -178,7 +178,7 @@ async fn drive_sdk(app: &TestApp, which: &str, token: &str, mode: Option<&str>) 
 }
 
 /// Spend in micro-dollars, from the API's decimal string.
-fn micros(usd: &Value) -> i64 {
+pub fn micros(usd: &Value) -> i64 {
     let s = usd.as_str().unwrap();
     let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
     let frac = format!("{frac:0<6}");
@@ -230,6 +230,26 @@ async fn the_openai_sdk_works_through_keybroker_with_only_a_base_url_and_is_mete
     assert_eq!(spent(&app, &s, "openai").await, 2 * per_call);
     app.assert_not_logged(OPENAI_KEY);
     app.assert_not_logged(&t);
+
+    // Both the key and the token now say when they were last used.
+    let keys: Value = app
+        .get("/api/v1/keys", Some(&s))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(keys["keys"][0]["last_used_at"].is_string(), "{keys}");
+    let tokens: Value = app
+        .get("/api/v1/tokens", Some(&s))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(tokens["tokens"][0]["last_used_at"].is_string(), "{tokens}");
 }
 
 #[tokio::test]

@@ -1,0 +1,208 @@
+//! SIGKILL during load, then restart: nothing committed is lost, spend is never under what the
+//! clients were served, and the database is intact.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::COOKIE;
+use serde_json::{json, Value};
+
+use crate::cli::{serve, stop};
+use crate::fake_upstream::{FakeUpstream, OPENAI_USAGE};
+use crate::helpers::{session_cookie, unique_email, PASSWORD};
+use crate::proxy::OPENAI_KEY;
+
+struct Remote {
+    base: String,
+    client: reqwest::Client,
+    cookie: String,
+    csrf: String,
+}
+
+impl Remote {
+    async fn signup(base: &str) -> Remote {
+        let client = reqwest::Client::new();
+        let res = client
+            .post(format!("{base}/api/v1/auth/signup"))
+            .json(&json!({"email": unique_email(), "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        let cookie = session_cookie(res.headers()).unwrap();
+        let csrf = res.json::<Value>().await.unwrap()["csrf_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        Remote {
+            base: base.to_owned(),
+            client,
+            cookie,
+            csrf,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let mut rb = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .header(COOKIE, &self.cookie)
+            .header("X-CSRF-Token", &self.csrf);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        rb.send().await.unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_under_load_loses_no_key_and_no_settled_spend() {
+    let upstream = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = [("KEYBROKER_UPSTREAM_OPENAI", upstream.url.as_str())];
+    let running = serve(&data, &env).unwrap();
+    let base = format!("http://127.0.0.1:{}", running.port);
+
+    let me = Remote::signup(&base).await;
+    assert_eq!(
+        me.call(
+            reqwest::Method::POST,
+            "/api/v1/keys",
+            Some(json!({"provider": "openai", "key": OPENAI_KEY}))
+        )
+        .await
+        .status(),
+        201
+    );
+    let ceiling = 2_000_000i64; // $2.00: far more than the load can spend
+    assert_eq!(
+        me.call(
+            reqwest::Method::PUT,
+            "/api/v1/ceilings/openai",
+            Some(json!({"limit_usd": "2.00"}))
+        )
+        .await
+        .status(),
+        200
+    );
+    let res = me
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"name": "load"})),
+        )
+        .await;
+    let token = res.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Load from 8 clients; count the calls whose whole answer arrived.
+    let stop_flag = Arc::new(AtomicBool::new(false));
+    let completed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (client, url, token) = (
+            reqwest::Client::new(),
+            format!("{base}/proxy/openai/v1/chat/completions"),
+            token.clone(),
+        );
+        let (stop_flag, completed) = (stop_flag.clone(), completed.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop_flag.load(Ordering::Relaxed) {
+                let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50});
+                let Ok(res) = client.post(&url).bearer_auth(&token).json(&body).send().await else { break };
+                if res.status() == 200 && res.bytes().await.is_ok() {
+                    completed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = running.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap()
+        .success());
+    stop_flag.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut child = running.child;
+    let _ = child.wait();
+    let served = completed.load(Ordering::Relaxed);
+    assert!(served > 20, "the load ran ({served} calls)");
+
+    // Restart on the same data directory.
+    let again = serve(&data, &env).unwrap();
+    let me = Remote {
+        base: format!("http://127.0.0.1:{}", again.port),
+        ..me
+    };
+
+    // The key is there and still decrypts.
+    assert_eq!(
+        me.call(
+            reqwest::Method::POST,
+            "/api/v1/auth/reauth",
+            Some(json!({"password": PASSWORD}))
+        )
+        .await
+        .status(),
+        200
+    );
+    let keys: Value = me
+        .call(reqwest::Method::GET, "/api/v1/keys", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = keys["keys"][0]["id"].as_str().unwrap().to_owned();
+    let revealed: Value = me
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/keys/{id}/reveal"),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(revealed["key"], OPENAI_KEY);
+
+    // Every call a client received in full was charged: settled, or charged its hold at start.
+    let ceilings: Value = me
+        .call(reqwest::Method::GET, "/api/v1/ceilings", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let c = &ceilings["ceilings"][0];
+    let spent = crate::proxy::micros(&c["spent_usd"]);
+    let per_call = (OPENAI_USAGE.0 as i64 * 25 + OPENAI_USAGE.1 as i64 * 100 + 9) / 10; // gpt-4o: $2.50 / $10 per M
+    assert!(
+        spent >= served as i64 * per_call,
+        "spent {spent} µ$ < {served} calls × {per_call} µ$"
+    );
+    assert!(spent <= ceiling, "spent {spent} over the ceiling");
+    assert_eq!(c["reserved_usd"], "0.00");
+    stop(again);
+
+    let conn = rusqlite::Connection::open(data.join("keybroker.db")).unwrap();
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+    let holds: i64 = conn
+        .query_row("SELECT COUNT(*) FROM spend_holds", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(holds, 0, "holds were charged at start and cleared");
+}

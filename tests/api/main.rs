@@ -15,6 +15,7 @@ mod mail_support;
 mod oauth;
 mod password_reset;
 mod proxy;
+mod redact_cli;
 mod throttling;
 mod tokens;
 mod vault_storage;

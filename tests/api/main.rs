@@ -11,6 +11,7 @@ mod health;
 mod helpers;
 mod key_helpers;
 mod keys;
+mod log_redaction;
 mod mail_support;
 mod oauth;
 mod password_reset;

@@ -112,6 +112,7 @@ pub fn redact_stream<R: BufRead, W: Write>(
         limits,
         pending: Vec::new(),
         gathering: false,
+        private_key: memmem::Finder::new(PRIVATE_KEY),
         sink: Sink {
             redactor,
             output,
@@ -160,6 +161,8 @@ struct Splitter<'a, W> {
     pending: Vec<u8>,
     /// `pending` holds a private-key block whose `-----END` line has not arrived.
     gathering: bool,
+    /// Built once: `memmem::find` would build a searcher for every line.
+    private_key: memmem::Finder<'static>,
     sink: Sink<'a, W>,
 }
 
@@ -167,7 +170,7 @@ impl<W: Write> Splitter<'_, W> {
     /// `line` ends with `\n`.
     fn line(&mut self, line: &[u8]) -> Result<(), StreamError> {
         if self.pending.is_empty() && !self.gathering {
-            if opens_private_key(line) {
+            if self.opens_private_key(line) {
                 self.pending.extend_from_slice(line);
                 self.gathering = true;
                 return Ok(());
@@ -183,7 +186,7 @@ impl<W: Write> Splitter<'_, W> {
             }
             return Ok(());
         }
-        if opens_private_key(&self.pending) {
+        if self.opens_private_key(&self.pending) {
             self.gathering = true;
             return Ok(());
         }
@@ -203,6 +206,20 @@ impl<W: Write> Splitter<'_, W> {
         Ok(())
     }
 
+    /// A line that starts a private-key block and does not finish it.
+    fn opens_private_key(&self, line: &[u8]) -> bool {
+        if self.private_key.find(line).is_none() {
+            return false;
+        }
+        match memmem::rfind(line, b"-----BEGIN") {
+            Some(begin) => {
+                let rest = line.get(begin..).unwrap_or_default();
+                self.private_key.find(rest).is_some() && memmem::find(rest, b"-----END").is_none()
+            }
+            None => false,
+        }
+    }
+
     fn flush(&mut self) -> Result<(), StreamError> {
         let result = self.sink.emit(&self.pending);
         self.pending.clear();
@@ -217,20 +234,7 @@ impl<W: Write> Splitter<'_, W> {
     }
 }
 
-/// A line that starts a private-key block and does not finish it.
-fn opens_private_key(line: &[u8]) -> bool {
-    if memmem::find(line, b"PRIVATE KEY").is_none() {
-        return false;
-    }
-    match memmem::rfind(line, b"-----BEGIN") {
-        Some(begin) => {
-            let rest = line.get(begin..).unwrap_or_default();
-            memmem::find(rest, b"PRIVATE KEY").is_some()
-                && memmem::find(rest, b"-----END").is_none()
-        }
-        None => false,
-    }
-}
+const PRIVATE_KEY: &[u8] = b"PRIVATE KEY";
 
 fn closes_private_key(line: &[u8]) -> bool {
     memmem::find(line, b"-----END").is_some()
@@ -397,6 +401,7 @@ mod tests {
             limits,
             pending: Vec::new(),
             gathering: false,
+            private_key: memmem::Finder::new(PRIVATE_KEY),
             sink: Sink {
                 redactor: telemetry::redactor(),
                 output: &mut out,

@@ -119,8 +119,8 @@ fn keybroker() -> Command {
 }
 
 /// `serve` at `debug` with stderr going to a file, so the whole of it can be read after exit.
-fn serve_logging_to(data: &Path, stderr: &Path, format: &str) -> (Child, u16) {
-    let child = keybroker()
+fn serve_logging_to(data: &Path, stderr: &Path, format: &str) -> Child {
+    keybroker()
         .args(["serve", "--bind", "127.0.0.1:0", "--log-format", format])
         .arg("--data-dir")
         .arg(data)
@@ -128,7 +128,11 @@ fn serve_logging_to(data: &Path, stderr: &Path, format: &str) -> (Child, u16) {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(stderr).unwrap())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// The port from the start-up line (`port=N` in text, `"port":N` in JSON).
+fn wait_for_port(child: &mut Child, stderr: &Path) -> u16 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = std::fs::read_to_string(stderr).unwrap_or_default();
@@ -141,9 +145,13 @@ fn serve_logging_to(data: &Path, stderr: &Path, format: &str) -> (Child, u16) {
                 digits.parse().ok()
             });
         if let Some(port) = port {
-            return (child, port);
+            return port;
         }
-        assert!(Instant::now() < deadline, "server did not start:\n{text}");
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("server did not start:\n{text}");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -239,7 +247,8 @@ async fn the_server_at_debug_level_writes_no_planted_secret_to_stderr_or_its_log
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let stderr_path = dir.path().join("stderr");
-        let (child, port) = serve_logging_to(&data, &stderr_path, format);
+        let mut child = serve_logging_to(&data, &stderr_path, format);
+        let port = wait_for_port(&mut child, &stderr_path);
         let secrets = requests_with_planted_secrets(&format!("http://127.0.0.1:{port}")).await;
         stop(child);
 

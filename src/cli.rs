@@ -1,4 +1,4 @@
-//! The command line: `serve`, `rewrap`, `master-key generate|retire`, `audit verify`. Each command's result goes
+//! The command line: `serve`, `rewrap`, `master-key generate|retire`, `audit verify`, `redact`. Each command's result goes
 //! to stdout; diagnostics go through the redacting logger; a failure is one line and a non-zero
 //! exit status.
 
@@ -37,6 +37,12 @@ enum Command {
     /// Audit log utilities.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Copy stdin to stdout with API keys and credentials replaced by [REDACTED:kind] markers.
+    Redact {
+        /// Print how many secrets of each kind were found to stderr at the end.
+        #[arg(long)]
+        stats: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +118,10 @@ pub fn main() -> ExitCode {
         Command::Audit(AuditCommand::Verify { data }) => {
             telemetry::init_cli();
             audit_verify(data)
+        }
+        Command::Redact { stats } => {
+            telemetry::init_cli();
+            crate::redact_cmd::run(stats)
         }
     };
     match result {

@@ -14,6 +14,7 @@ pub mod metering;
 pub mod money;
 pub mod providers;
 pub mod proxy;
+pub mod redact_cmd;
 pub mod routes;
 pub mod spend;
 pub mod startup;

@@ -456,7 +456,7 @@ async fn deleting_needs_recent_reauth_and_takes_effect_on_the_next_call() {
     assert_eq!(error_type(res, 403).await, "reauth_required");
     assert_eq!(list_keys(&app, &s).await.len(), 1);
 
-    grant_reauth(&app, &s);
+    grant_reauth(&app, &s).await;
     let res = delete(&app, &s, id).await;
     assert_eq!(res.status(), 204);
     assert!(list_keys(&app, &s).await.is_empty());
@@ -486,7 +486,7 @@ async fn reveal_works_only_inside_the_reauth_window_and_is_not_cached() {
     assert_eq!(res.headers()["cache-control"], "no-store");
     assert_eq!(error_type(res, 403).await, "reauth_required");
 
-    grant_reauth(&app, &s);
+    grant_reauth(&app, &s).await;
     let res = reveal(&app, &s, id).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["cache-control"], "no-store");
@@ -504,7 +504,7 @@ async fn reveal_needs_the_csrf_token() {
     let app = TestApp::spawn().await;
     let s = app.signed_up().await;
     let added = add_key(&app, &s, "openai", &openai_key()).await;
-    grant_reauth(&app, &s);
+    grant_reauth(&app, &s).await;
     let res = app
         .client
         .post(app.url(&format!(
@@ -528,7 +528,7 @@ async fn another_account_can_neither_see_nor_touch_a_key_and_gets_404() {
     let a_id = added["id"].as_str().unwrap();
     let b_key = openai_key();
     add_key(&app, &b, "openai", &b_key).await;
-    grant_reauth(&app, &b);
+    grant_reauth(&app, &b).await;
 
     let b_list = list_keys(&app, &b).await;
     assert_eq!(b_list.len(), 1);

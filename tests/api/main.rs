@@ -9,6 +9,7 @@ mod cli;
 mod fake_upstream;
 mod health;
 mod helpers;
+mod isolation;
 mod key_helpers;
 mod keys;
 mod mail_support;

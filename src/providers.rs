@@ -7,16 +7,17 @@
 //! wrong provider (or a truncated one) is refused at once instead of failing on the first call.
 //!
 //! Where the `redactor` crate knows a provider's key shape, [`Provider::key_format_ok`] asks it
-//! (`redactor::matches_format`): the shapes the redactor scans logs and error bodies for are the
-//! shapes this registry accepts, defined once. Two kinds of registry-owned pattern remain:
+//! (`redactor::matches_format`, built from the same constants as the redactor's scanning rules),
+//! so a shape is defined once and a change there changes what is accepted here. Two kinds of
+//! registry-owned pattern remain:
 //!
 //! - shapes the redactor has none for: Vultr and Railway keys (any plausible charset and length),
 //!   the Twilio auth token, the bare 32-hex ElevenLabs v1 key;
 //! - `also` patterns, accepted *besides* the redactor's shape: looser shapes this registry took
 //!   before it delegated (OpenAI project keys without the `T3BlbkFJ` marker, Anthropic keys of
-//!   other lengths, ...). Keys already stored and scripts that add them must keep working; the
-//!   redactor's exact-value redaction covers these keys whatever their shape. Each is a candidate
-//!   for removal, not a second definition of the provider's format.
+//!   other lengths, ...). Keys already stored and scripts that add them must keep working; while
+//!   the proxy uses a key the redactor holds its exact value, which covers these keys whatever
+//!   their shape. Each is a candidate for removal, not a second definition of the format.
 //!
 //! # Twilio
 //!

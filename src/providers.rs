@@ -5,9 +5,19 @@
 //!
 //! A key is checked against its provider's format before it is stored, so a key pasted into the
 //! wrong provider (or a truncated one) is refused at once instead of failing on the first call.
-//! Providers whose keys have no published shape (Vultr, Railway) accept any key of a plausible
-//! charset and length. The check lives behind [`Provider::key_format_ok`] so it can later
-//! delegate to the `redactor` crate's format table, keeping one source of truth.
+//!
+//! Where the `redactor` crate knows a provider's key shape, [`Provider::key_format_ok`] asks it
+//! (`redactor::matches_format`, built from the same constants as the redactor's scanning rules),
+//! so a shape is defined once and a change there changes what is accepted here. Two kinds of
+//! registry-owned pattern remain:
+//!
+//! - shapes the redactor has none for: Vultr and Railway keys (any plausible charset and length),
+//!   the Twilio auth token, the bare 32-hex ElevenLabs v1 key;
+//! - `also` patterns, accepted *besides* the redactor's shape: looser shapes this registry took
+//!   before it delegated (OpenAI project keys without the `T3BlbkFJ` marker, Anthropic keys of
+//!   other lengths, ...). Keys already stored and scripts that add them must keep working; while
+//!   the proxy uses a key the redactor holds its exact value, which covers these keys whatever
+//!   their shape. Each is a candidate for removal, not a second definition of the format.
 //!
 //! # Twilio
 //!
@@ -18,6 +28,7 @@
 
 use std::sync::LazyLock;
 
+use redactor::Kind;
 use regex::Regex;
 
 /// How the proxy presents a key upstream.
@@ -34,13 +45,25 @@ pub enum Injection {
 /// What a provider's keys look like.
 #[derive(Debug, Clone, Copy)]
 enum Format {
-    /// The whole key must match one of these anchored patterns. `prefixes` are the literal
-    /// starts of those patterns: shown in masks and used to spot keys in URLs.
-    Fixed {
-        patterns: &'static [&'static str],
+    /// The redactor has a shape for these keys: a key is accepted if `redactor::matches_format`
+    /// says it is a `kind` key, or if it matches one of the registry's `also` patterns (see the
+    /// module docs).
+    Redactor {
+        kind: Kind,
+        /// Anchored patterns accepted besides the redactor's shape.
+        also: &'static [&'static str],
+        /// The literal starts of the provider's keys: shown in masks and used to spot keys in URLs.
         prefixes: &'static [&'static str],
-        /// Keys of another provider that would otherwise match (an Anthropic key starts `sk-`).
+        /// Starts refused even if a shape matches: keys of another provider or of another kind
+        /// that the shape also takes (a Stripe webhook secret is not an API key).
         not_prefixes: &'static [&'static str],
+    },
+    /// `user:password` (HTTP Basic): `user` must be a `user_kind` key of the redactor starting
+    /// with one of `prefixes`; `password` is an anchored registry pattern.
+    Pair {
+        user_kind: Kind,
+        prefixes: &'static [&'static str],
+        password: &'static str,
     },
     /// No published shape: printable, no whitespace, 16–512 characters.
     Free,
@@ -67,8 +90,10 @@ pub static PROVIDERS: &[Provider] = &[
         display_name: "OpenAI",
         base_url: "https://api.openai.com",
         injection: Injection::Bearer,
-        format: Format::Fixed {
-            patterns: &[r"^sk-(?:(?:proj|svcacct|admin)-)?[A-Za-z0-9_-]{20,250}$"],
+        format: Format::Redactor {
+            kind: Kind::OpenAi,
+            // The redactor wants the `T3BlbkFJ` marker in project, service-account and admin keys.
+            also: &[r"^sk-(?:(?:proj|svcacct|admin)-)?[A-Za-z0-9_-]{20,250}$"],
             prefixes: &["sk-proj-", "sk-svcacct-", "sk-admin-", "sk-"],
             not_prefixes: &["sk-ant-"],
         },
@@ -78,9 +103,11 @@ pub static PROVIDERS: &[Provider] = &[
         display_name: "Anthropic",
         base_url: "https://api.anthropic.com",
         injection: Injection::Header("x-api-key"),
-        format: Format::Fixed {
-            patterns: &[r"^sk-ant-api03-[A-Za-z0-9_-]{32,200}$"],
-            prefixes: &["sk-ant-api03-"],
+        format: Format::Redactor {
+            kind: Kind::Anthropic,
+            // The redactor wants exactly 93 characters then `AA`.
+            also: &[r"^sk-ant-api03-[A-Za-z0-9_-]{32,200}$"],
+            prefixes: &["sk-ant-api03-", "sk-ant-admin01-"],
             not_prefixes: &[],
         },
     },
@@ -89,8 +116,9 @@ pub static PROVIDERS: &[Provider] = &[
         display_name: "Google AI (Gemini)",
         base_url: "https://generativelanguage.googleapis.com",
         injection: Injection::Header("x-goog-api-key"),
-        format: Format::Fixed {
-            patterns: &[r"^AIza[0-9A-Za-z_-]{35}$"],
+        format: Format::Redactor {
+            kind: Kind::Google,
+            also: &[],
             prefixes: &["AIza"],
             not_prefixes: &[],
         },
@@ -100,9 +128,15 @@ pub static PROVIDERS: &[Provider] = &[
         display_name: "ElevenLabs",
         base_url: "https://api.elevenlabs.io",
         injection: Injection::Header("xi-api-key"),
-        format: Format::Fixed {
-            // Current keys are `sk_` + 48 hex; older ones are 32 bare hex digits.
-            patterns: &[r"^sk_[0-9a-f]{32,64}$", r"^[0-9a-f]{32}$"],
+        format: Format::Redactor {
+            kind: Kind::ElevenLabs,
+            also: &[
+                // The redactor's format takes `sk_` + exactly 48 hex (its scanner 32–64).
+                r"^sk_[0-9a-f]{32,64}$",
+                // v1 keys, 32 bare hex digits: no shape of their own (the redactor cannot tell
+                // them from Twilio auth tokens), so the registry keeps this one.
+                r"^[0-9a-f]{32}$",
+            ],
             prefixes: &["sk_"],
             not_prefixes: &[],
         },
@@ -112,10 +146,12 @@ pub static PROVIDERS: &[Provider] = &[
         display_name: "Stripe",
         base_url: "https://api.stripe.com",
         injection: Injection::Bearer,
-        format: Format::Fixed {
-            patterns: &[r"^(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{16,247}$"],
+        format: Format::Redactor {
+            kind: Kind::Stripe,
+            also: &[],
             prefixes: &["sk_live_", "sk_test_", "rk_live_", "rk_test_"],
-            not_prefixes: &[],
+            // The redactor's Stripe shape includes webhook signing secrets, which the API refuses.
+            not_prefixes: &["whsec_"],
         },
     },
     Provider {
@@ -123,10 +159,11 @@ pub static PROVIDERS: &[Provider] = &[
         display_name: "Twilio",
         base_url: "https://api.twilio.com",
         injection: Injection::Basic,
-        format: Format::Fixed {
-            patterns: &[r"^AC[0-9a-f]{32}:[0-9a-f]{32}$"],
+        // The account SID authenticates (`SK` API key SIDs pair with a different secret).
+        format: Format::Pair {
+            user_kind: Kind::Twilio,
             prefixes: &["AC"],
-            not_prefixes: &[],
+            password: r"^[0-9a-f]{32}$",
         },
     },
     Provider {
@@ -134,8 +171,10 @@ pub static PROVIDERS: &[Provider] = &[
         display_name: "Resend",
         base_url: "https://api.resend.com",
         injection: Injection::Bearer,
-        format: Format::Fixed {
-            patterns: &[r"^re_[A-Za-z0-9_]{16,100}$"],
+        format: Format::Redactor {
+            kind: Kind::Resend,
+            // The redactor wants `re_` + 6–12 + `_` + 16–40.
+            also: &[r"^re_[A-Za-z0-9_]{16,100}$"],
             prefixes: &["re_"],
             not_prefixes: &[],
         },
@@ -156,17 +195,28 @@ pub static PROVIDERS: &[Provider] = &[
     },
 ];
 
-/// Every pattern of the registry, compiled once, in registry order. A pattern that failed to
+impl Format {
+    /// The registry's own patterns for this format (the redactor's are compiled by the redactor).
+    fn own_patterns(&self) -> &[&'static str] {
+        match self {
+            Format::Redactor { also, .. } => also,
+            Format::Pair { password, .. } => std::slice::from_ref(password),
+            Format::Free => &[FREE_PATTERN],
+        }
+    }
+}
+
+/// The registry's own patterns, compiled once, in registry order. A pattern that failed to
 /// compile is `None` and matches nothing (fail closed); a unit test keeps them all valid.
 static COMPILED: LazyLock<Vec<Vec<Option<Regex>>>> = LazyLock::new(|| {
     PROVIDERS
         .iter()
         .map(|p| {
-            let patterns: &[&str] = match &p.format {
-                Format::Fixed { patterns, .. } => patterns,
-                Format::Free => &[FREE_PATTERN],
-            };
-            patterns.iter().map(|s| Regex::new(s).ok()).collect()
+            p.format
+                .own_patterns()
+                .iter()
+                .map(|s| Regex::new(s).ok())
+                .collect()
         })
         .collect()
 });
@@ -190,23 +240,42 @@ impl Provider {
         PROVIDERS.iter().position(|p| p.id == self.id)
     }
 
-    /// Whether `key` (already trimmed) has this provider's key format.
-    pub fn key_format_ok(&self, key: &str) -> bool {
-        if let Format::Fixed { not_prefixes, .. } = &self.format {
-            if not_prefixes.iter().any(|p| key.starts_with(p)) {
-                return false;
-            }
-        }
+    /// Whether `key` matches one of the registry's own patterns for this provider.
+    fn own_format_ok(&self, key: &str) -> bool {
         self.index()
             .and_then(|i| COMPILED.get(i))
             .is_some_and(|patterns| patterns.iter().flatten().any(|re| re.is_match(key)))
+    }
+
+    /// Whether `key` (already trimmed) has this provider's key format.
+    pub fn key_format_ok(&self, key: &str) -> bool {
+        match &self.format {
+            Format::Redactor {
+                kind, not_prefixes, ..
+            } => {
+                !not_prefixes.iter().any(|p| key.starts_with(p))
+                    && (redactor::matches_format(*kind, key) || self.own_format_ok(key))
+            }
+            Format::Pair {
+                user_kind,
+                prefixes,
+                ..
+            } => key.split_once(':').is_some_and(|(user, password)| {
+                prefixes.iter().any(|p| user.starts_with(p))
+                    && redactor::matches_format(*user_kind, user)
+                    && self.own_format_ok(password)
+            }),
+            Format::Free => self.own_format_ok(key),
+        }
     }
 
     /// The fixed, public start of `key` for this provider (`sk-proj-`, `AIza`, ...), if any.
     /// Never derived from the secret part: only literal prefixes from the registry.
     pub fn known_prefix(&self, key: &str) -> Option<&'static str> {
         match &self.format {
-            Format::Fixed { prefixes, .. } => prefixes.iter().copied().find(|p| key.starts_with(p)),
+            Format::Redactor { prefixes, .. } | Format::Pair { prefixes, .. } => {
+                prefixes.iter().copied().find(|p| key.starts_with(p))
+            }
             Format::Free => None,
         }
     }
@@ -229,6 +298,7 @@ pub fn looks_like_credential(candidate: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy as _;
 
     fn p(id: &str) -> &'static Provider {
         lookup(id).unwrap()
@@ -309,6 +379,94 @@ mod tests {
         ];
         for (id, key) in bad {
             assert!(!p(id).key_format_ok(&key), "{id} should refuse a bad key");
+        }
+    }
+
+    /// Keys only the redactor's shapes take: proof that the check asks the redactor.
+    #[test]
+    fn shapes_the_redactor_knows_are_accepted_through_it() {
+        let openai_long = format!("sk-proj-{}T3BlbkFJ{}", "a".repeat(150), "b".repeat(150));
+        let anthropic_admin = format!("sk-ant-admin01-{}AA", "x".repeat(93));
+        let stripe_short = format!("sk_test_{}", "a".repeat(12));
+        let twilio_upper = format!("AC{}:{}", "A".repeat(32), "b".repeat(32));
+        for (id, kind, key) in [
+            ("openai", Kind::OpenAi, &openai_long),
+            ("anthropic", Kind::Anthropic, &anthropic_admin),
+            ("stripe", Kind::Stripe, &stripe_short),
+        ] {
+            assert!(redactor::matches_format(kind, key), "{id}: redactor shape");
+            assert!(!p(id).own_format_ok(key), "{id}: not a registry pattern's");
+            assert!(p(id).key_format_ok(key), "{id} should accept it");
+        }
+        assert!(p("twilio").key_format_ok(&twilio_upper));
+        assert_eq!(
+            p("anthropic").known_prefix(&anthropic_admin),
+            Some("sk-ant-admin01-")
+        );
+    }
+
+    #[test]
+    fn shapes_the_redactor_takes_that_are_not_api_keys_are_refused() {
+        let refused = [
+            // A Stripe webhook signing secret.
+            ("stripe", format!("whsec_{}", "A".repeat(32))),
+            // Twilio: the user must be an account SID, not a bare hex token or an API key SID.
+            ("twilio", format!("{}:{}", "a".repeat(32), "b".repeat(32))),
+            ("twilio", format!("SK{}:{}", "a".repeat(32), "b".repeat(32))),
+            ("twilio", format!("AC{}:{}", "a".repeat(32), "B".repeat(32))),
+        ];
+        for (id, key) in refused {
+            assert!(!p(id).key_format_ok(&key), "{id} should refuse {key}");
+        }
+    }
+
+    /// The shapes the proxy tests and older clients use keep working.
+    #[test]
+    fn keys_accepted_before_delegation_are_still_accepted() {
+        let ok = [
+            ("openai", "sk-proj-TESTabcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH".to_owned()),
+            ("anthropic", "sk-ant-api03-TESTabcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx-AAAAAAAA".to_owned()),
+            ("google", "AIzaSyTESTabcdefghijklmnopqrstuvwxyz012".to_owned()),
+            ("openai", format!("sk-{}", "a".repeat(20))),
+            ("anthropic", format!("sk-ant-api03-{}", "a".repeat(32))),
+            ("elevenlabs", format!("sk_{}", "0".repeat(32))),
+            ("elevenlabs", format!("sk_{}", "f".repeat(64))),
+            ("stripe", format!("sk_live_{}", "a".repeat(247))),
+            ("resend", format!("re_{}", "a".repeat(16))),
+            ("resend", format!("re_{}", "_".repeat(100))),
+        ];
+        for (id, key) in ok {
+            assert!(p(id).key_format_ok(&key), "{id} should still accept {key}");
+        }
+    }
+
+    /// The registry's patterns before it delegated to the redactor, verbatim.
+    const BEFORE_DELEGATION: &[(&str, &str)] = &[
+        (
+            "openai",
+            r"sk-(?:(?:proj|svcacct|admin)-)?[A-Za-z0-9_-]{20,250}",
+        ),
+        ("anthropic", r"sk-ant-api03-[A-Za-z0-9_-]{32,200}"),
+        ("google", r"AIza[0-9A-Za-z_-]{35}"),
+        ("elevenlabs", r"sk_[0-9a-f]{32,64}"),
+        ("elevenlabs", r"[0-9a-f]{32}"),
+        ("stripe", r"(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{16,247}"),
+        ("twilio", r"AC[0-9a-f]{32}:[0-9a-f]{32}"),
+        ("resend", r"re_[A-Za-z0-9_]{16,100}"),
+    ];
+
+    proptest::proptest! {
+        #[test]
+        fn every_key_the_old_patterns_accepted_is_still_accepted(
+            (i, key) in (0..BEFORE_DELEGATION.len()).prop_flat_map(|i| {
+                let strategy = proptest::string::string_regex(BEFORE_DELEGATION[i].1).unwrap();
+                (proptest::strategy::Just(i), strategy)
+            })
+        ) {
+            let id = BEFORE_DELEGATION[i].0;
+            // The old check refused Anthropic keys for OpenAI before any pattern.
+            proptest::prop_assume!(!(id == "openai" && key.starts_with("sk-ant-")));
+            proptest::prop_assert!(p(id).key_format_ok(&key), "{} refuses {}", id, key);
         }
     }
 

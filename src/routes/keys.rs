@@ -14,7 +14,6 @@ use crate::error::ApiError;
 use crate::http::auth::{Authenticated, RequestContext};
 use crate::http::download::{self, Format};
 use crate::keys::material::{self, KeyError, KeyMaterial};
-use crate::keys::spend_for;
 use crate::keys::store::{self, KeyRow, StoreError};
 use crate::providers::{self, Provider};
 use crate::startup::AppState;
@@ -387,9 +386,13 @@ pub async fn export(
             Ok(rows)
         })
         .await?;
+    // The ledger is the live figure (settled spend of the current ceiling period); the database
+    // copy lags it by one group commit.
+    let ledger = &state.proxy.ledger;
     let with_spend = rows.into_iter().map(|row| {
-        let (ceiling, spent) = spend_for(account_id, &row.provider);
-        (row, ceiling, spent)
+        let snapshot = ledger.snapshot(account_id, &row.provider);
+        let ceiling = snapshot.limit.map(|m| m.to_string());
+        (row, ceiling, snapshot.spent.to_string())
     });
     match format {
         Format::Json => {

@@ -60,7 +60,7 @@ async fn lifecycle(app: &TestApp, s: &Session) -> (String, String) {
         .await
         .unwrap();
     assert_eq!(res.status(), 403);
-    grant_reauth(app, s);
+    grant_reauth(app, s).await;
     let res = app
         .send(Method::POST, &format!("/api/v1/keys/{id}/reveal"), Some(s))
         .send()
@@ -111,6 +111,7 @@ async fn key_and_token_events_are_recorded_with_context_and_no_secret() {
             "key.delete",
             "keys.export",
             "key.reveal",
+            "reauth",
             "key.reveal",
             "key.rotate",
             "key.add",
@@ -118,14 +119,16 @@ async fn key_and_token_events_are_recorded_with_context_and_no_secret() {
         ]
     );
     let entries = page["entries"].as_array().unwrap();
-    let rotate = &entries[6];
+    let rotate = &entries[7];
     assert_eq!(rotate["actor"], "user");
     assert_eq!(rotate["request_id"], "req-rotate-1");
     assert_eq!(rotate["client_addr"], "127.0.0.1");
     assert_eq!(rotate["outcome"], "success");
     assert!(rotate["resource"].as_str().unwrap().starts_with("key_"));
     assert!(rotate["at"].as_str().unwrap().ends_with('Z'));
-    assert_eq!(entries[5]["outcome"], "denied");
+    assert_eq!(entries[6]["outcome"], "denied");
+    assert_eq!(entries[5]["action"], "reauth");
+    assert_eq!(entries[5]["outcome"], "success");
     assert_eq!(entries[4]["outcome"], "success");
     assert_eq!(entries[3]["resource"], "csv");
     assert!(entries[0]["resource"].as_str().unwrap().starts_with("tok_"));

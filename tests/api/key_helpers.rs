@@ -1,8 +1,5 @@
 //! Shared by the keys, tokens and audit tests: unique planted keys, adding keys and tokens
 //! through the API, and granting a session a re-auth window.
-//!
-//! `grant_reauth` sets `sessions.reauth_until` straight in SQLite: `POST /api/v1/auth/reauth`
-//! is being built on another branch. Once it lands, these tests can call it instead.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
@@ -10,7 +7,7 @@ use rusqlite::Connection;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{Session, TestApp};
+use crate::helpers::{Session, TestApp, PASSWORD};
 
 /// A fresh, unique, well-formed OpenAI project key.
 pub fn openai_key() -> String {
@@ -37,17 +34,19 @@ fn session_hash(s: &Session) -> Vec<u8> {
     Sha256::digest(id).to_vec()
 }
 
-/// Opens the re-auth window of `s` for ten minutes from the app's clock.
-pub fn grant_reauth(app: &TestApp, s: &Session) {
-    let conn = Connection::open(app.db_path()).unwrap();
-    let until = app.state.clock.unix() + 600;
-    let n = conn
-        .execute(
-            "UPDATE sessions SET reauth_until = ?1 WHERE id_hash = ?2",
-            rusqlite::params![until, session_hash(s)],
+/// Opens the re-auth window of `s` the way a browser does: `POST /api/v1/auth/reauth` with the
+/// session's CSRF token and the password every `signed_up` account has.
+pub async fn grant_reauth(app: &TestApp, s: &Session) {
+    let res = app
+        .post_json(
+            "/api/v1/auth/reauth",
+            Some(s),
+            &json!({"password": PASSWORD}),
         )
+        .send()
+        .await
         .unwrap();
-    assert_eq!(n, 1, "session row found");
+    assert_eq!(res.status(), 200, "reauth");
 }
 
 pub fn account_id(app: &TestApp, s: &Session) -> i64 {

@@ -9,10 +9,14 @@ use keybroker::tokens::{self, KeyAccess};
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use crate::fake_upstream::OPENAI_USAGE;
 use crate::helpers::{Session, TestApp};
 use crate::key_helpers::{
     account_id, add_key, anthropic_key, blob_encodings, blob_of, create_token, error_type,
     grant_reauth, list_keys, openai_key,
+};
+use crate::proxy::{
+    self, app_with_upstream, chat, expected_micros, micros, set_ceiling, OPENAI_KEY,
 };
 
 async fn reveal(app: &TestApp, s: &Session, id: &str) -> reqwest::Response {
@@ -452,7 +456,7 @@ async fn deleting_needs_recent_reauth_and_takes_effect_on_the_next_call() {
     assert_eq!(error_type(res, 403).await, "reauth_required");
     assert_eq!(list_keys(&app, &s).await.len(), 1);
 
-    grant_reauth(&app, &s);
+    grant_reauth(&app, &s).await;
     let res = delete(&app, &s, id).await;
     assert_eq!(res.status(), 204);
     assert!(list_keys(&app, &s).await.is_empty());
@@ -482,7 +486,7 @@ async fn reveal_works_only_inside_the_reauth_window_and_is_not_cached() {
     assert_eq!(res.headers()["cache-control"], "no-store");
     assert_eq!(error_type(res, 403).await, "reauth_required");
 
-    grant_reauth(&app, &s);
+    grant_reauth(&app, &s).await;
     let res = reveal(&app, &s, id).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["cache-control"], "no-store");
@@ -500,7 +504,7 @@ async fn reveal_needs_the_csrf_token() {
     let app = TestApp::spawn().await;
     let s = app.signed_up().await;
     let added = add_key(&app, &s, "openai", &openai_key()).await;
-    grant_reauth(&app, &s);
+    grant_reauth(&app, &s).await;
     let res = app
         .client
         .post(app.url(&format!(
@@ -524,7 +528,7 @@ async fn another_account_can_neither_see_nor_touch_a_key_and_gets_404() {
     let a_id = added["id"].as_str().unwrap();
     let b_key = openai_key();
     add_key(&app, &b, "openai", &b_key).await;
-    grant_reauth(&app, &b);
+    grant_reauth(&app, &b).await;
 
     let b_list = list_keys(&app, &b).await;
     assert_eq!(b_list.len(), 1);
@@ -787,4 +791,55 @@ async fn key_routes_need_a_session() {
             .unwrap();
         assert_eq!(res.status(), 401, "{method} {path}");
     }
+}
+
+#[tokio::test]
+async fn the_export_shows_the_ceiling_and_the_spend_of_proxied_calls() {
+    let (app, _upstream) = app_with_upstream().await;
+    let s = app.signed_up().await;
+    let added = proxy::add_key(&app, &s, "openai", OPENAI_KEY).await;
+    set_ceiling(&app, &s, "openai", "2.50").await;
+    let t = proxy::token(&app, &s, None).await;
+    for _ in 0..3 {
+        let res = app
+            .client
+            .post(app.url("/proxy/openai/v1/chat/completions"))
+            .bearer_auth(&t)
+            .json(&chat("gpt-4o-mini"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.bytes().await.unwrap();
+    }
+    // Settlement follows the last body byte: wait until nothing is held any more.
+    for _ in 0..100 {
+        if proxy::ceiling(&app, &s, "openai").await["reserved_usd"] == "0.00" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // gpt-4o-mini: $0.15 in, $0.60 out per million; each call rounded up on its own.
+    let per_call = expected_micros(&[(OPENAI_USAGE.0, 0.15), (OPENAI_USAGE.1, 0.60)]);
+    let spent = proxy::ceiling(&app, &s, "openai").await["spent_usd"].clone();
+    assert_eq!(micros(&spent), 3 * per_call);
+
+    let body: Value = export(&app, &s, "json").await.json().await.unwrap();
+    let row = &body["keys"][0];
+    assert_eq!(row["id"], added["id"]);
+    assert_eq!(row["ceiling_usd"], "2.50");
+    assert_eq!(row["spent_usd"], spent);
+
+    let text = export(&app, &s, "csv").await.text().await.unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 1);
+    let cell = |name: &str| {
+        let i = headers.iter().position(|h| h == name).unwrap();
+        rows[0][i].to_owned()
+    };
+    assert_eq!(cell("id"), added["id"].as_str().unwrap());
+    assert_eq!(cell("ceiling_usd"), "2.50");
+    assert_eq!(cell("spent_usd"), spent.as_str().unwrap());
 }

@@ -10,6 +10,7 @@ mod crash;
 mod fake_upstream;
 mod health;
 mod helpers;
+mod isolation;
 mod key_helpers;
 mod keys;
 mod log_redaction;

@@ -101,7 +101,7 @@ pub async fn ceiling(app: &TestApp, s: &Session, provider: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn chat(model: &str) -> Value {
+pub fn chat(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50})
 }
 
@@ -186,7 +186,7 @@ pub fn micros(usd: &Value) -> i64 {
 }
 
 /// ceil(Σ tokens × USD-per-million) in micro-dollars: the price table's rule, computed by hand.
-fn expected_micros(parts: &[(u64, f64)]) -> i64 {
+pub fn expected_micros(parts: &[(u64, f64)]) -> i64 {
     // Prices have at most 4 decimals per million; work in 1e-4 micro-dollar units to stay exact.
     let units: u64 = parts
         .iter()

@@ -85,9 +85,10 @@ impl Db {
     /// A separate read-write connection to the same file, for a writer thread that owns its
     /// connection (the spend writer). `synchronous` is the caller's choice and reason.
     pub fn dedicated_writer(&self, synchronous: &str) -> Result<Connection, DbError> {
-        let conn = Connection::open(&self.inner.path)?;
+        let mut conn = Connection::open(&self.inner.path)?;
         configure(&conn)?;
         conn.pragma_update(None, "synchronous", synchronous)?;
+        conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         Ok(conn)
     }
 
@@ -112,6 +113,11 @@ impl Db {
             )));
         }
         MIGRATIONS.to_latest(&mut writer)?;
+        // Two connections write to this file (this one and the spend writer). A deferred
+        // transaction that reads and then writes would fail at once (SQLITE_BUSY_SNAPSHOT) if the
+        // other committed in between; IMMEDIATE takes the write lock at BEGIN, waiting up to the
+        // busy timeout instead.
+        writer.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
 
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {

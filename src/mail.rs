@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
-use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -63,7 +63,8 @@ impl fmt::Debug for Mail {
 
 enum Transport {
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
-    File(AsyncFileTransport<Tokio1Executor>),
+    /// `<data-dir>/outbox/`: one `.eml` file per message, written whole (see [`write_eml`]).
+    File(PathBuf),
 }
 
 pub struct Mailer {
@@ -106,7 +107,7 @@ impl Mailer {
                         path: dir.display().to_string(),
                         source,
                     })?;
-                Transport::File(AsyncFileTransport::<Tokio1Executor>::new(dir))
+                Transport::File(dir)
             }
         };
         Ok(Self { transport, from })
@@ -127,13 +128,34 @@ impl Mailer {
                 .await
                 .map(drop)
                 .map_err(|e| MailError::Send(e.to_string())),
-            Transport::File(t) => t
-                .send(message)
-                .await
-                .map(drop)
-                .map_err(|e| MailError::Send(e.to_string())),
+            Transport::File(dir) => {
+                let (dir, bytes) = (dir.clone(), message.formatted());
+                tokio::task::spawn_blocking(move || write_eml(&dir, &bytes))
+                    .await
+                    .map_err(|e| MailError::Send(e.to_string()))?
+                    .map_err(|e| MailError::Send(e.to_string()))
+            }
         }
     }
+}
+
+/// Writes one message as `<uuid>.eml`, readable by the owner only (reset mails carry live
+/// links). It is written under a temporary name and renamed into place, so a reader of the
+/// outbox never sees half a message.
+fn write_eml(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let name = uuid::Uuid::new_v4();
+    let tmp = dir.join(format!(".{name}.eml.tmp"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, dir.join(format!("{name}.eml")))
 }
 
 /// The sending side of the mail queue, held by the application state.

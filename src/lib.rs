@@ -11,6 +11,7 @@ pub mod http;
 pub mod keys;
 pub mod mail;
 pub mod metering;
+pub mod metrics;
 pub mod money;
 pub mod providers;
 pub mod proxy;

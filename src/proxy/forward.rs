@@ -63,6 +63,7 @@ pub struct Proxy {
     pub ledger: Ledger,
     pub writer: Arc<SpendWriter>,
     pub prices: Arc<PriceTable>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     rate: DefaultKeyedRateLimiter<String>,
     in_flight: Arc<Mutex<HashMap<i64, u32>>>,
 }
@@ -82,6 +83,7 @@ impl Proxy {
             ledger,
             writer,
             prices,
+            metrics: Arc::new(crate::metrics::Metrics::default()),
             in_flight: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -223,6 +225,7 @@ pub async fn proxy(
     state: web::Data<AppState>,
     client: web::Data<awc::Client>,
 ) -> Result<HttpResponse, ApiError> {
+    let started = std::time::Instant::now();
     let proxy = &state.proxy;
     let provider_id = req.match_info().get("provider").unwrap_or("");
     let provider = providers::lookup(provider_id).ok_or_else(|| {
@@ -404,7 +407,11 @@ pub async fn proxy(
         .insert_header(("accept-encoding", "identity"))
         .no_decompress();
 
+    let before_send = started.elapsed();
+    let send_at = std::time::Instant::now();
     let sent = upstream.send_body(body.clone()).await;
+    let head_at = std::time::Instant::now();
+    proxy.metrics.upstream_latency.record(head_at - send_at);
     let response = match sent {
         Ok(r) => r,
         Err(e) => {
@@ -521,6 +528,10 @@ pub async fn proxy(
         strip_usage_chunk && content_type.starts_with("text/event-stream"),
         proxy.settings.read_timeout,
     );
+    proxy
+        .metrics
+        .proxy_overhead
+        .record(before_send + head_at.elapsed());
     Ok(out.streaming(body))
 }
 

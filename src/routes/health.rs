@@ -29,3 +29,10 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         ))
     }
 }
+
+/// Prometheus metrics (no label names an account, a key or a token).
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.proxy.metrics.render(state.proxy.writer.queue_depth()))
+}

@@ -41,6 +41,8 @@ pub struct AppState {
     pub public_url: Option<String>,
     /// Tool-token lookups for the proxy; revocations through the API evict at once.
     pub tokens: TokenCache,
+    /// Sealed keys recently read by the proxy; key rotation and deletion evict.
+    pub key_cache: crate::keys::cache::KeyCache,
     pub proxy: Proxy,
     /// Queued outgoing mail (reset links, notifications).
     pub mail: Outbox,
@@ -178,6 +180,7 @@ impl Application {
             fingerprint_secret: secrets.fingerprint_secret,
             clock: settings.clock.clone(),
             tokens: TokenCache::new(),
+            key_cache: crate::keys::cache::KeyCache::default(),
             proxy,
             public_url: settings
                 .public_url

@@ -22,6 +22,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::keys::cache::KeyCache;
 use crate::db::{Db, DbError};
 use crate::keys::store::{self, StoreError};
 use crate::vault::{Plaintext, Vault};
@@ -245,6 +246,36 @@ pub fn key_for(
             None => KeyAccess::NoKey,
         },
     )
+}
+
+/// [`key_for`] through a [`KeyCache`] of sealed keys: the proxy's hot path. The blob is opened
+/// here, for this one call.
+pub async fn key_for_cached(
+    cache: &KeyCache,
+    db: &Db,
+    vault: &Vault,
+    token: &ToolToken,
+    provider: &'static str,
+) -> Result<KeyAccess, StoreError> {
+    if !token.allows(provider) {
+        return Ok(KeyAccess::NotInScope);
+    }
+    let account = token.account_id;
+    let sealed = match cache.get(account, provider) {
+        Some(hit) => hit,
+        None => {
+            let loaded = db.read(move |conn| store::load_blob(conn, account, provider)).await?;
+            let Some((key_id, blob)) = loaded else {
+                return Ok(KeyAccess::NoKey);
+            };
+            let blob: std::sync::Arc<[u8]> = blob.into();
+            cache.put(account, provider, key_id.clone(), std::sync::Arc::clone(&blob));
+            (key_id, blob)
+        }
+    };
+    let (key_id, blob) = sealed;
+    let plaintext = vault.open(&blob, &store::binding(account, provider, &key_id))?;
+    Ok(KeyAccess::Key { key_id, plaintext })
 }
 
 /// Recent token lookups, so the proxy does not query the database on every call.

@@ -2,4 +2,5 @@
 //! (account, provider), bound to its row ([`store`]).
 
 pub mod material;
+pub mod cache;
 pub mod store;

@@ -359,13 +359,7 @@ pub async fn proxy(
     };
 
     // The key, for this call only.
-    let vault = state.vault.clone();
-    let scoped = token.clone();
-    let pid = provider.id;
-    let access = state
-        .db
-        .read(move |conn| tokens::key_for(conn, &vault, &scoped, pid))
-        .await;
+    let access = tokens::key_for_cached(&state.key_cache, &state.db, &state.vault, &token, provider.id).await;
     let (key_id, plaintext) = match access {
         Ok(KeyAccess::Key { key_id, plaintext }) => (key_id, plaintext),
         Ok(KeyAccess::NoKey) => {

@@ -253,6 +253,8 @@ pub async fn rotate(
             Ok(row)
         })
         .await?;
+    // Calls that start from now on use the new key.
+    state.key_cache.invalidate_account(account_id);
     Ok(no_store(StatusCode::OK).json(view(&row)))
 }
 
@@ -314,6 +316,8 @@ pub async fn delete(
         },
     )
     .await?;
+    // The proxy must not use a deleted key for even one more call.
+    state.key_cache.invalidate_account(account_id);
     Ok(no_store(StatusCode::NO_CONTENT).finish())
 }
 

@@ -22,8 +22,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::keys::cache::KeyCache;
 use crate::db::{Db, DbError};
+use crate::keys::cache::KeyCache;
 use crate::keys::store::{self, StoreError};
 use crate::vault::{Plaintext, Vault};
 
@@ -264,12 +264,19 @@ pub async fn key_for_cached(
     let sealed = match cache.get(account, provider) {
         Some(hit) => hit,
         None => {
-            let loaded = db.read(move |conn| store::load_blob(conn, account, provider)).await?;
+            let loaded = db
+                .read(move |conn| store::load_blob(conn, account, provider))
+                .await?;
             let Some((key_id, blob)) = loaded else {
                 return Ok(KeyAccess::NoKey);
             };
             let blob: std::sync::Arc<[u8]> = blob.into();
-            cache.put(account, provider, key_id.clone(), std::sync::Arc::clone(&blob));
+            cache.put(
+                account,
+                provider,
+                key_id.clone(),
+                std::sync::Arc::clone(&blob),
+            );
             (key_id, blob)
         }
     };

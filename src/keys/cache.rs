@@ -45,7 +45,14 @@ impl KeyCache {
         if entries.len() >= Self::MAX_ENTRIES {
             entries.retain(|_, c| c.loaded.elapsed() < Self::TTL);
         }
-        entries.insert((account, provider.to_owned()), Cached { key_id, blob, loaded: Instant::now() });
+        entries.insert(
+            (account, provider.to_owned()),
+            Cached {
+                key_id,
+                blob,
+                loaded: Instant::now(),
+            },
+        );
     }
 
     /// Forgets every key of `account` (after a rotation or deletion commits).

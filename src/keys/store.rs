@@ -265,9 +265,17 @@ pub fn open_by_id(
 }
 
 /// The sealed key of (`account_id`, `provider`) and its id, without opening it.
-pub fn load_blob(conn: &Connection, account_id: i64, provider: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+pub fn load_blob(
+    conn: &Connection,
+    account_id: i64,
+    provider: &str,
+) -> Result<Option<(String, Vec<u8>)>, StoreError> {
     Ok(conn
-        .prepare_cached("SELECT id, blob FROM provider_keys WHERE account_id = ?1 AND provider = ?2")?
-        .query_row(params![account_id, provider], |r| Ok((r.get(0)?, r.get(1)?)))
+        .prepare_cached(
+            "SELECT id, blob FROM provider_keys WHERE account_id = ?1 AND provider = ?2",
+        )?
+        .query_row(params![account_id, provider], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .optional()?)
 }

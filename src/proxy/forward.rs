@@ -359,7 +359,14 @@ pub async fn proxy(
     };
 
     // The key, for this call only.
-    let access = tokens::key_for_cached(&state.key_cache, &state.db, &state.vault, &token, provider.id).await;
+    let access = tokens::key_for_cached(
+        &state.key_cache,
+        &state.db,
+        &state.vault,
+        &token,
+        provider.id,
+    )
+    .await;
     let (key_id, plaintext) = match access {
         Ok(KeyAccess::Key { key_id, plaintext }) => (key_id, plaintext),
         Ok(KeyAccess::NoKey) => {

@@ -12,7 +12,10 @@ pub mod tokens;
 
 use actix_web::web;
 
-use crate::error::ApiError;
+use crate::error::{extractors, ApiError};
+
+/// Largest body the key routes read (a key itself is refused above 4 KiB with `invalid_key`).
+const KEY_BODY_LIMIT: usize = 2 * 1024 * 1024;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
@@ -37,11 +40,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/auth/sessions", web::get().to(sessions::list))
                 .route("/auth/sessions/{id}", web::delete().to(sessions::revoke))
                 .route("/auth/oauth/{provider}", web::delete().to(oauth::unlink))
-                .route("/keys", web::post().to(keys::add))
-                .route("/keys", web::get().to(keys::list))
+                // Key bodies may be larger than the API's 64 KiB, so an oversized key gets its own
+                // clear 400 (`invalid_key`) rather than a generic 413.
+                .service(
+                    web::resource("/keys")
+                        .app_data(extractors::json_config(KEY_BODY_LIMIT))
+                        .route(web::post().to(keys::add))
+                        .route(web::get().to(keys::list)),
+                )
                 .route("/keys/export", web::get().to(keys::export))
-                .route("/keys/{id}", web::put().to(keys::rotate))
-                .route("/keys/{id}", web::delete().to(keys::delete))
+                .service(
+                    web::resource("/keys/{id}")
+                        .app_data(extractors::json_config(KEY_BODY_LIMIT))
+                        .route(web::put().to(keys::rotate))
+                        .route(web::delete().to(keys::delete)),
+                )
                 .route("/keys/{id}/reveal", web::post().to(keys::reveal))
                 .route("/tokens", web::post().to(tokens::create))
                 .route("/tokens", web::get().to(tokens::list))

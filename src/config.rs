@@ -132,6 +132,18 @@ const DEV_WARNING: &str = "DEVELOPMENT SET-UP: a secret was generated into the d
     that directory can decrypt every stored key. For production set KEYBROKER_MASTER_KEY, KEYBROKER_EMAIL_PEPPER, \
     KEYBROKER_SESSION_SECRET and KEYBROKER_FINGERPRINT_SECRET from a secret store";
 
+/// Says loudly, once per process, that secrets were generated; later files get a short line.
+fn dev_warning(file: &Path) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let mut first = false;
+    WARNED.call_once(|| first = true);
+    if first {
+        tracing::warn!(file = %file.display(), "{DEV_WARNING}");
+    } else {
+        tracing::warn!(file = %file.display(), "development secret generated");
+    }
+}
+
 /// The master keyring: from the environment, else `<data_dir>/master.key` (id `default`),
 /// else (only when `missing` allows) a new development key written there.
 pub fn resolve_keyring(
@@ -154,7 +166,7 @@ pub fn resolve_keyring(
     )?
     .ok_or(ConfigError::NoMasterKey)?;
     if generated {
-        tracing::warn!(file = %data_dir.join("master.key").display(), "{DEV_WARNING}");
+        dev_warning(&data_dir.join("master.key"));
     }
     Keyring::from_config(Some(&b64), None, Some(MasterKeyId::DEFAULT))?
         .ok_or(ConfigError::NoMasterKey)
@@ -178,7 +190,7 @@ impl ServerSecrets {
                     let (b64, generated) = file_secret(data_dir, file, missing, random_secret_b64)?
                         .ok_or(ConfigError::MissingSecret { what })?;
                     if generated {
-                        tracing::warn!(file = %data_dir.join(file).display(), "{DEV_WARNING}");
+                        dev_warning(&data_dir.join(file));
                     }
                     b64
                 }

@@ -330,6 +330,8 @@ pub struct Settings {
     pub proxy: crate::proxy::ProxySettings,
     /// `KEYBROKER_PRICES`: a TOML file whose entries add to or replace the built-in prices.
     pub prices_file: Option<PathBuf>,
+    /// `KEYBROKER_PROVIDERS`: a TOML file that changes or adds providers (`providers::Registry`).
+    pub providers_file: Option<PathBuf>,
     pub mail: MailSettings,
     pub oauth: OAuthSettings,
     pub throttle: ThrottleSettings,
@@ -362,6 +364,7 @@ impl Settings {
             clock: Arc::new(SystemClock),
             proxy: crate::proxy::ProxySettings::default(),
             prices_file: env_var("KEYBROKER_PRICES").map(PathBuf::from),
+            providers_file: env_var("KEYBROKER_PROVIDERS").map(PathBuf::from),
             mail: MailSettings::from_env(),
             oauth: OAuthSettings::from_env(),
             throttle: ThrottleSettings::from_env(),

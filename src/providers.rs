@@ -42,6 +42,31 @@ pub enum Injection {
     Basic,
 }
 
+/// How a provider's calls are metered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metering {
+    /// Token usage in OpenAI's wire format (chat completions, responses, embeddings).
+    OpenAi,
+    /// Token usage in Anthropic's Messages format.
+    Anthropic,
+    /// Token usage in Google's `generateContent` format.
+    Google,
+    /// A price per request (per endpoint), or the provider's reported cost where it has one.
+    PerRequest,
+}
+
+impl Metering {
+    fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "openai" => Some(Metering::OpenAi),
+            "anthropic" => Some(Metering::Anthropic),
+            "google" => Some(Metering::Google),
+            "per_request" => Some(Metering::PerRequest),
+            _ => None,
+        }
+    }
+}
+
 /// What a provider's keys look like.
 #[derive(Debug, Clone, Copy)]
 enum Format {
@@ -72,7 +97,7 @@ enum Format {
 const FREE_PATTERN: &str = r"^[A-Za-z0-9._~+/=:-]{16,512}$";
 
 /// One upstream provider.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Provider {
     /// Stable id used in the API, the database and proxy paths.
     pub id: &'static str,
@@ -80,6 +105,7 @@ pub struct Provider {
     /// Scheme and host of the upstream API, no trailing slash.
     pub base_url: &'static str,
     pub injection: Injection,
+    pub metering: Metering,
     format: Format,
 }
 
@@ -90,6 +116,7 @@ pub static PROVIDERS: &[Provider] = &[
         display_name: "OpenAI",
         base_url: "https://api.openai.com",
         injection: Injection::Bearer,
+        metering: Metering::OpenAi,
         format: Format::Redactor {
             kind: Kind::OpenAi,
             // The redactor wants the `T3BlbkFJ` marker in project, service-account and admin keys.
@@ -103,6 +130,7 @@ pub static PROVIDERS: &[Provider] = &[
         display_name: "Anthropic",
         base_url: "https://api.anthropic.com",
         injection: Injection::Header("x-api-key"),
+        metering: Metering::Anthropic,
         format: Format::Redactor {
             kind: Kind::Anthropic,
             // The redactor wants exactly 93 characters then `AA`.
@@ -116,6 +144,7 @@ pub static PROVIDERS: &[Provider] = &[
         display_name: "Google AI (Gemini)",
         base_url: "https://generativelanguage.googleapis.com",
         injection: Injection::Header("x-goog-api-key"),
+        metering: Metering::Google,
         format: Format::Redactor {
             kind: Kind::Google,
             also: &[],
@@ -128,6 +157,7 @@ pub static PROVIDERS: &[Provider] = &[
         display_name: "ElevenLabs",
         base_url: "https://api.elevenlabs.io",
         injection: Injection::Header("xi-api-key"),
+        metering: Metering::PerRequest,
         format: Format::Redactor {
             kind: Kind::ElevenLabs,
             also: &[
@@ -146,6 +176,7 @@ pub static PROVIDERS: &[Provider] = &[
         display_name: "Stripe",
         base_url: "https://api.stripe.com",
         injection: Injection::Bearer,
+        metering: Metering::PerRequest,
         format: Format::Redactor {
             kind: Kind::Stripe,
             also: &[],
@@ -159,6 +190,7 @@ pub static PROVIDERS: &[Provider] = &[
         display_name: "Twilio",
         base_url: "https://api.twilio.com",
         injection: Injection::Basic,
+        metering: Metering::PerRequest,
         // The account SID authenticates (`SK` API key SIDs pair with a different secret).
         format: Format::Pair {
             user_kind: Kind::Twilio,
@@ -171,6 +203,7 @@ pub static PROVIDERS: &[Provider] = &[
         display_name: "Resend",
         base_url: "https://api.resend.com",
         injection: Injection::Bearer,
+        metering: Metering::PerRequest,
         format: Format::Redactor {
             kind: Kind::Resend,
             // The redactor wants `re_` + 6–12 + `_` + 16–40.
@@ -184,6 +217,7 @@ pub static PROVIDERS: &[Provider] = &[
         display_name: "Vultr",
         base_url: "https://api.vultr.com",
         injection: Injection::Bearer,
+        metering: Metering::PerRequest,
         format: Format::Free,
     },
     Provider {
@@ -191,6 +225,7 @@ pub static PROVIDERS: &[Provider] = &[
         display_name: "Railway",
         base_url: "https://backboard.railway.app",
         injection: Injection::Bearer,
+        metering: Metering::PerRequest,
         format: Format::Free,
     },
 ];
@@ -221,6 +256,9 @@ static COMPILED: LazyLock<Vec<Vec<Option<Regex>>>> = LazyLock::new(|| {
         .collect()
 });
 
+/// The free format, for providers from the operator's file too (they are not in `PROVIDERS`).
+static FREE: LazyLock<Option<Regex>> = LazyLock::new(|| Regex::new(FREE_PATTERN).ok());
+
 /// The `kb_` tool tokens keybroker issues, for spotting them where they do not belong.
 static TOOL_TOKEN: LazyLock<Option<Regex>> =
     LazyLock::new(|| Regex::new(r"^kb_[A-Za-z0-9_-]{20,}$").ok());
@@ -242,6 +280,9 @@ impl Provider {
 
     /// Whether `key` matches one of the registry's own patterns for this provider.
     fn own_format_ok(&self, key: &str) -> bool {
+        if matches!(self.format, Format::Free) {
+            return FREE.as_ref().is_some_and(|re| re.is_match(key));
+        }
         self.index()
             .and_then(|i| COMPILED.get(i))
             .is_some_and(|patterns| patterns.iter().flatten().any(|re| re.is_match(key)))
@@ -285,6 +326,173 @@ impl Provider {
     /// (object ids, hashes) to be called keys on shape alone.
     fn distinctive_key(&self, candidate: &str) -> bool {
         self.known_prefix(candidate).is_some() && self.key_format_ok(candidate)
+    }
+}
+
+/// The providers this server knows: the built-in table, changed and extended by the operator's
+/// TOML file (`KEYBROKER_PROVIDERS`). Users can never change it.
+///
+/// ```toml
+/// [providers.anthropic]            # change a built-in provider
+/// base_url = "https://anthropic-gateway.internal.example"
+///
+/// [providers.mistral]              # add one (its keys have no fixed shape)
+/// display_name = "Mistral"
+/// base_url = "https://api.mistral.ai"
+/// auth = "bearer"                  # bearer | basic | header:<name>
+/// metering = "openai"              # openai | anthropic | google | per_request
+/// ```
+#[derive(Debug, Clone)]
+pub struct Registry {
+    providers: Vec<&'static Provider>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("providers file is not valid TOML: {0}")]
+    Toml(String),
+    #[error("provider {0:?}: ids are 1-32 characters of a-z, 0-9 and -")]
+    BadId(String),
+    #[error("provider {id:?}: {what}")]
+    Bad { id: String, what: &'static str },
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEntry {
+    display_name: Option<String>,
+    base_url: Option<String>,
+    auth: Option<String>,
+    metering: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    providers: std::collections::BTreeMap<String, FileEntry>,
+}
+
+/// Loaded once at start; the registry lives for the whole process.
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+fn parse_auth(raw: &str) -> Option<Injection> {
+    match raw {
+        "bearer" => Some(Injection::Bearer),
+        "basic" => Some(Injection::Basic),
+        _ => {
+            let name = raw.strip_prefix("header:")?.trim().to_ascii_lowercase();
+            let ok =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            ok.then(|| Injection::Header(leak(name)))
+        }
+    }
+}
+
+fn check_base_url(id: &str, url: &str) -> Result<&'static str, RegistryError> {
+    let bad = || RegistryError::Bad {
+        id: id.to_owned(),
+        what: "base_url must be an http(s) URL without credentials, query or fragment",
+    };
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(bad)?;
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty() || authority.contains('@') || url.contains(['?', '#', ' ']) {
+        return Err(bad());
+    }
+    Ok(leak(url.trim_end_matches('/').to_owned()))
+}
+
+impl Registry {
+    pub fn builtin() -> Self {
+        Self {
+            providers: PROVIDERS.iter().collect(),
+        }
+    }
+
+    /// The built-in table with the operator's file applied.
+    pub fn load(toml_text: &str) -> Result<Self, RegistryError> {
+        let file: File =
+            toml::from_str(toml_text).map_err(|e| RegistryError::Toml(e.message().to_owned()))?;
+        let mut registry = Self::builtin();
+        for (id, entry) in file.providers {
+            if id.is_empty()
+                || id.len() > 32
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(RegistryError::BadId(id));
+            }
+            let bad = |what| RegistryError::Bad {
+                id: id.clone(),
+                what,
+            };
+            let existing = registry.providers.iter().position(|p| p.id == id);
+            let mut provider = match existing {
+                Some(i) => registry
+                    .providers
+                    .get(i)
+                    .map(|p| (*p).clone())
+                    .ok_or_else(|| bad("internal"))?,
+                None => Provider {
+                    id: leak(id.clone()),
+                    display_name: "",
+                    base_url: "",
+                    injection: Injection::Bearer,
+                    metering: Metering::PerRequest,
+                    format: Format::Free,
+                },
+            };
+            if let Some(name) = entry.display_name {
+                provider.display_name = leak(name);
+            } else if existing.is_none() {
+                provider.display_name = provider.id;
+            }
+            match entry.base_url {
+                Some(url) => provider.base_url = check_base_url(&id, &url)?,
+                None if existing.is_none() => return Err(bad("a new provider needs base_url")),
+                None => {}
+            }
+            match entry.auth {
+                Some(a) => {
+                    provider.injection = parse_auth(&a)
+                        .ok_or_else(|| bad("auth is bearer, basic or header:<name>"))?
+                }
+                None if existing.is_none() => return Err(bad("a new provider needs auth")),
+                None => {}
+            }
+            if let Some(m) = entry.metering {
+                provider.metering = Metering::parse(&m)
+                    .ok_or_else(|| bad("metering is openai, anthropic, google or per_request"))?;
+            }
+            let provider: &'static Provider = Box::leak(Box::new(provider));
+            match existing {
+                Some(i) => {
+                    if let Some(slot) = registry.providers.get_mut(i) {
+                        *slot = provider;
+                    }
+                }
+                None => registry.providers.push(provider),
+            }
+        }
+        Ok(registry)
+    }
+
+    pub fn lookup(&self, id: &str) -> Option<&'static Provider> {
+        self.providers.iter().copied().find(|p| p.id == id)
+    }
+
+    pub fn ids(&self) -> Vec<&'static str> {
+        self.providers.iter().map(|p| p.id).collect()
+    }
+
+    pub fn all(&self) -> &[&'static Provider] {
+        &self.providers
     }
 }
 
@@ -487,5 +695,57 @@ mod tests {
         assert!(!looks_like_credential(&uuid::Uuid::new_v4().to_string()));
         assert!(!looks_like_credential(&format!("key_{}", "a".repeat(32))));
         assert!(!looks_like_credential(&format!("AC{}", "a".repeat(32))));
+    }
+
+    #[test]
+    fn the_operator_file_changes_and_adds_providers() {
+        let r = Registry::load(
+            r#"
+            [providers.anthropic]
+            base_url = "http://127.0.0.1:9000/"
+            auth = "header:api-key"
+
+            [providers.mistral]
+            base_url = "https://api.mistral.ai"
+            auth = "bearer"
+            metering = "openai"
+            "#,
+        )
+        .unwrap();
+        let a = r.lookup("anthropic").unwrap();
+        assert_eq!(a.base_url, "http://127.0.0.1:9000");
+        assert_eq!(a.injection, Injection::Header("api-key"));
+        assert_eq!(a.metering, Metering::Anthropic);
+        // An overridden provider keeps its key format.
+        assert!(!a.key_format_ok("not-an-anthropic-key-at-all-xxxxxxxxxxxx"));
+        let m = r.lookup("mistral").unwrap();
+        assert_eq!((m.display_name, m.metering), ("mistral", Metering::OpenAi));
+        assert!(m.key_format_ok("abcdefghijklmnopqrstuvwxyz012345"));
+        assert!(
+            lookup("mistral").is_none(),
+            "the built-in table is untouched"
+        );
+    }
+
+    #[test]
+    fn a_bad_operator_file_is_refused_with_a_reason() {
+        for (toml, needle) in [
+            ("[providers.new]\nauth = \"bearer\"", "needs base_url"),
+            (
+                "[providers.new]\nbase_url = \"https://x.example\"",
+                "needs auth",
+            ),
+            (
+                "[providers.openai]\nbase_url = \"https://u:p@x.example\"",
+                "without credentials",
+            ),
+            ("[providers.openai]\nauth = \"magic\"", "auth is"),
+            ("[providers.openai]\nmetering = \"tokens\"", "metering is"),
+            ("[providers.Bad_Id]\nauth = \"bearer\"", "ids are"),
+            ("[providers.openai]\nbase = \"x\"", "TOML"),
+        ] {
+            let err = Registry::load(toml).unwrap_err().to_string();
+            assert!(err.contains(needle), "{toml}: {err}");
+        }
     }
 }

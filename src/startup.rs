@@ -41,6 +41,8 @@ pub struct AppState {
     pub public_url: Option<String>,
     /// Tool-token lookups for the proxy; revocations through the API evict at once.
     pub tokens: TokenCache,
+    /// The provider registry: built-ins plus the operator's `KEYBROKER_PROVIDERS` file.
+    pub providers: Arc<crate::providers::Registry>,
     /// Sealed keys recently read by the proxy; key rotation and deletion evict.
     pub key_cache: crate::keys::cache::KeyCache,
     pub proxy: Proxy,
@@ -71,6 +73,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("providers file {0}")]
+    Providers(String),
     #[error("price table: {0}")]
     Prices(String),
     #[error("start-up task failed: {0}")]
@@ -160,6 +164,15 @@ impl Application {
         tokio::task::spawn_blocking(crate::accounts::password::warm_up)
             .await
             .map_err(|e| StartError::Task(e.to_string()))?;
+        let providers = Arc::new(match &settings.providers_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| StartError::Providers(format!("{}: {e}", path.display())))?;
+                crate::providers::Registry::load(&text)
+                    .map_err(|e| StartError::Providers(format!("{}: {e}", path.display())))?
+            }
+            None => crate::providers::Registry::builtin(),
+        });
         let proxy = build_proxy(&settings, &db).await?;
         let mailer = Mailer::new(&settings.mail, &settings.data_dir)?;
         let (outbox, mail_worker) = mail::start(mailer);
@@ -180,6 +193,7 @@ impl Application {
             fingerprint_secret: secrets.fingerprint_secret,
             clock: settings.clock.clone(),
             tokens: TokenCache::new(),
+            providers,
             key_cache: crate::keys::cache::KeyCache::default(),
             proxy,
             public_url: settings

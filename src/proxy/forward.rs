@@ -20,7 +20,7 @@ use crate::http::request_id::RequestId;
 use crate::metering::estimate::{self, EstimateConfig};
 use crate::metering::prices::PriceTable;
 use crate::metering::usage::{self, Dialect, Framing, StreamMeter};
-use crate::providers::{self, Injection, Provider};
+use crate::providers::{Injection, Metering, Provider};
 use crate::proxy::body::{Meter, MeteredBody, Settlement};
 use crate::proxy::headers;
 use crate::proxy::path::UpstreamPath;
@@ -155,12 +155,12 @@ pub fn upstream_client(settings: &ProxySettings) -> awc::Client {
         .finish()
 }
 
-fn dialect_of(provider: &str) -> Option<Dialect> {
-    match provider {
-        "openai" => Some(Dialect::OpenAi),
-        "anthropic" => Some(Dialect::Anthropic),
-        "google" => Some(Dialect::Google),
-        _ => None,
+fn dialect_of(metering: Metering) -> Option<Dialect> {
+    match metering {
+        Metering::OpenAi => Some(Dialect::OpenAi),
+        Metering::Anthropic => Some(Dialect::Anthropic),
+        Metering::Google => Some(Dialect::Google),
+        Metering::PerRequest => None,
     }
 }
 
@@ -228,7 +228,7 @@ pub async fn proxy(
     let started = std::time::Instant::now();
     let proxy = &state.proxy;
     let provider_id = req.match_info().get("provider").unwrap_or("");
-    let provider = providers::lookup(provider_id).ok_or_else(|| {
+    let provider = state.providers.lookup(provider_id).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_provider",
@@ -282,7 +282,7 @@ pub async fn proxy(
     })?;
 
     let mut body = read_body(payload, proxy.settings.max_body_bytes).await?;
-    let dialect = dialect_of(provider.id);
+    let dialect = dialect_of(provider.metering);
     let request_model = match dialect {
         Some(Dialect::Google) => {
             estimate::google_model_from_path(upstream_path.path()).map(str::to_owned)

@@ -15,7 +15,7 @@ use crate::http::auth::{Authenticated, RequestContext};
 use crate::http::download::{self, Format};
 use crate::keys::material::{self, KeyError, KeyMaterial};
 use crate::keys::store::{self, KeyRow, StoreError};
-use crate::providers::{self, Provider};
+use crate::providers::{Provider, Registry};
 use crate::startup::AppState;
 use crate::timefmt::{rfc3339, rfc3339_opt};
 
@@ -60,14 +60,11 @@ pub fn user_event<'a>(
     }
 }
 
-pub fn provider_of(raw: &str) -> Result<&'static Provider, ApiError> {
-    providers::lookup(raw).ok_or_else(|| {
+pub fn provider_of(registry: &Registry, raw: &str) -> Result<&'static Provider, ApiError> {
+    registry.lookup(raw).ok_or_else(|| {
         ApiError::bad_request(
             "unknown_provider",
-            format!(
-                "unknown provider; supported: {}",
-                providers::ids().join(", ")
-            ),
+            format!("unknown provider; supported: {}", registry.ids().join(", ")),
         )
     })
 }
@@ -129,7 +126,7 @@ pub async fn add(
         key,
         label,
     } = body.into_inner();
-    let provider = provider_of(&provider)?;
+    let provider = provider_of(&state.providers, &provider)?;
     let label = parse_label(label)?.unwrap_or_default();
     let key =
         KeyMaterial::parse(provider, key.expose_secret()).map_err(|e| key_error(e, provider))?;
@@ -206,13 +203,15 @@ pub async fn rotate(
     let label = parse_label(label)?;
     let (vault, now, account_id) = (state.vault.clone(), state.clock.unix(), auth.account_id);
     let secret = state.fingerprint_secret.clone();
+    let registry = state.providers.clone();
     let row = state
         .db
         .write(move |conn| -> Result<KeyRow, ApiError> {
             let tx = conn.transaction()?;
             // Ownership first: another account's id is a 404 whatever the body says.
             let row = store::get(&tx, account_id, &id)?.ok_or_else(ApiError::not_found)?;
-            let provider = providers::lookup(&row.provider)
+            let provider = registry
+                .lookup(&row.provider)
                 .ok_or_else(|| ApiError::internal("stored key names an unknown provider"))?;
             if key.expose_secret().trim() == row.masked {
                 return Err(key_error(KeyError::Masked, provider));

@@ -9,7 +9,6 @@ use crate::audit::{self, Actor, Outcome};
 use crate::error::ApiError;
 use crate::http::auth::Authenticated;
 use crate::money::Money;
-use crate::providers;
 use crate::spend::writer::{parse_period, period_name, CeilingRow};
 use crate::spend::{CeilingState, Snapshot};
 use crate::startup::AppState;
@@ -21,8 +20,8 @@ pub struct CeilingBody {
     period: Option<String>,
 }
 
-fn provider_id(raw: &str) -> Result<&'static str, ApiError> {
-    providers::lookup(raw).map(|p| p.id).ok_or_else(|| {
+fn provider_id(state: &AppState, raw: &str) -> Result<&'static str, ApiError> {
+    state.providers.lookup(raw).map(|p| p.id).ok_or_else(|| {
         ApiError::bad_request("unknown_provider", "keybroker does not know this provider")
     })
 }
@@ -84,7 +83,7 @@ pub async fn put_ceiling(
     path: web::Path<String>,
     body: web::Json<CeilingBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let provider = provider_id(&path)?;
+    let provider = provider_id(&state, &path)?;
     let limit = Money::parse_non_negative(body.limit_usd.trim()).map_err(|_| {
         ApiError::bad_request(
             "invalid_amount",
@@ -125,7 +124,7 @@ pub async fn reset_ceiling(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let provider = provider_id(&path)?;
+    let provider = provider_id(&state, &path)?;
     let snap = state.proxy.ledger.reset(auth.account_id, provider);
     persist_and_audit(&state, &auth, provider, &snap, "ceiling.reset").await?;
     Ok(HttpResponse::Ok().json(view(provider, &snap)))
@@ -136,7 +135,7 @@ pub async fn delete_ceiling(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let provider = provider_id(&path)?;
+    let provider = provider_id(&state, &path)?;
     let snap = state.proxy.ledger.remove_ceiling(auth.account_id, provider);
     persist_and_audit(&state, &auth, provider, &snap, "ceiling.delete").await?;
     Ok(HttpResponse::NoContent().finish())

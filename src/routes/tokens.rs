@@ -63,7 +63,7 @@ pub async fn create(
     let providers: Vec<&'static str> = providers
         .unwrap_or_default()
         .iter()
-        .map(|p| provider_of(p).map(|p| p.id))
+        .map(|p| provider_of(&state.providers, p).map(|p| p.id))
         .collect::<Result<_, _>>()?;
     let now = state.clock.unix();
     let expires_at = match expires_at {

@@ -18,6 +18,7 @@ mod log_redaction;
 mod mail_support;
 mod oauth;
 mod password_reset;
+mod providers_file;
 mod proxy;
 mod redact_cli;
 mod throttling;

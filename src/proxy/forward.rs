@@ -155,6 +155,39 @@ pub fn upstream_client(settings: &ProxySettings) -> awc::Client {
         .finish()
 }
 
+/// Whether a call is billed by the tokens its provider reports: the generation endpoints.
+fn token_endpoint(dialect: Dialect, method: &str, path: &str) -> bool {
+    if method != "POST" {
+        return false;
+    }
+    match dialect {
+        Dialect::OpenAi => [
+            "/chat/completions",
+            "/completions",
+            "/responses",
+            "/embeddings",
+        ]
+        .iter()
+        .any(|e| path.ends_with(e)),
+        Dialect::Anthropic => path.ends_with("/messages"),
+        Dialect::Google => [
+            ":generateContent",
+            ":streamGenerateContent",
+            ":embedContent",
+            ":batchEmbedContents",
+        ]
+        .iter()
+        .any(|e| path.ends_with(e)),
+    }
+}
+
+/// Calls to a token-metered provider that cost nothing: reads, and counting tokens.
+fn free_call(method: &str, path: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS")
+        || path.ends_with("/count_tokens")
+        || path.ends_with(":countTokens")
+}
+
 fn dialect_of(metering: Metering) -> Option<Dialect> {
     match metering {
         Metering::OpenAi => Some(Dialect::OpenAi),
@@ -282,7 +315,13 @@ pub async fn proxy(
     })?;
 
     let mut body = read_body(payload, proxy.settings.max_body_bytes).await?;
-    let dialect = dialect_of(provider.metering);
+    let method = req.method().as_str().to_owned();
+    // Token usage is reported (and billed) only by the generation endpoints; everything else a
+    // token-metered provider serves is priced per request, and reads cost nothing.
+    let llm = provider.metering != Metering::PerRequest;
+    let dialect =
+        dialect_of(provider.metering).filter(|d| token_endpoint(*d, &method, upstream_path.path()));
+    let free = llm && dialect.is_none() && free_call(&method, upstream_path.path());
     let request_model = match dialect {
         Some(Dialect::Google) => {
             estimate::google_model_from_path(upstream_path.path()).map(str::to_owned)
@@ -305,7 +344,6 @@ pub async fn proxy(
         }
     }
 
-    let method = req.method().as_str().to_owned();
     let estimate = match dialect {
         Some(d) => {
             estimate::estimate_tokens(
@@ -318,6 +356,10 @@ pub async fn proxy(
             )
             .cost
         }
+        None if free => crate::metering::prices::Cost {
+            micros: crate::money::Money::ZERO,
+            priced_by_fallback: false,
+        },
         None => estimate::estimate_request(
             &proxy.prices,
             provider.id,
@@ -487,6 +529,7 @@ pub async fn proxy(
             kept: Vec::new(),
             overflow: false,
         },
+        None if free => Meter::Fixed(crate::money::Money::ZERO),
         None => {
             let characters = usage::elevenlabs_character_cost(
                 response

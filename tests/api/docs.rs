@@ -31,8 +31,12 @@ fn the_readme_starts_with_the_run_and_test_commands() {
 
 #[test]
 fn the_readme_providers_file_example_loads() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let after = readme.split("KEYBROKER_PROVIDERS=providers.toml").nth(1).expect("the providers section");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let after = readme
+        .split("KEYBROKER_PROVIDERS=providers.toml")
+        .nth(1)
+        .expect("the providers section");
     let block = after.split("```\n").nth(1).expect("an example block");
     let registry = keybroker::providers::Registry::load(block).unwrap();
     assert!(registry.lookup("mistral").is_some());

@@ -633,3 +633,66 @@ async fn the_price_table_is_listed_in_usd_per_million_tokens() {
         "{prices}"
     );
 }
+
+#[tokio::test]
+async fn listing_models_and_counting_tokens_cost_nothing() {
+    let (app, upstream) = app_with_upstream().await;
+    let s = app.signed_up().await;
+    add_key(&app, &s, "openai", OPENAI_KEY).await;
+    add_key(&app, &s, "anthropic", ANTHROPIC_KEY).await;
+    set_ceiling(&app, &s, "openai", "1.00").await;
+    set_ceiling(&app, &s, "anthropic", "1.00").await;
+    let t = token(&app, &s, None).await;
+    let res = app
+        .client
+        .get(app.url("/proxy/openai/v1/models"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.bytes().await.unwrap();
+    let res = app
+        .client
+        .post(app.url("/proxy/anthropic/v1/messages/count_tokens"))
+        .header("x-api-key", &t)
+        .json(&json!({"model": "claude-sonnet-4", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.bytes().await.unwrap();
+    assert_eq!(upstream.recorder.count(), 2);
+    assert_eq!(spent(&app, &s, "openai").await, 0);
+    assert_eq!(spent(&app, &s, "anthropic").await, 0);
+}
+
+#[tokio::test]
+async fn an_unknown_endpoint_of_a_token_provider_is_charged_the_flagged_fallback_not_zero() {
+    let (app, _upstream) = app_with_upstream().await;
+    let s = app.signed_up().await;
+    add_key(&app, &s, "openai", OPENAI_KEY).await;
+    set_ceiling(&app, &s, "openai", "1.00").await;
+    let t = token(&app, &s, None).await;
+    let res = app
+        .client
+        .post(app.url("/proxy/openai/v1/images/generations"))
+        .bearer_auth(&t)
+        .json(&json!({"prompt": "a cat"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.bytes().await.unwrap();
+    assert!(spent(&app, &s, "openai").await > 0);
+    app.state.proxy.writer.flush().await;
+    let usage: Value = app
+        .get("/api/v1/usage", Some(&s))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["providers"][0]["fallback_priced_calls"], 1);
+}

@@ -696,3 +696,160 @@ async fn an_unknown_endpoint_of_a_token_provider_is_charged_the_flagged_fallback
         .unwrap();
     assert_eq!(usage["providers"][0]["fallback_priced_calls"], 1);
 }
+
+async fn app_with_limits(
+    f: impl FnOnce(&mut keybroker::proxy::ProxySettings) + Send + 'static,
+) -> (TestApp, FakeUpstream) {
+    let upstream = FakeUpstream::start().await;
+    let url = upstream.url.clone();
+    let app = TestApp::spawn_with(move |s| {
+        s.proxy.upstreams.insert("openai".into(), url);
+        f(&mut s.proxy);
+    })
+    .await;
+    (app, upstream)
+}
+
+#[tokio::test]
+async fn the_per_token_rate_limit_answers_429_with_retry_after() {
+    let (app, upstream) = app_with_limits(|p| p.requests_per_minute_per_token = 3).await;
+    let s = app.signed_up().await;
+    add_key(&app, &s, "openai", OPENAI_KEY).await;
+    let t = token(&app, &s, None).await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let res = app
+            .client
+            .post(app.url("/proxy/openai/v1/chat/completions"))
+            .bearer_auth(&t)
+            .json(&chat("gpt-4o-mini"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status().as_u16());
+        if res.status() == 429 {
+            assert!(
+                res.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+                    >= 1
+            );
+            assert_eq!(
+                res.json::<Value>().await.unwrap()["error"]["type"],
+                "rate_limited"
+            );
+        } else {
+            res.bytes().await.unwrap();
+        }
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    assert_eq!(upstream.recorder.count(), 3);
+}
+
+#[tokio::test]
+async fn the_in_flight_limit_refuses_a_second_call_while_one_hangs() {
+    let (app, _upstream) = app_with_limits(|p| {
+        p.max_in_flight_per_account = 1;
+        p.read_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let s = app.signed_up().await;
+    add_key(&app, &s, "openai", OPENAI_KEY).await;
+    let t = token(&app, &s, None).await;
+    let hanging = {
+        let (client, url, t) = (
+            app.client.clone(),
+            app.url("/proxy/openai/v1/chat/completions"),
+            t.clone(),
+        );
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(t)
+                .header("x-fake-mode", "hang")
+                .json(&chat("gpt-4o-mini"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let res = app
+        .client
+        .post(app.url("/proxy/openai/v1/chat/completions"))
+        .bearer_auth(&t)
+        .json(&chat("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["type"],
+        "too_many_in_flight"
+    );
+    // The hanging call ends with our own timeout answer, and frees the slot.
+    assert_eq!(hanging.await.unwrap(), 504);
+    let res = app
+        .client
+        .post(app.url("/proxy/openai/v1/chat/completions"))
+        .bearer_auth(&t)
+        .json(&chat("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn a_hanging_upstream_gets_our_504_within_the_timeout_and_releases_the_hold() {
+    let (app, _upstream) = app_with_limits(|p| p.read_timeout = Duration::from_secs(1)).await;
+    let s = app.signed_up().await;
+    add_key(&app, &s, "openai", OPENAI_KEY).await;
+    set_ceiling(&app, &s, "openai", "1.00").await;
+    let t = token(&app, &s, None).await;
+    let started = std::time::Instant::now();
+    let res = app
+        .client
+        .post(app.url("/proxy/openai/v1/chat/completions"))
+        .bearer_auth(&t)
+        .header("x-fake-mode", "hang")
+        .json(&chat("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "upstream_timeout");
+    let c = ceiling(&app, &s, "openai").await;
+    assert_eq!(
+        (c["reserved_usd"].as_str(), c["spent_usd"].as_str()),
+        (Some("0.00"), Some("0.00"))
+    );
+}
+
+#[tokio::test]
+async fn a_garbage_body_is_passed_through_and_charged_its_reservation() {
+    let (app, _upstream) = app_with_upstream().await;
+    let s = app.signed_up().await;
+    add_key(&app, &s, "openai", OPENAI_KEY).await;
+    set_ceiling(&app, &s, "openai", "1.00").await;
+    let t = token(&app, &s, None).await;
+    let res = app
+        .client
+        .post(app.url("/proxy/openai/v1/chat/completions"))
+        .bearer_auth(&t)
+        .header("x-fake-mode", "garbage")
+        .json(&chat("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "{\"choices\": [tru");
+    // No usage to go by: the call is charged what was reserved (fail closed), not nothing.
+    let per_call = expected_micros(&[(OPENAI_USAGE.0, 0.15), (OPENAI_USAGE.1, 0.60)]);
+    assert!(spent(&app, &s, "openai").await > per_call);
+}

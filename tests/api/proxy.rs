@@ -101,6 +101,17 @@ pub async fn ceiling(app: &TestApp, s: &Session, provider: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// One non-streamed chat completion through the proxy with token `t`.
+async fn openai_chat(app: &TestApp, t: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/proxy/openai/v1/chat/completions"))
+        .bearer_auth(t)
+        .json(&chat("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap()
+}
+
 pub fn chat(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50})
 }
@@ -361,25 +372,11 @@ async fn a_refused_call_never_reaches_the_upstream_and_reset_lets_calls_flow_aga
     add_key(&app, &s, "openai", OPENAI_KEY).await;
     let t = token(&app, &s, None).await;
     set_ceiling(&app, &s, "openai", "0.00").await;
-    let res = app
-        .client
-        .post(app.url("/proxy/openai/v1/chat/completions"))
-        .bearer_auth(&t)
-        .json(&chat("gpt-4o-mini"))
-        .send()
-        .await
-        .unwrap();
+    let res = openai_chat(&app, &t).await;
     assert_eq!(res.status(), 402);
     assert_eq!(upstream.recorder.count(), 0);
     set_ceiling(&app, &s, "openai", "1.00").await;
-    let res = app
-        .client
-        .post(app.url("/proxy/openai/v1/chat/completions"))
-        .bearer_auth(&t)
-        .json(&chat("gpt-4o-mini"))
-        .send()
-        .await
-        .unwrap();
+    let res = openai_chat(&app, &t).await;
     assert_eq!(res.status(), 200);
     let remaining = res.headers()["x-keybroker-spend-remaining"]
         .to_str()
@@ -576,25 +573,11 @@ async fn usage_reports_calls_tokens_spend_and_refusals_per_provider() {
     add_key(&app, &s, "openai", OPENAI_KEY).await;
     let t = token(&app, &s, None).await;
     for _ in 0..3 {
-        let res = app
-            .client
-            .post(app.url("/proxy/openai/v1/chat/completions"))
-            .bearer_auth(&t)
-            .json(&chat("gpt-4o-mini"))
-            .send()
-            .await
-            .unwrap();
+        let res = openai_chat(&app, &t).await;
         res.bytes().await.unwrap();
     }
     set_ceiling(&app, &s, "openai", "0.00").await;
-    let res = app
-        .client
-        .post(app.url("/proxy/openai/v1/chat/completions"))
-        .bearer_auth(&t)
-        .json(&chat("gpt-4o-mini"))
-        .send()
-        .await
-        .unwrap();
+    let res = openai_chat(&app, &t).await;
     assert_eq!(res.status(), 402);
     app.state.proxy.writer.flush().await;
     let usage: Value = app
@@ -718,14 +701,7 @@ async fn the_per_token_rate_limit_answers_429_with_retry_after() {
     let t = token(&app, &s, None).await;
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        let res = app
-            .client
-            .post(app.url("/proxy/openai/v1/chat/completions"))
-            .bearer_auth(&t)
-            .json(&chat("gpt-4o-mini"))
-            .send()
-            .await
-            .unwrap();
+        let res = openai_chat(&app, &t).await;
         statuses.push(res.status().as_u16());
         if res.status() == 429 {
             assert!(
@@ -777,14 +753,7 @@ async fn the_in_flight_limit_refuses_a_second_call_while_one_hangs() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let res = app
-        .client
-        .post(app.url("/proxy/openai/v1/chat/completions"))
-        .bearer_auth(&t)
-        .json(&chat("gpt-4o-mini"))
-        .send()
-        .await
-        .unwrap();
+    let res = openai_chat(&app, &t).await;
     assert_eq!(res.status(), 429);
     assert_eq!(
         res.json::<Value>().await.unwrap()["error"]["type"],
@@ -792,14 +761,7 @@ async fn the_in_flight_limit_refuses_a_second_call_while_one_hangs() {
     );
     // The hanging call ends with our own timeout answer, and frees the slot.
     assert_eq!(hanging.await.unwrap(), 504);
-    let res = app
-        .client
-        .post(app.url("/proxy/openai/v1/chat/completions"))
-        .bearer_auth(&t)
-        .json(&chat("gpt-4o-mini"))
-        .send()
-        .await
-        .unwrap();
+    let res = openai_chat(&app, &t).await;
     assert_eq!(res.status(), 200);
 }
 

@@ -7,6 +7,7 @@ mod auth_basic;
 mod auth_sessions;
 mod cli;
 mod crash;
+mod dashboard_pages;
 mod fake_upstream;
 mod health;
 mod helpers;

@@ -5,6 +5,7 @@
 mod audit;
 mod auth_basic;
 mod auth_sessions;
+mod browser;
 mod cli;
 mod crash;
 mod dashboard_pages;

@@ -230,6 +230,7 @@ async fn reset_confirm() -> Result<HttpResponse, ApiError> {
 
 struct SpendBar {
     provider: String,
+    name: &'static str,
     spent: String,
     limit: String,
     period: &'static str,
@@ -296,6 +297,7 @@ async fn overview(
         .filter_map(|(provider, s)| {
             let limit = s.limit?;
             Some(SpendBar {
+                name: display_name(&provider),
                 provider,
                 spent: s.spent.to_string(),
                 limit: limit.to_string(),
@@ -328,6 +330,11 @@ async fn overview(
     page(p.render(), Exposure::Private)
 }
 
+/// "OpenAI" for `openai`; an id the registry no longer has is shown as "unknown provider".
+fn display_name(id: &str) -> &'static str {
+    crate::providers::lookup(id).map_or("unknown provider", |p| p.display_name)
+}
+
 struct ProviderOption {
     id: &'static str,
     name: &'static str,
@@ -349,6 +356,7 @@ fn provider_options() -> Vec<ProviderOption> {
 struct KeyView {
     id: String,
     provider: String,
+    provider_name: &'static str,
     label: String,
     masked: String,
     created_at: String,
@@ -388,6 +396,7 @@ async fn keys(
     let keys = rows
         .into_iter()
         .map(|r| KeyView {
+            provider_name: display_name(&r.provider),
             id: r.id,
             provider: r.provider,
             label: r.label,

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use keybroker::clock::Clock as _;
 use serde_json::{json, Value};
 
 use crate::helpers::{session_cookie, TestApp, PASSWORD};
@@ -444,6 +445,30 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
     let actions = js(&c, "return Array.from(document.querySelectorAll('tbody tr td:nth-child(2)')).map(e => e.textContent)").await;
     assert_eq!(actions, json!(["key.add", "key.add"]));
 
+    // Some spend and two calls (one refused), so the overview has something to draw.
+    seed_spend(&app);
+    open(&c, &base, "/dashboard").await;
+    assert_eq!(
+        js(&c, "return document.querySelector('.bars meter').value").await,
+        json!(64)
+    );
+    assert_eq!(
+        js(
+            &c,
+            "return document.querySelectorAll('#calls tbody tr').length"
+        )
+        .await,
+        json!(2)
+    );
+    assert_eq!(
+        js(
+            &c,
+            "return document.querySelectorAll('#refusals li').length"
+        )
+        .await,
+        json!(1)
+    );
+
     screenshots(&c, &base, "/dashboard/settings/keys", "keys").await;
     screenshots(&c, &base, "/dashboard", "dashboard").await;
     assert_clean(&c, "end").await;
@@ -453,7 +478,31 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
 /// The id of the listed key for `provider`.
 async fn key_id(c: &Client, provider: &str) -> String {
     let script = format!(
-        "return Array.from(document.querySelectorAll('.key')).find(k => k.querySelector('.provider').textContent === '{provider}').dataset.keyId"
+        "return Array.from(document.querySelectorAll('.key')).find(k => k.querySelector('.provider').dataset.provider === '{provider}').dataset.keyId"
     );
     js(c, &script).await.as_str().unwrap().to_owned()
+}
+
+/// $3.20 settled against the OpenAI ceiling, and two recent calls, one of them refused.
+fn seed_spend(app: &TestApp) {
+    let conn = rusqlite::Connection::open(app.db_path()).unwrap();
+    let account: i64 = conn
+        .query_row("SELECT id FROM accounts", [], |r| r.get(0))
+        .unwrap();
+    let spent = keybroker::money::Money::from_micros(3_200_000);
+    app.state
+        .proxy
+        .ledger
+        .reserve(account, "openai", spent)
+        .unwrap()
+        .settle(spent);
+    let now = app.clock.unix();
+    for (status, outcome, cost) in [(200, "ok", 3_200_000), (429, "refused", 0)] {
+        conn.execute(
+            "INSERT INTO recent_calls (account_id, provider, at, method, route, status, outcome, model, cost_micros)
+             VALUES (?1, 'openai', ?2, 'POST', '/v1/chat/completions', ?3, ?4, 'gpt-4o-mini', ?5)",
+            rusqlite::params![account, now, status, outcome, cost],
+        )
+        .unwrap();
+    }
 }

@@ -117,12 +117,17 @@ async function reveal(form) {
   const copy = item.querySelector(".copy");
   code.textContent = data.key;
   code.classList.add("revealed");
+  const status = item.querySelector(".countdown");
+  const toggle = item.querySelector("[data-toggle^='reveal-']");
+  if (toggle) toggle.setAttribute("aria-expanded", "false");
   copy.hidden = false;
   copy.onclick = () => copyText(code.textContent, copy);
+  status.textContent = "hidden again in " + REVEAL_SECONDS + " s";
   setTimeout(() => {
     code.textContent = code.dataset.masked;
     code.classList.remove("revealed");
     copy.hidden = true;
+    status.textContent = "";
   }, REVEAL_SECONDS * 1000);
 }
 

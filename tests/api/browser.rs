@@ -469,6 +469,35 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
         json!(1)
     );
 
+    // Remove asks for the password; the key is gone after it.
+    open(&c, &base, "/dashboard/settings/keys").await;
+    let item = format!(".key[data-key-id='{}']", key_id(&c, "anthropic").await);
+    click(&c, &format!("{item} [data-toggle^=remove]")).await;
+    fill(
+        &c,
+        &format!("{item} form.remove input[name=password]"),
+        PASSWORD,
+    )
+    .await;
+    click(&c, &format!("{item} form.remove button[type=submit]")).await;
+    until(
+        &c,
+        "key removed",
+        "return document.readyState === 'complete' && document.querySelectorAll('.key').length === 1",
+    )
+    .await;
+
+    // A reset link's token leaves the address bar at once.
+    let reset = keybroker::accounts::reset::ResetToken::generate();
+    open(
+        &c,
+        &base,
+        &format!("/reset/confirm?token={}", reset.as_str()),
+    )
+    .await;
+    let href = js(&c, "return location.href").await;
+    assert_eq!(href, json!(format!("{base}/reset/confirm")));
+
     screenshots(&c, &base, "/dashboard/settings/keys", "keys").await;
     screenshots(&c, &base, "/dashboard", "dashboard").await;
     assert_clean(&c, "end").await;

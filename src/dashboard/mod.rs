@@ -31,6 +31,7 @@ pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; 
 
 const APP_CSS: &str = include_str!("../../static/app.css");
 const APP_JS: &str = include_str!("../../static/app.js");
+const FAVICON: &str = include_str!("../../static/favicon.svg");
 
 const RECENT_CALLS: u32 = 20;
 const AUDIT_PAGE: u32 = 100;
@@ -39,6 +40,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(root))
         .route("/static/app.css", web::get().to(css))
         .route("/static/app.js", web::get().to(js))
+        .route("/static/favicon.svg", web::get().to(favicon))
         .route("/login", web::get().to(login))
         .route("/signup", web::get().to(signup))
         .route("/reset", web::get().to(reset))
@@ -99,6 +101,10 @@ async fn css() -> HttpResponse {
 
 async fn js() -> HttpResponse {
     asset(APP_JS, "text/javascript; charset=utf-8")
+}
+
+async fn favicon() -> HttpResponse {
+    asset(FAVICON, "image/svg+xml")
 }
 
 async fn root() -> HttpResponse {

@@ -53,6 +53,7 @@ async fn start_browser(profile: &Path, downloads: &Path) -> (Driver, Client) {
     let driver = Driver(child);
     let caps = json!({
         "browserName": "chrome",
+        "goog:loggingPrefs": {"browser": "ALL"},
         "goog:chromeOptions": {
             "binary": CHROMIUM,
             "args": [
@@ -133,8 +134,40 @@ async fn open(c: &Client, base: &str, path: &str) {
     assert_clean(c, path).await;
 }
 
-/// No CSP violation and no script error recorded by app.js on this page.
+/// chromedriver's `POST /session/{id}/se/log`: the browser console since the last read.
+#[derive(Debug)]
+struct ConsoleLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for ConsoleLog {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(r#"{"type":"browser"}"#.to_owned()))
+    }
+}
+
+/// The console errors (level SEVERE) logged since the last call.
+async fn console_errors(c: &Client) -> Vec<String> {
+    let entries = c.issue_cmd(ConsoleLog).await.unwrap();
+    entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["level"] == "SEVERE")
+        .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// No console error, CSP violation or script error on this page.
 async fn assert_clean(c: &Client, page: &str) {
+    let errors = console_errors(c).await;
+    assert!(errors.is_empty(), "console errors on {page}: {errors:?}");
     let report = js(
         c,
         "const d = document.documentElement; \
@@ -276,6 +309,7 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
         "not my password at all",
     )
     .await;
+    assert_clean(&c, "keys").await;
     click(&c, &format!("{item} form.reveal button[type=submit]")).await;
     until(
         &c,
@@ -284,6 +318,12 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
     )
     .await;
     let secret_js = format!("return document.querySelector(\"{item} .secret\").textContent");
+    // The refused re-auth is the one console error expected: the browser logs every 4xx fetch.
+    let errors = console_errors(&c).await;
+    assert!(
+        errors.len() == 1 && errors[0].contains("/api/v1/auth/reauth") && errors[0].contains("401"),
+        "{errors:?}"
+    );
     assert!(!js(&c, &secret_js).await.as_str().unwrap().contains(&openai));
     fill(
         &c,

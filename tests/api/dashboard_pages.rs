@@ -94,6 +94,7 @@ async fn the_stylesheet_and_script_are_served_with_their_types() {
     for (path, ty) in [
         ("/static/app.css", "text/css; charset=utf-8"),
         ("/static/app.js", "text/javascript; charset=utf-8"),
+        ("/static/favicon.svg", "image/svg+xml"),
     ] {
         let res = app.get(path, None).send().await.unwrap();
         assert_eq!(res.status(), 200, "{path}");

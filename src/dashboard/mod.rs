@@ -26,6 +26,11 @@ use crate::spend::CeilingState;
 use crate::startup::AppState;
 use crate::timefmt::rfc3339;
 
+/// A time as pages show it: RFC 3339 with a space for the `T`, which reads (and wraps) better.
+fn shown(unix: i64) -> String {
+    rfc3339(unix).replacen('T', " ", 1)
+}
+
 /// The page CSP: only our own files, no inline script or style, no framing, no plugins.
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
@@ -266,7 +271,7 @@ struct CallRow {
 impl From<RecentCall> for CallRow {
     fn from(c: RecentCall) -> Self {
         Self {
-            at: rfc3339(c.at),
+            at: shown(c.at),
             provider: c.provider,
             request: format!("{} {}", c.method, c.route),
             model: c.model,
@@ -407,7 +412,7 @@ async fn keys(
             provider: r.provider,
             label: r.label,
             masked: r.masked,
-            created_at: rfc3339(r.created_at),
+            created_at: shown(r.created_at),
             last_used_at: r
                 .last_used_at
                 .map(rfc3339)
@@ -482,8 +487,8 @@ async fn tokens(
             } else {
                 t.providers.join(", ")
             },
-            created_at: rfc3339(t.created_at),
-            expires_at: t.expires_at.map(rfc3339).unwrap_or_else(|| "never".into()),
+            created_at: shown(t.created_at),
+            expires_at: t.expires_at.map(shown).unwrap_or_else(|| "never".into()),
             last_used_at: t
                 .last_used_at
                 .map(rfc3339)
@@ -538,8 +543,8 @@ async fn sessions(
         .map(|s| SessionView {
             current: s.id_hash == auth.session_hash,
             id: s.public_id,
-            created_at: rfc3339(s.created_at),
-            last_seen_at: rfc3339(s.last_seen_at),
+            created_at: shown(s.created_at),
+            last_seen_at: shown(s.last_seen_at),
             user_agent: s.user_agent,
             client_addr: s.client_addr,
         })
@@ -636,7 +641,7 @@ async fn audit_page(
         entries: entries
             .into_iter()
             .map(|e| AuditRow {
-                at: rfc3339(e.at),
+                at: shown(e.at),
                 action: e.action,
                 resource: e.resource,
                 outcome: e.outcome,

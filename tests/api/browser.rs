@@ -233,6 +233,7 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
     // Sign up; the dashboard opens.
     let email = crate::helpers::unique_email();
     open(&c, &base, "/signup").await;
+    screenshot(&c, "signup-desktop.png").await;
     fill(&c, "#email", &email).await;
     fill(&c, "#password", PASSWORD).await;
     click(&c, "form button[type=submit]").await;
@@ -394,6 +395,7 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
         "return !document.getElementById('new-token').hidden",
     )
     .await;
+    screenshot(&c, "tokens-created.png").await;
     let token = js(
         &c,
         "return document.getElementById('new-token-value').textContent",
@@ -538,6 +540,13 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
     let href = js(&c, "return location.href").await;
     assert_eq!(href, json!(format!("{base}/reset/confirm")));
 
+    for (path, name) in [
+        ("/dashboard/audit", "audit-desktop.png"),
+        ("/dashboard/settings/sessions", "sessions-desktop.png"),
+    ] {
+        open(&c, &base, path).await;
+        screenshot(&c, name).await;
+    }
     screenshots(&c, &base, "/dashboard/settings/keys", "keys").await;
     screenshots(&c, &base, "/dashboard", "dashboard").await;
     assert_clean(&c, "end").await;

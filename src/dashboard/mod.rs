@@ -560,6 +560,8 @@ struct AuditFilter {
     action: Option<String>,
     since: Option<String>,
     until: Option<String>,
+    /// Entries older than this id: the "older entries" link.
+    before: Option<i64>,
 }
 
 struct AuditRow {
@@ -580,6 +582,8 @@ struct AuditPage {
     until: String,
     /// The filter as a query string for the export links (already URL-encoded).
     export_query: String,
+    /// The query string of the next (older) page, when there may be one.
+    older_query: String,
     error: String,
 }
 
@@ -608,7 +612,7 @@ async fn audit_page(
         error = "Times are RFC 3339, like 2025-01-31T00:00:00Z.".into();
     }
     let (since, until) = (since.flatten(), until.flatten());
-    let account_id = auth.account_id;
+    let (account_id, before) = (auth.account_id, filter.before.filter(|b| *b > 0));
     let act = action.clone();
     let entries = state
         .db
@@ -617,7 +621,7 @@ async fn audit_page(
                 since,
                 until,
                 action: act.as_deref(),
-                before_id: None,
+                before_id: before,
                 limit: AUDIT_PAGE,
             };
             audit::list(conn, account_id, &q).map_err(ApiError::from)
@@ -636,8 +640,15 @@ async fn audit_page(
             export.push_str(&url_encode(v));
         }
     }
+    let older_query = match entries.last() {
+        Some(last) if entries.len() == AUDIT_PAGE as usize => {
+            format!("before={}{export}", last.id)
+        }
+        _ => String::new(),
+    };
     let p = AuditPage {
         layout,
+        older_query,
         entries: entries
             .into_iter()
             .map(|e| AuditRow {

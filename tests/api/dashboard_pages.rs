@@ -146,3 +146,103 @@ async fn the_keys_page_shows_masks_never_the_key() {
     assert!(!body.contains(&key));
     assert!(body.contains("sk-proj-"));
 }
+
+async fn page_text(app: &TestApp, s: &crate::helpers::Session, path: &str) -> String {
+    let res = app.get(path, Some(s)).send().await.unwrap();
+    assert_eq!(res.status(), 200, "{path}");
+    res.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn another_devices_user_agent_is_rendered_as_text_on_the_sessions_page() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    let res = app
+        .post_json(
+            "/api/v1/auth/login",
+            None,
+            &json!({"email": s.email, "password": crate::helpers::PASSWORD}),
+        )
+        .header("User-Agent", "<img src=x onerror=alert(1)>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body = page_text(&app, &s, "/dashboard/settings/sessions").await;
+    assert!(!body.contains("<img src=x"));
+    assert!(body.contains("&#60;img src=x onerror=alert(1)&#62;"));
+}
+
+#[tokio::test]
+async fn a_token_name_with_markup_is_rendered_as_text() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    crate::key_helpers::create_token(&app, &s, json!({"name": "<b>bold</b>"})).await;
+    let body = page_text(&app, &s, "/dashboard/settings/tokens").await;
+    assert!(!body.contains("<b>bold</b>"));
+    assert!(body.contains("&#60;b&#62;bold&#60;/b&#62;"));
+}
+
+#[tokio::test]
+async fn the_audit_page_filters_by_action_and_links_a_matching_export() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    crate::key_helpers::add_key(&app, &s, "openai", &openai_key()).await;
+    let body = page_text(&app, &s, "/dashboard/audit?action=key.add").await;
+    assert_eq!(body.matches("<td>key.add</td>").count(), 1);
+    assert!(!body.contains("<td>signup</td>"));
+    assert!(body.contains(r#"href="/api/v1/audit?format=csv&#38;action=key.add""#));
+    let all = page_text(&app, &s, "/dashboard/audit").await;
+    assert!(all.contains("<td>signup</td>"));
+}
+
+#[tokio::test]
+async fn the_audit_page_explains_a_bad_time_filter() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    let body = page_text(&app, &s, "/dashboard/audit?since=yesterday").await;
+    assert!(body.contains("Times are RFC 3339"));
+}
+
+#[tokio::test]
+async fn the_audit_page_shows_100_entries_and_links_the_older_ones() {
+    use keybroker::audit::{self, Actor, Event, Outcome};
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    let account = crate::key_helpers::account_id(&app, &s);
+    app.state
+        .db
+        .write(move |conn| -> Result<(), keybroker::db::DbError> {
+            for i in 0..120 {
+                audit::append(
+                    conn,
+                    &Event {
+                        account_id: Some(account),
+                        actor: Actor::User,
+                        action: "test.entry",
+                        resource: &format!("r{i}"),
+                        request_id: "",
+                        client_addr: "",
+                        outcome: Outcome::Success,
+                        at: 1_700_000_000 + i,
+                    },
+                )?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let first = page_text(&app, &s, "/dashboard/audit?action=test.entry").await;
+    assert_eq!(first.matches("<td>test.entry</td>").count(), 100);
+    assert!(first.contains("<td>r119</td>") && first.contains("<td>r20</td>"));
+    let href = first
+        .split(r#"<a href="/dashboard/audit?"#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("an older-entries link")
+        .replace("&#38;", "&");
+    let older = page_text(&app, &s, &format!("/dashboard/audit?{href}")).await;
+    assert_eq!(older.matches("<td>test.entry</td>").count(), 20);
+    assert!(older.contains("<td>r19</td>") && older.contains("<td>r0</td>"));
+    assert!(!older.contains("Older entries"));
+}

@@ -197,7 +197,14 @@ struct LoginPage {
     oauth: Vec<OAuthButton>,
 }
 
-async fn login(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// Someone already signed in has nothing to do on `/login` or `/signup`.
+async fn login(
+    auth: Option<Authenticated>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if auth.is_some() {
+        return Ok(redirect("/dashboard"));
+    }
     let p = LoginPage {
         layout: Layout::public("Sign in"),
         signup: false,
@@ -206,7 +213,13 @@ async fn login(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     page(p.render(), Exposure::Public)
 }
 
-async fn signup(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn signup(
+    auth: Option<Authenticated>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if auth.is_some() {
+        return Ok(redirect("/dashboard"));
+    }
     let p = LoginPage {
         layout: Layout::public("Create an account"),
         signup: true,

@@ -246,3 +246,50 @@ async fn the_audit_page_shows_100_entries_and_links_the_older_ones() {
     assert!(older.contains("<td>r19</td>") && older.contains("<td>r0</td>"));
     assert!(!older.contains("Older entries"));
 }
+
+#[tokio::test]
+async fn the_login_page_offers_only_the_configured_oauth_providers() {
+    let app = TestApp::spawn_with(|s| {
+        s.public_url = Some("http://keybroker.test".to_owned());
+        s.oauth.github = Some(keybroker::config::OAuthClientSettings {
+            client_id: "client".to_owned(),
+            client_secret: secrecy::SecretString::from("secret".to_owned()),
+            auth_url: "http://127.0.0.1:9/authorize".to_owned(),
+            token_url: "http://127.0.0.1:9/token".to_owned(),
+            userinfo_url: "http://127.0.0.1:9/user".to_owned(),
+            emails_url: None,
+        });
+    })
+    .await;
+    let body = app
+        .get("/login", None)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains(r#"href="/auth/oauth/github/start""#));
+    assert!(!body.contains("/auth/oauth/google/start"));
+    let plain = TestApp::spawn().await;
+    let body = plain
+        .get("/login", None)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!body.contains("/auth/oauth/"));
+}
+
+#[tokio::test]
+async fn a_signed_in_user_is_sent_from_login_and_signup_to_the_dashboard() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    for path in ["/login", "/signup"] {
+        let res = app.get(path, Some(&s)).send().await.unwrap();
+        assert_eq!(res.status(), 303, "{path}");
+        assert_eq!(header(&res, "location"), "/dashboard", "{path}");
+    }
+}

@@ -85,18 +85,21 @@ async function submitApiForm(form) {
 
 // The quick format check before submit; the server's check is the real one.
 function keyHint(form) {
+  // The add form picks the provider; a rotation form names its key's provider.
   const select = form.querySelector('select[name="provider"]');
   const input = form.querySelector('input[name="key"]');
   const hint = form.querySelector(".hint");
-  if (!select || !input) return true;
-  const opt = select.selectedOptions[0];
-  const prefixes = (opt && opt.dataset.prefixes || "").split(" ").filter(Boolean);
+  if (!input) return true;
+  const opt = select ? select.selectedOptions[0] : null;
+  const source = opt ? opt.dataset : form.dataset;
+  const name = opt ? opt.textContent : form.dataset.providerName;
+  const prefixes = (source.prefixes || "").split(" ").filter(Boolean);
   const value = input.value.trim();
   let problem = "";
   if (/\s/.test(value)) problem = "A key has no spaces or line breaks.";
   else if (value.length > 0 && value.length < 16) problem = "That is too short to be a key.";
   else if (value.length > 0 && prefixes.length && !prefixes.some((p) => value.startsWith(p)))
-    problem = "A " + opt.textContent + " key starts with " + prefixes.join(" or ") + ".";
+    problem = name + " keys start with " + prefixes.join(" or ") + ".";
   if (hint) hint.textContent = problem;
   input.setCustomValidity(problem);
   return problem === "";
@@ -176,18 +179,18 @@ document.addEventListener("DOMContentLoaded", () => {
     else if (form.dataset.api) action = submitApiForm;
     if (!action) return;
     e.preventDefault();
-    if (form.id === "add-key" && !keyHint(form)) { form.reportValidity(); return; }
+    if (form.querySelector('input[name="key"]') && !keyHint(form)) { form.reportValidity(); return; }
     showError(form, null);
     action(form).catch((err) => showError(form, err));
   });
 
   document.addEventListener("input", (e) => {
     const form = e.target.form;
-    if (form && form.id === "add-key") keyHint(form);
+    if (form && form.querySelector('input[name="key"]')) keyHint(form);
   });
   document.addEventListener("change", (e) => {
     const form = e.target.form;
-    if (form && form.id === "add-key") keyHint(form);
+    if (form && form.querySelector('input[name="key"]')) keyHint(form);
   });
 
   document.addEventListener("click", (e) => {

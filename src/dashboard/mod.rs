@@ -381,6 +381,8 @@ struct KeyView {
     id: String,
     provider: String,
     provider_name: &'static str,
+    /// Space-separated literal key starts, for the check before a rotation is sent.
+    prefixes: String,
     label: String,
     masked: String,
     created_at: String,
@@ -421,6 +423,9 @@ async fn keys(
         .into_iter()
         .map(|r| KeyView {
             provider_name: display_name(&r.provider),
+            prefixes: crate::providers::lookup(&r.provider)
+                .map(|p| p.prefixes().join(" "))
+                .unwrap_or_default(),
             id: r.id,
             provider: r.provider,
             label: r.label,

@@ -257,7 +257,7 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
     )
     .await;
     assert!(
-        hint.as_str().unwrap().contains("starts with sk-ant-"),
+        hint.as_str().unwrap().contains("keys start with sk-ant-"),
         "the format is checked before submit: {hint}"
     );
     select(&c, "#add-provider", "openai").await;
@@ -349,9 +349,25 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
     );
     screenshot(&c, "keys-revealed.png").await;
 
-    // Rotate the OpenAI key.
+    // Rotate the OpenAI key (something that is not an OpenAI key is caught before it is sent).
     let rotated = format!("{}ZZZZ", openai_key());
     click(&c, &format!("{item} [data-toggle^=rotate]")).await;
+    fill(
+        &c,
+        &format!("{item} form[data-method=PUT] input[name=key]"),
+        "xoxb-0000000000-not-an-openai-key",
+    )
+    .await;
+    click(
+        &c,
+        &format!("{item} form[data-method=PUT] button[type=submit]"),
+    )
+    .await;
+    let message = js(&c, &format!("return document.querySelector(\"{item} form[data-method=PUT] input\").validationMessage")).await;
+    assert!(
+        message.as_str().unwrap().contains("keys start with sk-"),
+        "{message}"
+    );
     fill(
         &c,
         &format!("{item} form[data-method=PUT] input[name=key]"),
@@ -424,6 +440,8 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
         !listed.as_str().unwrap().contains(&token),
         "the token is shown only once"
     );
+    click(&c, "tbody button[data-call^='DELETE /api/v1/tokens/']").await;
+    until(&c, "token revoked", "return document.readyState === 'complete' && document.querySelector('main table') === null").await;
 
     // Export CSV: a file is downloaded, with the masks and no key.
     open(&c, &base, "/dashboard/settings/keys").await;
@@ -469,6 +487,7 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
         "keys.export",
         "ceiling.set",
         "token.create",
+        "token.revoke",
         "session.revoke",
     ] {
         assert!(

@@ -293,3 +293,36 @@ async fn a_signed_in_user_is_sent_from_login_and_signup_to_the_dashboard() {
         assert_eq!(header(&res, "location"), "/dashboard", "{path}");
     }
 }
+
+/// Forms are sent by app.js; should it not run, a form must not fall back to a GET that puts a
+/// password or key into the URL.
+#[tokio::test]
+async fn every_form_that_carries_a_secret_is_a_post() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    crate::key_helpers::add_key(&app, &s, "openai", &openai_key()).await;
+    let mut forms = 0;
+    for path in PAGES
+        .iter()
+        .chain(&["/login", "/signup", "/reset", "/reset/confirm"])
+    {
+        let session = path.starts_with("/dashboard").then_some(&s);
+        let body = app
+            .get(path, session)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for form in body.split("<form").skip(1) {
+            let tag = form.split('>').next().unwrap();
+            forms += 1;
+            assert!(
+                tag.contains(r#"method="post""#) || tag.contains(r#"action="/dashboard/audit""#),
+                "{path}: <form{tag}>"
+            );
+        }
+    }
+    assert!(forms >= 10, "{forms} forms seen");
+}

@@ -57,7 +57,7 @@ async fn signed_in_pages_carry_the_strict_headers_and_are_not_stored() {
 }
 
 #[tokio::test]
-async fn reset_pages_send_no_referrer_and_never_render_the_token() {
+async fn reset_pages_send_no_referrer_and_neither_render_nor_log_the_token() {
     let app = TestApp::spawn().await;
     let token = keybroker::accounts::reset::ResetToken::generate();
     let link = format!("/reset/confirm?token={}", token.as_str());
@@ -72,6 +72,7 @@ async fn reset_pages_send_no_referrer_and_never_render_the_token() {
             "{path}"
         );
     }
+    app.assert_not_logged(&token.as_str()["kbr_".len()..]);
 }
 
 #[tokio::test]

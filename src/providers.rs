@@ -310,6 +310,15 @@ impl Provider {
         }
     }
 
+    /// The literal starts of this provider's keys (empty when keys have no fixed start). The
+    /// dashboard uses them for a quick check before submitting; the server's check is the real one.
+    pub fn prefixes(&self) -> &'static [&'static str] {
+        match &self.format {
+            Format::Redactor { prefixes, .. } | Format::Pair { prefixes, .. } => prefixes,
+            Format::Free => &[],
+        }
+    }
+
     /// The fixed, public start of `key` for this provider (`sk-proj-`, `AIza`, ...), if any.
     /// Never derived from the secret part: only literal prefixes from the registry.
     pub fn known_prefix(&self, key: &str) -> Option<&'static str> {

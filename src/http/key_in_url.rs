@@ -46,6 +46,9 @@ pub fn url_carries_key(path: &str, query: &str) -> bool {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let name = decode_fully(name, true);
         let value = decode_fully(value, true);
+        if our_reset_link(&path, &name, &value) {
+            continue;
+        }
         if pieces(&name)
             .chain(pieces(&value))
             .any(providers::looks_like_credential)
@@ -57,6 +60,15 @@ pub fn url_carries_key(path: &str, query: &str) -> bool {
         }
     }
     false
+}
+
+/// The password-reset link we mail (`/reset/confirm?token=kbr_…`) carries our own one-time token
+/// in its query string by design; the page moves it out of the URL at once. Only a value shaped
+/// exactly like a reset token is let through, and only there.
+fn our_reset_link(path: &str, name: &str, value: &str) -> bool {
+    path == "/reset/confirm"
+        && name == "token"
+        && crate::accounts::reset::hash_presented(value).is_some()
 }
 
 /// Splits text on everything that cannot be part of a prefixed key (`[A-Za-z0-9_:-]`).
@@ -154,6 +166,16 @@ fn percent_decode(text: &str, plus_is_space: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mailed_reset_link_passes_but_only_on_its_page_and_with_a_reset_token() {
+        let token = crate::accounts::reset::ResetToken::generate();
+        let query = format!("token={}", token.as_str());
+        assert!(!url_carries_key("/reset/confirm", &query));
+        assert!(url_carries_key("/dashboard", &query));
+        let key = format!("sk-proj-{}", "Ab3_x".repeat(10));
+        assert!(url_carries_key("/reset/confirm", &format!("token={key}")));
+    }
 
     fn openai_key() -> String {
         format!("sk-proj-{}", "Ab3_x".repeat(10))

@@ -18,6 +18,7 @@ use crate::error::{extractors, ApiError};
 const KEY_BODY_LIMIT: usize = 2 * 1024 * 1024;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.configure(crate::dashboard::configure);
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(health::metrics))

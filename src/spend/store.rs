@@ -106,3 +106,41 @@ pub fn usage(
     })?;
     rows.collect()
 }
+
+/// One proxied call as the dashboard lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecentCall {
+    pub provider: String,
+    pub at: i64,
+    pub method: String,
+    pub route: String,
+    pub status: i64,
+    pub outcome: String,
+    pub model: String,
+    pub cost: Money,
+}
+
+/// The account's latest proxied calls (refusals included), newest first.
+pub fn recent_calls(
+    conn: &Connection,
+    account: i64,
+    limit: u32,
+) -> rusqlite::Result<Vec<RecentCall>> {
+    conn.prepare_cached(
+        "SELECT provider, at, method, route, status, outcome, model, cost_micros FROM recent_calls
+         WHERE account_id = ?1 ORDER BY id DESC LIMIT ?2",
+    )?
+    .query_map(params![account, limit], |r| {
+        Ok(RecentCall {
+            provider: r.get(0)?,
+            at: r.get(1)?,
+            method: r.get(2)?,
+            route: r.get(3)?,
+            status: r.get(4)?,
+            outcome: r.get(5)?,
+            model: r.get(6)?,
+            cost: Money::from_micros(r.get(7)?),
+        })
+    })?
+    .collect()
+}

@@ -5,8 +5,10 @@
 mod audit;
 mod auth_basic;
 mod auth_sessions;
+mod browser;
 mod cli;
 mod crash;
+mod dashboard_pages;
 mod docs;
 mod fake_upstream;
 mod health;

@@ -1,0 +1,226 @@
+// keybroker dashboard: the only script. Forms and buttons call the JSON API (/api/v1) with the
+// session's CSRF token; pages are rendered by the server. No inline script anywhere.
+"use strict";
+
+// Record CSP violations and script errors in the DOM, so tests (and curious users) can see them.
+(function watch() {
+  const note = (kind, text) => {
+    const el = document.documentElement;
+    const prev = el.getAttribute("data-" + kind) || "";
+    el.setAttribute("data-" + kind, prev + text + "\n");
+  };
+  document.addEventListener("securitypolicyviolation", (e) =>
+    note("csp-violations", e.violatedDirective + " " + e.blockedURI));
+  window.addEventListener("error", (e) => note("js-errors", String(e.message)));
+  window.addEventListener("unhandledrejection", (e) => note("js-errors", String(e.reason)));
+})();
+
+// A reset link's token leaves the URL before anything else can see it.
+const resetToken = (function takeResetToken() {
+  if (location.pathname !== "/reset/confirm") return "";
+  const token = new URLSearchParams(location.search).get("token") || "";
+  history.replaceState(null, "", "/reset/confirm");
+  return token;
+})();
+
+const REVEAL_SECONDS = 30;
+
+function csrf() {
+  const m = document.querySelector('meta[name="csrf-token"]');
+  return m ? m.content : "";
+}
+
+async function api(method, url, body) {
+  const headers = { "X-CSRF-Token": csrf() };
+  const init = { method, headers, credentials: "same-origin" };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const res = await fetch(url, init);
+  let data = null;
+  if (res.status !== 204) {
+    try { data = await res.json(); } catch (_) { data = null; }
+  }
+  if (!res.ok) {
+    const msg = data && data.error && data.error.message ? data.error.message : "request failed (" + res.status + ")";
+    throw new Error(msg);
+  }
+  return data;
+}
+
+function showError(form, err) {
+  const p = form.querySelector(".error");
+  if (p) { p.textContent = err ? err.message : ""; p.hidden = !err; }
+}
+
+function fields(form) {
+  const out = {};
+  for (const el of form.elements) {
+    if (!el.name) continue;
+    if (el.name === "label" && el.value.trim() === "") continue;
+    out[el.name] = el.value;
+  }
+  return out;
+}
+
+// <form data-api="/api/v1/..." [data-method] [data-next|data-reload|data-done]>: fields as JSON.
+async function submitApiForm(form) {
+  const body = fields(form);
+  let url = form.dataset.api;
+  if (url.includes("{provider}")) {
+    url = url.replace("{provider}", encodeURIComponent(body.provider));
+    delete body.provider;
+  }
+  if (form.id === "reset-confirm") body.token = resetToken;
+  await api(form.dataset.method || "POST", url, body);
+  if (form.dataset.next) location.assign(form.dataset.next);
+  else if (form.hasAttribute("data-reload") || form.dataset.method === "PUT") location.reload();
+  else if (form.dataset.done) {
+    const ok = form.querySelector(".ok");
+    if (ok) { ok.textContent = form.dataset.done; ok.hidden = false; }
+    form.reset();
+  }
+}
+
+// The quick format check before submit; the server's check is the real one.
+function keyHint(form) {
+  // The add form picks the provider; a rotation form names its key's provider.
+  const select = form.querySelector('select[name="provider"]');
+  const input = form.querySelector('input[name="key"]');
+  const hint = form.querySelector(".hint");
+  if (!input) return true;
+  const opt = select ? select.selectedOptions[0] : null;
+  const source = opt ? opt.dataset : form.dataset;
+  const name = opt ? opt.textContent : form.dataset.providerName;
+  const prefixes = (source.prefixes || "").split(" ").filter(Boolean);
+  const value = input.value.trim();
+  let problem = "";
+  if (/\s/.test(value)) problem = "A key has no spaces or line breaks.";
+  else if (value.length > 0 && value.length < 16) problem = "That is too short to be a key.";
+  else if (value.length > 0 && prefixes.length && !prefixes.some((p) => value.startsWith(p)))
+    problem = name + " keys start with " + prefixes.join(" or ") + ".";
+  if (hint) hint.textContent = problem;
+  input.setCustomValidity(problem);
+  return problem === "";
+}
+
+async function reauth(password) {
+  await api("POST", "/api/v1/auth/reauth", { password });
+}
+
+async function reveal(form) {
+  const item = form.closest("[data-key-id]");
+  const id = item.dataset.keyId;
+  await reauth(form.elements.password.value);
+  const data = await api("POST", "/api/v1/keys/" + encodeURIComponent(id) + "/reveal");
+  form.reset();
+  form.hidden = true;
+  const code = item.querySelector(".secret");
+  const copy = item.querySelector(".copy");
+  code.textContent = data.key;
+  code.classList.add("revealed");
+  const status = item.querySelector(".countdown");
+  const toggle = item.querySelector("[data-toggle^='reveal-']");
+  if (toggle) toggle.setAttribute("aria-expanded", "false");
+  copy.hidden = false;
+  copy.onclick = () => copyText(code.textContent, copy);
+  status.textContent = "hidden again in " + REVEAL_SECONDS + " s";
+  setTimeout(() => {
+    code.textContent = code.dataset.masked;
+    code.classList.remove("revealed");
+    copy.hidden = true;
+    status.textContent = "";
+  }, REVEAL_SECONDS * 1000);
+}
+
+async function removeKey(form) {
+  const id = form.closest("[data-key-id]").dataset.keyId;
+  await reauth(form.elements.password.value);
+  await api("DELETE", "/api/v1/keys/" + encodeURIComponent(id));
+  location.reload();
+}
+
+function snippet(provider, base, token) {
+  const url = base + "/proxy/" + provider;
+  if (provider === "openai")
+    return 'from openai import OpenAI\n\nclient = OpenAI(\n    base_url="' + url + '/v1",\n    api_key="' + token + '",\n)';
+  if (provider === "anthropic")
+    return 'import anthropic\n\nclient = anthropic.Anthropic(\n    base_url="' + url + '",\n    api_key="' + token + '",\n)';
+  return 'curl ' + url + '/... \\\n  -H "Authorization: Bearer ' + token + '"';
+}
+
+async function createToken(form) {
+  const provider = form.elements.provider.value;
+  const data = await api("POST", "/api/v1/tokens", { name: form.elements.name.value, providers: [provider] });
+  document.getElementById("new-token-value").textContent = data.token;
+  document.getElementById("new-token-snippet").textContent = snippet(provider, form.dataset.baseUrl, data.token);
+  document.getElementById("new-token").hidden = false;
+  form.reset();
+}
+
+async function copyText(text, button) {
+  try {
+    await navigator.clipboard.writeText(text);
+    button.textContent = "Copied";
+  } catch (_) {
+    button.textContent = "Select and copy";
+  }
+  setTimeout(() => { button.textContent = "Copy"; }, 2000);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.addEventListener("submit", (e) => {
+    const form = e.target;
+    let action = null;
+    if (form.classList.contains("reveal")) action = reveal;
+    else if (form.classList.contains("remove")) action = removeKey;
+    else if (form.id === "create-token") action = createToken;
+    else if (form.dataset.api) action = submitApiForm;
+    if (!action) return;
+    e.preventDefault();
+    if (form.querySelector('input[name="key"]') && !keyHint(form)) { form.reportValidity(); return; }
+    showError(form, null);
+    action(form).catch((err) => showError(form, err));
+  });
+
+  document.addEventListener("input", (e) => {
+    const form = e.target.form;
+    if (form && form.querySelector('input[name="key"]')) keyHint(form);
+  });
+  document.addEventListener("change", (e) => {
+    const form = e.target.form;
+    if (form && form.querySelector('input[name="key"]')) keyHint(form);
+  });
+
+  document.addEventListener("click", (e) => {
+    const t = e.target.closest("button");
+    if (!t) return;
+    if (t.dataset.toggle) {
+      const target = document.getElementById(t.dataset.toggle);
+      target.hidden = !target.hidden;
+      t.setAttribute("aria-expanded", String(!target.hidden));
+      if (!target.hidden) { const first = target.querySelector("input"); if (first) first.focus(); }
+    } else if (t.dataset.call) {
+      const [method, url] = t.dataset.call.split(" ");
+      api(method, url).then(() => {
+        if (t.dataset.next) location.assign(t.dataset.next); else location.reload();
+      }).catch((err) => alertNear(t, err));
+    } else if (t.dataset.copy) {
+      copyText(document.getElementById(t.dataset.copy).textContent, t);
+    } else if (t.hasAttribute("data-logout")) {
+      api("POST", "/api/v1/auth/logout").finally(() => location.assign("/login"));
+    }
+  });
+});
+
+function alertNear(el, err) {
+  let p = el.parentElement.querySelector(".error");
+  if (!p) {
+    p = document.createElement("p");
+    p.className = "error";
+    p.setAttribute("role", "alert");
+    el.parentElement.appendChild(p);
+  }
+  p.textContent = err.message;
+}

@@ -1,0 +1,329 @@
+//! The dashboard pages over plain HTTP: who may see them, the headers they carry, and that what
+//! users typed is rendered as text.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::TestApp;
+use crate::key_helpers::openai_key;
+
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+const PAGES: &[&str] = &[
+    "/dashboard",
+    "/dashboard/settings/keys",
+    "/dashboard/settings/tokens",
+    "/dashboard/settings/sessions",
+    "/dashboard/audit",
+];
+
+fn header<'a>(res: &'a reqwest::Response, name: &str) -> &'a str {
+    res.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn dashboard_pages_send_signed_out_visitors_to_login() {
+    let app = TestApp::spawn().await;
+    for path in PAGES {
+        let res = app.get(path, None).send().await.unwrap();
+        assert_eq!(res.status(), 303, "{path}");
+        assert_eq!(header(&res, "location"), "/login", "{path}");
+    }
+}
+
+#[tokio::test]
+async fn signed_in_pages_carry_the_strict_headers_and_are_not_stored() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    for path in PAGES {
+        let res = app.get(path, Some(&s)).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        assert_eq!(header(&res, "content-security-policy"), CSP, "{path}");
+        assert_eq!(header(&res, "x-frame-options"), "DENY", "{path}");
+        assert_eq!(header(&res, "x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header(&res, "referrer-policy"), "strict-origin", "{path}");
+        assert_eq!(header(&res, "cache-control"), "no-store", "{path}");
+        let body = res.text().await.unwrap();
+        assert!(
+            body.contains(&format!(r#"<meta name="csrf-token" content="{}">"#, s.csrf)),
+            "{path} carries the CSRF token"
+        );
+        assert!(!body.contains("<script>"), "{path} has no inline script");
+        assert!(!body.contains("style="), "{path} has no inline style");
+    }
+}
+
+#[tokio::test]
+async fn reset_pages_send_no_referrer_and_neither_render_nor_log_the_token() {
+    let app = TestApp::spawn().await;
+    let token = keybroker::accounts::reset::ResetToken::generate();
+    let link = format!("/reset/confirm?token={}", token.as_str());
+    for path in ["/reset", link.as_str()] {
+        let res = app.get(path, None).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        assert_eq!(header(&res, "referrer-policy"), "no-referrer", "{path}");
+        assert_eq!(header(&res, "cache-control"), "no-store", "{path}");
+        assert_eq!(header(&res, "content-security-policy"), CSP, "{path}");
+        assert!(
+            !res.text().await.unwrap().contains(token.as_str()),
+            "{path}"
+        );
+    }
+    app.assert_not_logged(&token.as_str()["kbr_".len()..]);
+}
+
+#[tokio::test]
+async fn login_and_signup_pages_are_public() {
+    let app = TestApp::spawn().await;
+    for (path, action) in [
+        ("/login", "/api/v1/auth/login"),
+        ("/signup", "/api/v1/auth/signup"),
+    ] {
+        let res = app.get(path, None).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        assert_eq!(header(&res, "content-security-policy"), CSP);
+        assert!(res.text().await.unwrap().contains(action), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn the_stylesheet_and_script_are_served_with_their_types() {
+    let app = TestApp::spawn().await;
+    for (path, ty) in [
+        ("/static/app.css", "text/css; charset=utf-8"),
+        ("/static/app.js", "text/javascript; charset=utf-8"),
+        ("/static/favicon.svg", "image/svg+xml"),
+    ] {
+        let res = app.get(path, None).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        assert_eq!(header(&res, "content-type"), ty);
+        assert_eq!(header(&res, "x-content-type-options"), "nosniff");
+    }
+}
+
+#[tokio::test]
+async fn a_key_label_with_markup_is_rendered_as_text() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    let res = app
+        .send(Method::POST, "/api/v1/keys", Some(&s))
+        .json(&json!({"provider": "openai", "key": openai_key(), "label": "<script>alert(1)</script>"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let body = app
+        .get("/dashboard/settings/keys", Some(&s))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        body.contains("&#60;script&#62;alert(1)&#60;/script&#62;")
+            || body.contains("&lt;script&gt;alert(1)&lt;/script&gt;")
+    );
+    assert!(!body.contains("<script>alert(1)"));
+}
+
+#[tokio::test]
+async fn the_keys_page_shows_masks_never_the_key() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    let key = openai_key();
+    crate::key_helpers::add_key(&app, &s, "openai", &key).await;
+    let body = app
+        .get("/dashboard/settings/keys", Some(&s))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!body.contains(&key));
+    assert!(body.contains("sk-proj-"));
+}
+
+async fn page_text(app: &TestApp, s: &crate::helpers::Session, path: &str) -> String {
+    let res = app.get(path, Some(s)).send().await.unwrap();
+    assert_eq!(res.status(), 200, "{path}");
+    res.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn another_devices_user_agent_is_rendered_as_text_on_the_sessions_page() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    let res = app
+        .post_json(
+            "/api/v1/auth/login",
+            None,
+            &json!({"email": s.email, "password": crate::helpers::PASSWORD}),
+        )
+        .header("User-Agent", "<img src=x onerror=alert(1)>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body = page_text(&app, &s, "/dashboard/settings/sessions").await;
+    assert!(!body.contains("<img src=x"));
+    assert!(body.contains("&#60;img src=x onerror=alert(1)&#62;"));
+}
+
+#[tokio::test]
+async fn a_token_name_with_markup_is_rendered_as_text() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    crate::key_helpers::create_token(&app, &s, json!({"name": "<b>bold</b>"})).await;
+    let body = page_text(&app, &s, "/dashboard/settings/tokens").await;
+    assert!(!body.contains("<b>bold</b>"));
+    assert!(body.contains("&#60;b&#62;bold&#60;/b&#62;"));
+}
+
+#[tokio::test]
+async fn the_audit_page_filters_by_action_and_links_a_matching_export() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    crate::key_helpers::add_key(&app, &s, "openai", &openai_key()).await;
+    let body = page_text(&app, &s, "/dashboard/audit?action=key.add").await;
+    assert_eq!(body.matches("<td>key.add</td>").count(), 1);
+    assert!(!body.contains("<td>signup</td>"));
+    assert!(body.contains(r#"href="/api/v1/audit?format=csv&#38;action=key.add""#));
+    let all = page_text(&app, &s, "/dashboard/audit").await;
+    assert!(all.contains("<td>signup</td>"));
+}
+
+#[tokio::test]
+async fn the_audit_page_explains_a_bad_time_filter() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    let body = page_text(&app, &s, "/dashboard/audit?since=yesterday").await;
+    assert!(body.contains("Times are RFC 3339"));
+}
+
+#[tokio::test]
+async fn the_audit_page_shows_100_entries_and_links_the_older_ones() {
+    use keybroker::audit::{self, Actor, Event, Outcome};
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    let account = crate::key_helpers::account_id(&app, &s);
+    app.state
+        .db
+        .write(move |conn| -> Result<(), keybroker::db::DbError> {
+            for i in 0..120 {
+                audit::append(
+                    conn,
+                    &Event {
+                        account_id: Some(account),
+                        actor: Actor::User,
+                        action: "test.entry",
+                        resource: &format!("r{i}"),
+                        request_id: "",
+                        client_addr: "",
+                        outcome: Outcome::Success,
+                        at: 1_700_000_000 + i,
+                    },
+                )?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let first = page_text(&app, &s, "/dashboard/audit?action=test.entry").await;
+    assert_eq!(first.matches("<td>test.entry</td>").count(), 100);
+    assert!(first.contains("<td>r119</td>") && first.contains("<td>r20</td>"));
+    let href = first
+        .split(r#"<a href="/dashboard/audit?"#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("an older-entries link")
+        .replace("&#38;", "&");
+    let older = page_text(&app, &s, &format!("/dashboard/audit?{href}")).await;
+    assert_eq!(older.matches("<td>test.entry</td>").count(), 20);
+    assert!(older.contains("<td>r19</td>") && older.contains("<td>r0</td>"));
+    assert!(!older.contains("Older entries"));
+}
+
+#[tokio::test]
+async fn the_login_page_offers_only_the_configured_oauth_providers() {
+    let app = TestApp::spawn_with(|s| {
+        s.public_url = Some("http://keybroker.test".to_owned());
+        s.oauth.github = Some(keybroker::config::OAuthClientSettings {
+            client_id: "client".to_owned(),
+            client_secret: secrecy::SecretString::from("secret".to_owned()),
+            auth_url: "http://127.0.0.1:9/authorize".to_owned(),
+            token_url: "http://127.0.0.1:9/token".to_owned(),
+            userinfo_url: "http://127.0.0.1:9/user".to_owned(),
+            emails_url: None,
+        });
+    })
+    .await;
+    let body = app
+        .get("/login", None)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains(r#"href="/auth/oauth/github/start""#));
+    assert!(!body.contains("/auth/oauth/google/start"));
+    let plain = TestApp::spawn().await;
+    let body = plain
+        .get("/login", None)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!body.contains("/auth/oauth/"));
+}
+
+#[tokio::test]
+async fn a_signed_in_user_is_sent_from_login_and_signup_to_the_dashboard() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    for path in ["/login", "/signup"] {
+        let res = app.get(path, Some(&s)).send().await.unwrap();
+        assert_eq!(res.status(), 303, "{path}");
+        assert_eq!(header(&res, "location"), "/dashboard", "{path}");
+    }
+}
+
+/// Forms are sent by app.js; should it not run, a form must not fall back to a GET that puts a
+/// password or key into the URL.
+#[tokio::test]
+async fn every_form_that_carries_a_secret_is_a_post() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    crate::key_helpers::add_key(&app, &s, "openai", &openai_key()).await;
+    let mut forms = 0;
+    for path in PAGES
+        .iter()
+        .chain(&["/login", "/signup", "/reset", "/reset/confirm"])
+    {
+        let session = path.starts_with("/dashboard").then_some(&s);
+        let body = app
+            .get(path, session)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for form in body.split("<form").skip(1) {
+            let tag = form.split('>').next().unwrap();
+            forms += 1;
+            assert!(
+                tag.contains(r#"method="post""#) || tag.contains(r#"action="/dashboard/audit""#),
+                "{path}: <form{tag}>"
+            );
+        }
+    }
+    assert!(forms >= 10, "{forms} forms seen");
+}

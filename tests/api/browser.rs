@@ -36,7 +36,30 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Installs Debian's chromium and chromium-driver when they are missing, once per test run, so
+/// the README's test command works on a fresh machine (as the SDK tests create their own venv).
+/// Fails loudly if it cannot: the test never skips.
+fn ensure_browser() {
+    static READY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    READY.get_or_init(|| {
+        if [CHROMEDRIVER, CHROMIUM].iter().all(|b| Path::new(b).exists()) {
+            return;
+        }
+        let apt = |args: &[&str]| {
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let ok = apt(&["update", "-qq"])
+            && apt(&["install", "-y", "-qq", "--no-install-recommends", "chromium", "chromium-driver"]);
+        assert!(ok, "chromium/chromedriver are missing and apt-get could not install them (install them as root)");
+    });
+}
+
 async fn start_browser(profile: &Path, downloads: &Path) -> (Driver, Client) {
+    ensure_browser();
     for bin in [CHROMEDRIVER, CHROMIUM] {
         assert!(
             Path::new(bin).exists(),

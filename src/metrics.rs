@@ -88,6 +88,8 @@ pub struct Metrics {
     pub proxy_overhead: Histogram,
     /// Time from sending the upstream request to its response head.
     pub upstream_latency: Histogram,
+    /// The part of `proxy_overhead` spent waiting for the call's hold to be committed.
+    pub hold_commit_wait: Histogram,
 }
 
 impl Metrics {
@@ -102,6 +104,11 @@ impl Metrics {
             &mut out,
             "keybroker_upstream_latency_seconds",
             "Time from sending a proxied request upstream to its response head.",
+        );
+        self.hold_commit_wait.render(
+            &mut out,
+            "keybroker_hold_commit_wait_seconds",
+            "Time a proxied response waits for its spend hold to be committed.",
         );
         let _ = writeln!(
             out,

@@ -331,7 +331,7 @@ fn q(h: &Histogram<u64>, quantile: f64) -> f64 {
     h.value_at_quantile(quantile) as f64 / 1000.0
 }
 
-async fn overhead_quantiles(base: &str) -> Result<Value> {
+async fn overhead_quantiles(base: &str, metric: &str) -> Result<Value> {
     let text = reqwest::get(format!("{base}/metrics"))
         .await?
         .text()
@@ -340,7 +340,7 @@ async fn overhead_quantiles(base: &str) -> Result<Value> {
     let mut buckets: Vec<(f64, u64)> = Vec::new();
     for line in text
         .lines()
-        .filter(|l| l.starts_with("keybroker_proxy_overhead_seconds_bucket"))
+        .filter(|l| l.starts_with(&format!("{metric}_bucket")))
     {
         let le = line
             .split("le=\"")
@@ -447,12 +447,18 @@ async fn main() -> Result<()> {
         "upstream_gap_ms": SSE_GAP.as_secs_f64() * 1000.0,
     }));
 
-    let overhead = overhead_quantiles(&base).await?;
+    let overhead = overhead_quantiles(&base, "keybroker_proxy_overhead_seconds").await?;
+    let wait = overhead_quantiles(&base, "keybroker_hold_commit_wait_seconds").await?;
     md += &format!(
         "| in-process overhead from /metrics (µs, bucket upper bounds) | | p50 ≤ {} / p99 ≤ {} / p99.9 ≤ {} | |\n",
         overhead["p50_us_at_most"], overhead["p99_us_at_most"], overhead["p999_us_at_most"]
     );
+    md += &format!(
+        "| of which waiting for the hold's commit (µs, bucket upper bounds) | | p50 ≤ {} / p99 ≤ {} / p99.9 ≤ {} | |\n",
+        wait["p50_us_at_most"], wait["p99_us_at_most"], wait["p999_us_at_most"]
+    );
     report.insert("in_process_overhead".into(), overhead);
+    report.insert("hold_commit_wait".into(), wait);
     report.insert(
         "machine".into(),
         json!({

@@ -545,10 +545,24 @@ pub async fn proxy(
             )
         }
     };
+    // What the client is about to be told (the remaining budget, and by answering at all, that
+    // its call is held) must survive a crash: wait until the spend writer has committed every
+    // event sent up to this point, this call's hold included. The upstream call ran in parallel
+    // with that commit.
     let remaining = proxy
         .ledger
         .snapshot(token.account_id, provider.id)
         .remaining;
+    let seq = proxy.writer.sent();
+    let wait_started = std::time::Instant::now();
+    let durable = proxy.writer.committed(seq, Duration::from_secs(5)).await;
+    proxy
+        .metrics
+        .hold_commit_wait
+        .record(wait_started.elapsed());
+    if !durable {
+        tracing::error!("spend writer is more than 5 s behind; answering without a durable hold");
+    }
     let mut out = HttpResponse::build(status);
     for (name, value) in headers::response_headers(response.headers()) {
         out.append_header((name, value));

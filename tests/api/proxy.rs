@@ -815,3 +815,50 @@ async fn a_garbage_body_is_passed_through_and_charged_its_reservation() {
     let per_call = expected_micros(&[(OPENAI_USAGE.0, 0.15), (OPENAI_USAGE.1, 0.60)]);
     assert!(spent(&app, &s, "openai").await > per_call);
 }
+
+#[tokio::test]
+async fn a_response_waits_until_its_hold_is_committed() {
+    let (app, upstream) = app_with_upstream().await;
+    let s = app.signed_up().await;
+    add_key(&app, &s, "openai", OPENAI_KEY).await;
+    let t = token(&app, &s, None).await;
+    // Warm the token and key caches so the call needs no database write but the hold's.
+    openai_chat(&app, &t).await.bytes().await.unwrap();
+
+    // Another connection holds SQLite's write lock: the spend writer cannot commit.
+    let blocker = rusqlite::Connection::open(app.db_path()).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let call = {
+        let (client, url, t) = (
+            app.client.clone(),
+            app.url("/proxy/openai/v1/chat/completions"),
+            t.clone(),
+        );
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(t)
+                .json(&chat("gpt-4o-mini"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        upstream.recorder.count(),
+        2,
+        "the call was forwarded while its hold waited"
+    );
+    assert!(
+        !call.is_finished(),
+        "answered before its hold was committed"
+    );
+    blocker.execute_batch("COMMIT").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+}

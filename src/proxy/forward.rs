@@ -399,6 +399,8 @@ pub async fn proxy(
             return Err(refused(provider.id, refusal.limit, refusal.spent));
         }
     };
+    // The hold's event was sent inside `reserve`: everything up to here includes it.
+    let hold_seq = proxy.writer.sent();
 
     // The key, for this call only.
     let access = tokens::key_for_cached(
@@ -545,15 +547,14 @@ pub async fn proxy(
             )
         }
     };
-    // What the client is about to be told (the remaining budget, and by answering at all, that
-    // its call is held) must survive a crash: wait until the spend writer has committed every
-    // event sent up to this point, this call's hold included. The upstream call ran in parallel
-    // with that commit.
+    // The call's hold must survive a crash before the client hears anything: wait until the
+    // spend writer has committed it. It was sent before the upstream call, so that commit ran in
+    // parallel with it; waiting for later events (other calls' settles) would only add latency.
     let remaining = proxy
         .ledger
         .snapshot(token.account_id, provider.id)
         .remaining;
-    let seq = proxy.writer.sent();
+    let seq = hold_seq;
     let wait_started = std::time::Instant::now();
     let durable = proxy.writer.committed(seq, Duration::from_secs(5)).await;
     proxy

@@ -275,23 +275,12 @@ fn file_secret(
     }
 }
 
-/// An operator's upstream override: an `http(s)://host[:port][/path]` URL with no credentials,
-/// query or fragment. Returned without a trailing slash.
 fn check_upstream_url(var: &str, url: &str) -> Result<String, ConfigError> {
-    let bad = || {
+    crate::providers::checked_base_url(url).ok_or_else(|| {
         ConfigError::Invalid(format!(
             "{var} must be an http:// or https:// URL without credentials, query or fragment"
         ))
-    };
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(bad)?;
-    let authority = rest.split('/').next().unwrap_or("");
-    if authority.is_empty() || authority.contains('@') || url.contains(['?', '#', ' ']) {
-        return Err(bad());
-    }
-    Ok(url.trim_end_matches('/').to_owned())
+    })
 }
 
 /// Creates the data directory (0700) if needed and checks it is writable.

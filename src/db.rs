@@ -23,9 +23,6 @@ static MIGRATIONS: LazyLock<Migrations<'static>> =
     LazyLock::new(|| Migrations::new(MIGRATION_SQL.iter().map(|sql| M::up(sql)).collect()));
 
 /// How many schema versions this binary knows.
-pub fn schema_version() -> usize {
-    MIGRATIONS_COUNT
-}
 const MIGRATIONS_COUNT: usize = MIGRATION_SQL.len();
 
 const READERS: usize = 4;

@@ -400,20 +400,27 @@ fn parse_auth(raw: &str) -> Option<Injection> {
     }
 }
 
-fn check_base_url(id: &str, url: &str) -> Result<&'static str, RegistryError> {
-    let bad = || RegistryError::Bad {
-        id: id.to_owned(),
-        what: "base_url must be an http(s) URL without credentials, query or fragment",
-    };
+/// An operator's upstream base URL: `http(s)://host[:port][/path]` with no credentials, query or
+/// fragment, returned without a trailing slash. The one check for the providers file and the
+/// `KEYBROKER_UPSTREAM_<PROVIDER>` variables alike.
+pub fn checked_base_url(url: &str) -> Option<String> {
     let rest = url
         .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(bad)?;
+        .or_else(|| url.strip_prefix("http://"))?;
     let authority = rest.split('/').next().unwrap_or("");
     if authority.is_empty() || authority.contains('@') || url.contains(['?', '#', ' ']) {
-        return Err(bad());
+        return None;
     }
-    Ok(leak(url.trim_end_matches('/').to_owned()))
+    Some(url.trim_end_matches('/').to_owned())
+}
+
+fn check_base_url(id: &str, url: &str) -> Result<&'static str, RegistryError> {
+    checked_base_url(url)
+        .map(leak)
+        .ok_or_else(|| RegistryError::Bad {
+            id: id.to_owned(),
+            what: "base_url must be an http(s) URL without credentials, query or fragment",
+        })
 }
 
 impl Registry {

@@ -411,8 +411,8 @@ pub async fn proxy(
         provider.id,
     )
     .await;
-    let (key_id, plaintext) = match access {
-        Ok(KeyAccess::Key { key_id, plaintext }) => (key_id, plaintext),
+    let plaintext = match access {
+        Ok(KeyAccess::Key { plaintext, .. }) => plaintext,
         Ok(KeyAccess::NoKey) => {
             reservation.release();
             return Err(ApiError::new(
@@ -482,7 +482,6 @@ pub async fn proxy(
     };
     let status = response.status();
     record.status = status.as_u16();
-    let _ = key_id;
 
     if status.is_client_error() || status.is_server_error() {
         let mut response = response;

@@ -9,7 +9,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use futures_util::stream::{self, StreamExt};
@@ -298,9 +297,4 @@ fn google(path: &str, stream: bool, cut: bool, gap: Duration) -> HttpResponse {
         format!("data: {}\r\n\r\n", body(" fake.", c, true)),
     ];
     sse(events, cut, gap)
-}
-
-#[allow(dead_code)]
-pub fn status(s: u16) -> StatusCode {
-    StatusCode::from_u16(s).unwrap()
 }

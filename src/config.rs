@@ -401,6 +401,12 @@ impl Settings {
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("keybroker.db")
     }
+
+    /// The hold journal's folder (see `spend::journal`). It belongs to the database file beside
+    /// it: a restored database must start with it empty.
+    pub fn spend_journal_dir(&self) -> PathBuf {
+        self.data_dir.join("spend-journal")
+    }
 }
 
 /// Outgoing mail: SMTP when `KEYBROKER_SMTP_URL` is set, otherwise lettre's file transport into

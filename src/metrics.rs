@@ -84,12 +84,10 @@ impl Histogram {
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Time keybroker itself spends on a proxied call: before the upstream request is sent, and
-    /// from the upstream's response head to ours (durable hold included).
+    /// from the upstream's response head to ours.
     pub proxy_overhead: Histogram,
     /// Time from sending the upstream request to its response head.
     pub upstream_latency: Histogram,
-    /// The part of `proxy_overhead` spent waiting for the call's hold to be committed.
-    pub hold_commit_wait: Histogram,
 }
 
 impl Metrics {
@@ -104,11 +102,6 @@ impl Metrics {
             &mut out,
             "keybroker_upstream_latency_seconds",
             "Time from sending a proxied request upstream to its response head.",
-        );
-        self.hold_commit_wait.render(
-            &mut out,
-            "keybroker_hold_commit_wait_seconds",
-            "Time a proxied response waits for its spend hold to be committed.",
         );
         let _ = writeln!(
             out,

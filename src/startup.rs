@@ -20,6 +20,7 @@ use crate::mail::{self, MailError, MailWorker, Mailer, Outbox};
 use crate::metering::prices::PriceTable;
 use crate::proxy::Proxy;
 use crate::routes;
+use crate::spend::journal::HoldJournal;
 use crate::spend::store;
 use crate::spend::writer::SpendWriter;
 use crate::spend::Ledger;
@@ -77,6 +78,8 @@ pub enum StartError {
     Providers(String),
     #[error("price table: {0}")]
     Prices(String),
+    #[error("spend recovery: {0}")]
+    Spend(String),
     #[error("start-up task failed: {0}")]
     Task(String),
     #[error(transparent)]
@@ -130,13 +133,29 @@ async fn build_proxy(settings: &Settings, db: &Db) -> Result<Proxy, StartError> 
         overrides.as_deref(),
     )
     .map_err(|e| StartError::Prices(e.to_string()))?;
-    let (recovered, rows) = db
-        .write(|conn| store::recover_and_load(conn).map_err(DbError::from))
+    let journal_dir = settings.spend_journal_dir();
+    let dir = journal_dir.clone();
+    let store::Recovery {
+        recovered,
+        rows,
+        epoch,
+    } = db
+        .write(move |conn| {
+            store::recover_and_load(conn, Some(&dir)).map_err(|e| StartError::Spend(e.to_string()))
+        })
         .await?;
     if recovered.holds_charged > 0 {
-        tracing::warn!(holds = recovered.holds_charged, amount = %recovered.amount, "charged calls left in flight by the last run (fail closed)");
+        tracing::warn!(holds = recovered.holds_charged, from_journal = recovered.from_journal, amount = %recovered.amount, "charged calls left in flight by the last run (fail closed)");
     }
-    let writer = SpendWriter::start(db)?;
+    if recovered.journal_lines_skipped > 0 {
+        tracing::warn!(
+            lines = recovered.journal_lines_skipped,
+            "hold journal: skipped torn or corrupt lines"
+        );
+    }
+    let journal = HoldJournal::create(&journal_dir, epoch)
+        .map_err(|e| StartError::Spend(format!("hold journal: {e}")))?;
+    let writer = SpendWriter::start(db, Some(journal))?;
     let ledger = Ledger::new(settings.clock.clone(), Some(writer.sink()));
     ledger.load(rows);
     Ok(Proxy::new(

@@ -25,7 +25,7 @@ use crate::proxy::body::{Meter, MeteredBody, Settlement};
 use crate::proxy::headers;
 use crate::proxy::path::UpstreamPath;
 use crate::spend::writer::{CallRecord, SpendWriter};
-use crate::spend::Ledger;
+use crate::spend::{Ledger, ReserveError};
 use crate::startup::AppState;
 use crate::tokens::{self, KeyAccess};
 
@@ -392,15 +392,21 @@ pub async fn proxy(
         .reserve(token.account_id, provider.id, estimate.micros)
     {
         Ok(r) => r,
-        Err(refusal) => {
+        Err(ReserveError::Ceiling(refusal)) => {
             record.status = 402;
             record.outcome = "refused";
             proxy.writer.record_call(record);
             return Err(refused(provider.id, refusal.limit, refusal.spent));
         }
+        // The hold could not be journaled: without it a crash could lose this call's cost.
+        Err(ReserveError::Unrecorded) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "spend_unavailable",
+                "keybroker cannot record spend right now; the call was not sent",
+            ));
+        }
     };
-    // The hold's event was sent inside `reserve`: everything up to here includes it.
-    let hold_seq = proxy.writer.sent();
 
     // The key, for this call only.
     let access = tokens::key_for_cached(
@@ -546,23 +552,12 @@ pub async fn proxy(
             )
         }
     };
-    // The call's hold must survive a crash before the client hears anything: wait until the
-    // spend writer has committed it. It was sent before the upstream call, so that commit ran in
-    // parallel with it; waiting for later events (other calls' settles) would only add latency.
+    // The call's hold survives a crash already: `reserve` journaled it before the call was sent
+    // (see `spend::journal`), so nothing waits for the spend writer here.
     let remaining = proxy
         .ledger
         .snapshot(token.account_id, provider.id)
         .remaining;
-    let seq = hold_seq;
-    let wait_started = std::time::Instant::now();
-    let durable = proxy.writer.committed(seq, Duration::from_secs(5)).await;
-    proxy
-        .metrics
-        .hold_commit_wait
-        .record(wait_started.elapsed());
-    if !durable {
-        tracing::error!("spend writer is more than 5 s behind; answering without a durable hold");
-    }
     let mut out = HttpResponse::build(status);
     for (name, value) in headers::response_headers(response.headers()) {
         out.append_header((name, value));

@@ -135,8 +135,22 @@ pub struct SpendEvent {
 
 /// Receives spend events. It is called while the entry's lock is held — that is what keeps one
 /// entry's events in order — so it must be quick and must not call back into the ledger: send on a
-/// channel and return.
-pub type SpendSink = Arc<dyn Fn(&SpendEvent) + Send + Sync>;
+/// channel and return. An `Err` for a `Reserved` event means the hold could not be recorded
+/// durably (the hold journal could not be written): the reservation is then undone and refused.
+pub type SpendSink = Arc<dyn Fn(&SpendEvent) -> Result<(), Unrecorded> + Send + Sync>;
+
+/// A sink could not record an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unrecorded;
+
+/// Why a reservation was not made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReserveError {
+    /// It would break the ceiling.
+    Ceiling(Refused),
+    /// The hold could not be recorded durably; nothing was reserved.
+    Unrecorded,
+}
 
 /// What a settle did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,9 +228,10 @@ struct Inner {
 }
 
 impl Inner {
-    fn emit(&self, event: SpendEvent) {
-        if let Some(sink) = &self.sink {
-            sink(&event);
+    fn emit(&self, event: SpendEvent) -> Result<(), Unrecorded> {
+        match &self.sink {
+            Some(sink) => sink(&event),
+            None => Ok(()),
         }
     }
 }
@@ -259,7 +274,7 @@ impl Ledger {
         account: i64,
         provider: &str,
         amount: Money,
-    ) -> Result<Reservation, Refused> {
+    ) -> Result<Reservation, ReserveError> {
         let amount = amount.max(Money::ZERO);
         let entry = self.entry(account, provider);
         let id = self.inner.next_reservation.fetch_add(1, Ordering::Relaxed);
@@ -273,16 +288,15 @@ impl Ledger {
                     .checked_add(e.reserved)
                     .and_then(|t| t.checked_add(amount));
                 if total.is_none_or(|total| total > limit) {
-                    return Err(Refused {
+                    return Err(ReserveError::Ceiling(Refused {
                         limit,
                         spent: e.spent,
                         reserved: e.reserved,
                         requested: amount,
-                    });
+                    }));
                 }
             }
-            e.reserved = e.reserved.saturating_add(amount);
-            self.inner.emit(SpendEvent {
+            let recorded = self.inner.emit(SpendEvent {
                 reservation: id,
                 account,
                 provider: provider.to_owned(),
@@ -291,6 +305,10 @@ impl Ledger {
                 period_start: e.period_start,
                 at: now,
             });
+            if recorded.is_err() {
+                return Err(ReserveError::Unrecorded);
+            }
+            e.reserved = e.reserved.saturating_add(amount);
         }
         Ok(Reservation {
             id,
@@ -342,7 +360,8 @@ impl Ledger {
         e.roll(now);
         let forgiven = std::mem::replace(&mut e.spent, Money::ZERO);
         e.overshoot = Money::ZERO;
-        self.inner.emit(SpendEvent {
+        // Only a hold's event can fail to be recorded (see `SpendSink`).
+        let _ = self.inner.emit(SpendEvent {
             reservation: 0,
             account,
             provider: provider.to_owned(),
@@ -476,7 +495,7 @@ impl Reservation {
         self.open = false;
         let mut e = lock(&self.entry);
         e.reserved = e.reserved.saturating_sub(self.amount).max(Money::ZERO);
-        self.inner.emit(SpendEvent {
+        let _ = self.inner.emit(SpendEvent {
             reservation: self.id,
             account: self.account,
             provider: self.provider.clone(),
@@ -497,7 +516,7 @@ impl Reservation {
         if let Some(over) = overshoot {
             e.overshoot = e.overshoot.saturating_add(over);
         }
-        self.inner.emit(SpendEvent {
+        let _ = self.inner.emit(SpendEvent {
             reservation: self.id,
             account: self.account,
             provider: self.provider.clone(),
@@ -564,6 +583,7 @@ mod tests {
             if !matches!(event.kind, SpendKind::Reserved | SpendKind::Released) {
                 sink_events.lock().unwrap().push(event.clone());
             }
+            Ok(())
         });
         (Ledger::new(clock.clone(), Some(sink)), clock, events)
     }
@@ -648,12 +668,12 @@ mod tests {
         let refused = ledger.reserve(ACCOUNT, "openai", usd("0.50")).unwrap_err();
         assert_eq!(
             refused,
-            Refused {
+            ReserveError::Ceiling(Refused {
                 limit: usd("1.00"),
                 spent: Money::ZERO,
                 reserved: usd("0.60"),
                 requested: usd("0.50")
-            }
+            })
         );
         held.release();
     }
@@ -958,7 +978,8 @@ mod tests {
             sink_events
                 .lock()
                 .unwrap()
-                .push((e.reservation, e.kind, e.amount))
+                .push((e.reservation, e.kind, e.amount));
+            Ok(())
         });
         let ledger = Ledger::new(clock, Some(sink));
         let a = ledger.reserve(ACCOUNT, "openai", usd("0.30")).unwrap();

@@ -2,11 +2,12 @@
 //! The ledger decides in memory; the writer persists its events in batches; the store reads them
 //! back at start-up (charging holds a crash left behind) and for usage reports.
 
+pub mod journal;
 pub mod ledger;
 pub mod store;
 pub mod writer;
 
 pub use ledger::{
-    CeilingState, Ledger, LedgerRow, Period, Refused, Reservation, Settled, Snapshot, SpendEvent,
-    SpendKind, SpendSink,
+    CeilingState, Ledger, LedgerRow, Period, Refused, Reservation, ReserveError, Settled, Snapshot,
+    SpendEvent, SpendKind, SpendSink, Unrecorded,
 };

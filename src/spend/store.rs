@@ -1,11 +1,14 @@
 //! Reading spend back: the start-up load (with holds left by a crash charged in full) and the
 //! usage report.
 
-use rusqlite::{params, Connection};
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::money::Money;
+use crate::spend::journal::{self, JournaledHold};
 use crate::spend::ledger::LedgerRow;
 use crate::spend::writer::parse_period;
 
@@ -15,20 +18,80 @@ pub struct Recovered {
     /// Holds found from calls in flight when the process stopped, charged at their full amount.
     pub holds_charged: u64,
     pub amount: Money,
+    /// Of those, the holds only the hold journal knew of (the database never saw them).
+    pub from_journal: u64,
+    /// Journal lines skipped as torn or corrupt.
+    pub journal_lines_skipped: u64,
 }
 
-/// Charges every hold left by a previous run (fail closed), then returns the rows to load into
-/// the ledger. One transaction.
-pub fn recover_and_load(conn: &mut Connection) -> rusqlite::Result<(Recovered, Vec<LedgerRow>)> {
+/// What start-up recovery hands to the new run.
+#[derive(Debug)]
+pub struct Recovery {
+    pub recovered: Recovered,
+    pub rows: Vec<LedgerRow>,
+    /// The new run's hold-journal epoch.
+    pub epoch: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    #[error(transparent)]
+    Db(#[from] rusqlite::Error),
+    #[error("hold journal: {0}")]
+    Journal(#[from] std::io::Error),
+}
+
+/// Charges every hold left by a previous run (fail closed): those still open in `spend_holds`
+/// and those in the hold journal (`journal_dir`) that the database never saw. Then starts a new
+/// journal epoch and returns the rows to load into the ledger. One transaction; the previous
+/// run's journal files are deleted after it commits (see `spend::journal`).
+pub fn recover_and_load(
+    conn: &mut Connection,
+    journal_dir: Option<&Path>,
+) -> Result<Recovery, RecoverError> {
     let tx = conn.transaction()?;
-    let holds: Vec<(i64, String, i64, i64)> = tx
+    let (epoch, committed_seq): (i64, i64) = tx
+        .query_row(
+            "SELECT epoch, committed_seq FROM spend_journal_state WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?
+        .unwrap_or((0, 0));
+    let (epoch, committed_seq) = (
+        u64::try_from(epoch).unwrap_or(0),
+        u64::try_from(committed_seq).unwrap_or(0),
+    );
+    let mut holds: Vec<(i64, String, i64, i64)> = tx
         .prepare("SELECT account_id, provider, amount_micros, period_start FROM spend_holds")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<Result<_, _>>()?;
     let mut recovered = Recovered::default();
+    if let Some(dir) = journal_dir {
+        let (journaled, skipped) = journal::read_epoch(dir, epoch)?;
+        recovered.journal_lines_skipped = skipped;
+        // A hold at or below the committed sequence number is in the database already (open in
+        // `spend_holds`, or settled): charging it again would count it twice.
+        for JournaledHold {
+            seq,
+            account,
+            provider,
+            amount,
+            period_start,
+            ..
+        } in journaled
+        {
+            if seq > committed_seq {
+                recovered.from_journal += 1;
+                holds.push((account, provider, amount.micros(), period_start));
+            }
+        }
+    }
     for (account, provider, amount, period_start) in &holds {
-        tx.execute(
-            "INSERT INTO spend (account_id, provider, period_start, spent_micros) VALUES (?1, ?2, ?3, ?4)
+        // An account deleted since has nothing left to charge.
+        let charged = tx.execute(
+            "INSERT INTO spend (account_id, provider, period_start, spent_micros)
+             SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM accounts WHERE id = ?1)
              ON CONFLICT (account_id, provider) DO UPDATE SET
                 spent_micros = CASE
                     WHEN excluded.period_start = spend.period_start THEN spend.spent_micros + excluded.spent_micros
@@ -37,10 +100,19 @@ pub fn recover_and_load(conn: &mut Connection) -> rusqlite::Result<(Recovered, V
                 period_start = MAX(spend.period_start, excluded.period_start)",
             params![account, provider, period_start, amount],
         )?;
+        if charged == 0 {
+            continue;
+        }
         recovered.holds_charged += 1;
         recovered.amount = recovered.amount.saturating_add(Money::from_micros(*amount));
     }
     tx.execute("DELETE FROM spend_holds", [])?;
+    let next_epoch = epoch + 1;
+    tx.execute(
+        "INSERT INTO spend_journal_state (id, epoch, committed_seq) VALUES (1, ?1, 0)
+         ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, committed_seq = 0",
+        [i64::try_from(next_epoch).unwrap_or(i64::MAX)],
+    )?;
     let rows = {
         let mut stmt = tx.prepare("SELECT account_id, provider, limit_micros, period, period_start, spent_micros FROM spend")?;
         let rows = stmt.query_map([], |r| {
@@ -58,7 +130,14 @@ pub fn recover_and_load(conn: &mut Connection) -> rusqlite::Result<(Recovered, V
         rows.collect::<Result<Vec<_>, _>>()?
     };
     tx.commit()?;
-    Ok((recovered, rows))
+    if let Some(dir) = journal_dir {
+        journal::delete_before(dir, next_epoch)?;
+    }
+    Ok(Recovery {
+        recovered,
+        rows,
+        epoch: next_epoch,
+    })
 }
 
 /// Usage of one provider over a time range.

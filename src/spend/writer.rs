@@ -5,13 +5,16 @@
 //! Durability: the writer has its own connection with `synchronous = NORMAL`. In WAL mode a
 //! committed transaction then survives a crash of the process (SIGKILL included: the data is in
 //! the OS page cache), but not a power cut right after it. Measured on the build machine, an
-//! fsync per commit (`FULL`) costs 1.8 ms and `NORMAL` 18 µs; the proxy waits for its hold to be
-//! committed before it answers (see [`SpendWriter::committed`]), so that wait must be cheap. Keys
-//! and accounts are written through the main connection with `FULL`.
+//! fsync per commit (`FULL`) costs 1.8 ms and `NORMAL` 18 µs. Keys and accounts are written
+//! through the main connection with `FULL`.
 //!
-//! Every message gets a sequence number in channel order; after each commit the writer publishes
-//! the last number it committed. The writer is owned by [`SpendWriter`], whose drop drains the
-//! queue and joins the thread.
+//! A call must not be answered before its hold would survive a crash. The hold is appended to the
+//! hold journal (`spend::journal`) by the thread that reserves it, inside [`SpendWriter::send`],
+//! so the call never waits for this thread's commit.
+//!
+//! Every message gets a sequence number in channel order; each transaction also stores the last
+//! number it committed (`spend_journal_state`), and the writer publishes it after the commit. The
+//! writer is owned by [`SpendWriter`], whose drop drains the queue and joins the thread.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
@@ -23,7 +26,8 @@ use rusqlite::{params, Connection};
 
 use crate::db::Db;
 use crate::money::Money;
-use crate::spend::ledger::{Period, SpendEvent, SpendKind, SpendSink};
+use crate::spend::journal::HoldJournal;
+use crate::spend::ledger::{Period, SpendEvent, SpendKind, SpendSink, Unrecorded};
 
 const MAX_BATCH: usize = 4096;
 /// Recent calls kept per account for the dashboard.
@@ -75,6 +79,8 @@ pub struct SpendWriter {
     /// The sender and the last sequence number handed out, under one lock, so sequence order is
     /// channel order.
     tx: Mutex<(Sender<(u64, Msg)>, u64)>,
+    /// Holds are journaled under the `tx` lock, so the journal is in sequence order.
+    journal: Option<Arc<HoldJournal>>,
     depth: Arc<AtomicUsize>,
     committed: tokio::sync::watch::Receiver<u64>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -111,7 +117,9 @@ impl std::fmt::Debug for SpendWriter {
 }
 
 impl SpendWriter {
-    pub fn start(db: &Db) -> Result<Arc<Self>, crate::db::DbError> {
+    /// Starts the writer. With a `journal`, every hold is appended to it before it is queued; the
+    /// database must then have been through `store::recover_and_load` with that journal's epoch.
+    pub fn start(db: &Db, journal: Option<HoldJournal>) -> Result<Arc<Self>, crate::db::DbError> {
         let conn = db.dedicated_writer("NORMAL")?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let checkpoint_conn = db.dedicated_writer("NORMAL")?;
@@ -124,12 +132,15 @@ impl SpendWriter {
         let depth = Arc::new(AtomicUsize::new(0));
         let thread_depth = depth.clone();
         let (committed_tx, committed) = tokio::sync::watch::channel(0u64);
+        let journal = journal.map(Arc::new);
+        let thread_journal = journal.clone();
         let thread = std::thread::Builder::new()
             .name("spend-writer".into())
-            .spawn(move || run(conn, rx, thread_depth, committed_tx))
+            .spawn(move || run(conn, rx, thread_depth, committed_tx, thread_journal))
             .map_err(|e| crate::db::DbError::Thread(e.to_string()))?;
         Ok(Arc::new(Self {
             tx: Mutex::new((tx, 0)),
+            journal,
             depth,
             committed,
             thread: Mutex::new(Some(thread)),
@@ -137,15 +148,26 @@ impl SpendWriter {
         }))
     }
 
-    fn send(&self, msg: Msg) {
-        self.depth.fetch_add(1, Ordering::Relaxed);
+    /// Queues a message. A hold is first appended to the journal; if that fails the hold is not
+    /// queued and the caller refuses the call.
+    fn send(&self, msg: Msg) -> Result<(), Unrecorded> {
         let mut guard = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
-        guard.1 += 1;
-        let seq = guard.1;
+        let seq = guard.1 + 1;
+        if let (Some(journal), Msg::Spend(event)) = (&self.journal, &msg) {
+            if event.kind == SpendKind::Reserved {
+                if let Err(e) = journal.append(seq, event) {
+                    tracing::error!(error = %e, "the hold journal could not be written; the call is refused");
+                    return Err(Unrecorded);
+                }
+            }
+        }
+        guard.1 = seq;
+        self.depth.fetch_add(1, Ordering::Relaxed);
         if guard.0.send((seq, msg)).is_err() {
             self.depth.fetch_sub(1, Ordering::Relaxed);
             tracing::error!("spend writer is gone; a spend record was not persisted");
         }
+        Ok(())
     }
 
     /// The sequence number of the last message sent so far.
@@ -168,11 +190,11 @@ impl SpendWriter {
     }
 
     pub fn record_call(&self, call: CallRecord) {
-        self.send(Msg::Call(Box::new(call)));
+        let _ = self.send(Msg::Call(Box::new(call)));
     }
 
     pub fn record_ceiling(&self, row: CeilingRow) {
-        self.send(Msg::Ceiling(row));
+        let _ = self.send(Msg::Ceiling(row));
     }
 
     /// Messages sent but not yet committed.
@@ -183,7 +205,7 @@ impl SpendWriter {
     /// Waits until everything sent before this call is committed.
     pub fn flush_blocking(&self) {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.send(Msg::Barrier(tx));
+        let _ = self.send(Msg::Barrier(tx));
         let _ = rx.recv();
     }
 
@@ -200,7 +222,7 @@ impl SpendWriter {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(handle) = handle {
-            self.send(Msg::Stop);
+            let _ = self.send(Msg::Stop);
             let _ = handle.join();
         }
         let checkpointer = self
@@ -226,7 +248,14 @@ fn run(
     rx: Receiver<(u64, Msg)>,
     depth: Arc<AtomicUsize>,
     committed: tokio::sync::watch::Sender<u64>,
+    journal: Option<Arc<HoldJournal>>,
 ) {
+    let published = |seq: u64| {
+        committed.send_replace(seq);
+        if let Some(journal) = &journal {
+            journal.committed(seq);
+        }
+    };
     let mut batch = Vec::with_capacity(256);
     loop {
         let Ok(first) = rx.recv() else { return };
@@ -245,9 +274,9 @@ fn run(
             }
         }
         let n = batch.len();
-        let barriers = apply(&mut conn, &mut batch);
+        let barriers = apply(&mut conn, &mut batch, last_seq);
         depth.fetch_sub(n, Ordering::Relaxed);
-        committed.send_replace(last_seq);
+        published(last_seq);
         for b in barriers {
             let _ = b.send(());
         }
@@ -260,11 +289,11 @@ fn run(
             }
             if !rest.is_empty() {
                 let n = rest.len();
-                for b in apply(&mut conn, &mut rest) {
+                for b in apply(&mut conn, &mut rest, last_seq) {
                     let _ = b.send(());
                 }
                 depth.fetch_sub(n, Ordering::Relaxed);
-                committed.send_replace(last_seq);
+                published(last_seq);
             }
             return;
         }
@@ -273,7 +302,7 @@ fn run(
 
 /// Writes one batch in one transaction. A statement that fails (e.g. a row for an account deleted
 /// meanwhile) is logged and skipped; it does not lose the rest of the batch.
-fn apply(conn: &mut Connection, batch: &mut Vec<Msg>) -> Vec<SyncSender<()>> {
+fn apply(conn: &mut Connection, batch: &mut Vec<Msg>, last_seq: u64) -> Vec<SyncSender<()>> {
     let mut barriers = Vec::new();
     let result = (|| -> rusqlite::Result<()> {
         let tx = conn.transaction()?;
@@ -333,6 +362,9 @@ fn apply(conn: &mut Connection, batch: &mut Vec<Msg>) -> Vec<SyncSender<()>> {
                 params![account, RECENT_CALLS_KEPT],
             )?;
         }
+        // What the hold journal's recovery compares against (see `spend::journal`).
+        tx.prepare_cached("UPDATE spend_journal_state SET committed_seq = ?1 WHERE id = 1")?
+            .execute([i64::try_from(last_seq).unwrap_or(i64::MAX)])?;
         tx.commit()
     })();
     if let Err(e) = result {
@@ -505,7 +537,7 @@ mod tests {
     fn settled_spend_and_ceilings_are_persisted_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let db = db_with_account(dir.path());
-        let writer = SpendWriter::start(&db).unwrap();
+        let writer = SpendWriter::start(&db, None).unwrap();
         let clock = Arc::new(ManualClock::at(datetime!(2026-01-10 12:00 UTC)));
         let ledger = Ledger::new(clock, Some(writer.sink()));
         let snap = ledger.set_ceiling(1, "openai", usd("1.00"), Period::Monthly);
@@ -543,7 +575,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = db_with_account(dir.path());
         {
-            let writer = SpendWriter::start(&db).unwrap();
+            let writer = SpendWriter::start(&db, None).unwrap();
             let ledger = Ledger::new(
                 Arc::new(ManualClock::at(datetime!(2026-01-10 12:00 UTC))),
                 Some(writer.sink()),
@@ -556,21 +588,114 @@ mod tests {
             std::mem::forget(ledger.reserve(1, "anthropic", usd("0.50")).unwrap());
             writer.flush_blocking();
         }
-        let (recovered, rows) = db.write_blocking(store::recover_and_load).unwrap();
+        let store::Recovery {
+            recovered, rows, ..
+        } = db
+            .write_blocking(|c| store::recover_and_load(c, None))
+            .unwrap();
         assert_eq!(recovered.holds_charged, 1);
         assert_eq!(recovered.amount, usd("0.50"));
         let row = rows.iter().find(|r| r.provider == "anthropic").unwrap();
         assert_eq!(row.spent, usd("0.60"));
         // Recovery is done once: the holds are gone.
-        let (again, _) = db.write_blocking(store::recover_and_load).unwrap();
-        assert_eq!(again.holds_charged, 0);
+        let again = db
+            .write_blocking(|c| store::recover_and_load(c, None))
+            .unwrap();
+        assert_eq!(again.recovered.holds_charged, 0);
+    }
+
+    /// A crash with holds the writer had not committed yet: they reached only the journal, and
+    /// are charged from it at the next start. Holds the database did commit are charged once, not
+    /// again from the journal.
+    #[test]
+    fn holds_only_the_journal_saw_are_charged_once_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let jdir = dir.path().join("spend-journal");
+        let db = db_with_account(dir.path());
+        let first = db
+            .write_blocking(|c| store::recover_and_load(c, Some(&jdir)))
+            .unwrap();
+        let clock = Arc::new(ManualClock::at(datetime!(2026-01-10 12:00 UTC)));
+        let writer =
+            SpendWriter::start(&db, Some(HoldJournal::create(&jdir, first.epoch).unwrap()))
+                .unwrap();
+        let ledger = Ledger::new(clock.clone(), Some(writer.sink()));
+        // Committed: one settled call and one hold still open.
+        ledger
+            .reserve(1, "openai", usd("0.20"))
+            .unwrap()
+            .settle(usd("0.10"));
+        let open = ledger.reserve(1, "openai", usd("0.30")).unwrap();
+        writer.flush_blocking();
+        let period_start = ledger.snapshot(1, "openai").period_start;
+        writer.shutdown();
+        let committed = writer.sent();
+        std::mem::forget(open);
+        // Two more holds were journaled (as `send` does, in sequence order) when the process died,
+        // before the writer committed them.
+        let journal = HoldJournal::create(&jdir, first.epoch).unwrap();
+        for (i, amount) in ["0.40", "0.50"].into_iter().enumerate() {
+            let event = SpendEvent {
+                reservation: 100 + i as u64,
+                account: 1,
+                provider: "openai".into(),
+                amount: usd(amount),
+                kind: SpendKind::Reserved,
+                period_start,
+                at: datetime!(2026-01-10 12:00 UTC),
+            };
+            journal.append(committed + 1 + i as u64, &event).unwrap();
+        }
+        let second = db
+            .write_blocking(|c| store::recover_and_load(c, Some(&jdir)))
+            .unwrap();
+        assert_eq!(second.epoch, first.epoch + 1);
+        assert_eq!(second.recovered.holds_charged, 3, "{:?}", second.recovered);
+        assert_eq!(second.recovered.from_journal, 2);
+        let row = second.rows.iter().find(|r| r.provider == "openai").unwrap();
+        assert_eq!(row.spent, usd("1.30"));
+        // The old epoch's files are gone; a second recovery charges nothing.
+        let third = db
+            .write_blocking(|c| store::recover_and_load(c, Some(&jdir)))
+            .unwrap();
+        assert_eq!(third.recovered.holds_charged, 0);
+        let row = third.rows.iter().find(|r| r.provider == "openai").unwrap();
+        assert_eq!(row.spent, usd("1.30"));
+    }
+
+    #[test]
+    fn a_hold_that_cannot_be_journaled_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let jdir = dir.path().join("spend-journal");
+        let db = db_with_account(dir.path());
+        let epoch = db
+            .write_blocking(|c| store::recover_and_load(c, Some(&jdir)))
+            .unwrap()
+            .epoch;
+        let writer =
+            SpendWriter::start(&db, Some(HoldJournal::create(&jdir, epoch).unwrap())).unwrap();
+        let ledger = Ledger::new(
+            Arc::new(ManualClock::at(datetime!(2026-01-10 12:00 UTC))),
+            Some(writer.sink()),
+        );
+        // The journal cannot take this provider id: the hold is refused and nothing is held.
+        assert_eq!(
+            ledger.reserve(1, "bad id", usd("0.10")).unwrap_err(),
+            crate::spend::ReserveError::Unrecorded
+        );
+        assert_eq!(ledger.snapshot(1, "bad id").reserved, Money::ZERO);
+        writer.flush_blocking();
+        let holds: i64 = db
+            .read_blocking(|c| c.query_row("SELECT COUNT(*) FROM spend_holds", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(holds, 0);
     }
 
     #[test]
     fn calls_are_aggregated_per_hour_and_recent_calls_are_trimmed() {
         let dir = tempfile::tempdir().unwrap();
         let db = db_with_account(dir.path());
-        let writer = SpendWriter::start(&db).unwrap();
+        let writer = SpendWriter::start(&db, None).unwrap();
         let n = RECENT_CALLS_KEPT + 25;
         for i in 0..n {
             writer.record_call(CallRecord {

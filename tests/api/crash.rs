@@ -206,3 +206,113 @@ async fn sigkill_under_load_loses_no_key_and_no_settled_spend() {
         .unwrap();
     assert_eq!(holds, 0, "holds were charged at start and cleared");
 }
+
+/// The proxy answers without waiting for the spend writer: `reserve` journals each hold before
+/// the call goes upstream (`spend::journal`). Here another connection holds SQLite's write lock,
+/// so nothing the spend writer does can commit; the calls are still answered at once, and after a
+/// SIGKILL the next start charges every one of them from the journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_answered_while_the_database_is_locked_are_charged_after_a_crash() {
+    let upstream = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = [("KEYBROKER_UPSTREAM_OPENAI", upstream.url.as_str())];
+    let running = serve(&data, &env).unwrap();
+    let base = format!("http://127.0.0.1:{}", running.port);
+    let me = Remote::signup(&base).await;
+    let added = me
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/keys",
+            Some(json!({"provider": "openai", "key": OPENAI_KEY})),
+        )
+        .await;
+    assert_eq!(added.status(), 201);
+    let set = me
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/ceilings/openai",
+            Some(json!({"limit_usd": "2.00"})),
+        )
+        .await;
+    assert_eq!(set.status(), 200);
+    let token = me
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"name": "locked"})),
+        )
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let client = reqwest::Client::new();
+    let url = format!("{base}/proxy/openai/v1/chat/completions");
+    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50});
+    let call = || client.post(&url).bearer_auth(&token).json(&body).send();
+    // Warm the token and key caches, and let the writer commit this call.
+    assert_eq!(call().await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let blocker = rusqlite::Connection::open(data.join("keybroker.db")).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut told_remaining = i64::MAX;
+    let calls = 5;
+    for _ in 0..calls {
+        let started = std::time::Instant::now();
+        let res = call().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let remaining = res.headers()["x-keybroker-spend-remaining"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        res.bytes().await.unwrap();
+        // The spend writer is stuck behind the lock (its busy timeout is 5 s): an answer that
+        // waited for it would take that long.
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the call waited for the spend writer"
+        );
+        told_remaining = told_remaining.min(crate::proxy::micros(&Value::String(remaining)));
+    }
+    let pid = running.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut child = running.child;
+    let _ = child.wait();
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+
+    let again = serve(&data, &env).unwrap();
+    let me = Remote {
+        base: format!("http://127.0.0.1:{}", again.port),
+        ..me
+    };
+    let ceilings: Value = me
+        .call(reqwest::Method::GET, "/api/v1/ceilings", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let c = &ceilings["ceilings"][0];
+    let spent = crate::proxy::micros(&c["spent_usd"]);
+    let per_call = (OPENAI_USAGE.0 as i64 * 25 + OPENAI_USAGE.1 as i64 * 100 + 9) / 10;
+    assert!(
+        spent >= (calls + 1) * per_call,
+        "spent {spent} µ$ < {} calls × {per_call} µ$",
+        calls + 1
+    );
+    // What the clients were told was left is never more than what is left after the crash.
+    assert!(
+        2_000_000 - spent <= told_remaining,
+        "spent {spent} µ$, but a client was told {told_remaining} µ$ remained"
+    );
+    assert_eq!(c["reserved_usd"], "0.00");
+    stop(again);
+}

@@ -89,12 +89,34 @@ pub fn estimate_tokens(
     request_model: Option<&str>,
 ) -> Estimate {
     let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    estimate_tokens_parsed(
+        table,
+        config,
+        provider,
+        dialect,
+        body.len(),
+        &json,
+        request_model,
+    )
+}
+
+/// [`estimate_tokens`] for a body already parsed (`Value::Null` when it is not JSON); `body_len`
+/// is the length of the body as sent.
+pub fn estimate_tokens_parsed(
+    table: &PriceTable,
+    config: &EstimateConfig,
+    provider: &str,
+    dialect: Dialect,
+    body_len: usize,
+    json: &Value,
+    request_model: Option<&str>,
+) -> Estimate {
     let model = json.get("model").and_then(Value::as_str).or(request_model);
     let (prices, priced_by_fallback) = table.prices_for(provider, model);
 
-    let media_parts = count_media_parts(&json);
-    let body_len = u64::try_from(body.len()).unwrap_or(u64::MAX);
-    let stateful = references_stored_context(&json);
+    let media_parts = count_media_parts(json);
+    let body_len = u64::try_from(body_len).unwrap_or(u64::MAX);
+    let stateful = references_stored_context(json);
     let input_tokens = body_len
         .saturating_add(media_parts.saturating_mul(config.media_allowance_tokens))
         .saturating_add(config.overhead_tokens)
@@ -105,13 +127,13 @@ pub fn estimate_tokens(
         });
 
     let (per_choice, output_bound) =
-        match (requested_output(dialect, &json), prices.max_output_tokens) {
+        match (requested_output(dialect, json), prices.max_output_tokens) {
             (Some(requested), Some(max)) => (requested.min(max), OutputBound::Requested),
             (Some(requested), None) => (requested, OutputBound::Requested),
             (None, Some(max)) if !priced_by_fallback => (max, OutputBound::ModelMaximum),
             (None, _) => (config.default_output_tokens, OutputBound::Default),
         };
-    let output_tokens = per_choice.saturating_mul(choices(dialect, &json));
+    let output_tokens = per_choice.saturating_mul(choices(dialect, json));
 
     let tier = prices.tier(input_tokens);
     let micros = price_tokens(&[

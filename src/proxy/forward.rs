@@ -322,36 +322,37 @@ pub async fn proxy(
     let dialect =
         dialect_of(provider.metering).filter(|d| token_endpoint(*d, &method, upstream_path.path()));
     let free = llm && dialect.is_none() && free_call(&method, upstream_path.path());
+    // The body as JSON, parsed once (`Null` when it is not JSON).
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     let request_model = match dialect {
         Some(Dialect::Google) => {
             estimate::google_model_from_path(upstream_path.path()).map(str::to_owned)
         }
-        _ => serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_owned)),
+        _ => json
+            .get("model")
+            .and_then(|m| m.as_str())
+            .map(str::to_owned),
     };
     // OpenAI streams report usage only when asked: ask, and hide the extra chunk from a client
     // that did not.
     let mut strip_usage_chunk = false;
-    if dialect == Some(Dialect::OpenAi) {
-        if let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&body) {
-            if usage::openai_prepare_stream_request(&mut json) {
-                strip_usage_chunk = true;
-                body = serde_json::to_vec(&json)
-                    .map_err(ApiError::internal)?
-                    .into();
-            }
-        }
+    if dialect == Some(Dialect::OpenAi) && usage::openai_prepare_stream_request(&mut json) {
+        strip_usage_chunk = true;
+        body = serde_json::to_vec(&json)
+            .map_err(ApiError::internal)?
+            .into();
     }
 
     let estimate = match dialect {
         Some(d) => {
-            estimate::estimate_tokens(
+            estimate::estimate_tokens_parsed(
                 &proxy.prices,
                 &proxy.settings.estimate,
                 provider.id,
                 d,
-                &body,
+                body.len(),
+                &json,
                 request_model.as_deref(),
             )
             .cost
@@ -368,6 +369,7 @@ pub async fn proxy(
             &body,
         ),
     };
+    drop(json);
     let request_id = req
         .extensions()
         .get::<RequestId>()

@@ -30,6 +30,11 @@ use crate::spend::journal::HoldJournal;
 use crate::spend::ledger::{Period, SpendEvent, SpendKind, SpendSink, Unrecorded};
 
 const MAX_BATCH: usize = 4096;
+/// How long the writer lets messages gather after the first one arrives. No call waits for the
+/// writer (holds are journaled, see `spend::journal`), so batching costs no latency; it turns a
+/// transaction (and a thread wake-up) per message into at most one per window, which keeps the
+/// writer from taking the CPU away from calls being proxied. A flush waits at most one window.
+const BATCH_WINDOW: Duration = Duration::from_millis(2);
 /// Recent calls kept per account for the dashboard.
 pub const RECENT_CALLS_KEPT: i64 = 200;
 
@@ -261,8 +266,11 @@ fn run(
         let Ok(first) = rx.recv() else { return };
         let mut last_seq = first.0;
         let mut stop = matches!(first.1, Msg::Stop);
+        if !matches!(first.1, Msg::Stop | Msg::Barrier(_)) {
+            std::thread::sleep(BATCH_WINDOW);
+        }
         batch.push(first.1);
-        // Everything already queued joins this transaction; nothing waits on purpose.
+        // Everything queued by now joins this transaction.
         while !stop && batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok((seq, msg)) => {

@@ -393,3 +393,34 @@ fn sighup_swaps_the_certificate_for_new_connections_and_keeps_open_ones() {
     assert!(!logs.contains(second.key_pem.lines().nth(1).unwrap()));
     assert!(cli::stop(running).success(), "graceful exit on SIGTERM");
 }
+
+#[test]
+fn serve_refuses_unusable_transport_options_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["--redirect-http", "127.0.0.1:0"], "--tls-cert"),
+        (&["--tls-cert", missing], "--tls-key"),
+        (
+            &["--trusted-proxy", "proxy.local"],
+            "not an address or CIDR",
+        ),
+        (
+            &["--tls-cert", missing, "--tls-key", missing],
+            "missing.pem",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = cli::keybroker()
+            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir", data])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

@@ -226,6 +226,12 @@ impl Application {
         };
         let listener = TcpListener::bind(settings.bind).map_err(bind_err)?;
         let port = listener.local_addr().map_err(bind_err)?.port();
+        if settings.redirect_http.is_some() && settings.tls.is_none() {
+            return Err(ConfigError::Invalid(
+                "--redirect-http needs --tls-cert and --tls-key".into(),
+            )
+            .into());
+        }
         let certs = settings.tls.clone().map(CertStore::load).transpose()?;
         let trusted = web::Data::new(TrustedProxies::new(settings.trusted_proxies.clone()));
         let app_state = state.clone();

@@ -142,11 +142,13 @@ pub fn own_origin(req: &HttpRequest) -> String {
     } else {
         "http"
     };
+    // HTTP/2 (which the TLS listener also speaks) carries the host in the URI, not in `Host`.
     let config = req.app_config();
     let host = req
         .headers()
         .get(actix_web::http::header::HOST)
         .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
         .unwrap_or_else(|| config.host());
     format!("{scheme}://{host}")
 }

@@ -74,6 +74,8 @@ struct ServeArgs {
     /// Worker threads (default: one per CPU core).
     #[arg(long, env = "KEYBROKER_WORKERS")]
     workers: Option<usize>,
+    #[command(flatten)]
+    transport: crate::transport::TransportArgs,
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +149,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _guard = telemetry::init(args.log_format, Some(&args.data.data_dir))?;
     let mut settings = Settings::new(args.bind, args.data.data_dir);
     settings.workers = args.workers;
+    args.transport.apply(&mut settings);
     settings.proxy_from_env()?;
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).await?;

@@ -324,6 +324,12 @@ pub struct Settings {
     pub mail: MailSettings,
     pub oauth: OAuthSettings,
     pub throttle: ThrottleSettings,
+    /// HTTPS with this certificate and key; plain HTTP when `None` (`crate::transport`).
+    pub tls: Option<crate::http::tls::TlsSettings>,
+    /// A plain-HTTP listener that only redirects to HTTPS (needs `tls`).
+    pub redirect_http: Option<SocketAddr>,
+    /// Peers whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl fmt::Debug for Settings {
@@ -336,6 +342,9 @@ impl fmt::Debug for Settings {
             .field("mail", &self.mail)
             .field("oauth", &self.oauth)
             .field("throttle", &self.throttle)
+            .field("tls", &self.tls)
+            .field("redirect_http", &self.redirect_http)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish_non_exhaustive()
     }
 }
@@ -357,6 +366,9 @@ impl Settings {
             mail: MailSettings::from_env(),
             oauth: OAuthSettings::from_env(),
             throttle: ThrottleSettings::from_env(),
+            tls: None,
+            redirect_http: None,
+            trusted_proxies: Vec::new(),
         }
     }
 

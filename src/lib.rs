@@ -23,5 +23,6 @@ pub mod startup;
 pub mod telemetry;
 pub mod timefmt;
 pub mod tokens;
+pub mod transport;
 pub mod vault;
 pub mod vault_store;

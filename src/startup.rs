@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::dev::Server;
-use actix_web::middleware::{from_fn, DefaultHeaders};
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
 use crate::accounts::throttle::Throttle;
@@ -15,7 +15,9 @@ use crate::clock::SharedClock;
 use crate::config::{self, ConfigError, OAuthSettings, ServerSecret, ServerSecrets, Settings};
 use crate::db::{Db, DbError};
 use crate::error::extractors;
-use crate::http::{access_log, key_in_url, request_id};
+use crate::http::client_addr::{self, TrustedProxies};
+use crate::http::tls::{self, CertStore, TlsError};
+use crate::http::{access_log, every_response, key_in_url, request_id};
 use crate::mail::{self, MailError, MailWorker, Mailer, Outbox};
 use crate::metering::prices::PriceTable;
 use crate::proxy::Proxy;
@@ -86,6 +88,8 @@ pub enum StartError {
     Mail(#[from] MailError),
     #[error("HTTP client: {0}")]
     HttpClient(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 pub struct Application {
@@ -93,6 +97,15 @@ pub struct Application {
     server: Server,
     state: web::Data<AppState>,
     mail_worker: MailWorker,
+    transport: Transport,
+}
+
+/// The HTTPS side of the server, when configured: the SIGHUP certificate reloader and the
+/// plain-HTTP redirect listener.
+#[derive(Default)]
+struct Transport {
+    reloader: Option<tokio::task::JoinHandle<()>>,
+    redirect: Option<(u16, Server)>,
 }
 
 /// Opens the database and checks it against the vault: the canary must decrypt (wrong master
@@ -232,6 +245,14 @@ impl Application {
         };
         let listener = TcpListener::bind(settings.bind).map_err(bind_err)?;
         let port = listener.local_addr().map_err(bind_err)?.port();
+        if settings.redirect_http.is_some() && settings.tls.is_none() {
+            return Err(ConfigError::Invalid(
+                "--redirect-http needs --tls-cert and --tls-key".into(),
+            )
+            .into());
+        }
+        let certs = settings.tls.clone().map(CertStore::load).transpose()?;
+        let trusted = web::Data::new(TrustedProxies::new(settings.trusted_proxies.clone()));
         let app_state = state.clone();
         let proxy_settings = settings.proxy.clone();
         let mut server = HttpServer::new(move || {
@@ -243,38 +264,48 @@ impl Application {
                 .app_data(extractors::json_config(API_JSON_LIMIT))
                 .app_data(extractors::path_config())
                 .app_data(extractors::query_config())
+                .app_data(trusted.clone())
                 // Innermost, so the refusal still gets a request id, security headers and an
                 // access-log line (which names no URL).
                 .wrap(from_fn(key_in_url::middleware))
-                .wrap(
-                    DefaultHeaders::new()
-                        .add(("X-Content-Type-Options", "nosniff"))
-                        .add(("X-Frame-Options", "DENY"))
-                        .add(("Referrer-Policy", "strict-origin")),
-                )
+                .wrap(from_fn(every_response::middleware))
                 .wrap(from_fn(access_log::middleware))
+                .wrap(from_fn(client_addr::middleware))
                 .wrap(from_fn(request_id::middleware))
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
         })
-        .tcp_nodelay(true)
-        .listen(listener)
+        .tcp_nodelay(true);
+        server = match &certs {
+            Some(certs) => server.listen_rustls_0_23(listener, certs.server_config()?),
+            None => server.listen(listener),
+        }
         .map_err(bind_err)?
         .shutdown_timeout(30);
         if let Some(workers) = settings.workers {
             server = server.workers(workers.max(1));
         }
-        tracing::info!(port, data_dir = %settings.data_dir.display(), "keybroker listening");
+        let transport = match certs {
+            Some(certs) => Transport::start(&settings, certs, port)?,
+            None => Transport::default(),
+        };
+        tracing::info!(port, https = transport.reloader.is_some(), data_dir = %settings.data_dir.display(), "keybroker listening");
         Ok(Self {
             port,
             server: server.run(),
             state,
             mail_worker,
+            transport,
         })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The plain-HTTP redirect listener's port, when there is one.
+    pub fn redirect_port(&self) -> Option<u16> {
+        self.transport.redirect.as_ref().map(|(port, _)| *port)
     }
 
     pub fn state(&self) -> web::Data<AppState> {
@@ -284,8 +315,46 @@ impl Application {
     /// Serves until SIGINT/SIGTERM, then drains in-flight requests (up to 30 s) and queued mail
     /// (up to 30 s).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let served = self.server.await;
+        let served = match self.transport.redirect {
+            Some((_, redirect)) => {
+                let (served, redirected) = futures_util::future::join(self.server, redirect).await;
+                served.and(redirected)
+            }
+            None => self.server.await,
+        };
+        if let Some(reloader) = self.transport.reloader {
+            reloader.abort();
+        }
         self.mail_worker.shutdown().await;
         served
+    }
+}
+
+impl Transport {
+    /// Starts the SIGHUP reloader (before the server says it is listening, so a SIGHUP sent as
+    /// soon as it does is never fatal) and binds the redirect listener.
+    fn start(
+        settings: &Settings,
+        certs: Arc<CertStore>,
+        https_port: u16,
+    ) -> Result<Self, StartError> {
+        let task_err = |e: std::io::Error| StartError::Task(format!("SIGHUP handler: {e}"));
+        let reloader = Some(tls::reload_on_sighup(certs).map_err(task_err)?);
+        let redirect = match settings.redirect_http {
+            Some(addr) => {
+                let bind_err = |source| StartError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                };
+                let listener = TcpListener::bind(addr).map_err(bind_err)?;
+                let port = listener.local_addr().map_err(bind_err)?.port();
+                let target = tls::RedirectTarget::new(settings.public_url.as_deref(), https_port);
+                let server = tls::redirect_server(listener, target).map_err(bind_err)?;
+                tracing::info!(port, "plain HTTP redirects to HTTPS");
+                Some((port, server))
+            }
+            None => None,
+        };
+        Ok(Self { reloader, redirect })
     }
 }

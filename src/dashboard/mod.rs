@@ -513,10 +513,10 @@ async fn tokens(
                 .unwrap_or_else(|| "never".into()),
         })
         .collect();
-    let base_url = state.public_url.clone().unwrap_or_else(|| {
-        let info = req.connection_info();
-        format!("{}://{}", info.scheme(), info.host())
-    });
+    let base_url = state
+        .public_url
+        .clone()
+        .unwrap_or_else(|| crate::http::client_addr::own_origin(&req));
     let p = TokensPage {
         layout,
         tokens,

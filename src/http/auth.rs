@@ -11,6 +11,7 @@ use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use crate::accounts::session::{self, SessionRow};
 use crate::db::DbError;
 use crate::error::ApiError;
+use crate::http::client_addr::{own_origin, ClientAddr};
 use crate::http::request_id::RequestId;
 use crate::startup::AppState;
 
@@ -57,12 +58,8 @@ impl RequestContext {
                 .get::<RequestId>()
                 .map(|r| r.0.clone())
                 .unwrap_or_default(),
-            // The peer address, never X-Forwarded-For: that is believed only from a configured
-            // trusted proxy.
-            client_addr: req
-                .peer_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default(),
+            // X-Forwarded-For is believed only from a configured trusted proxy.
+            client_addr: ClientAddr::of(req).ip_string(),
             user_agent: req
                 .headers()
                 .get(actix_web::http::header::USER_AGENT)
@@ -90,11 +87,7 @@ pub fn check_origin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError>
     let origin = origin.to_str().unwrap_or("");
     let allowed = match &state.public_url {
         Some(url) => origin_of(url).is_some_and(|o| o.eq_ignore_ascii_case(origin)),
-        None => {
-            let info = req.connection_info();
-            let own = format!("{}://{}", info.scheme(), info.host());
-            own.eq_ignore_ascii_case(origin)
-        }
+        None => own_origin(req).eq_ignore_ascii_case(origin),
     };
     if allowed {
         Ok(())

@@ -1,8 +1,11 @@
-//! HTTP plumbing shared by every route: request ids, the access log, the key-in-URL guard,
-//! authentication and CSV downloads.
+//! HTTP plumbing shared by every route: request ids, the client's address, the access log, the
+//! headers on every response, the key-in-URL guard, authentication, CSV downloads and TLS.
 
 pub mod access_log;
 pub mod auth;
+pub mod client_addr;
 pub mod download;
+pub mod every_response;
 pub mod key_in_url;
 pub mod request_id;
+pub mod tls;

@@ -64,7 +64,7 @@ pub fn throttled(wait: RetryAfter) -> ApiError {
     .with_retry_after(wait.secs())
 }
 
-/// The peer address, for per-client throttling.
+/// The client address (`http::client_addr`, as the audit log records it), for per-client throttling.
 pub fn client_ip(ctx: &RequestContext) -> Option<IpAddr> {
     ctx.client_addr.parse().ok()
 }

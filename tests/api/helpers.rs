@@ -32,6 +32,8 @@ pub fn unique_email() -> String {
 pub struct TestApp {
     pub address: String,
     pub port: u16,
+    /// The plain-HTTP redirect listener's port, when `redirect_http` was set.
+    pub redirect_port: Option<u16>,
     pub data_dir: TempDir,
     pub clock: ManualClock,
     pub state: web::Data<AppState>,
@@ -92,11 +94,13 @@ impl TestApp {
             .await
             .expect("application builds");
         let port = app.port();
+        let redirect_port = app.redirect_port();
         let state = app.state();
         tokio::spawn(app.run_until_stopped());
         TestApp {
             address: format!("http://127.0.0.1:{port}"),
             port,
+            redirect_port,
             data_dir,
             clock,
             state,

@@ -5,6 +5,7 @@
 mod audit;
 mod auth_basic;
 mod auth_sessions;
+mod backup;
 mod browser;
 mod cli;
 mod crash;
@@ -23,6 +24,8 @@ mod password_reset;
 mod providers_file;
 mod proxy;
 mod redact_cli;
+mod remote;
+mod rotation;
 mod throttling;
 mod tokens;
 mod vault_storage;

@@ -20,6 +20,7 @@ mod keys;
 mod log_redaction;
 mod mail_support;
 mod oauth;
+mod ops;
 mod password_reset;
 mod providers_file;
 mod proxy;

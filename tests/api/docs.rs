@@ -71,7 +71,10 @@ fn ci_builds_the_release_binary_exactly_as_the_dockerfile_does() {
     assert_eq!(docker, "cargo build --release --locked");
     assert_eq!(cargo_build_line(&repo_file(".ci/run")), docker);
     let dockerfile = repo_file("docker/Dockerfile");
-    assert!(dockerfile.contains("FROM rust:1.95-"), "the toolchain CI uses");
+    assert!(
+        dockerfile.contains("FROM rust:1.95-"),
+        "the toolchain CI uses"
+    );
     assert!(dockerfile.contains("FROM debian:bookworm-slim"));
     assert!(dockerfile.contains(r#"CMD ["keybroker", "healthcheck"]"#));
     let help = crate::cli::keybroker()

@@ -50,7 +50,8 @@ fn secrets_can_come_from_files_named_by_file_variables() {
     let out = kb(&["check", "--data-dir", d], &missing);
     assert!(!out.ok);
     assert!(
-        out.stderr.contains("KEYBROKER_MASTER_KEY_FILE=/nonexistent/master_key"),
+        out.stderr
+            .contains("KEYBROKER_MASTER_KEY_FILE=/nonexistent/master_key"),
         "{}",
         out.stderr
     );
@@ -64,7 +65,10 @@ fn a_second_server_on_the_same_data_dir_is_refused() {
     let env = ServerEnv::random();
     let first = serve(&data, &env.pairs()).unwrap();
     let err = serve(&data, &env.pairs()).err().expect("refused");
-    assert!(err.contains("a server is running on this data directory"), "{err}");
+    assert!(
+        err.contains("a server is running on this data directory"),
+        "{err}"
+    );
     stop(first);
     stop(serve(&data, &env.pairs()).expect("free again once the first stopped"));
 }
@@ -83,7 +87,13 @@ fn healthcheck_succeeds_against_a_live_server_and_fails_without_one() {
     let port = running.port;
     stop(running);
     let out = kb(
-        &["healthcheck", "--bind", &format!("127.0.0.1:{port}"), "--timeout", "2"],
+        &[
+            "healthcheck",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--timeout",
+            "2",
+        ],
         &env.with("KEYBROKER_MASTER_KEY", &random_b64(32)),
     );
     assert!(!out.ok);

@@ -12,7 +12,7 @@ use reqwest::Method;
 use rusqlite::Connection;
 use serde_json::json;
 
-use crate::cli::{keybroker, serve, stop};
+use crate::cli::{keybroker, serve, stop, Running};
 use crate::fake_upstream::FakeUpstream;
 use crate::helpers::{contains, random_b64, read_or_empty};
 use crate::key_helpers::{anthropic_key, openai_key};
@@ -293,14 +293,20 @@ fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-#[tokio::test]
-async fn restore_is_refused_beside_a_server_and_with_a_wrong_master_key_and_changes_nothing() {
+/// A server on a fresh data directory with one account holding one key.
+async fn a_server_with_one_key() -> (tempfile::TempDir, ServerEnv, Running) {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
     let env = ServerEnv::random();
-    let running = serve(&data, &env.pairs()).unwrap();
+    let running = serve(&dir.path().join("data"), &env.pairs()).unwrap();
     let me = Remote::signup(&format!("http://127.0.0.1:{}", running.port)).await;
     me.add_key("openai", &openai_key()).await;
+    (dir, env, running)
+}
+
+#[tokio::test]
+async fn restore_is_refused_beside_a_server_and_with_a_wrong_master_key_and_changes_nothing() {
+    let (dir, env, running) = a_server_with_one_key().await;
+    let data = dir.path().join("data");
     let backup = dir.path().join("kb.backup");
     let out = kb(&["backup", s(&backup), "--data-dir", s(&data)], &env);
     assert!(out.ok, "{}", out.stderr);
@@ -337,12 +343,8 @@ async fn restore_is_refused_beside_a_server_and_with_a_wrong_master_key_and_chan
 #[tokio::test]
 async fn check_passes_beside_a_live_server_and_fails_on_a_wrong_master_key_or_a_tampered_audit_row()
 {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, env, running) = a_server_with_one_key().await;
     let data = dir.path().join("data");
-    let env = ServerEnv::random();
-    let running = serve(&data, &env.pairs()).unwrap();
-    let me = Remote::signup(&format!("http://127.0.0.1:{}", running.port)).await;
-    me.add_key("openai", &openai_key()).await;
 
     let out = kb(&["check", "--data-dir", s(&data)], &env);
     assert!(out.ok, "{}{}", out.stdout, out.stderr);

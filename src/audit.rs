@@ -157,6 +157,21 @@ pub struct BrokenLink {
     pub reason: &'static str,
 }
 
+impl std::fmt::Display for BrokenLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.chain == NO_ACCOUNT_CHAIN {
+            f.write_str("chain 0 (no account)")?;
+        } else {
+            write!(f, "chain {} (account {})", self.chain, self.chain)?;
+        }
+        write!(
+            f,
+            ", entry seq {} (row id {}): {}",
+            self.seq, self.row_id, self.reason
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
     pub chains: u64,

@@ -1,4 +1,5 @@
-//! The command line: `serve`, `rewrap`, `master-key generate|retire`, `audit verify`, `redact`. Each command's result goes
+//! The command line: `serve`, `rewrap`, `master-key generate|retire`, `audit verify`, `redact`,
+//! `backup`, `restore`, `check`, `healthcheck`. Each command's result goes
 //! to stdout; diagnostics go through the redacting logger; a failure is one line and a non-zero
 //! exit status.
 
@@ -42,6 +43,40 @@ enum Command {
         /// Print how many secrets of each kind were found to stderr at the end.
         #[arg(long)]
         stats: bool,
+    },
+    /// Write a consistent copy of the database to PATH (safe beside a running server; keys stay sealed).
+    Backup {
+        /// Where to write the backup (mode 0600).
+        path: PathBuf,
+        /// Replace PATH if it exists.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// Replace the database with a backup, after checking it with the configured secrets (refused while a server runs).
+    Restore {
+        /// The backup file (from `keybroker backup`).
+        path: PathBuf,
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// Check the database: integrity, schema, master keys, every stored value, audit chains (read-only).
+    Check {
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// GET /healthz of the local server and exit 0 on a 2xx answer (for container health checks).
+    Healthcheck {
+        /// The address `serve` binds (an unspecified address is probed on loopback).
+        #[arg(long, env = "KEYBROKER_BIND", default_value = "127.0.0.1:8080")]
+        bind: SocketAddr,
+        /// Probe this URL instead.
+        #[arg(long)]
+        url: Option<String>,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
     },
 }
 
@@ -125,6 +160,31 @@ pub fn main() -> ExitCode {
             telemetry::init_cli();
             crate::redact_cmd::run(stats)
         }
+        Command::Backup { path, force, data } => {
+            telemetry::init_cli();
+            crate::backup::backup_command(&data.data_dir, &path, force)
+        }
+        Command::Restore { path, data } => {
+            telemetry::init_cli();
+            offline_settings(data)
+                .and_then(|s| crate::backup::restore_command(&path, &s.data_dir, &s.secrets))
+        }
+        Command::Check { data } => {
+            telemetry::init_cli();
+            offline_settings(data)
+                .and_then(|s| crate::check::check_command(&s.data_dir, &s.secrets))
+        }
+        Command::Healthcheck { bind, url, timeout } => {
+            let url = url.unwrap_or_else(|| crate::healthcheck::local_url(bind));
+            runtime()
+                .and_then(|rt| {
+                    rt.block_on(crate::healthcheck::probe(
+                        &url,
+                        std::time::Duration::from_secs(timeout.max(1)),
+                    ))
+                })
+                .map(|_| ())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -146,8 +206,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // The logs directory lives in the data dir; create it before logging starts so a bad data
     // dir is reported as such, not as a logging failure.
     crate::config::prepare_data_dir(&args.data.data_dir)?;
+    let _lock = crate::data_lock::DataDirLock::acquire(&args.data.data_dir)?;
     let _guard = telemetry::init(args.log_format, Some(&args.data.data_dir))?;
     let mut settings = Settings::new(args.bind, args.data.data_dir);
+    crate::secret_files::apply(&mut settings.secrets)?;
     settings.workers = args.workers;
     args.transport.apply(&mut settings);
     settings.proxy_from_env()?;
@@ -159,14 +221,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-fn offline_settings(data: DataDir) -> Settings {
+fn offline_settings(data: DataDir) -> anyhow::Result<Settings> {
     let mut settings = Settings::new(SocketAddr::from(([127, 0, 0, 1], 0)), data.data_dir);
+    crate::secret_files::apply(&mut settings.secrets)?;
     settings.missing_secrets = Missing::Refuse;
-    settings
+    Ok(settings)
 }
 
 fn rewrap(args: RewrapArgs) -> anyhow::Result<()> {
-    let settings = offline_settings(args.data);
+    let settings = offline_settings(args.data)?;
     runtime()?.block_on(async move {
         let (db, vault) = startup::open_storage(&settings).await?;
         let batch = args.batch_size;
@@ -194,7 +257,7 @@ fn rewrap(args: RewrapArgs) -> anyhow::Result<()> {
 }
 
 fn retire(id: &str, data: DataDir) -> anyhow::Result<()> {
-    let settings = offline_settings(data);
+    let settings = offline_settings(data)?;
     runtime()?.block_on(async move {
         let db = crate::db::Db::open(&settings.database_path())?;
         db.read_blocking(|conn| vault_store::check_retirable(conn, id))?;
@@ -230,15 +293,7 @@ fn audit_verify(data: DataDir) -> anyhow::Result<()> {
             Ok(())
         }
         Some(b) => {
-            let chain = if b.chain == crate::audit::NO_ACCOUNT_CHAIN {
-                "chain 0 (no account)".to_owned()
-            } else {
-                format!("chain {} (account {})", b.chain, b.chain)
-            };
-            println!(
-                "BROKEN: {chain}, entry seq {} (row id {}): {}",
-                b.seq, b.row_id, b.reason
-            );
+            println!("BROKEN: {b}");
             anyhow::bail!("the audit log has been tampered with or damaged")
         }
     }

@@ -23,8 +23,8 @@ const MIGRATION_SQL: &[&str] = &[
 static MIGRATIONS: LazyLock<Migrations<'static>> =
     LazyLock::new(|| Migrations::new(MIGRATION_SQL.iter().map(|sql| M::up(sql)).collect()));
 
-/// How many schema versions this binary knows.
-const MIGRATIONS_COUNT: usize = MIGRATION_SQL.len();
+/// How many schema versions this binary knows (a database's `user_version` may not exceed it).
+pub const MIGRATIONS_COUNT: usize = MIGRATION_SQL.len();
 
 const READERS: usize = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -2,12 +2,16 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod backup;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod dashboard;
+pub mod data_lock;
 pub mod db;
 pub mod error;
+pub mod healthcheck;
 pub mod http;
 pub mod keys;
 pub mod mail;
@@ -18,6 +22,7 @@ pub mod providers;
 pub mod proxy;
 pub mod redact_cmd;
 pub mod routes;
+pub mod secret_files;
 pub mod spend;
 pub mod startup;
 pub mod telemetry;

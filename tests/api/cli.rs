@@ -37,8 +37,13 @@ pub struct Running {
 /// Starts `serve` on port 0 and waits for the line that reports the port. On early exit,
 /// returns everything it wrote to stderr.
 pub fn serve(data_dir: &Path, env: &[(&str, &str)]) -> Result<Running, String> {
+    serve_on("127.0.0.1:0", data_dir, env)
+}
+
+/// [`serve`] on a given address (a restart on the port the last run had).
+pub fn serve_on(bind: &str, data_dir: &Path, env: &[(&str, &str)]) -> Result<Running, String> {
     let mut child = keybroker()
-        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--bind", bind, "--data-dir"])
         .arg(data_dir)
         .envs(env.iter().copied())
         .stdout(Stdio::null())

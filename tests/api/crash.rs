@@ -5,61 +5,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::header::COOKIE;
 use serde_json::{json, Value};
 
 use crate::cli::{serve, stop};
 use crate::fake_upstream::{FakeUpstream, OPENAI_USAGE};
-use crate::helpers::{session_cookie, unique_email, PASSWORD};
+use crate::helpers::PASSWORD;
 use crate::proxy::OPENAI_KEY;
-
-struct Remote {
-    base: String,
-    client: reqwest::Client,
-    cookie: String,
-    csrf: String,
-}
-
-impl Remote {
-    async fn signup(base: &str) -> Remote {
-        let client = reqwest::Client::new();
-        let res = client
-            .post(format!("{base}/api/v1/auth/signup"))
-            .json(&json!({"email": unique_email(), "password": PASSWORD}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 201);
-        let cookie = session_cookie(res.headers()).unwrap();
-        let csrf = res.json::<Value>().await.unwrap()["csrf_token"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        Remote {
-            base: base.to_owned(),
-            client,
-            cookie,
-            csrf,
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> reqwest::Response {
-        let mut rb = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .header(COOKIE, &self.cookie)
-            .header("X-CSRF-Token", &self.csrf);
-        if let Some(b) = body {
-            rb = rb.json(&b);
-        }
-        rb.send().await.unwrap()
-    }
-}
+use crate::remote::Remote;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_under_load_loses_no_key_and_no_settled_spend() {

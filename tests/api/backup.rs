@@ -343,7 +343,12 @@ async fn restore_is_refused_beside_a_server_and_with_a_wrong_master_key_and_chan
     let aside = std::fs::read_dir(&data)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("pre-restore"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("pre-restore")
+        })
         .unwrap();
     assert!(aside.join("spend-journal").is_dir());
 }

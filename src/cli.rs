@@ -74,6 +74,8 @@ struct ServeArgs {
     /// Worker threads (default: one per CPU core).
     #[arg(long, env = "KEYBROKER_WORKERS")]
     workers: Option<usize>,
+    #[command(flatten)]
+    ops: crate::ops::OpsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +150,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut settings = Settings::new(args.bind, args.data.data_dir);
     settings.workers = args.workers;
     settings.proxy_from_env()?;
+    args.ops.apply(&mut settings)?;
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).await?;
         app.run_until_stopped().await?;

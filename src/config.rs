@@ -324,6 +324,10 @@ pub struct Settings {
     pub mail: MailSettings,
     pub oauth: OAuthSettings,
     pub throttle: ThrottleSettings,
+    /// `/.well-known/security.txt` (see `ops`); no contact by default, so it answers 404.
+    pub security_txt: crate::ops::SecurityTxt,
+    /// `KEYBROKER_METRICS_BIND`: serve `/metrics` on this address only.
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 impl fmt::Debug for Settings {
@@ -357,6 +361,8 @@ impl Settings {
             mail: MailSettings::from_env(),
             oauth: OAuthSettings::from_env(),
             throttle: ThrottleSettings::from_env(),
+            security_txt: crate::ops::SecurityTxt::default(),
+            metrics_bind: None,
         }
     }
 

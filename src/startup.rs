@@ -46,6 +46,11 @@ pub struct AppState {
     /// Sealed keys recently read by the proxy; key rotation and deletion evict.
     pub key_cache: crate::keys::cache::KeyCache,
     pub proxy: Proxy,
+    /// What `/metrics` shows (the proxy's timings included: `proxy.metrics` is the same).
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// `/metrics` is served on its own listener; the main one answers 404 for it.
+    pub metrics_elsewhere: bool,
+    pub security_txt: crate::ops::SecurityTxt,
     /// Queued outgoing mail (reset links, notifications).
     pub mail: Outbox,
     /// Password checks (login, reauth) per account and per client address.
@@ -90,6 +95,8 @@ pub struct Application {
     server: Server,
     state: web::Data<AppState>,
     mail_worker: MailWorker,
+    /// The `--metrics-bind` listener and its port.
+    metrics_server: Option<(Server, u16)>,
 }
 
 /// Opens the database and checks it against the vault: the canary must decrypt (wrong master
@@ -117,7 +124,11 @@ pub async fn open_storage(settings: &Settings) -> Result<(Db, Arc<Vault>), Start
 
 /// The spend ledger restored from the database (holds a crash left behind are charged in full
 /// first), its writer, and the price table.
-async fn build_proxy(settings: &Settings, db: &Db) -> Result<Proxy, StartError> {
+async fn build_proxy(
+    settings: &Settings,
+    db: &Db,
+    metrics: &Arc<crate::metrics::Metrics>,
+) -> Result<Proxy, StartError> {
     let overrides = match &settings.prices_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -137,14 +148,14 @@ async fn build_proxy(settings: &Settings, db: &Db) -> Result<Proxy, StartError> 
         tracing::warn!(holds = recovered.holds_charged, amount = %recovered.amount, "charged calls left in flight by the last run (fail closed)");
     }
     let writer = SpendWriter::start(db)?;
-    let ledger = Ledger::new(settings.clock.clone(), Some(writer.sink()));
+    let ledger = Ledger::new(
+        settings.clock.clone(),
+        Some(metrics.spend_sink(writer.sink())),
+    );
     ledger.load(rows);
-    Ok(Proxy::new(
-        settings.proxy.clone(),
-        ledger,
-        writer,
-        Arc::new(prices),
-    ))
+    let mut proxy = Proxy::new(settings.proxy.clone(), ledger, writer, Arc::new(prices));
+    proxy.metrics = metrics.clone();
+    Ok(proxy)
 }
 
 impl Application {
@@ -173,7 +184,8 @@ impl Application {
             }
             None => crate::providers::Registry::builtin(),
         });
-        let proxy = build_proxy(&settings, &db).await?;
+        let metrics = Arc::new(crate::metrics::Metrics::new(providers.ids()));
+        let proxy = build_proxy(&settings, &db, &metrics).await?;
         let mailer = Mailer::new(&settings.mail, &settings.data_dir)?;
         let (outbox, mail_worker) = mail::start(mailer);
         let http = reqwest::Client::builder()
@@ -196,6 +208,9 @@ impl Application {
             providers,
             key_cache: crate::keys::cache::KeyCache::default(),
             proxy,
+            metrics,
+            metrics_elsewhere: settings.metrics_bind.is_some(),
+            security_txt: settings.security_txt.clone(),
             public_url: settings
                 .public_url
                 .as_deref()
@@ -245,17 +260,28 @@ impl Application {
         if let Some(workers) = settings.workers {
             server = server.workers(workers.max(1));
         }
-        tracing::info!(port, data_dir = %settings.data_dir.display(), "keybroker listening");
+        let metrics_server = match settings.metrics_bind {
+            Some(addr) => Some(crate::ops::metrics_server(addr, state.clone())?),
+            None => None,
+        };
+        let metrics_port = metrics_server.as_ref().map(|(_, p)| *p);
+        tracing::info!(port, ?metrics_port, data_dir = %settings.data_dir.display(), "keybroker listening");
         Ok(Self {
             port,
             server: server.run(),
             state,
             mail_worker,
+            metrics_server,
         })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of the `--metrics-bind` listener, when there is one.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_server.as_ref().map(|(_, p)| *p)
     }
 
     pub fn state(&self) -> web::Data<AppState> {
@@ -265,7 +291,10 @@ impl Application {
     /// Serves until SIGINT/SIGTERM, then drains in-flight requests (up to 30 s) and queued mail
     /// (up to 30 s).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let served = self.server.await;
+        let served = match self.metrics_server {
+            Some((metrics, _)) => futures_util::future::join(self.server, metrics).await.0,
+            None => self.server.await,
+        };
         self.mail_worker.shutdown().await;
         served
     }

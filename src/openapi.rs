@@ -402,7 +402,43 @@ struct ApiDoc;
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    unique_operation_ids(&mut doc);
     doc
+}
+
+/// An operation documented for several methods at once (the proxy) gives each the function's
+/// name; OpenAPI wants every `operationId` unique, so those get the method appended.
+fn unique_operation_ids(doc: &mut utoipa::openapi::OpenApi) {
+    for item in doc.paths.paths.values_mut() {
+        let mut ops = [
+            ("get", &mut item.get),
+            ("put", &mut item.put),
+            ("post", &mut item.post),
+            ("delete", &mut item.delete),
+            ("options", &mut item.options),
+            ("head", &mut item.head),
+            ("patch", &mut item.patch),
+            ("trace", &mut item.trace),
+        ];
+        let ids: Vec<Option<String>> = ops
+            .iter()
+            .map(|(_, op)| op.as_ref().and_then(|o| o.operation_id.clone()))
+            .collect();
+        for (i, (method, op)) in ops.iter_mut().enumerate() {
+            let Some(op) = op.as_mut() else { continue };
+            let Some(id) = op.operation_id.as_mut() else {
+                continue;
+            };
+            let shared = ids
+                .iter()
+                .enumerate()
+                .any(|(j, other)| j != i && other.as_deref() == Some(id.as_str()));
+            if shared {
+                id.push('_');
+                id.push_str(method);
+            }
+        }
+    }
 }
 
 static JSON: LazyLock<String> = LazyLock::new(|| {

@@ -67,7 +67,7 @@ const CSV_COLUMNS: &[&str] = &[
 ];
 
 #[utoipa::path(
-    get, path = "/api/v1/audit", tag = "audit",
+    get, path = "/api/v1/audit", tag = "audit", operation_id = "list_audit",
     params(AuditQuery),
     responses(
         (status = 200, description = "A page of entries, newest first (or a CSV/JSON attachment with format=)", body = crate::openapi::AuditPage),

@@ -120,7 +120,7 @@ fn no_store(status: StatusCode) -> actix_web::HttpResponseBuilder {
 }
 
 #[utoipa::path(
-    post, path = "/api/v1/keys", tag = "keys",
+    post, path = "/api/v1/keys", tag = "keys", operation_id = "add_key",
     request_body = AddKey,
     responses(
         (status = 201, description = "Stored (sealed); shown masked", body = crate::openapi::KeyView),
@@ -193,7 +193,7 @@ pub async fn add(
 }
 
 #[utoipa::path(
-    get, path = "/api/v1/keys", tag = "keys",
+    get, path = "/api/v1/keys", tag = "keys", operation_id = "list_keys",
     responses(
         (status = 200, description = "The account's keys, masked", body = crate::openapi::KeyList),
         (status = 401, description = "authentication_failed", body = crate::openapi::ErrorBody),
@@ -333,7 +333,7 @@ where
 }
 
 #[utoipa::path(
-    delete, path = "/api/v1/keys/{id}", tag = "keys",
+    delete, path = "/api/v1/keys/{id}", tag = "keys", operation_id = "delete_key",
     params(("id" = String, Path, description = "The key's id")),
     responses(
         (status = 204, description = "Deleted"),

@@ -12,7 +12,7 @@ use crate::routes::auth::{event, expired_cookie, rfc3339};
 use crate::startup::AppState;
 
 #[utoipa::path(
-    get, path = "/api/v1/auth/sessions", tag = "auth",
+    get, path = "/api/v1/auth/sessions", tag = "auth", operation_id = "list_sessions",
     responses(
         (status = 200, description = "The account's sessions", body = crate::openapi::SessionList),
         (status = 401, description = "authentication_failed", body = crate::openapi::ErrorBody),
@@ -48,7 +48,7 @@ pub async fn list(
 }
 
 #[utoipa::path(
-    delete, path = "/api/v1/auth/sessions/{id}", tag = "auth",
+    delete, path = "/api/v1/auth/sessions/{id}", tag = "auth", operation_id = "revoke_session",
     params(("id" = String, Path, description = "A session id from the list")),
     responses(
         (status = 204, description = "Revoked"),

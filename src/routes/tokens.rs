@@ -50,7 +50,7 @@ fn parse_name(raw: &str) -> Result<String, ApiError> {
 }
 
 #[utoipa::path(
-    post, path = "/api/v1/tokens", tag = "tokens",
+    post, path = "/api/v1/tokens", tag = "tokens", operation_id = "create_token",
     request_body = CreateToken,
     responses(
         (status = 201, description = "Issued; the token is in this answer only", body = crate::openapi::IssuedToken),
@@ -126,7 +126,7 @@ pub async fn create(
 }
 
 #[utoipa::path(
-    get, path = "/api/v1/tokens", tag = "tokens",
+    get, path = "/api/v1/tokens", tag = "tokens", operation_id = "list_tokens",
     responses(
         (status = 200, description = "The account's tokens (never the tokens themselves)", body = crate::openapi::TokenList),
         (status = 401, description = "authentication_failed", body = crate::openapi::ErrorBody),
@@ -150,7 +150,7 @@ pub async fn list(
 }
 
 #[utoipa::path(
-    delete, path = "/api/v1/tokens/{id}", tag = "tokens",
+    delete, path = "/api/v1/tokens/{id}", tag = "tokens", operation_id = "revoke_token",
     params(("id" = String, Path, description = "The token's id")),
     responses(
         (status = 204, description = "Revoked at once"),

@@ -32,6 +32,8 @@ pub fn unique_email() -> String {
 pub struct TestApp {
     pub address: String,
     pub port: u16,
+    /// The `metrics_bind` listener's port, when the settings asked for one.
+    pub metrics_port: Option<u16>,
     pub data_dir: TempDir,
     pub clock: ManualClock,
     pub state: web::Data<AppState>,
@@ -92,11 +94,13 @@ impl TestApp {
             .await
             .expect("application builds");
         let port = app.port();
+        let metrics_port = app.metrics_port();
         let state = app.state();
         tokio::spawn(app.run_until_stopped());
         TestApp {
             address: format!("http://127.0.0.1:{port}"),
             port,
+            metrics_port,
             data_dir,
             clock,
             state,

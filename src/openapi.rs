@@ -403,7 +403,45 @@ pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     unique_operation_ids(&mut doc);
+    json_body_errors(&mut doc);
     doc
+}
+
+/// Every operation that reads a JSON body can answer 415 (wrong or missing `Content-Type`);
+/// the extractor config answers it for all of them, so it is added here once.
+fn json_body_errors(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{Content, Ref, ResponseBuilder};
+    for item in doc.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if op.request_body.is_none() || op.tags.iter().flatten().any(|t| t == "proxy") {
+                continue;
+            }
+            op.responses
+                .responses
+                .entry("415".to_owned())
+                .or_insert_with(|| {
+                    ResponseBuilder::new()
+                        .description(
+                            "unsupported_media_type: the body must be sent as application/json",
+                        )
+                        .content(
+                            "application/json",
+                            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+                        )
+                        .build()
+                        .into()
+                });
+        }
+    }
 }
 
 /// An operation documented for several methods at once (the proxy) gives each the function's

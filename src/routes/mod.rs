@@ -117,11 +117,23 @@ pub async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::not_found())
 }
 
-/// The path exists, the method does not.
-pub async fn method_not_allowed() -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::new(
+/// The path exists, the method does not: 405 with `Allow` (RFC 9110 §15.5.6) from the table.
+pub async fn method_not_allowed(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
+    use actix_web::ResponseError as _;
+    let pattern = req.match_pattern();
+    let allow: Vec<&str> = API_ROUTES
+        .iter()
+        .filter(|r| Some(r.path) == pattern.as_deref())
+        .map(|r| r.method)
+        .collect();
+    let mut res = ApiError::new(
         actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         "this path does not accept this method",
-    ))
+    )
+    .error_response();
+    if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&allow.join(", ")) {
+        res.headers_mut().insert(actix_web::http::header::ALLOW, v);
+    }
+    res
 }

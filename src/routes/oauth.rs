@@ -183,6 +183,7 @@ struct CallbackQuery {
     responses(
         (status = 303, description = "Signed in: to the dashboard, with the session cookie"),
         (status = 400, description = "The sign-in failed (HTML page)"),
+        (status = 404, description = "Not a configured provider (HTML page)"),
     )
 )]
 pub async fn callback(

@@ -257,6 +257,7 @@ async fn a_wrong_method_on_an_api_path_is_a_json_405() {
         .await
         .unwrap();
     assert_eq!(res.status(), 405);
+    assert_eq!(res.headers()["allow"], "POST, GET");
     assert_eq!(
         res.json::<Value>().await.unwrap()["error"]["type"],
         "method_not_allowed"
@@ -384,4 +385,66 @@ async fn every_error_type_in_the_source_is_documented() {
         missing.is_empty(),
         "error types not in the OpenAPI ErrorType: {missing:?}"
     );
+}
+
+/// The real binary: the flags' environment variables reach security.txt and the metrics listener.
+#[tokio::test]
+async fn serve_takes_discovery_and_metrics_settings_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let err = crate::cli::serve(
+        &data,
+        &[("KEYBROKER_SECURITY_CONTACT", "security@example.com")],
+    )
+    .err()
+    .expect("a contact without mailto: is refused");
+    assert!(err.contains("KEYBROKER_SECURITY_CONTACT"), "{err}");
+
+    let running = crate::cli::serve(
+        &data,
+        &[
+            (
+                "KEYBROKER_SECURITY_CONTACT",
+                "mailto:security@example.com, https://example.com/report",
+            ),
+            ("KEYBROKER_SECURITY_LANGUAGES", "en,de"),
+            ("KEYBROKER_METRICS_BIND", "127.0.0.1:0"),
+        ],
+    )
+    .expect("serve starts");
+    let main = format!("http://127.0.0.1:{}", running.port);
+    let client = reqwest::Client::new();
+    let txt = client
+        .get(format!("{main}/.well-known/security.txt"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let f = fields(&txt);
+    assert_eq!(f.iter().filter(|(k, _)| k == "Contact").count(), 2, "{txt}");
+    assert!(f.contains(&("Preferred-Languages".into(), "en, de".into())));
+    assert_eq!(
+        client
+            .get(format!("{main}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let metrics_port = running.metrics_port.expect("the metrics port is logged");
+    let scrape = client
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scrape.status(), 200);
+    assert!(scrape
+        .text()
+        .await
+        .unwrap()
+        .contains("keybroker_http_requests_total"));
+    assert!(crate::cli::stop(running).success());
 }

@@ -235,3 +235,23 @@ async fn metrics_bind_serves_metrics_on_its_own_listener_only() {
         "not_found"
     );
 }
+
+#[tokio::test]
+async fn every_metric_is_described_in_the_readme() {
+    let app = TestApp::spawn().await;
+    let text = scrape(&app).await;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        assert!(
+            readme.contains(&format!("`{name}`")),
+            "{name} is not in the README"
+        );
+    }
+}

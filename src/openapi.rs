@@ -221,24 +221,10 @@ pub struct CeilingList {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct UsageRowView {
-    pub provider: String,
-    pub calls: i64,
-    pub refused: i64,
-    pub failed: i64,
-    pub input_tokens: i64,
-    pub cached_input_tokens: i64,
-    pub output_tokens: i64,
-    pub reasoning_tokens: i64,
-    pub spend_usd: String,
-    pub fallback_priced_calls: i64,
-}
-
-#[derive(Serialize, ToSchema)]
 pub struct Usage {
     pub since: String,
     pub until: String,
-    pub providers: Vec<UsageRowView>,
+    pub providers: Vec<crate::spend::store::UsageRow>,
 }
 
 #[derive(Serialize, ToSchema)]

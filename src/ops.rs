@@ -269,7 +269,13 @@ mod tests {
             assert!(txt(&[bad]).is_err(), "{bad:?} accepted");
         }
         assert!(SecurityTxt::new(vec![], Some("http://x".into()), vec![], 10).is_err());
-        assert!(SecurityTxt::new(vec![], None, vec!["en\n".into()], 10).is_err());
+        assert!(SecurityTxt::new(
+            vec![],
+            None,
+            vec!["en\nExpires: 1999-01-01T00:00:00Z".into()],
+            10
+        )
+        .is_err());
     }
 
     #[test]

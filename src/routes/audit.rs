@@ -20,6 +20,8 @@ pub const MAX_LIMIT: u32 = 200;
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// Absent for a JSON page; `json` or `csv` for a download.
+    #[param(pattern = "^(json|csv)$")]
     format: Option<String>,
     /// RFC 3339; entries at or after.
     since: Option<String>,

@@ -419,7 +419,7 @@ pub async fn reauth(
 pub struct ChangePassword {
     #[schema(value_type = String, format = Password)]
     current_password: SecretString,
-    #[schema(value_type = String, format = Password)]
+    #[schema(value_type = String, format = Password, min_length = 12, max_length = 128)]
     new_password: SecretString,
 }
 

@@ -23,9 +23,12 @@ const MAX_LABEL_CHARS: usize = 100;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct AddKey {
+    /// A provider id from the registry.
+    #[schema(min_length = 1)]
     provider: String,
     #[schema(value_type = String, format = Password)]
     key: SecretString,
+    #[schema(max_length = 100)]
     label: Option<String>,
 }
 
@@ -39,6 +42,8 @@ pub struct RotateKey {
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ExportQuery {
+    /// `json` (default) or `csv`.
+    #[param(pattern = "^(json|csv)$")]
     format: Option<String>,
 }
 

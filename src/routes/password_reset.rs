@@ -23,6 +23,7 @@ use crate::startup::AppState;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct ResetRequest {
+    #[schema(format = Email)]
     email: String,
 }
 
@@ -30,7 +31,7 @@ pub struct ResetRequest {
 pub struct ResetConfirm {
     #[schema(value_type = String, format = Password)]
     token: SecretString,
-    #[schema(value_type = String, format = Password)]
+    #[schema(value_type = String, format = Password, min_length = 12, max_length = 128)]
     password: SecretString,
 }
 

@@ -15,8 +15,11 @@ use crate::startup::AppState;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct CeilingBody {
+    /// Decimal USD, at most 6 decimals.
+    #[schema(pattern = "^[0-9]+(\\.[0-9]{1,6})?$")]
     limit_usd: String,
     #[serde(default)]
+    #[schema(pattern = "^(none|daily|monthly)$")]
     period: Option<String>,
 }
 

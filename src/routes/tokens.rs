@@ -18,8 +18,11 @@ const MAX_NAME_CHARS: usize = 100;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct CreateToken {
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
     providers: Option<Vec<String>>,
+    /// RFC 3339, in the future.
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
 }
 

@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the HTTP server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Re-encrypt every stored value under the active master key (resumable; safe beside a running server).
     Rewrap(RewrapArgs),
     /// Master key utilities.
@@ -111,6 +111,8 @@ struct ServeArgs {
     workers: Option<usize>,
     #[command(flatten)]
     transport: crate::transport::TransportArgs,
+    #[command(flatten)]
+    ops: crate::ops::OpsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -139,7 +141,7 @@ enum MasterKeyCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Rewrap(args) => {
             telemetry::init_cli();
             rewrap(args)
@@ -213,6 +215,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     settings.workers = args.workers;
     args.transport.apply(&mut settings);
     settings.proxy_from_env()?;
+    args.ops.apply(&mut settings)?;
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).await?;
         app.run_until_stopped().await?;

@@ -330,6 +330,10 @@ pub struct Settings {
     pub redirect_http: Option<SocketAddr>,
     /// Peers whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `/.well-known/security.txt` (see `ops`); no contact by default, so it answers 404.
+    pub security_txt: crate::ops::SecurityTxt,
+    /// `KEYBROKER_METRICS_BIND`: serve `/metrics` on this address only.
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 impl fmt::Debug for Settings {
@@ -369,6 +373,8 @@ impl Settings {
             tls: None,
             redirect_http: None,
             trusted_proxies: Vec::new(),
+            security_txt: crate::ops::SecurityTxt::default(),
+            metrics_bind: None,
         }
     }
 

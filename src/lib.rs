@@ -18,6 +18,8 @@ pub mod mail;
 pub mod metering;
 pub mod metrics;
 pub mod money;
+pub mod openapi;
+pub mod ops;
 pub mod providers;
 pub mod proxy;
 pub mod redact_cmd;

@@ -49,6 +49,11 @@ pub struct AppState {
     /// Sealed keys recently read by the proxy; key rotation and deletion evict.
     pub key_cache: crate::keys::cache::KeyCache,
     pub proxy: Proxy,
+    /// What `/metrics` shows (the proxy's timings included: `proxy.metrics` is the same).
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// `/metrics` is served on its own listener; the main one answers 404 for it.
+    pub metrics_elsewhere: bool,
+    pub security_txt: crate::ops::SecurityTxt,
     /// Queued outgoing mail (reset links, notifications).
     pub mail: Outbox,
     /// Password checks (login, reauth) per account and per client address.
@@ -98,6 +103,8 @@ pub struct Application {
     state: web::Data<AppState>,
     mail_worker: MailWorker,
     transport: Transport,
+    /// The `--metrics-bind` listener and its port.
+    metrics_server: Option<(Server, u16)>,
 }
 
 /// The HTTPS side of the server, when configured: the SIGHUP certificate reloader and the
@@ -133,7 +140,11 @@ pub async fn open_storage(settings: &Settings) -> Result<(Db, Arc<Vault>), Start
 
 /// The spend ledger restored from the database (holds a crash left behind are charged in full
 /// first), its writer, and the price table.
-async fn build_proxy(settings: &Settings, db: &Db) -> Result<Proxy, StartError> {
+async fn build_proxy(
+    settings: &Settings,
+    db: &Db,
+    metrics: &Arc<crate::metrics::Metrics>,
+) -> Result<Proxy, StartError> {
     let overrides = match &settings.prices_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -169,14 +180,14 @@ async fn build_proxy(settings: &Settings, db: &Db) -> Result<Proxy, StartError> 
     let journal = HoldJournal::create(&journal_dir, epoch)
         .map_err(|e| StartError::Spend(format!("hold journal: {e}")))?;
     let writer = SpendWriter::start(db, Some(journal))?;
-    let ledger = Ledger::new(settings.clock.clone(), Some(writer.sink()));
+    let ledger = Ledger::new(
+        settings.clock.clone(),
+        Some(metrics.spend_sink(writer.sink())),
+    );
     ledger.load(rows);
-    Ok(Proxy::new(
-        settings.proxy.clone(),
-        ledger,
-        writer,
-        Arc::new(prices),
-    ))
+    let mut proxy = Proxy::new(settings.proxy.clone(), ledger, writer, Arc::new(prices));
+    proxy.metrics = metrics.clone();
+    Ok(proxy)
 }
 
 impl Application {
@@ -205,7 +216,8 @@ impl Application {
             }
             None => crate::providers::Registry::builtin(),
         });
-        let proxy = build_proxy(&settings, &db).await?;
+        let metrics = Arc::new(crate::metrics::Metrics::new(providers.ids()));
+        let proxy = build_proxy(&settings, &db, &metrics).await?;
         let mailer = Mailer::new(&settings.mail, &settings.data_dir)?;
         let (outbox, mail_worker) = mail::start(mailer);
         let http = reqwest::Client::builder()
@@ -228,6 +240,9 @@ impl Application {
             providers,
             key_cache: crate::keys::cache::KeyCache::default(),
             proxy,
+            metrics,
+            metrics_elsewhere: settings.metrics_bind.is_some(),
+            security_txt: settings.security_txt.clone(),
             public_url: settings
                 .public_url
                 .as_deref()
@@ -289,13 +304,19 @@ impl Application {
             Some(certs) => Transport::start(&settings, certs, port)?,
             None => Transport::default(),
         };
-        tracing::info!(port, https = transport.reloader.is_some(), data_dir = %settings.data_dir.display(), "keybroker listening");
+        let metrics_server = match settings.metrics_bind {
+            Some(addr) => Some(crate::ops::metrics_server(addr, state.clone())?),
+            None => None,
+        };
+        let metrics_port = metrics_server.as_ref().map(|(_, p)| *p);
+        tracing::info!(port, https = transport.reloader.is_some(), ?metrics_port, data_dir = %settings.data_dir.display(), "keybroker listening");
         Ok(Self {
             port,
             server: server.run(),
             state,
             mail_worker,
             transport,
+            metrics_server,
         })
     }
 
@@ -308,6 +329,11 @@ impl Application {
         self.transport.redirect.as_ref().map(|(port, _)| *port)
     }
 
+    /// The port of the `--metrics-bind` listener, when there is one.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_server.as_ref().map(|(_, p)| *p)
+    }
+
     pub fn state(&self) -> web::Data<AppState> {
         self.state.clone()
     }
@@ -315,17 +341,31 @@ impl Application {
     /// Serves until SIGINT/SIGTERM, then drains in-flight requests (up to 30 s) and queued mail
     /// (up to 30 s).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let served = match self.transport.redirect {
-            Some((_, redirect)) => {
-                let (served, redirected) = futures_util::future::join(self.server, redirect).await;
-                served.and(redirected)
+        let Application {
+            server,
+            transport,
+            metrics_server,
+            mail_worker,
+            ..
+        } = self;
+        let Transport { reloader, redirect } = transport;
+        let main = async move {
+            match redirect {
+                Some((_, redirect)) => {
+                    let (served, redirected) = futures_util::future::join(server, redirect).await;
+                    served.and(redirected)
+                }
+                None => server.await,
             }
-            None => self.server.await,
         };
-        if let Some(reloader) = self.transport.reloader {
+        let served = match metrics_server {
+            Some((metrics, _)) => futures_util::future::join(main, metrics).await.0,
+            None => main.await,
+        };
+        if let Some(reloader) = reloader {
             reloader.abort();
         }
-        self.mail_worker.shutdown().await;
+        mail_worker.shutdown().await;
         served
     }
 }

@@ -464,7 +464,10 @@ pub async fn proxy(
     let send_at = std::time::Instant::now();
     let sent = upstream.send_body(body.clone()).await;
     let head_at = std::time::Instant::now();
-    proxy.metrics.upstream_latency.record(head_at - send_at);
+    proxy
+        .metrics
+        .upstream_latency(provider.id)
+        .record(head_at - send_at);
     let response = match sent {
         Ok(r) => r,
         Err(e) => {

@@ -17,8 +17,11 @@ use crate::timefmt::{parse_rfc3339, rfc3339};
 pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 200;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// Absent for a JSON page; `json` or `csv` for a download.
+    #[param(pattern = "^(json|csv)$")]
     format: Option<String>,
     /// RFC 3339; entries at or after.
     since: Option<String>,
@@ -65,6 +68,16 @@ const CSV_COLUMNS: &[&str] = &[
     "outcome",
 ];
 
+#[utoipa::path(
+    get, path = "/api/v1/audit", tag = "audit", operation_id = "list_audit",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "A page of entries, newest first (or a CSV/JSON attachment with format=)", body = crate::openapi::AuditPage),
+        (status = 400, description = "invalid_time, invalid_cursor, invalid_format, invalid_query", body = crate::openapi::ErrorBody),
+        (status = 401, description = "authentication_failed", body = crate::openapi::ErrorBody),
+    ),
+    security(("session" = []))
+)]
 pub async fn list(
     auth: Authenticated,
     state: web::Data<AppState>,

@@ -19,9 +19,10 @@ use crate::http::auth::{check_origin, Authenticated, RequestContext};
 use crate::mail::Mail;
 use crate::startup::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct Credentials {
     email: String,
+    #[schema(value_type = String, format = Password)]
     password: SecretString,
 }
 
@@ -141,6 +142,15 @@ async fn start_session(
         .json(json!({"email": email, "csrf_token": csrf})))
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/auth/signup", tag = "auth",
+    request_body = Credentials,
+    responses(
+        (status = 201, description = "Account created and signed in; sets the session cookie", body = crate::openapi::SignedIn),
+        (status = 400, description = "invalid_email, password_too_short, password_too_long, invalid_json", body = crate::openapi::ErrorBody),
+        (status = 409, description = "account_exists", body = crate::openapi::ErrorBody),
+    )
+)]
 pub async fn signup(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -186,6 +196,16 @@ pub async fn signup(
     .await
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/auth/login", tag = "auth",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "Signed in; sets the session cookie", body = crate::openapi::SignedIn),
+        (status = 400, description = "invalid_json", body = crate::openapi::ErrorBody),
+        (status = 401, description = "authentication_failed", body = crate::openapi::ErrorBody),
+        (status = 429, description = "too_many_attempts (Retry-After)", body = crate::openapi::ErrorBody),
+    )
+)]
 pub async fn login(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -256,6 +276,15 @@ pub async fn login(
     .await
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/auth/logout", tag = "auth",
+    responses(
+        (status = 204, description = "Signed out; the cookie is cleared"),
+        (status = 401, description = "authentication_failed", body = crate::openapi::ErrorBody),
+        (status = 403, description = "csrf", body = crate::openapi::ErrorBody),
+    ),
+    security(("session" = [], "csrf" = []))
+)]
 pub async fn logout(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -283,6 +312,14 @@ pub async fn logout(
     Ok(HttpResponse::NoContent().cookie(expired_cookie()).finish())
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/auth/session", tag = "auth",
+    responses(
+        (status = 200, description = "The signed-in account", body = crate::openapi::CurrentSession),
+        (status = 401, description = "authentication_failed", body = crate::openapi::ErrorBody),
+    ),
+    security(("session" = []))
+)]
 pub async fn current(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -311,11 +348,23 @@ pub async fn current(
         })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct ReauthBody {
+    #[schema(value_type = String, format = Password)]
     password: SecretString,
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/auth/reauth", tag = "auth",
+    request_body = ReauthBody,
+    responses(
+        (status = 200, description = "Sensitive actions allowed for ten minutes", body = crate::openapi::ReauthUntil),
+        (status = 401, description = "authentication_failed", body = crate::openapi::ErrorBody),
+        (status = 403, description = "csrf", body = crate::openapi::ErrorBody),
+        (status = 429, description = "too_many_attempts", body = crate::openapi::ErrorBody),
+    ),
+    security(("session" = [], "csrf" = []))
+)]
 /// Checks the password again and marks this session freshly authenticated for ten minutes.
 /// A wrong password answers 401 but leaves the session signed in.
 pub async fn reauth(
@@ -366,12 +415,25 @@ pub async fn reauth(
         .json(json!({"reauth_until": rfc3339(until)})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct ChangePassword {
+    #[schema(value_type = String, format = Password)]
     current_password: SecretString,
+    #[schema(value_type = String, format = Password, min_length = 12, max_length = 128)]
     new_password: SecretString,
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/auth/password", tag = "auth",
+    request_body = ChangePassword,
+    responses(
+        (status = 204, description = "Password changed; other sessions are signed out"),
+        (status = 400, description = "password_too_short, password_too_long", body = crate::openapi::ErrorBody),
+        (status = 401, description = "authentication_failed", body = crate::openapi::ErrorBody),
+        (status = 403, description = "csrf", body = crate::openapi::ErrorBody),
+    ),
+    security(("session" = [], "csrf" = []))
+)]
 /// Changes the password (needs a recent reauth and the current password), signs out every other
 /// session, voids outstanding reset links and sends a notification mail.
 pub async fn change_password(

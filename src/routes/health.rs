@@ -4,15 +4,28 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+use crate::accounts::session;
 use crate::db::DbError;
 use crate::error::ApiError;
+use crate::metrics::ScrapeInputs;
 use crate::startup::AppState;
 use crate::vault_store;
 
+#[utoipa::path(
+    get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process answers", body = crate::openapi::Status))
+)]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+#[utoipa::path(
+    get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "The database answers and the vault canary decrypts", body = crate::openapi::Status),
+        (status = 503, description = "not_ready", body = crate::openapi::ErrorBody),
+    )
+)]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let vault = state.vault.clone();
     let ready = state
@@ -30,9 +43,47 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     }
 }
 
-/// Prometheus metrics (no label names an account, a key or a token).
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text format (see the README's Metrics section)", content_type = "text/plain", body = String),
+        (status = 404, description = "Served on the --metrics-bind listener instead", body = crate::openapi::ErrorBody),
+    )
+)]
+/// Prometheus metrics on the main listener, unless `--metrics-bind` moved them elsewhere.
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if state.metrics_elsewhere {
+        return Err(ApiError::not_found());
+    }
+    Ok(scrape(state).await)
+}
+
+/// Prometheus metrics (no label names an account, an email, a key or a token). Active sessions
+/// are counted here, at scrape time, with one query.
+pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
+    let now = state.clock.unix();
+    let active_sessions = state
+        .db
+        .read(move |conn| {
+            conn.query_row(
+                "SELECT count(*) FROM sessions WHERE last_seen_at > ?1 AND created_at > ?2",
+                rusqlite::params![
+                    now - session::IDLE_TIMEOUT_SECS,
+                    now - session::ABSOLUTE_TIMEOUT_SECS
+                ],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(DbError::from)
+        })
+        .await
+        .ok()
+        .and_then(|n| u64::try_from(n).ok());
+    let body = state.metrics.render(ScrapeInputs {
+        spend_queue_depth: state.proxy.writer.queue_depth(),
+        active_sessions,
+    });
     HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(state.proxy.metrics.render(state.proxy.writer.queue_depth()))
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .insert_header(("cache-control", "no-store"))
+        .body(body)
 }

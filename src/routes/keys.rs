@@ -21,21 +21,29 @@ use crate::timefmt::{rfc3339, rfc3339_opt};
 
 const MAX_LABEL_CHARS: usize = 100;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct AddKey {
+    /// A provider id from the registry.
+    #[schema(min_length = 1)]
     provider: String,
+    #[schema(value_type = String, format = Password)]
     key: SecretString,
+    #[schema(max_length = 100)]
     label: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RotateKey {
+    #[schema(value_type = String, format = Password)]
     key: SecretString,
     label: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ExportQuery {
+    /// `json` (default) or `csv`.
+    #[param(pattern = "^(json|csv)$")]
     format: Option<String>,
 }
 
@@ -116,6 +124,18 @@ fn no_store(status: StatusCode) -> actix_web::HttpResponseBuilder {
     res
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/keys", tag = "keys", operation_id = "add_key",
+    request_body = AddKey,
+    responses(
+        (status = 201, description = "Stored (sealed); shown masked", body = crate::openapi::KeyView),
+        (status = 400, description = "unknown_provider, invalid_key, invalid_key_format, invalid_label", body = crate::openapi::ErrorBody),
+        (status = 401, description = "authentication_failed", body = crate::openapi::ErrorBody),
+        (status = 403, description = "csrf", body = crate::openapi::ErrorBody),
+        (status = 409, description = "key_exists (with key_id)", body = crate::openapi::ErrorBody),
+    ),
+    security(("session" = [], "csrf" = []))
+)]
 pub async fn add(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -177,6 +197,14 @@ pub async fn add(
     Ok(no_store(StatusCode::CREATED).json(view(&row)))
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/keys", tag = "keys", operation_id = "list_keys",
+    responses(
+        (status = 200, description = "The account's keys, masked", body = crate::openapi::KeyList),
+        (status = 401, description = "authentication_failed", body = crate::openapi::ErrorBody),
+    ),
+    security(("session" = []))
+)]
 pub async fn list(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -190,6 +218,18 @@ pub async fn list(
     Ok(no_store(StatusCode::OK).json(json!({ "keys": keys })))
 }
 
+#[utoipa::path(
+    put, path = "/api/v1/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "The key's id")),
+    request_body = RotateKey,
+    responses(
+        (status = 200, description = "Replaced", body = crate::openapi::KeyView),
+        (status = 400, description = "invalid_key, invalid_key_format, invalid_label", body = crate::openapi::ErrorBody),
+        (status = 403, description = "reauth_required, csrf", body = crate::openapi::ErrorBody),
+        (status = 404, description = "not_found", body = crate::openapi::ErrorBody),
+    ),
+    security(("session" = [], "csrf" = []))
+)]
 /// Rotation: the new key replaces the old in one UPDATE. A call that read the old key before
 /// the commit finishes with it; every call that starts after the response reads the new one.
 pub async fn rotate(
@@ -297,6 +337,16 @@ where
         .await
 }
 
+#[utoipa::path(
+    delete, path = "/api/v1/keys/{id}", tag = "keys", operation_id = "delete_key",
+    params(("id" = String, Path, description = "The key's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "reauth_required, csrf", body = crate::openapi::ErrorBody),
+        (status = 404, description = "not_found", body = crate::openapi::ErrorBody),
+    ),
+    security(("session" = [], "csrf" = []))
+)]
 /// Deletion: the row is gone when the response is sent, so the next proxied call finds no key.
 pub async fn delete(
     auth: Authenticated,
@@ -320,6 +370,16 @@ pub async fn delete(
     Ok(no_store(StatusCode::NO_CONTENT).finish())
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/keys/{id}/reveal", tag = "keys",
+    params(("id" = String, Path, description = "The key's id")),
+    responses(
+        (status = 200, description = "The key itself; needs a re-authentication in the last ten minutes", body = crate::openapi::RevealedKey),
+        (status = 403, description = "reauth_required, csrf", body = crate::openapi::ErrorBody),
+        (status = 404, description = "not_found", body = crate::openapi::ErrorBody),
+    ),
+    security(("session" = [], "csrf" = []))
+)]
 pub async fn reveal(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -361,6 +421,16 @@ const EXPORT_COLUMNS: &[&str] = &[
     "spent_usd",
 ];
 
+#[utoipa::path(
+    get, path = "/api/v1/keys/export", tag = "keys",
+    params(ExportQuery),
+    responses(
+        (status = 200, description = "An attachment: the keys' metadata (never the keys) as JSON or CSV", body = Object),
+        (status = 400, description = "invalid_format", body = crate::openapi::ErrorBody),
+        (status = 401, description = "authentication_failed", body = crate::openapi::ErrorBody),
+    ),
+    security(("session" = []))
+)]
 /// One row per key: never the key, never its ciphertext (the query does not even select it).
 pub async fn export(
     auth: Authenticated,

@@ -114,6 +114,15 @@ fn redirect_uri(base: &str, provider: Provider) -> String {
     format!("{base}/auth/oauth/{}/callback", provider.as_str())
 }
 
+#[utoipa::path(
+    get, path = "/auth/oauth/{provider}/start", tag = "auth",
+    params(("provider" = String, Path, description = "github or google")),
+    responses(
+        (status = 303, description = "To the provider's consent page"),
+        (status = 404, description = "Not a configured provider (HTML page)"),
+        (status = 503, description = "OAuth is not available: no public URL (HTML page)"),
+    )
+)]
 pub async fn start(state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
     match start_inner(&state, &path).await {
         Ok(res) => res,
@@ -163,6 +172,20 @@ struct CallbackQuery {
     error: Option<String>,
 }
 
+#[utoipa::path(
+    get, path = "/auth/oauth/{provider}/callback", tag = "auth",
+    params(
+        ("provider" = String, Path, description = "github or google"),
+        ("code" = Option<String>, Query, description = "From the provider"),
+        ("state" = Option<String>, Query, description = "From the provider"),
+        ("error" = Option<String>, Query, description = "From the provider"),
+    ),
+    responses(
+        (status = 303, description = "Signed in: to the dashboard, with the session cookie"),
+        (status = 400, description = "The sign-in failed (HTML page)"),
+        (status = 404, description = "Not a configured provider (HTML page)"),
+    )
+)]
 pub async fn callback(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -317,6 +340,17 @@ async fn callback_inner(
     Ok(res)
 }
 
+#[utoipa::path(
+    delete, path = "/api/v1/auth/oauth/{provider}", tag = "auth",
+    params(("provider" = String, Path, description = "github or google")),
+    responses(
+        (status = 204, description = "Unlinked"),
+        (status = 403, description = "reauth_required, csrf", body = crate::openapi::ErrorBody),
+        (status = 404, description = "not_found", body = crate::openapi::ErrorBody),
+        (status = 409, description = "last_sign_in_method", body = crate::openapi::ErrorBody),
+    ),
+    security(("session" = [], "csrf" = []))
+)]
 /// Unlinks a provider from the signed-in account. Needs a recent reauth, and refuses to remove
 /// the last way to sign in (an account with no password and no other provider).
 pub async fn unlink(

@@ -21,14 +21,17 @@ use crate::mail::Mail;
 use crate::routes::auth::{client_ip, event, parse_email, password_error, throttled};
 use crate::startup::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct ResetRequest {
+    #[schema(format = Email)]
     email: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct ResetConfirm {
+    #[schema(value_type = String, format = Password)]
     token: SecretString,
+    #[schema(value_type = String, format = Password, min_length = 12, max_length = 128)]
     password: SecretString,
 }
 
@@ -54,6 +57,15 @@ fn reset_mail(to: String, public_url: &str, token: &ResetToken) -> Mail {
     }
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/auth/password-reset", tag = "auth",
+    request_body = ResetRequest,
+    responses(
+        (status = 202, description = "Always the same answer, whether or not the account exists", body = crate::openapi::ResetAccepted),
+        (status = 400, description = "invalid_email", body = crate::openapi::ErrorBody),
+        (status = 429, description = "too_many_attempts", body = crate::openapi::ErrorBody),
+    )
+)]
 pub async fn request(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -110,6 +122,14 @@ pub async fn request(
         })))
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/auth/password-reset/confirm", tag = "auth",
+    request_body = ResetConfirm,
+    responses(
+        (status = 204, description = "Password set; every session is signed out"),
+        (status = 400, description = "invalid_token, password_too_short, password_too_long", body = crate::openapi::ErrorBody),
+    )
+)]
 pub async fn confirm(
     req: HttpRequest,
     state: web::Data<AppState>,

@@ -11,6 +11,14 @@ use crate::http::auth::Authenticated;
 use crate::routes::auth::{event, expired_cookie, rfc3339};
 use crate::startup::AppState;
 
+#[utoipa::path(
+    get, path = "/api/v1/auth/sessions", tag = "auth", operation_id = "list_sessions",
+    responses(
+        (status = 200, description = "The account's sessions", body = crate::openapi::SessionList),
+        (status = 401, description = "authentication_failed", body = crate::openapi::ErrorBody),
+    ),
+    security(("session" = []))
+)]
 pub async fn list(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -39,6 +47,16 @@ pub async fn list(
         .json(json!({ "sessions": sessions })))
 }
 
+#[utoipa::path(
+    delete, path = "/api/v1/auth/sessions/{id}", tag = "auth", operation_id = "revoke_session",
+    params(("id" = String, Path, description = "A session id from the list")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "authentication_failed", body = crate::openapi::ErrorBody),
+        (status = 404, description = "not_found", body = crate::openapi::ErrorBody),
+    ),
+    security(("session" = [], "csrf" = []))
+)]
 /// Revokes one of the caller's sessions; another account's session id is answered 404, as if it
 /// did not exist. Revoking the current session signs the caller out.
 pub async fn revoke(

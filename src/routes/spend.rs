@@ -13,10 +13,13 @@ use crate::spend::writer::{parse_period, period_name, CeilingRow};
 use crate::spend::{CeilingState, Snapshot};
 use crate::startup::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct CeilingBody {
+    /// Decimal USD, at most 6 decimals.
+    #[schema(pattern = "^[0-9]+(\\.[0-9]{1,6})?$")]
     limit_usd: String,
     #[serde(default)]
+    #[schema(pattern = "^(none|daily|monthly)$")]
     period: Option<String>,
 }
 
@@ -77,6 +80,17 @@ async fn persist_and_audit(
         .await
 }
 
+#[utoipa::path(
+    put, path = "/api/v1/ceilings/{provider}", tag = "spend",
+    params(("provider" = String, Path, description = "A provider id")),
+    request_body = CeilingBody,
+    responses(
+        (status = 200, description = "The ceiling as set", body = crate::openapi::CeilingView),
+        (status = 400, description = "unknown_provider, invalid_amount, invalid_period", body = crate::openapi::ErrorBody),
+        (status = 403, description = "csrf", body = crate::openapi::ErrorBody),
+    ),
+    security(("session" = [], "csrf" = []))
+)]
 pub async fn put_ceiling(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -104,6 +118,14 @@ pub async fn put_ceiling(
     Ok(HttpResponse::Ok().json(view(provider, &snap)))
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/ceilings", tag = "spend",
+    responses(
+        (status = 200, description = "Spend and ceiling per provider", body = crate::openapi::CeilingList),
+        (status = 401, description = "authentication_failed", body = crate::openapi::ErrorBody),
+    ),
+    security(("session" = []))
+)]
 pub async fn list_ceilings(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -119,6 +141,16 @@ pub async fn list_ceilings(
     Ok(HttpResponse::Ok().json(json!({ "ceilings": rows })))
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/ceilings/{provider}/reset", tag = "spend",
+    params(("provider" = String, Path, description = "A provider id")),
+    responses(
+        (status = 200, description = "Spend set back to zero", body = crate::openapi::CeilingView),
+        (status = 400, description = "unknown_provider", body = crate::openapi::ErrorBody),
+        (status = 403, description = "reauth_required, csrf", body = crate::openapi::ErrorBody),
+    ),
+    security(("session" = [], "csrf" = []))
+)]
 pub async fn reset_ceiling(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -130,6 +162,16 @@ pub async fn reset_ceiling(
     Ok(HttpResponse::Ok().json(view(provider, &snap)))
 }
 
+#[utoipa::path(
+    delete, path = "/api/v1/ceilings/{provider}", tag = "spend",
+    params(("provider" = String, Path, description = "A provider id")),
+    responses(
+        (status = 204, description = "No ceiling any more"),
+        (status = 400, description = "unknown_provider", body = crate::openapi::ErrorBody),
+        (status = 403, description = "csrf", body = crate::openapi::ErrorBody),
+    ),
+    security(("session" = [], "csrf" = []))
+)]
 pub async fn delete_ceiling(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -141,7 +183,8 @@ pub async fn delete_ceiling(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Range {
     since: Option<String>,
     until: Option<String>,
@@ -161,6 +204,16 @@ fn parse_time(raw: &str) -> Result<i64, ApiError> {
         })
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/usage", tag = "spend",
+    params(Range),
+    responses(
+        (status = 200, description = "Usage per provider in [since, until)", body = crate::openapi::Usage),
+        (status = 400, description = "invalid_time", body = crate::openapi::ErrorBody),
+        (status = 401, description = "authentication_failed", body = crate::openapi::ErrorBody),
+    ),
+    security(("session" = []))
+)]
 pub async fn usage(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -200,6 +253,10 @@ pub async fn usage(
     })))
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/prices", tag = "spend",
+    responses((status = 200, description = "The price table in force", body = crate::openapi::Prices))
+)]
 pub async fn prices(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "unit": "USD per million tokens (per request or per character where stated)",

@@ -16,10 +16,13 @@ use crate::tokens::{self, NewToken, ToolToken};
 
 const MAX_NAME_CHARS: usize = 100;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct CreateToken {
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
     providers: Option<Vec<String>>,
+    /// RFC 3339, in the future.
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
 }
 
@@ -49,6 +52,16 @@ fn parse_name(raw: &str) -> Result<String, ApiError> {
     Ok(name.to_owned())
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/tokens", tag = "tokens", operation_id = "create_token",
+    request_body = CreateToken,
+    responses(
+        (status = 201, description = "Issued; the token is in this answer only", body = crate::openapi::IssuedToken),
+        (status = 400, description = "invalid_name, unknown_provider, invalid_expires_at", body = crate::openapi::ErrorBody),
+        (status = 403, description = "csrf", body = crate::openapi::ErrorBody),
+    ),
+    security(("session" = [], "csrf" = []))
+)]
 pub async fn create(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -115,6 +128,14 @@ pub async fn create(
         .json(body))
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/tokens", tag = "tokens", operation_id = "list_tokens",
+    responses(
+        (status = 200, description = "The account's tokens (never the tokens themselves)", body = crate::openapi::TokenList),
+        (status = 401, description = "authentication_failed", body = crate::openapi::ErrorBody),
+    ),
+    security(("session" = []))
+)]
 pub async fn list(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -131,6 +152,16 @@ pub async fn list(
         .json(json!({ "tokens": list })))
 }
 
+#[utoipa::path(
+    delete, path = "/api/v1/tokens/{id}", tag = "tokens", operation_id = "revoke_token",
+    params(("id" = String, Path, description = "The token's id")),
+    responses(
+        (status = 204, description = "Revoked at once"),
+        (status = 403, description = "csrf", body = crate::openapi::ErrorBody),
+        (status = 404, description = "not_found", body = crate::openapi::ErrorBody),
+    ),
+    security(("session" = [], "csrf" = []))
+)]
 pub async fn revoke(
     auth: Authenticated,
     state: web::Data<AppState>,

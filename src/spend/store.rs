@@ -141,7 +141,7 @@ pub fn recover_and_load(
 }
 
 /// Usage of one provider over a time range.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct UsageRow {
     pub provider: String,
     pub calls: i64,
@@ -151,6 +151,8 @@ pub struct UsageRow {
     pub cached_input_tokens: i64,
     pub output_tokens: i64,
     pub reasoning_tokens: i64,
+    /// Decimal USD.
+    #[schema(value_type = String)]
     pub spend_usd: Money,
     pub fallback_priced_calls: i64,
 }

@@ -32,6 +32,8 @@ pub fn keybroker() -> Command {
 pub struct Running {
     pub child: Child,
     pub port: u16,
+    /// The `--metrics-bind` listener's port, from the same line.
+    pub metrics_port: Option<u16>,
 }
 
 /// Starts `serve` on port 0 and waits for the line that reports the port. On early exit,
@@ -69,9 +71,15 @@ pub fn serve_on(bind: &str, data_dir: &Path, env: &[(&str, &str)]) -> Result<Run
                     .and_then(|p| p.split_whitespace().next())
                 {
                     if line.contains("keybroker listening") {
+                        let metrics_port = line
+                            .split("metrics_port=Some(")
+                            .nth(1)
+                            .and_then(|p| p.split(')').next())
+                            .and_then(|p| p.parse().ok());
                         return Ok(Running {
                             child,
                             port: port.parse().expect("port"),
+                            metrics_port,
                         });
                     }
                 }

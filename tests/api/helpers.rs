@@ -34,6 +34,8 @@ pub struct TestApp {
     pub port: u16,
     /// The plain-HTTP redirect listener's port, when `redirect_http` was set.
     pub redirect_port: Option<u16>,
+    /// The `metrics_bind` listener's port, when the settings asked for one.
+    pub metrics_port: Option<u16>,
     pub data_dir: TempDir,
     pub clock: ManualClock,
     pub state: web::Data<AppState>,
@@ -95,12 +97,14 @@ impl TestApp {
             .expect("application builds");
         let port = app.port();
         let redirect_port = app.redirect_port();
+        let metrics_port = app.metrics_port();
         let state = app.state();
         tokio::spawn(app.run_until_stopped());
         TestApp {
             address: format!("http://127.0.0.1:{port}"),
             port,
             redirect_port,
+            metrics_port,
             data_dir,
             clock,
             state,

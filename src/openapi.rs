@@ -37,6 +37,8 @@ pub struct ErrorDetail {
 pub enum ErrorType {
     AccountExists,
     AuthenticationFailed,
+    /// Only from the `--redirect-http` listener, when a request has no usable `Host`.
+    BadHost,
     Csrf,
     InternalError,
     InvalidAmount,
@@ -70,6 +72,8 @@ pub enum ErrorType {
     RateLimited,
     ReauthRequired,
     SpendCeilingReached,
+    /// The call's spend hold could not be recorded (the hold journal could not be written).
+    SpendUnavailable,
     TooManyAttempts,
     TooManyInFlight,
     UnknownProvider,
@@ -300,6 +304,7 @@ impl Modify for Security {
         (status = 424, description = "no_key", body = ErrorBody),
         (status = 429, description = "rate_limited or too_many_in_flight (Retry-After)", body = ErrorBody),
         (status = 502, description = "upstream_unreachable, or the provider's error rebuilt", body = ErrorBody),
+        (status = 503, description = "spend_unavailable: the call's spend hold could not be recorded, so it was not sent", body = ErrorBody),
         (status = 504, description = "upstream_timeout", body = ErrorBody),
     ),
     security(("token" = []), ("token_header" = []))

@@ -546,23 +546,10 @@ pub async fn proxy(
             )
         }
     };
-    // The call's hold must survive a crash before the client hears anything: wait until the
-    // spend writer has committed it. It was sent before the upstream call, so that commit ran in
-    // parallel with it; waiting for later events (other calls' settles) would only add latency.
     let remaining = proxy
         .ledger
         .snapshot(token.account_id, provider.id)
         .remaining;
-    let seq = hold_seq;
-    let wait_started = std::time::Instant::now();
-    let durable = proxy.writer.committed(seq, Duration::from_secs(5)).await;
-    proxy
-        .metrics
-        .hold_commit_wait
-        .record(wait_started.elapsed());
-    if !durable {
-        tracing::error!("spend writer is more than 5 s behind; answering without a durable hold");
-    }
     let mut out = HttpResponse::build(status);
     for (name, value) in headers::response_headers(response.headers()) {
         out.append_header((name, value));
@@ -586,10 +573,31 @@ pub async fn proxy(
         strip_usage_chunk && content_type.starts_with("text/event-stream"),
         proxy.settings.read_timeout,
     );
+    // The call's hold must survive a crash before the client hears anything: wait until the
+    // spend writer has committed it. It was sent before the upstream call, so that commit ran in
+    // parallel with it; waiting for later events (other calls' settles) would only add latency.
+    // Meanwhile the body's first chunk is awaited, so headers followed by silence get our 504.
+    let wait_started = std::time::Instant::now();
+    let hold = async {
+        let durable = proxy
+            .writer
+            .committed(hold_seq, Duration::from_secs(5))
+            .await;
+        (durable, std::time::Instant::now())
+    };
+    let ((durable, committed_at), primed) = futures_util::join!(hold, body.primed());
+    proxy
+        .metrics
+        .hold_commit_wait
+        .record(committed_at - wait_started);
+    if !durable {
+        tracing::error!("spend writer is more than 5 s behind; answering without a durable hold");
+    }
     proxy
         .metrics
         .proxy_overhead
-        .record(before_send + head_at.elapsed());
+        .record(before_send + (committed_at - head_at));
+    let body = primed.map_err(|e| e.into_api_error(provider.id))?;
     Ok(out.streaming(body))
 }
 

@@ -10,6 +10,7 @@ mod cli;
 mod crash;
 mod dashboard_pages;
 mod docs;
+mod drills;
 mod fake_upstream;
 mod health;
 mod helpers;

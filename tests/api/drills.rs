@@ -1,0 +1,510 @@
+//! Fault drills (issue 9, "prove the proxy loses nothing"), the short ones that run in CI.
+//! Upstreams that hang, reset, send garbage or break a stream off; slow and oversized clients;
+//! a login storm beside proxied calls. Each checks our own JSON error with its stable `type`, the
+//! reservation coming back to zero (or charged in full where the policy is fail-closed), other
+//! calls still answering, and no planted key or request-body echo in a response or a log line.
+//! The long drills (soak, latency ratios) are `bench/drills`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::fake_upstream::FakeUpstream;
+use crate::helpers::{Session, TestApp};
+use crate::proxy::{add_key, ceiling, chat, micros, set_ceiling, token, ANTHROPIC_KEY, OPENAI_KEY};
+
+/// The upstream read timeout the drills run with: short, so a hang ends quickly.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// A generous bound for "answered in time" on a loaded CI machine.
+const SLACK: Duration = Duration::from_secs(5);
+
+// ---- a byte-level upstream ----
+
+/// One request as it arrived: head and body bytes.
+async fn read_request(s: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return buf,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    buf
+}
+
+/// A TCP listener that reads each request and then does whatever `behave` says with the socket.
+struct RawUpstream {
+    url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawUpstream {
+    async fn start<F, Fut>(behave: F) -> RawUpstream
+    where
+        F: Fn(TcpStream, Vec<u8>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let behave = Arc::new(behave);
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let behave = behave.clone();
+                tokio::spawn(async move {
+                    let request = read_request(&mut s).await;
+                    behave(s, request).await;
+                });
+            }
+        });
+        RawUpstream { url, task }
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn write_then_close(mut s: TcpStream, bytes: Vec<u8>) {
+    let _ = s.write_all(&bytes).await;
+    let _ = s.shutdown().await;
+}
+
+fn response(status: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+// ---- the drill set-up ----
+
+/// A unique string in each faulty call's body: it must never come back in an error or a log.
+fn marker() -> String {
+    format!("PLANTED-BODY-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// An app whose OpenAI route goes to `faulty` and whose Anthropic route goes to a healthy fake.
+struct Drill {
+    app: TestApp,
+    s: Session,
+    token: String,
+    _faulty: RawUpstream,
+    _healthy: FakeUpstream,
+}
+
+impl Drill {
+    async fn start(faulty: RawUpstream) -> Drill {
+        let healthy = FakeUpstream::start().await;
+        let (f, h) = (faulty.url.clone(), healthy.url.clone());
+        let app = TestApp::spawn_with(move |s| {
+            s.proxy.upstreams.insert("openai".into(), f);
+            s.proxy.upstreams.insert("anthropic".into(), h);
+            s.proxy.read_timeout = READ_TIMEOUT;
+            s.proxy.connect_timeout = Duration::from_secs(1);
+        })
+        .await;
+        let s = app.signed_up().await;
+        add_key(&app, &s, "openai", OPENAI_KEY).await;
+        add_key(&app, &s, "anthropic", ANTHROPIC_KEY).await;
+        set_ceiling(&app, &s, "openai", "1.00").await;
+        let token = token(&app, &s, None).await;
+        Drill {
+            app,
+            s,
+            token,
+            _faulty: faulty,
+            _healthy: healthy,
+        }
+    }
+
+    /// Sends the call to the faulty upstream, and while it is under way a call to the healthy
+    /// one. Returns the faulty call's status, headers, body (or the client's error) and time.
+    async fn faulty_call(&self, body: Value) -> Outcome {
+        let (client, url, t) = (
+            self.app.client.clone(),
+            self.app.url("/proxy/openai/v1/chat/completions"),
+            self.token.clone(),
+        );
+        let started = Instant::now();
+        let call = tokio::spawn(async move {
+            let res = client.post(url).bearer_auth(t).json(&body).send().await;
+            let res = res.expect("keybroker answers the faulty call with a response");
+            let status = res.status().as_u16();
+            let headers = res.headers().clone();
+            let body = res
+                .bytes()
+                .await
+                .map(|b| b.to_vec())
+                .map_err(|e| e.to_string());
+            (status, headers, body, started.elapsed())
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let healthy = self.healthy_call().await;
+        assert_eq!(
+            healthy, 200,
+            "the healthy provider answers during the fault"
+        );
+        let pending_while_healthy_answered = !call.is_finished();
+        let (status, headers, body, elapsed) = call.await.unwrap();
+        Outcome {
+            status,
+            headers,
+            body,
+            elapsed,
+            pending_while_healthy_answered,
+        }
+    }
+
+    async fn healthy_call(&self) -> u16 {
+        let res = self
+            .app
+            .client
+            .post(self.app.url("/proxy/anthropic/v1/messages"))
+            .header("x-api-key", &self.token)
+            .header("anthropic-version", "2023-06-01")
+            .json(
+                &json!({"model": "claude-sonnet-4-20250514", "max_tokens": 50,
+                "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .timeout(SLACK)
+            .send()
+            .await
+            .expect("the healthy call is answered in time");
+        let status = res.status().as_u16();
+        res.bytes().await.expect("the healthy body arrives");
+        status
+    }
+
+    /// (spent, reserved) on the faulty provider, in micro-dollars.
+    async fn spend(&self) -> (i64, i64) {
+        let c = ceiling(&self.app, &self.s, "openai").await;
+        (micros(&c["spent_usd"]), micros(&c["reserved_usd"]))
+    }
+
+    /// The reservation settles shortly after the body ends: wait for it (bounded).
+    async fn settled_spend(&self) -> i64 {
+        let deadline = Instant::now() + SLACK;
+        loop {
+            let (spent, reserved) = self.spend().await;
+            if reserved == 0 {
+                return spent;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the reservation was never released"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// What one call with this body reserves: a call that hangs until the reservation is seen.
+    fn body(&self, marker: &str) -> Value {
+        let mut b = chat("gpt-4o-mini");
+        b["messages"][0]["content"] = json!(marker);
+        b
+    }
+
+    fn assert_nothing_leaked(&self, out: &Outcome, marker: &str) {
+        if let Ok(body) = &out.body {
+            let text = String::from_utf8_lossy(body);
+            assert!(!text.contains(OPENAI_KEY), "the key came back: {text}");
+            assert!(!text.contains(marker), "the request body came back: {text}");
+        }
+        for (_, v) in &out.headers {
+            let v = String::from_utf8_lossy(v.as_bytes());
+            assert!(!v.contains(OPENAI_KEY) && !v.contains(marker));
+        }
+        self.app.assert_not_logged(OPENAI_KEY);
+        self.app.assert_not_logged(marker);
+    }
+}
+
+struct Outcome {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Result<Vec<u8>, String>,
+    elapsed: Duration,
+    pending_while_healthy_answered: bool,
+}
+
+impl Outcome {
+    /// Our own error body: JSON with the stable `type`.
+    fn error_type(&self) -> String {
+        let body = self.body.as_ref().expect("an error body");
+        let v: Value = serde_json::from_slice(body).expect("the error body is JSON");
+        v["error"]["type"].as_str().expect("error.type").to_owned()
+    }
+}
+
+/// Echoes what the upstream received (the key header and the body) inside its answer.
+fn echo(request: &[u8]) -> String {
+    String::from_utf8_lossy(request).replace(['"', '\\', '\r', '\n'], " ")
+}
+
+// ---- upstream faults ----
+
+#[tokio::test]
+async fn an_upstream_that_accepts_and_never_answers_gets_our_504_and_releases_the_hold() {
+    let faulty = RawUpstream::start(|s, _| async move {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(s);
+    })
+    .await;
+    let d = Drill::start(faulty).await;
+    let m = marker();
+    let out = d.faulty_call(d.body(&m)).await;
+    assert_eq!(
+        (out.status, out.error_type().as_str()),
+        (504, "upstream_timeout")
+    );
+    assert!(out.elapsed >= READ_TIMEOUT && out.elapsed < READ_TIMEOUT + SLACK);
+    assert!(
+        out.pending_while_healthy_answered,
+        "the hang held up another provider's call"
+    );
+    assert_eq!(
+        d.settled_spend().await,
+        0,
+        "nothing was answered, nothing is charged"
+    );
+    d.assert_nothing_leaked(&out, &m);
+}
+
+#[tokio::test]
+async fn an_upstream_that_sends_headers_then_stalls_gets_our_504_and_is_charged_its_hold() {
+    let faulty = RawUpstream::start(|mut s, _| async move {
+        let head =
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 4000\r\n\r\n";
+        let _ = s.write_all(head.as_bytes()).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    })
+    .await;
+    let d = Drill::start(faulty).await;
+    let m = marker();
+    let out = d.faulty_call(d.body(&m)).await;
+    assert_eq!(
+        (out.status, out.error_type().as_str()),
+        (504, "upstream_timeout")
+    );
+    assert!(out.elapsed < READ_TIMEOUT + SLACK);
+    assert!(out.pending_while_healthy_answered);
+    // The provider said 200: it may bill. Nothing to meter: the hold is charged (fail closed).
+    assert!(d.settled_spend().await > 0);
+    d.assert_nothing_leaked(&out, &m);
+}
+
+#[tokio::test]
+async fn an_upstream_that_resets_the_connection_gets_our_502_and_releases_the_hold() {
+    let faulty = RawUpstream::start(|s, _| async move {
+        let _ = s.set_zero_linger();
+        drop(s);
+    })
+    .await;
+    let d = Drill::start(faulty).await;
+    let m = marker();
+    let out = d.faulty_call(d.body(&m)).await;
+    assert_eq!(
+        (out.status, out.error_type().as_str()),
+        (502, "upstream_unreachable")
+    );
+    assert!(out.elapsed < SLACK);
+    assert_eq!(d.settled_spend().await, 0);
+    d.assert_nothing_leaked(&out, &m);
+}
+
+#[tokio::test]
+async fn an_upstream_that_answers_non_http_bytes_echoing_the_key_gets_our_502() {
+    let faulty = RawUpstream::start(|s, req| async move {
+        let mut bytes = b"\x00\xff\x16\x03 SSH-2.0-nonsense ".to_vec();
+        bytes.extend_from_slice(echo(&req).as_bytes());
+        write_then_close(s, bytes).await;
+    })
+    .await;
+    let d = Drill::start(faulty).await;
+    let m = marker();
+    let out = d.faulty_call(d.body(&m)).await;
+    assert_eq!(
+        (out.status, out.error_type().as_str()),
+        (502, "upstream_unreachable")
+    );
+    assert_eq!(d.settled_spend().await, 0);
+    d.assert_nothing_leaked(&out, &m);
+}
+
+#[tokio::test]
+async fn a_200_with_invalid_json_is_passed_through_and_charged_its_hold() {
+    let faulty = RawUpstream::start(|s, _| async move {
+        let bytes = response(
+            "200 OK",
+            "content-type: application/json\r\n",
+            b"{\"choices\": [tru",
+        );
+        write_then_close(s, bytes).await;
+    })
+    .await;
+    let d = Drill::start(faulty).await;
+    let m = marker();
+    let out = d.faulty_call(d.body(&m)).await;
+    assert_eq!(out.status, 200);
+    assert_eq!(out.body.as_deref().unwrap(), b"{\"choices\": [tru");
+    assert!(
+        d.settled_spend().await > 0,
+        "no usage to go by: fail closed"
+    );
+    d.assert_nothing_leaked(&out, &m);
+}
+
+#[tokio::test]
+async fn a_huge_body_streams_through_in_full_and_is_charged_its_hold() {
+    const SIZE: usize = 24 * 1024 * 1024; // over the 16 MiB kept aside for metering
+    let faulty = RawUpstream::start(|mut s, _| async move {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {SIZE}\r\n\r\n"
+        );
+        let _ = s.write_all(head.as_bytes()).await;
+        let block = vec![b' '; 1024 * 1024];
+        for _ in 0..SIZE / block.len() {
+            if s.write_all(&block).await.is_err() {
+                return;
+            }
+        }
+        let _ = s.shutdown().await;
+    })
+    .await;
+    let d = Drill::start(faulty).await;
+    let m = marker();
+    let out = d.faulty_call(d.body(&m)).await;
+    assert_eq!(out.status, 200);
+    assert_eq!(out.body.as_ref().map(Vec::len), Ok(SIZE));
+    assert!(d.settled_spend().await > 0, "too big to meter: fail closed");
+    d.assert_nothing_leaked(&out, &m);
+}
+
+#[tokio::test]
+async fn an_sse_stream_closed_half_way_is_charged_its_full_hold() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let r = release.clone();
+    let faulty = RawUpstream::start(move |mut s, _| {
+        let r = r.clone();
+        async move {
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+            let _ = s.write_all(head.as_bytes()).await;
+            for word in ["Hello", " from", " half"] {
+                let event = format!(
+                    "data: {}\n\n",
+                    json!({"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
+                        "choices": [{"index": 0, "delta": {"content": word}}]})
+                );
+                let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+                let _ = s.write_all(chunk.as_bytes()).await;
+            }
+            r.notified().await;
+            // Closed without the terminating chunk or [DONE].
+            drop(s);
+        }
+    })
+    .await;
+    let d = Drill::start(faulty).await;
+    let m = marker();
+    let mut body = d.body(&m);
+    body["stream"] = json!(true);
+    let res = d
+        .app
+        .client
+        .post(d.app.url("/proxy/openai/v1/chat/completions"))
+        .bearer_auth(&d.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (spent_before, reserved) = d.spend().await;
+    assert!(
+        reserved > 0,
+        "the call holds its reservation while it streams"
+    );
+    release.notify_one();
+    let text = match res.bytes().await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(_) => String::new(),
+    };
+    assert!(!text.contains("[DONE]"));
+    assert_eq!(
+        d.settled_spend().await,
+        spent_before + reserved,
+        "a broken stream settles fail-closed, at its full reservation"
+    );
+    d.app.assert_not_logged(OPENAI_KEY);
+    d.app.assert_not_logged(&m);
+}
+
+#[tokio::test]
+async fn a_429_is_rebuilt_with_its_retry_after_and_releases_the_hold() {
+    let faulty = RawUpstream::start(|s, req| async move {
+        let body = format!(
+            r#"{{"error": {{"message": "Rate limit reached for {}", "type": "rate_limit_error", "code": "rate_limit_exceeded"}}}}"#,
+            echo(&req)
+        );
+        let bytes = response("429 Too Many Requests", "content-type: application/json\r\nretry-after: 7\r\n", body.as_bytes());
+        write_then_close(s, bytes).await;
+    })
+    .await;
+    let d = Drill::start(faulty).await;
+    let m = marker();
+    let out = d.faulty_call(d.body(&m)).await;
+    assert_eq!(
+        (out.status, out.error_type().as_str()),
+        (429, "rate_limit_error")
+    );
+    assert_eq!(out.headers["retry-after"], "7");
+    assert_eq!(d.settled_spend().await, 0);
+    d.assert_nothing_leaked(&out, &m);
+}
+
+#[tokio::test]
+async fn a_5xx_with_an_html_body_echoing_the_key_is_rebuilt_and_releases_the_hold() {
+    let faulty = RawUpstream::start(|s, req| async move {
+        let body = format!("<html><body>502 Bad Gateway: {}</body></html>", echo(&req));
+        let bytes = response(
+            "503 Service Unavailable",
+            "content-type: text/html\r\n",
+            body.as_bytes(),
+        );
+        write_then_close(s, bytes).await;
+    })
+    .await;
+    let d = Drill::start(faulty).await;
+    let m = marker();
+    let out = d.faulty_call(d.body(&m)).await;
+    assert_eq!(
+        (out.status, out.error_type().as_str()),
+        (503, "upstream_error")
+    );
+    assert_eq!(d.settled_spend().await, 0);
+    d.assert_nothing_leaked(&out, &m);
+}

@@ -13,15 +13,15 @@ use crate::fake_upstream::{FakeUpstream, OPENAI_USAGE};
 use crate::helpers::{session_cookie, unique_email, PASSWORD};
 use crate::proxy::OPENAI_KEY;
 
-struct Remote {
-    base: String,
-    client: reqwest::Client,
-    cookie: String,
-    csrf: String,
+pub struct Remote {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub cookie: String,
+    pub csrf: String,
 }
 
 impl Remote {
-    async fn signup(base: &str) -> Remote {
+    pub async fn signup(base: &str) -> Remote {
         let client = reqwest::Client::new();
         let res = client
             .post(format!("{base}/api/v1/auth/signup"))
@@ -43,7 +43,7 @@ impl Remote {
         }
     }
 
-    async fn call(
+    pub async fn call(
         &self,
         method: reqwest::Method,
         path: &str,

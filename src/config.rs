@@ -324,6 +324,8 @@ pub struct Settings {
     pub mail: MailSettings,
     pub oauth: OAuthSettings,
     pub throttle: ThrottleSettings,
+    /// Longest time to receive a request body after its head (`KEYBROKER_BODY_TIMEOUT_SECS`).
+    pub body_timeout: std::time::Duration,
 }
 
 impl fmt::Debug for Settings {
@@ -357,10 +359,12 @@ impl Settings {
             mail: MailSettings::from_env(),
             oauth: OAuthSettings::from_env(),
             throttle: ThrottleSettings::from_env(),
+            body_timeout: crate::http::body_deadline::DEFAULT,
         }
     }
 
-    /// Reads the proxy's settings from the environment (see the README's table).
+    /// Reads the proxy's settings (and the request-body deadline) from the environment (see the
+    /// README's table).
     pub fn proxy_from_env(&mut self) -> Result<(), ConfigError> {
         for provider in crate::providers::ids() {
             let var = format!("KEYBROKER_UPSTREAM_{}", provider.to_ascii_uppercase());
@@ -379,6 +383,9 @@ impl Settings {
                 })
                 .transpose()
         };
+        if let Some(v) = num("KEYBROKER_BODY_TIMEOUT_SECS")? {
+            self.body_timeout = std::time::Duration::from_secs(v.max(1));
+        }
         if let Some(v) = num("KEYBROKER_PROXY_MAX_BODY_BYTES")? {
             self.proxy.max_body_bytes = usize::try_from(v).unwrap_or(usize::MAX);
         }

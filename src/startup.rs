@@ -15,7 +15,7 @@ use crate::clock::SharedClock;
 use crate::config::{self, ConfigError, OAuthSettings, ServerSecret, ServerSecrets, Settings};
 use crate::db::{Db, DbError};
 use crate::error::extractors;
-use crate::http::{access_log, key_in_url, request_id};
+use crate::http::{access_log, body_deadline, key_in_url, request_id};
 use crate::mail::{self, MailError, MailWorker, Mailer, Outbox};
 use crate::metering::prices::PriceTable;
 use crate::proxy::Proxy;
@@ -55,6 +55,8 @@ pub struct AppState {
     pub oauth: OAuthSettings,
     /// Talks to OAuth providers: no redirects followed (SSRF), bounded time.
     pub http: reqwest::Client,
+    /// Longest time to receive a request body (`http::body_deadline`).
+    pub body_timeout: std::time::Duration,
 }
 
 /// How long a call to an OAuth provider may take.
@@ -205,6 +207,7 @@ impl Application {
             reset_throttle: Throttle::new(settings.throttle.reset, &settings.clock),
             oauth: settings.oauth.clone(),
             http,
+            body_timeout: settings.body_timeout,
         });
 
         let bind_err = |source| StartError::Bind {
@@ -227,6 +230,7 @@ impl Application {
                 // Innermost, so the refusal still gets a request id, security headers and an
                 // access-log line (which names no URL).
                 .wrap(from_fn(key_in_url::middleware))
+                .wrap(from_fn(body_deadline::middleware))
                 .wrap(
                     DefaultHeaders::new()
                         .add(("X-Content-Type-Options", "nosniff"))
@@ -239,6 +243,13 @@ impl Application {
                 .default_service(web::to(routes::not_found))
         })
         .tcp_nodelay(true)
+        // Slow clients: a request head must arrive within 5 s (else 408 and close), an idle
+        // keep-alive connection is closed after 5 s, and a closing one gets 1 s to go. The body
+        // has its own deadline (`http::body_deadline`). These are actix's defaults, stated here
+        // because the slow-client drill (tests/api/drills.rs) depends on them.
+        .client_request_timeout(std::time::Duration::from_secs(5))
+        .keep_alive(std::time::Duration::from_secs(5))
+        .client_disconnect_timeout(std::time::Duration::from_secs(1))
         .listen(listener)
         .map_err(bind_err)?
         .shutdown_timeout(30);

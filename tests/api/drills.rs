@@ -790,3 +790,218 @@ async fn sigkill_under_ceiling_load_never_charges_less_than_clients_were_told() 
         String::from_utf8_lossy(&verify.stderr)
     );
 }
+
+// ---- slow and oversized clients ----
+
+/// Reads until the server closes, or until a response head (and what follows it at once) arrived.
+async fn read_answer(rd: &mut (impl AsyncReadExt + Unpin), answer: &mut Vec<u8>) {
+    let mut buf = [0u8; 4096];
+    loop {
+        let wait = if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(3600)
+        };
+        match tokio::time::timeout(wait, rd.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            _ => return,
+        }
+    }
+}
+
+/// Writes `bytes` one at a time, `gap` apart, until done or the server closes. Returns what the
+/// server answered (possibly nothing).
+async fn trickle(port: u16, head: String, body: Vec<u8>, gap: Duration) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return String::new();
+    };
+    let (mut rd, mut wr) = s.split();
+    let write = async {
+        for b in head.into_bytes().into_iter().chain(body) {
+            if wr.write_all(&[b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(gap).await;
+        }
+        std::future::pending::<()>().await;
+    };
+    let mut answer = Vec::new();
+    tokio::select! {
+        _ = write => {}
+        _ = read_answer(&mut rd, &mut answer) => {}
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Sends a head, then (optionally) keeps sending `chunk` every `gap`; returns the answer.
+async fn oversized(port: u16, head: String, chunk: Option<Vec<u8>>, gap: Duration) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return String::new();
+    };
+    let (mut rd, mut wr) = s.split();
+    let write = async {
+        let _ = wr.write_all(head.as_bytes()).await;
+        if let Some(chunk) = chunk {
+            while wr.write_all(&chunk).await.is_ok() {
+                tokio::time::sleep(gap).await;
+            }
+        }
+        std::future::pending::<()>().await;
+    };
+    let mut answer = Vec::new();
+    tokio::select! {
+        _ = write => {}
+        _ = read_answer(&mut rd, &mut answer) => {}
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn status_of(answer: &str) -> Option<u16> {
+    answer.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_and_oversized_clients_do_not_stop_other_calls() {
+    let healthy = FakeUpstream::start().await;
+    let url = healthy.url.clone();
+    let app = TestApp::spawn_with(move |s| {
+        s.proxy.upstreams.insert("openai".into(), url);
+        s.body_timeout = Duration::from_secs(2);
+        s.proxy.max_body_bytes = 1024 * 1024;
+    })
+    .await;
+    let s = app.signed_up().await;
+    add_key(&app, &s, "openai", OPENAI_KEY).await;
+    let t = token(&app, &s, None).await;
+    let port = app.port;
+    let proxy_head = |extra: &str| {
+        format!("POST /proxy/openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\nContent-Type: application/json\r\n{extra}\r\n")
+    };
+
+    let mut bad = tokio::task::JoinSet::new();
+    // Slowloris: heads sent a byte at a time, never finished in time.
+    for _ in 0..200 {
+        let head = "POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        bad.spawn(async move {
+            (
+                "slow head",
+                trickle(
+                    port,
+                    head.to_owned(),
+                    Vec::new(),
+                    Duration::from_millis(100),
+                )
+                .await,
+            )
+        });
+    }
+    // Bodies trickled a byte at a time, to the proxy and to the JSON API.
+    for _ in 0..20 {
+        let head = proxy_head("Content-Length: 100000\r\n");
+        bad.spawn(async move {
+            (
+                "slow proxy body",
+                trickle(port, head, vec![b' '; 100_000], Duration::from_millis(100)).await,
+            )
+        });
+    }
+    for _ in 0..20 {
+        let head = "POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n".to_owned();
+        bad.spawn(async move {
+            (
+                "slow api body",
+                trickle(port, head, vec![b' '; 60_000], Duration::from_millis(100)).await,
+            )
+        });
+    }
+    // A Content-Length far over the limit, and a chunked body that never ends.
+    for _ in 0..5 {
+        let head = proxy_head("Content-Length: 1000000000000\r\n");
+        bad.spawn(async move {
+            (
+                "huge length",
+                oversized(
+                    port,
+                    head,
+                    Some(vec![b' '; 1024]),
+                    Duration::from_millis(50),
+                )
+                .await,
+            )
+        });
+        let head = proxy_head("Transfer-Encoding: chunked\r\n");
+        bad.spawn(async move {
+            (
+                "endless chunked",
+                oversized(
+                    port,
+                    head,
+                    Some(b"1\r\n \r\n".to_vec()),
+                    Duration::from_millis(50),
+                )
+                .await,
+            )
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Meanwhile, ordinary calls keep being answered.
+    for _ in 0..20 {
+        let res = app
+            .client
+            .post(app.url("/proxy/openai/v1/chat/completions"))
+            .bearer_auth(&t)
+            .json(&chat("gpt-4o-mini"))
+            .timeout(SLACK)
+            .send()
+            .await
+            .expect("answered while slow clients hold connections");
+        assert_eq!(res.status(), 200);
+        res.bytes().await.unwrap();
+        let res = app
+            .get("/healthz", None)
+            .timeout(SLACK)
+            .send()
+            .await
+            .expect("health answers");
+        assert_eq!(res.status(), 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Every bad connection was ended by the server, in bounded time.
+    let mut all = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(12);
+    while let Ok(Some(r)) = tokio::time::timeout_at(deadline, bad.join_next()).await {
+        all.push(r.unwrap());
+    }
+    assert!(
+        bad.is_empty(),
+        "{} slow or oversized requests still open; ended: {:?}",
+        bad.len(),
+        all.iter()
+            .fold(HashMap::<&str, usize>::new(), |mut m, (k, _)| {
+                *m.entry(k).or_default() += 1;
+                m
+            })
+    );
+    for (kind, answer) in &all {
+        let status = status_of(answer);
+        let expected: &[u16] = match *kind {
+            "huge length" => &[413],
+            "endless chunked" => &[408, 413],
+            _ => &[408],
+        };
+        assert!(
+            status.is_some_and(|s| expected.contains(&s))
+                || (answer.is_empty() && *kind == "slow head"),
+            "{kind}: {answer:?}"
+        );
+        if status.is_some_and(|s| s != 408 || *kind != "slow head") && answer.contains("\r\n\r\n{")
+        {
+            assert!(
+                answer.contains("\"type\""),
+                "{kind}: our JSON error: {answer}"
+            );
+        }
+    }
+}

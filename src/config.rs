@@ -326,6 +326,8 @@ pub struct Settings {
     pub throttle: ThrottleSettings,
     /// Longest time to receive a request body after its head (`KEYBROKER_BODY_TIMEOUT_SECS`).
     pub body_timeout: std::time::Duration,
+    /// Password hashes computed at once (`KEYBROKER_PASSWORD_HASHERS`, default cores − 1).
+    pub password_hashers: usize,
 }
 
 impl fmt::Debug for Settings {
@@ -360,6 +362,7 @@ impl Settings {
             oauth: OAuthSettings::from_env(),
             throttle: ThrottleSettings::from_env(),
             body_timeout: crate::http::body_deadline::DEFAULT,
+            password_hashers: crate::accounts::password::HashingPool::default_size(),
         }
     }
 
@@ -385,6 +388,9 @@ impl Settings {
         };
         if let Some(v) = num("KEYBROKER_BODY_TIMEOUT_SECS")? {
             self.body_timeout = std::time::Duration::from_secs(v.max(1));
+        }
+        if let Some(v) = num("KEYBROKER_PASSWORD_HASHERS")? {
+            self.password_hashers = usize::try_from(v).unwrap_or(usize::MAX).max(1);
         }
         if let Some(v) = num("KEYBROKER_PROXY_MAX_BODY_BYTES")? {
             self.proxy.max_body_bytes = usize::try_from(v).unwrap_or(usize::MAX);

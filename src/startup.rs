@@ -55,6 +55,8 @@ pub struct AppState {
     pub oauth: OAuthSettings,
     /// Talks to OAuth providers: no redirects followed (SSRF), bounded time.
     pub http: reqwest::Client,
+    /// Where password hashes and checks run, a bounded number at a time.
+    pub passwords: crate::accounts::password::HashingPool,
     /// Longest time to receive a request body (`http::body_deadline`).
     pub body_timeout: std::time::Duration,
 }
@@ -208,6 +210,7 @@ impl Application {
             oauth: settings.oauth.clone(),
             http,
             body_timeout: settings.body_timeout,
+            passwords: crate::accounts::password::HashingPool::new(settings.password_hashers),
         });
 
         let bind_err = |source| StartError::Bind {

@@ -1,7 +1,8 @@
 //! Password hashing with argon2id at OWASP's minimum cost (m = 19 MiB, t = 2, p = 1), stored as
-//! PHC strings. Hashing is slow on purpose, so callers run these functions on a blocking thread.
+//! PHC strings. Hashing is slow on purpose, so callers run these functions through a
+//! [`HashingPool`]: on a blocking thread, and only a few at a time.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -98,6 +99,54 @@ fn needs_rehash(parsed: &PasswordHash<'_>) -> bool {
     match Params::try_from(parsed) {
         Ok(p) => p.m_cost() < M_COST_KIB || p.t_cost() < T_COST || p.p_cost() < P_COST,
         Err(_) => true,
+    }
+}
+
+/// Where password hashing runs: on blocking threads, at most `permits` at once. Each hash takes a
+/// core for tens of milliseconds and 19 MiB; without a bound, a login storm would run as many as
+/// the blocking pool has threads, side by side with the proxy's workers, and take every core from
+/// them. Callers beyond the bound wait their turn (the login throttle limits how many arrive).
+#[derive(Clone, Debug)]
+pub struct HashingPool {
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl HashingPool {
+    pub fn new(permits: usize) -> Self {
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(
+                permits.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            )),
+        }
+    }
+
+    /// One fewer than the machine's cores (at least one): the proxy always keeps a core.
+    pub fn default_size() -> usize {
+        std::thread::available_parallelism()
+            .map(|n| n.get().saturating_sub(1))
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    /// Runs `f` (a hash or a verification) on a blocking thread once a permit is free. The permit
+    /// goes with the work, so a client that hangs up does not free it while the hash still runs.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, crate::error::ApiError> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(crate::error::ApiError::internal)?;
+        tokio::task::spawn_blocking(move || {
+            let out = f();
+            drop(permit);
+            out
+        })
+        .await
+        .map_err(crate::error::ApiError::internal)
     }
 }
 

@@ -1005,3 +1005,75 @@ async fn slow_and_oversized_clients_do_not_stop_other_calls() {
         }
     }
 }
+
+// ---- login storm ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_login_storm_does_not_stop_proxied_calls() {
+    let healthy = FakeUpstream::start().await;
+    let url = healthy.url.clone();
+    let app = TestApp::spawn_with(move |s| {
+        s.proxy.upstreams.insert("openai".into(), url);
+        // The storm is the point here, not the throttle (tested in throttling.rs).
+        s.throttle.login.per_account.attempts = 1_000_000;
+        s.throttle.login.per_client.attempts = 1_000_000;
+    })
+    .await;
+    let s = app.signed_up().await;
+    add_key(&app, &s, "openai", OPENAI_KEY).await;
+    let t = token(&app, &s, None).await;
+
+    let stop_flag = Arc::new(AtomicBool::new(false));
+    let mut storm = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let (client, url, email, stop_flag) = (
+            app.client.clone(),
+            app.url("/api/v1/auth/login"),
+            s.email.clone(),
+            stop_flag.clone(),
+        );
+        storm.spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop_flag.load(Ordering::Relaxed) {
+                let password = if i % 2 == 0 {
+                    PASSWORD.to_owned()
+                } else {
+                    format!("wrong password {i}")
+                };
+                let res = client
+                    .post(&url)
+                    .json(&json!({"email": email, "password": password}))
+                    .send()
+                    .await
+                    .expect("login answered");
+                statuses.push(res.status().as_u16());
+            }
+            statuses
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..20 {
+        let res = app
+            .client
+            .post(app.url("/proxy/openai/v1/chat/completions"))
+            .bearer_auth(&t)
+            .json(&chat("gpt-4o-mini"))
+            .timeout(SLACK)
+            .send()
+            .await
+            .expect("a proxied call is answered during the storm");
+        assert_eq!(res.status(), 200);
+        res.bytes().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop_flag.store(true, Ordering::Relaxed);
+    let mut logins = 0;
+    while let Some(statuses) = storm.join_next().await {
+        for status in statuses.unwrap() {
+            assert!(status == 200 || status == 401, "login answered {status}");
+            logins += 1;
+        }
+    }
+    assert!(logins >= 16, "the storm ran ({logins} logins)");
+    app.assert_not_logged(PASSWORD);
+}

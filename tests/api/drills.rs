@@ -689,7 +689,7 @@ async fn sigkill_under_ceiling_load_never_charges_less_than_clients_were_told() 
 
     let again = serve(&data, &env).unwrap();
     let base = format!("http://127.0.0.1:{}", again.port);
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
     for (a, me) in accounts.into_iter().enumerate() {
         let me = Remote {
             base: base.clone(),

@@ -234,6 +234,15 @@ impl Drill {
         b
     }
 
+    /// Runs one call into the fault; checks our JSON error and that nothing leaked.
+    async fn expect_error(&self, status: u16, kind: &str) -> Outcome {
+        let m = marker();
+        let out = self.faulty_call(self.body(&m)).await;
+        assert_eq!((out.status, out.error_type().as_str()), (status, kind));
+        self.assert_nothing_leaked(&out, &m);
+        out
+    }
+
     fn assert_nothing_leaked(&self, out: &Outcome, marker: &str) {
         if let Ok(body) = &out.body {
             let text = String::from_utf8_lossy(body);
@@ -281,12 +290,7 @@ async fn an_upstream_that_accepts_and_never_answers_gets_our_504_and_releases_th
     })
     .await;
     let d = Drill::start(faulty).await;
-    let m = marker();
-    let out = d.faulty_call(d.body(&m)).await;
-    assert_eq!(
-        (out.status, out.error_type().as_str()),
-        (504, "upstream_timeout")
-    );
+    let out = d.expect_error(504, "upstream_timeout").await;
     assert!(out.elapsed >= READ_TIMEOUT && out.elapsed < READ_TIMEOUT + SLACK);
     assert!(
         out.pending_while_healthy_answered,
@@ -297,7 +301,6 @@ async fn an_upstream_that_accepts_and_never_answers_gets_our_504_and_releases_th
         0,
         "nothing was answered, nothing is charged"
     );
-    d.assert_nothing_leaked(&out, &m);
 }
 
 #[tokio::test]
@@ -310,17 +313,11 @@ async fn an_upstream_that_sends_headers_then_stalls_gets_our_504_and_is_charged_
     })
     .await;
     let d = Drill::start(faulty).await;
-    let m = marker();
-    let out = d.faulty_call(d.body(&m)).await;
-    assert_eq!(
-        (out.status, out.error_type().as_str()),
-        (504, "upstream_timeout")
-    );
+    let out = d.expect_error(504, "upstream_timeout").await;
     assert!(out.elapsed < READ_TIMEOUT + SLACK);
     assert!(out.pending_while_healthy_answered);
     // The provider said 200: it may bill. Nothing to meter: the hold is charged (fail closed).
     assert!(d.settled_spend().await > 0);
-    d.assert_nothing_leaked(&out, &m);
 }
 
 #[tokio::test]
@@ -331,15 +328,9 @@ async fn an_upstream_that_resets_the_connection_gets_our_502_and_releases_the_ho
     })
     .await;
     let d = Drill::start(faulty).await;
-    let m = marker();
-    let out = d.faulty_call(d.body(&m)).await;
-    assert_eq!(
-        (out.status, out.error_type().as_str()),
-        (502, "upstream_unreachable")
-    );
+    let out = d.expect_error(502, "upstream_unreachable").await;
     assert!(out.elapsed < SLACK);
     assert_eq!(d.settled_spend().await, 0);
-    d.assert_nothing_leaked(&out, &m);
 }
 
 #[tokio::test]
@@ -351,14 +342,8 @@ async fn an_upstream_that_answers_non_http_bytes_echoing_the_key_gets_our_502() 
     })
     .await;
     let d = Drill::start(faulty).await;
-    let m = marker();
-    let out = d.faulty_call(d.body(&m)).await;
-    assert_eq!(
-        (out.status, out.error_type().as_str()),
-        (502, "upstream_unreachable")
-    );
+    d.expect_error(502, "upstream_unreachable").await;
     assert_eq!(d.settled_spend().await, 0);
-    d.assert_nothing_leaked(&out, &m);
 }
 
 #[tokio::test]
@@ -480,15 +465,9 @@ async fn a_429_is_rebuilt_with_its_retry_after_and_releases_the_hold() {
     })
     .await;
     let d = Drill::start(faulty).await;
-    let m = marker();
-    let out = d.faulty_call(d.body(&m)).await;
-    assert_eq!(
-        (out.status, out.error_type().as_str()),
-        (429, "rate_limit_error")
-    );
+    let out = d.expect_error(429, "rate_limit_error").await;
     assert_eq!(out.headers["retry-after"], "7");
     assert_eq!(d.settled_spend().await, 0);
-    d.assert_nothing_leaked(&out, &m);
 }
 
 #[tokio::test]
@@ -504,14 +483,8 @@ async fn a_5xx_with_an_html_body_echoing_the_key_is_rebuilt_and_releases_the_hol
     })
     .await;
     let d = Drill::start(faulty).await;
-    let m = marker();
-    let out = d.faulty_call(d.body(&m)).await;
-    assert_eq!(
-        (out.status, out.error_type().as_str()),
-        (503, "upstream_error")
-    );
+    d.expect_error(503, "upstream_error").await;
     assert_eq!(d.settled_spend().await, 0);
-    d.assert_nothing_leaked(&out, &m);
 }
 
 // ---- SIGKILL during load with ceilings set ----
@@ -793,6 +766,21 @@ async fn sigkill_under_ceiling_load_never_charges_less_than_clients_were_told() 
 
 // ---- slow and oversized clients ----
 
+/// An ordinary proxied call, answered 200 in full within the generous bound.
+async fn proxied_call_succeeds(app: &TestApp, t: &str) {
+    let res = app
+        .client
+        .post(app.url("/proxy/openai/v1/chat/completions"))
+        .bearer_auth(t)
+        .json(&chat("gpt-4o-mini"))
+        .timeout(SLACK)
+        .send()
+        .await
+        .expect("an ordinary proxied call is answered in time");
+    assert_eq!(res.status(), 200);
+    res.bytes().await.expect("its body arrives");
+}
+
 /// Reads until the server closes, or until a response head (and what follows it at once) arrived.
 async fn read_answer(rd: &mut (impl AsyncReadExt + Unpin), answer: &mut Vec<u8>) {
     let mut buf = [0u8; 4096];
@@ -809,39 +797,27 @@ async fn read_answer(rd: &mut (impl AsyncReadExt + Unpin), answer: &mut Vec<u8>)
     }
 }
 
-/// Writes `bytes` one at a time, `gap` apart, until done or the server closes. Returns what the
-/// server answered (possibly nothing).
-async fn trickle(port: u16, head: String, body: Vec<u8>, gap: Duration) -> String {
+/// Connects and writes `head`, then `body` a byte at a time (`gap` apart), then
+/// `endless` for ever; returns what the server answered (possibly nothing).
+async fn hostile(
+    port: u16,
+    head: String,
+    body: Vec<u8>,
+    endless: Option<Vec<u8>>,
+    gap: Duration,
+) -> String {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
         return String::new();
     };
     let (mut rd, mut wr) = s.split();
     let write = async {
-        for b in head.into_bytes().into_iter().chain(body) {
-            if wr.write_all(&[b]).await.is_err() {
+        for part in std::iter::once(head.into_bytes()).chain(body.chunks(1).map(<[u8]>::to_vec)) {
+            if wr.write_all(&part).await.is_err() {
                 break;
             }
             tokio::time::sleep(gap).await;
         }
-        std::future::pending::<()>().await;
-    };
-    let mut answer = Vec::new();
-    tokio::select! {
-        _ = write => {}
-        _ = read_answer(&mut rd, &mut answer) => {}
-    }
-    String::from_utf8_lossy(&answer).into_owned()
-}
-
-/// Sends a head, then (optionally) keeps sending `chunk` every `gap`; returns the answer.
-async fn oversized(port: u16, head: String, chunk: Option<Vec<u8>>, gap: Duration) -> String {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
-        return String::new();
-    };
-    let (mut rd, mut wr) = s.split();
-    let write = async {
-        let _ = wr.write_all(head.as_bytes()).await;
-        if let Some(chunk) = chunk {
+        if let Some(chunk) = endless {
             while wr.write_all(&chunk).await.is_ok() {
                 tokio::time::sleep(gap).await;
             }
@@ -854,6 +830,17 @@ async fn oversized(port: u16, head: String, chunk: Option<Vec<u8>>, gap: Duratio
         _ = read_answer(&mut rd, &mut answer) => {}
     }
     String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A head (and body) written a byte at a time, `gap` apart.
+async fn trickle(port: u16, head: String, body: Vec<u8>, gap: Duration) -> String {
+    let bytes = [head.into_bytes(), body].concat();
+    hostile(port, String::new(), bytes, None, gap).await
+}
+
+/// A head at once, then `chunk` every `gap` for ever.
+async fn oversized(port: u16, head: String, chunk: Option<Vec<u8>>, gap: Duration) -> String {
+    hostile(port, head, Vec::new(), chunk, gap).await
 }
 
 fn status_of(answer: &str) -> Option<u16> {
@@ -947,17 +934,7 @@ async fn slow_and_oversized_clients_do_not_stop_other_calls() {
 
     // Meanwhile, ordinary calls keep being answered.
     for _ in 0..20 {
-        let res = app
-            .client
-            .post(app.url("/proxy/openai/v1/chat/completions"))
-            .bearer_auth(&t)
-            .json(&chat("gpt-4o-mini"))
-            .timeout(SLACK)
-            .send()
-            .await
-            .expect("answered while slow clients hold connections");
-        assert_eq!(res.status(), 200);
-        res.bytes().await.unwrap();
+        proxied_call_succeeds(&app, &t).await;
         let res = app
             .get("/healthz", None)
             .timeout(SLACK)
@@ -1053,17 +1030,7 @@ async fn a_login_storm_does_not_stop_proxied_calls() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     for _ in 0..20 {
-        let res = app
-            .client
-            .post(app.url("/proxy/openai/v1/chat/completions"))
-            .bearer_auth(&t)
-            .json(&chat("gpt-4o-mini"))
-            .timeout(SLACK)
-            .send()
-            .await
-            .expect("a proxied call is answered during the storm");
-        assert_eq!(res.status(), 200);
-        res.bytes().await.unwrap();
+        proxied_call_succeeds(&app, &t).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop_flag.store(true, Ordering::Relaxed);

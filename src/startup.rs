@@ -210,7 +210,8 @@ impl Application {
             oauth: settings.oauth.clone(),
             http,
             body_timeout: settings.body_timeout,
-            passwords: crate::accounts::password::HashingPool::new(settings.password_hashers),
+            passwords: crate::accounts::password::HashingPool::new(settings.password_hashers)
+                .map_err(|e| StartError::Task(e.to_string()))?,
         });
 
         let bind_err = |source| StartError::Bind {

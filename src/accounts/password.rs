@@ -102,22 +102,45 @@ fn needs_rehash(parsed: &PasswordHash<'_>) -> bool {
     }
 }
 
-/// Where password hashing runs: on blocking threads, at most `permits` at once. Each hash takes a
-/// core for tens of milliseconds and 19 MiB; without a bound, a login storm would run as many as
-/// the blocking pool has threads, side by side with the proxy's workers, and take every core from
-/// them. Callers beyond the bound wait their turn (the login throttle limits how many arrive).
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Where password hashing runs: `threads` dedicated threads at a lowered scheduling priority.
+/// Each hash takes a core for tens of milliseconds and 19 MiB; run on the shared blocking pool, a
+/// login storm ran as many at once as that pool has threads, side by side with the proxy's
+/// workers, and took every core from them. Here at most `threads` run at once (the rest wait in
+/// the queue; the login throttle limits how many arrive), and when the proxy needs a core the
+/// scheduler gives it one first. The threads end when the pool is dropped.
 #[derive(Clone, Debug)]
 pub struct HashingPool {
-    permits: Arc<tokio::sync::Semaphore>,
+    jobs: std::sync::mpsc::Sender<Job>,
 }
 
+/// The hashing threads' nice value: below the proxy's workers, so they yield to them.
+const NICE: i32 = 10;
+
 impl HashingPool {
-    pub fn new(permits: usize) -> Self {
-        Self {
-            permits: Arc::new(tokio::sync::Semaphore::new(
-                permits.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
-            )),
+    pub fn new(threads: usize) -> std::io::Result<Self> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for i in 0..threads.clamp(1, 64) {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("password-hash-{i}"))
+                .spawn(move || {
+                    lower_priority();
+                    loop {
+                        let job = queue
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                })?;
         }
+        Ok(Self { jobs })
     }
 
     /// One fewer than the machine's cores (at least one): the proxy always keeps a core.
@@ -128,27 +151,32 @@ impl HashingPool {
             .max(1)
     }
 
-    /// Runs `f` (a hash or a verification) on a blocking thread once a permit is free. The permit
-    /// goes with the work, so a client that hangs up does not free it while the hash still runs.
+    /// Runs `f` (a hash or a verification) on a hashing thread and waits for its result.
     pub async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, crate::error::ApiError> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(crate::error::ApiError::internal)?;
-        tokio::task::spawn_blocking(move || {
-            let out = f();
-            drop(permit);
-            out
-        })
-        .await
-        .map_err(crate::error::ApiError::internal)
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = done.send(f());
+            }))
+            .map_err(|_| {
+                crate::error::ApiError::internal("the password hashing threads are gone")
+            })?;
+        result.await.map_err(crate::error::ApiError::internal)
     }
 }
+
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    // On Linux a nice value set for a thread id applies to that thread only. Failing to lower it
+    // is harmless: hashing then competes at normal priority.
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), NICE);
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
 
 /// Warms the dummy hash so the first failed login is not measurably slower than later ones.
 pub fn warm_up() {

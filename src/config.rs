@@ -334,6 +334,10 @@ pub struct Settings {
     pub security_txt: crate::ops::SecurityTxt,
     /// `KEYBROKER_METRICS_BIND`: serve `/metrics` on this address only.
     pub metrics_bind: Option<SocketAddr>,
+    /// Longest time to receive a request body after its head (`KEYBROKER_BODY_TIMEOUT_SECS`).
+    pub body_timeout: std::time::Duration,
+    /// Password hashes computed at once (`KEYBROKER_PASSWORD_HASHERS`, default cores − 1).
+    pub password_hashers: usize,
 }
 
 impl fmt::Debug for Settings {
@@ -375,10 +379,13 @@ impl Settings {
             trusted_proxies: Vec::new(),
             security_txt: crate::ops::SecurityTxt::default(),
             metrics_bind: None,
+            body_timeout: crate::http::body_deadline::DEFAULT,
+            password_hashers: crate::accounts::password::HashingPool::default_size(),
         }
     }
 
-    /// Reads the proxy's settings from the environment (see the README's table).
+    /// Reads the proxy's settings (and the request-body deadline) from the environment (see the
+    /// README's table).
     pub fn proxy_from_env(&mut self) -> Result<(), ConfigError> {
         for provider in crate::providers::ids() {
             let var = format!("KEYBROKER_UPSTREAM_{}", provider.to_ascii_uppercase());
@@ -397,6 +404,12 @@ impl Settings {
                 })
                 .transpose()
         };
+        if let Some(v) = num("KEYBROKER_BODY_TIMEOUT_SECS")? {
+            self.body_timeout = std::time::Duration::from_secs(v.max(1));
+        }
+        if let Some(v) = num("KEYBROKER_PASSWORD_HASHERS")? {
+            self.password_hashers = usize::try_from(v).unwrap_or(usize::MAX).max(1);
+        }
         if let Some(v) = num("KEYBROKER_PROXY_MAX_BODY_BYTES")? {
             self.proxy.max_body_bytes = usize::try_from(v).unwrap_or(usize::MAX);
         }

@@ -208,8 +208,20 @@ pub mod extractors {
                     format!("{what} (line {}, column {})", e.line(), e.column()),
                 )
             }
+            JsonPayloadError::Payload(e) if crate::http::body_deadline::is_timeout(e) => {
+                body_timeout()
+            }
             _ => ApiError::bad_request("invalid_body", "the request body could not be read"),
         }
+    }
+
+    /// A request body that did not arrive within `http::body_deadline`.
+    pub fn body_timeout() -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body did not arrive in time",
+        )
     }
 
     pub fn path_config() -> web::PathConfig {

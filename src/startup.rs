@@ -17,7 +17,7 @@ use crate::db::{Db, DbError};
 use crate::error::extractors;
 use crate::http::client_addr::{self, TrustedProxies};
 use crate::http::tls::{self, CertStore, TlsError};
-use crate::http::{access_log, every_response, key_in_url, request_id};
+use crate::http::{access_log, body_deadline, every_response, key_in_url, request_id};
 use crate::mail::{self, MailError, MailWorker, Mailer, Outbox};
 use crate::metering::prices::PriceTable;
 use crate::proxy::Proxy;
@@ -63,6 +63,10 @@ pub struct AppState {
     pub oauth: OAuthSettings,
     /// Talks to OAuth providers: no redirects followed (SSRF), bounded time.
     pub http: reqwest::Client,
+    /// Where password hashes and checks run, a bounded number at a time.
+    pub passwords: crate::accounts::password::HashingPool,
+    /// Longest time to receive a request body (`http::body_deadline`).
+    pub body_timeout: std::time::Duration,
 }
 
 /// How long a call to an OAuth provider may take.
@@ -252,6 +256,9 @@ impl Application {
             reset_throttle: Throttle::new(settings.throttle.reset, &settings.clock),
             oauth: settings.oauth.clone(),
             http,
+            body_timeout: settings.body_timeout,
+            passwords: crate::accounts::password::HashingPool::new(settings.password_hashers)
+                .map_err(|e| StartError::Task(e.to_string()))?,
         });
 
         let bind_err = |source| StartError::Bind {
@@ -283,6 +290,7 @@ impl Application {
                 // Innermost, so the refusal still gets a request id, security headers and an
                 // access-log line (which names no URL).
                 .wrap(from_fn(key_in_url::middleware))
+                .wrap(from_fn(body_deadline::middleware))
                 .wrap(from_fn(every_response::middleware))
                 .wrap(from_fn(access_log::middleware))
                 .wrap(from_fn(client_addr::middleware))
@@ -290,7 +298,14 @@ impl Application {
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
         })
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // Slow clients: a request head must arrive within 5 s (else 408 and close), an idle
+        // keep-alive connection is closed after 5 s, and a closing one gets 1 s to go. The body
+        // has its own deadline (`http::body_deadline`). These are actix's defaults, stated here
+        // because the slow-client drill (tests/api/drills.rs) depends on them.
+        .client_request_timeout(std::time::Duration::from_secs(5))
+        .keep_alive(std::time::Duration::from_secs(5))
+        .client_disconnect_timeout(std::time::Duration::from_secs(1));
         server = match &certs {
             Some(certs) => server.listen_rustls_0_23(listener, certs.server_config()?),
             None => server.listen(listener),

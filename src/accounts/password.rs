@@ -1,7 +1,8 @@
 //! Password hashing with argon2id at OWASP's minimum cost (m = 19 MiB, t = 2, p = 1), stored as
-//! PHC strings. Hashing is slow on purpose, so callers run these functions on a blocking thread.
+//! PHC strings. Hashing is slow on purpose, so callers run these functions through a
+//! [`HashingPool`]: on a blocking thread, and only a few at a time.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -100,6 +101,82 @@ fn needs_rehash(parsed: &PasswordHash<'_>) -> bool {
         Err(_) => true,
     }
 }
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Where password hashing runs: `threads` dedicated threads at a lowered scheduling priority.
+/// Each hash takes a core for tens of milliseconds and 19 MiB; run on the shared blocking pool, a
+/// login storm ran as many at once as that pool has threads, side by side with the proxy's
+/// workers, and took every core from them. Here at most `threads` run at once (the rest wait in
+/// the queue; the login throttle limits how many arrive), and when the proxy needs a core the
+/// scheduler gives it one first. The threads end when the pool is dropped.
+#[derive(Clone, Debug)]
+pub struct HashingPool {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+/// The hashing threads' nice value: below the proxy's workers, so they yield to them.
+const NICE: i32 = 10;
+
+impl HashingPool {
+    pub fn new(threads: usize) -> std::io::Result<Self> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for i in 0..threads.clamp(1, 64) {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("password-hash-{i}"))
+                .spawn(move || {
+                    lower_priority();
+                    loop {
+                        let job = queue
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                })?;
+        }
+        Ok(Self { jobs })
+    }
+
+    /// One fewer than the machine's cores (at least one): the proxy always keeps a core.
+    pub fn default_size() -> usize {
+        std::thread::available_parallelism()
+            .map(|n| n.get().saturating_sub(1))
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    /// Runs `f` (a hash or a verification) on a hashing thread and waits for its result.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, crate::error::ApiError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = done.send(f());
+            }))
+            .map_err(|_| {
+                crate::error::ApiError::internal("the password hashing threads are gone")
+            })?;
+        result.await.map_err(crate::error::ApiError::internal)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    // On Linux a nice value set for a thread id applies to that thread only. Failing to lower it
+    // is harmless: hashing then competes at normal priority.
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), NICE);
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
 
 /// Warms the dummy hash so the first failed login is not measurably slower than later ones.
 pub fn warm_up() {

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 
 use crate::metering::prices::PriceTable;
 use crate::metering::sse::SseFrameFilter;
@@ -172,6 +173,36 @@ pub enum BodyError {
 }
 
 impl actix_web::ResponseError for BodyError {}
+
+impl BodyError {
+    /// Our answer when the body fails before anything was sent to the client.
+    pub fn into_api_error(self, provider: &str) -> crate::error::ApiError {
+        let (status, kind) = match self {
+            BodyError::Idle => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            BodyError::Upstream => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
+        };
+        crate::error::ApiError::new(status, kind, self.to_string()).with_field("provider", provider)
+    }
+}
+
+/// A body whose first chunk has arrived, put back in front of the rest.
+pub type Primed = futures_util::stream::Chain<
+    futures_util::stream::Iter<std::option::IntoIter<Result<Bytes, BodyError>>>,
+    MeteredBody,
+>;
+
+impl MeteredBody {
+    /// Waits (up to the idle timeout) for the first chunk, so that a provider that sends its
+    /// headers and then nothing gets the client our own error instead of a response head followed
+    /// by a body that breaks off. A failure here has already settled the call (fail closed).
+    pub async fn primed(mut self) -> Result<Primed, BodyError> {
+        let first = match self.next().await {
+            Some(Err(e)) => return Err(e),
+            first => first,
+        };
+        Ok(futures_util::stream::iter(first).chain(self))
+    }
+}
 
 impl Stream for MeteredBody {
     type Item = Result<Bytes, BodyError>;

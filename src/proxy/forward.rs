@@ -197,18 +197,38 @@ fn dialect_of(metering: Metering) -> Option<Dialect> {
     }
 }
 
-async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body is too large",
+        )
+    };
+    // A declared length over the limit is refused before any of it is read.
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| {
-            ApiError::bad_request("invalid_body", "the request body could not be read")
+        let chunk = chunk.map_err(|e| {
+            if crate::http::body_deadline::is_timeout(&e) {
+                crate::error::extractors::body_timeout()
+            } else {
+                ApiError::bad_request("invalid_body", "the request body could not be read")
+            }
         })?;
         if body.len() + chunk.len() > limit {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "request body is too large",
-            ));
+            return Err(too_large());
         }
         body.extend_from_slice(&chunk);
     }
@@ -314,7 +334,7 @@ pub async fn proxy(
         .with_retry_after(1)
     })?;
 
-    let mut body = read_body(payload, proxy.settings.max_body_bytes).await?;
+    let mut body = read_body(&req, payload, proxy.settings.max_body_bytes).await?;
     let method = req.method().as_str().to_owned();
     // Token usage is reported (and billed) only by the generation endpoints; everything else a
     // token-metered provider serves is priced per request, and reads cost nothing.
@@ -590,6 +610,10 @@ pub async fn proxy(
         .metrics
         .proxy_overhead
         .record(before_send + head_at.elapsed());
+    // The head goes out with the body's first chunk, so headers followed by silence get our 504
+    // (waiting for that chunk is the provider's time, not ours: it is not in the overhead).
+    let primed = body.primed().await;
+    let body = primed.map_err(|e| e.into_api_error(provider.id))?;
     Ok(out.streaming(body))
 }
 

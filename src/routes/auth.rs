@@ -163,7 +163,9 @@ pub async fn signup(
     } = body.into_inner();
     let email = parse_email(&email)?;
     password::validate(&pw).map_err(password_error)?;
-    let phc = web::block(move || password::hash(&pw))
+    let phc = state
+        .passwords
+        .run(move || password::hash(&pw))
         .await?
         .map_err(password_error)?;
     let (vault, hasher, now) = (
@@ -230,7 +232,10 @@ pub async fn login(
         .read(move |conn| accounts::find_by_email(conn, &hasher, &lookup).map_err(ApiError::from))
         .await?;
     let stored = account.as_ref().and_then(|a| a.password_hash.clone());
-    let (verdict, pw) = web::block(move || (password::verify(&pw, stored.as_deref()), pw)).await?;
+    let (verdict, pw) = state
+        .passwords
+        .run(move || (password::verify(&pw, stored.as_deref()), pw))
+        .await?;
     let now = state.clock.unix();
     let (account_id, needs_rehash) = match (account, verdict) {
         (Some(a), Verdict::Valid { needs_rehash }) => (a.id, needs_rehash),
@@ -251,7 +256,9 @@ pub async fn login(
         }
     };
     if needs_rehash {
-        let phc = web::block(move || password::hash(&pw))
+        let phc = state
+            .passwords
+            .run(move || password::hash(&pw))
             .await?
             .map_err(password_error)?;
         state
@@ -383,7 +390,10 @@ pub async fn reauth(
         .login_throttle
         .check(&email_hash, client_ip(&auth.ctx))
         .map_err(throttled)?;
-    let verdict = web::block(move || password::verify(&pw, stored.as_deref())).await?;
+    let verdict = state
+        .passwords
+        .run(move || password::verify(&pw, stored.as_deref()))
+        .await?;
     let now = state.clock.unix();
     let until = now + session::REAUTH_WINDOW_SECS;
     let ok = matches!(verdict, Verdict::Valid { .. });
@@ -454,12 +464,16 @@ pub async fn change_password(
         .read(move |conn| accounts::credentials_of(conn, account_id).map_err(ApiError::from))
         .await?
         .ok_or_else(ApiError::authentication_failed)?;
-    let verdict =
-        web::block(move || password::verify(&current_password, stored.as_deref())).await?;
+    let verdict = state
+        .passwords
+        .run(move || password::verify(&current_password, stored.as_deref()))
+        .await?;
     if verdict == Verdict::Invalid {
         return Err(ApiError::authentication_failed());
     }
-    let phc = web::block(move || password::hash(&new_password))
+    let phc = state
+        .passwords
+        .run(move || password::hash(&new_password))
         .await?
         .map_err(password_error)?;
     let vault = state.vault.clone();

@@ -153,7 +153,9 @@ pub async fn confirm(
     if !redeemable {
         return Err(invalid_token());
     }
-    let phc = web::block(move || password::hash(&pw))
+    let phc = state
+        .passwords
+        .run(move || password::hash(&pw))
         .await?
         .map_err(password_error)?;
     let vault = state.vault.clone();

@@ -12,6 +12,7 @@ mod crash;
 mod dashboard_pages;
 mod discovery;
 mod docs;
+mod drills;
 mod fake_upstream;
 mod forwarded;
 mod health;

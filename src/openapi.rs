@@ -71,6 +71,8 @@ pub enum ErrorType {
     ProviderNotAllowed,
     RateLimited,
     ReauthRequired,
+    /// The request body did not arrive within `KEYBROKER_BODY_TIMEOUT_SECS` (408).
+    RequestTimeout,
     SpendCeilingReached,
     /// The call's spend hold could not be recorded (the hold journal could not be written).
     SpendUnavailable,

@@ -25,6 +25,10 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
+mod scrape;
+
+const HOLD_WAIT: &str = "keybroker_hold_commit_wait_seconds";
+
 const EMAIL: &str = "drills@example.com";
 const PASSWORD: &str = "a long drills password";
 const CHAT: &str =
@@ -357,7 +361,9 @@ async fn login_storm(upstream: u16, rate: u64, secs: u64, hashers: Option<&str>)
     let kb = Keybroker::start(upstream, "storm", &env)?;
     let token = set_up(&kb.base()).await?;
     at_rate(&kb.base(), &token, rate, 2).await?;
+    let waits_start = scrape::scrape(&kb.base(), HOLD_WAIT).await?;
     let unloaded = at_rate(&kb.base(), &token, rate, secs).await?;
+    let waits_unloaded = scrape::scrape(&kb.base(), HOLD_WAIT).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let logins = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
@@ -390,7 +396,9 @@ async fn login_storm(upstream: u16, rate: u64, secs: u64, hashers: Option<&str>)
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = logins.load(Ordering::Relaxed);
+    let waits_before = scrape::scrape(&kb.base(), HOLD_WAIT).await?;
     let loaded = at_rate(&kb.base(), &token, rate, secs).await?;
+    let waits_after = scrape::scrape(&kb.base(), HOLD_WAIT).await?;
     let during = logins.load(Ordering::Relaxed) - before;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
@@ -406,7 +414,9 @@ async fn login_storm(upstream: u16, rate: u64, secs: u64, hashers: Option<&str>)
         &label,
         &unloaded,
         &loaded,
-        json!({"logins_per_s": during as f64 / secs as f64, "login_failures": failures.load(Ordering::Relaxed)}),
+        json!({"logins_per_s": during as f64 / secs as f64, "login_failures": failures.load(Ordering::Relaxed),
+            "hold_commit_wait_unloaded": scrape::quantiles(&waits_start, &waits_unloaded),
+            "hold_commit_wait_storm": scrape::quantiles(&waits_before, &waits_after)}),
     ))
 }
 

@@ -45,6 +45,9 @@ pub struct Plan {
     pub delays: Vec<u64>,
     pub probe: Duration,
     pub max_probes: usize,
+    /// A rate not held is probed this many more times before it counts as not held, so one
+    /// burst of other work on the machine does not end the search.
+    pub probe_retries: usize,
     /// The search stops when the gap between held and not held is at most this fraction.
     pub search_tolerance: f64,
     pub sse_concurrency: usize,
@@ -63,6 +66,7 @@ impl Plan {
             delays: if quick { vec![0] } else { vec![0, 20, 60] },
             probe: if quick { s(2) } else { s(5) },
             max_probes: if quick { 5 } else { 10 },
+            probe_retries: if quick { 0 } else { 1 },
             search_tolerance: if quick { 0.25 } else { 0.05 },
             sse_concurrency: 16,
             sse_rounds: if quick { 1 } else { 5 },
@@ -136,13 +140,25 @@ pub struct ArmResult {
     pub concurrency_1: Outcome,
     pub rates: Vec<RateResult>,
     pub max_rate: Option<u64>,
-    pub probes: Vec<(u64, Outcome)>,
+    pub probes: Vec<Probe>,
     pub sse: Option<sse::Streams>,
-    /// (completed, errors, peak RSS in MB while they were open).
-    pub open_streams: Option<(u64, u64, f64)>,
+    /// The streams-open-at-once phase; none for the direct arm.
+    pub open_streams: Option<OpenStreams>,
     pub peak_rss_mb: Option<f64>,
     /// keybroker's own histograms over named phases.
     pub histograms: BTreeMap<&'static str, BTreeMap<String, prom::Delta>>,
+}
+
+/// One probe of the highest-rate search: the rate and what it gave.
+pub type Probe = (u64, Outcome);
+
+#[derive(Clone, Copy)]
+pub struct OpenStreams {
+    pub completed: u64,
+    pub failed: u64,
+    /// RSS (MB) just before the streams were opened, and the largest sampled while they ran.
+    pub rss_before_mb: f64,
+    pub peak_rss_mb: f64,
 }
 
 pub struct RateResult {
@@ -299,17 +315,29 @@ async fn run(opts: Options, pin: Pinning) -> Result<()> {
     eprintln!("{} streams open at once", plan.open_streams);
     for (arm, res) in arms.iter().zip(&mut results) {
         let pids = arm.pids();
-        let (ok, errors, peak) = sse::hold_open(&arm.target, plan.open_streams, || {
-            procs::status_mb(&pids, "VmRSS:")
-        })
-        .await?;
-        if !pids.is_empty() {
-            res.open_streams = Some((ok, errors, peak));
+        if pids.is_empty() {
+            continue;
         }
+        let rss_before_mb = procs::status_mb(&pids, "VmRSS:");
+        let (completed, failed, peak_rss_mb) =
+            sse::hold_open(&arm.target, plan.open_streams, || {
+                procs::status_mb(&pids, "VmRSS:")
+            })
+            .await?;
+        res.open_streams = Some(OpenStreams {
+            completed,
+            failed,
+            rss_before_mb,
+            peak_rss_mb,
+        });
     }
 
     let run_end = scrape_all(&arms).await?;
-    for ((arm, res), (start, end)) in arms.iter().zip(&mut results).zip(run_start.iter().zip(&run_end)) {
+    for ((arm, res), (start, end)) in arms
+        .iter()
+        .zip(&mut results)
+        .zip(run_start.iter().zip(&run_end))
+    {
         let pids = arm.pids();
         if !pids.is_empty() {
             res.peak_rss_mb = Some(procs::status_mb(&pids, "VmHWM:"));
@@ -346,7 +374,9 @@ async fn run(opts: Options, pin: Pinning) -> Result<()> {
 /// one request at a time), without opening far more than needed.
 fn connections_for(rate: u64, delay_ms: u64) -> usize {
     let in_flight = rate * (delay_ms + 10) / 1000;
-    usize::try_from(in_flight * 2).unwrap_or(usize::MAX).clamp(16, 1024)
+    usize::try_from(in_flight * 2)
+        .unwrap_or(usize::MAX)
+        .clamp(16, 1024)
 }
 
 async fn scrape(arm: &Arm) -> Result<Option<prom::Snapshot>> {
@@ -389,7 +419,7 @@ fn max_rate(
     pin: &Pinning,
     plan: &Plan,
     target: &Target,
-) -> Result<(Option<u64>, Vec<(u64, Outcome)>)> {
+) -> Result<(Option<u64>, Vec<Probe>)> {
     let (mut good, mut bad): (Option<u64>, Option<u64>) = (None, None);
     let mut rate = 2_000;
     let mut probes = Vec::new();
@@ -400,7 +430,13 @@ fn max_rate(
             duration: plan.probe,
             delay_ms: 0,
         };
-        let outcome = oha::run(oha_bin, pin, target, load)?;
+        let mut outcome = oha::run(oha_bin, pin, target, load)?;
+        for _ in 0..plan.probe_retries {
+            if held(rate, &outcome) {
+                break;
+            }
+            outcome = oha::run(oha_bin, pin, target, load)?;
+        }
         let ok = held(rate, &outcome);
         eprintln!(
             "  {rate} req/s: p99 {:.2} ms, {} errors, {:.0} req/s sent: {}",

@@ -17,6 +17,8 @@ pub struct Pinning {
     pub all: Option<String>,
     /// How many cores the load has: threads for oha and for this process.
     pub load_threads: usize,
+    /// The machine's cores (counted before this process pins itself).
+    pub cores: usize,
 }
 
 impl Pinning {
@@ -35,6 +37,7 @@ impl Pinning {
                 proxy: None,
                 all: None,
                 load_threads: cores,
+                cores,
             };
         }
         let last = cores - 1;
@@ -47,6 +50,7 @@ impl Pinning {
             proxy: Some(last.to_string()),
             all: Some(format!("0-{last}")),
             load_threads: last,
+            cores,
         }
     }
 
@@ -91,7 +95,19 @@ impl Running {
 }
 
 impl Drop for Running {
+    /// SIGTERM first, so nginx's master takes its worker down with it (a SIGKILLed master leaves
+    /// the worker running); SIGKILL if it has not exited within 5 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Some(dir) = &self.dir {
@@ -313,7 +329,12 @@ pub fn start_keybroker(
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)
         .spawn()
-        .with_context(|| format!("starting {} (build it with `cargo build --release`)", bin.display()))?;
+        .with_context(|| {
+            format!(
+                "starting {} (build it with `cargo build --release`)",
+                bin.display()
+            )
+        })?;
     let line = wait_for_line(&log, "keybroker listening", &mut child)?;
     let port = port_in(&line)?;
     Ok((

@@ -71,7 +71,7 @@ impl Machine {
         };
         Self {
             cpu,
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cores: pin.cores,
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map_or_else(|_| "unknown".into(), |k| k.trim().to_owned()),
             rustc: command_output("rustc", &["-V"]),
@@ -180,7 +180,7 @@ impl Report {
         Some((a.p50 - d.p50, a.p99 - d.p99, a.p999 - d.p999))
     }
 
-    fn rate_of<'a>(r: &'a ArmResult, delay: u64, rate: u64) -> Option<&'a crate::RateResult> {
+    fn rate_of(r: &ArmResult, delay: u64, rate: u64) -> Option<&crate::RateResult> {
         r.rates
             .iter()
             .find(|x| x.delay_ms == delay && x.rate == rate)
@@ -200,10 +200,7 @@ impl Report {
         let (kb, nginx) = (self.get(FAIR_KB), self.get("nginx"));
         let mut out = Vec::new();
 
-        let (kb_max, ng_max) = (
-            kb.and_then(|r| r.max_rate),
-            nginx.and_then(|r| r.max_rate),
-        );
+        let (kb_max, ng_max) = (kb.and_then(|r| r.max_rate), nginx.and_then(|r| r.max_rate));
         let ratio = match (kb_max, ng_max) {
             (Some(k), Some(n)) if n > 0 => Some(k as f64 / n as f64),
             (None, Some(_)) => Some(0.0),
@@ -269,7 +266,7 @@ impl Report {
         let rss = ["keybroker_1w", "keybroker_default"]
             .iter()
             .filter_map(|n| self.get(n).and_then(|r| r.open_streams))
-            .map(|(_, _, mb)| mb)
+            .map(|o| o.peak_rss_mb)
             .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
         let ratio = rss.map(|mb| mb / 50.0);
         out.push(Verdict {
@@ -379,10 +376,12 @@ impl Report {
         }
 
         md += &format!(
-            "\n## Highest rate held (p99 < {HELD_P99_MS} ms, no error, ≥ 95 % of the rate sent; upstream delay 0; {} s probes, doubling from 2,000 then bisecting)\n\n",
-            p.probe.as_secs()
+            "\n## Highest rate held (p99 < {HELD_P99_MS} ms, no error, ≥ 95 % of the rate sent; upstream delay 0; {} s probes, doubling from 2,000 then bisecting; a rate not held is tried {} more time(s))\n\n",
+            p.probe.as_secs(),
+            p.probe_retries
         );
-        md += "| arm | highest rate held (req/s) | probes (req/s: p99 ms, errors) |\n|---|---|---|\n";
+        md +=
+            "| arm | highest rate held (req/s) | probes (req/s: p99 ms, errors) |\n|---|---|---|\n";
         for ((_, label), r) in self.arms.iter().zip(&self.results) {
             let probes: Vec<String> = r
                 .probes
@@ -398,22 +397,23 @@ impl Report {
         }
 
         md += &format!(
-            "\n## Resources (MB = 10^6 bytes; nginx counts master + worker)\n\n| arm | CPU s / 1,000 req at 1,000 req/s, delay 0 | peak RSS over the run (VmHWM) | peak RSS with {} streams open (VmRSS) | those streams completed / failed |\n|---|---|---|---|---|\n",
+            "\n## Resources (MB = 10^6 bytes; nginx counts master + worker)\n\n| arm | CPU s / 1,000 req at 1,000 req/s, delay 0 | peak RSS over the run (VmHWM) | RSS before / peak with {} streams open (VmRSS) | those streams completed / failed |\n|---|---|---|---|---|\n",
             p.open_streams
         );
         for ((name, label), r) in self.arms.iter().zip(&self.results) {
             if *name == "direct" {
                 continue;
             }
-            let (ok, failed, rss) = r.open_streams.unwrap_or_default();
+            let o = r.open_streams;
             let _ = writeln!(
                 md,
-                "| {label} | {} | {} | {rss:.1} | {ok} / {failed} |",
-                opt(
-                    Self::rate_of(r, 0, 1_000).and_then(|x| x.cpu_s_per_1000),
-                    3
-                ),
+                "| {label} | {} | {} | {} / {} | {} / {} |",
+                opt(Self::rate_of(r, 0, 1_000).and_then(|x| x.cpu_s_per_1000), 3),
                 opt(r.peak_rss_mb, 1),
+                opt(o.map(|o| o.rss_before_mb), 1),
+                opt(o.map(|o| o.peak_rss_mb), 1),
+                o.map_or(0, |o| o.completed),
+                o.map_or(0, |o| o.failed),
             );
         }
 
@@ -496,7 +496,7 @@ impl Report {
                     "max_rate_probes": r.probes.iter().map(|(rate, o)| json!({"rate": rate, "outcome": o.json()})).collect::<Vec<_>>(),
                     "sse": r.sse.as_ref().map(sse::Streams::json),
                     "sse_added_ms": self.sse_added(r).map(|a| json!({"first_chunk_p50": a[0], "first_chunk_p99": a[1], "gap_p50": a[2], "gap_p99": a[3]})),
-                    "open_streams": r.open_streams.map(|(ok, failed, mb)| json!({"count": p.open_streams, "completed": ok, "failed": failed, "peak_rss_mb": mb})),
+                    "open_streams": r.open_streams.map(|o| json!({"count": p.open_streams, "completed": o.completed, "failed": o.failed, "rss_before_mb": o.rss_before_mb, "peak_rss_mb": o.peak_rss_mb})),
                     "peak_rss_mb": r.peak_rss_mb,
                     "histograms_us": hist,
                 }),
@@ -511,9 +511,10 @@ impl Report {
             .collect();
         json!({
             "machine": self.machine.json(),
+            "command": if p.quick { "bench/run.sh --quick" } else { "bench/run.sh" },
             "plan": {"mode": if p.quick { "quick" } else { "full" }, "concurrency_1_s": p.concurrency_1.as_secs(),
                 "rate_phase_s": p.rate_phase.as_secs(), "rates": p.rates, "delays_ms": p.delays,
-                "probe_s": p.probe.as_secs(), "held_p99_ms": HELD_P99_MS, "sse_concurrency": p.sse_concurrency,
+                "probe_s": p.probe.as_secs(), "probe_retries": p.probe_retries, "held_p99_ms": HELD_P99_MS, "sse_concurrency": p.sse_concurrency,
                 "sse_rounds": p.sse_rounds, "open_streams": p.open_streams,
                 "sse_chunks": SSE_CHUNKS, "sse_gap_ms": SSE_GAP.as_millis() as u64},
             "arms": arms,

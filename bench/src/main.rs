@@ -406,6 +406,20 @@ async fn record_histograms(
     Ok(())
 }
 
+/// The next rate to probe, from the highest held and the lowest not held so far: double until
+/// one fails, halve until one holds (down to 250 req/s), then bisect until the two are within
+/// `tolerance` of each other. `None` when the search is over.
+fn next_rate(good: Option<u64>, bad: Option<u64>, tolerance: f64) -> Option<u64> {
+    match (good, bad) {
+        (Some(g), None) => Some(g * 2),
+        (None, Some(b)) if b <= 250 => None,
+        (None, Some(b)) => Some(b / 2),
+        (Some(g), Some(b)) if (b.saturating_sub(g)) as f64 <= tolerance * g as f64 => None,
+        (Some(g), Some(b)) => Some((g + b) / 2),
+        (None, None) => None,
+    }
+}
+
 /// Did this run hold its rate: no error, p99 under the bar, and the rate actually sent?
 pub fn held(rate: u64, o: &Outcome) -> bool {
     o.errors == 0 && o.p99 < HELD_P99_MS && o.rps >= 0.95 * rate as f64
@@ -451,18 +465,64 @@ fn max_rate(
         } else {
             bad = Some(rate);
         }
-        rate = match (good, bad) {
-            (Some(g), None) => g * 2,
-            (None, Some(b)) if b <= 250 => break,
-            (None, Some(b)) => b / 2,
-            (Some(g), Some(b)) => {
-                if (b - g) as f64 <= plan.search_tolerance * g as f64 {
-                    break;
-                }
-                (g + b) / 2
-            }
-            (None, None) => break,
-        };
+        match next_rate(good, bad, plan.search_tolerance) {
+            Some(next) => rate = next,
+            None => break,
+        }
     }
     Ok((good, probes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_doubles_then_bisects_until_within_tolerance() {
+        assert_eq!(next_rate(Some(2_000), None, 0.05), Some(4_000));
+        assert_eq!(next_rate(Some(4_000), Some(8_000), 0.05), Some(6_000));
+        assert_eq!(next_rate(Some(6_000), Some(6_250), 0.05), None);
+    }
+
+    #[test]
+    fn search_halves_when_nothing_held_and_gives_up_at_250() {
+        assert_eq!(next_rate(None, Some(2_000), 0.05), Some(1_000));
+        assert_eq!(next_rate(None, Some(250), 0.05), None);
+    }
+
+    #[test]
+    fn a_rate_is_held_only_without_errors_under_the_p99_bar_and_actually_sent() {
+        let ok = Outcome {
+            requests: 10_000,
+            errors: 0,
+            rps: 1_990.0,
+            p50: 0.2,
+            p99: 9.9,
+            p999: 20.0,
+        };
+        assert!(held(2_000, &ok));
+        assert!(!held(
+            2_000,
+            &Outcome {
+                errors: 1,
+                ..ok.clone()
+            }
+        ));
+        assert!(!held(
+            2_000,
+            &Outcome {
+                p99: 10.0,
+                ..ok.clone()
+            }
+        ));
+        assert!(!held(2_000, &Outcome { rps: 1_800.0, ..ok }));
+    }
+
+    #[test]
+    fn connections_cover_the_requests_in_flight() {
+        // 2,000 req/s at 60 ms (+10 ms margin) is 140 in flight.
+        assert_eq!(connections_for(2_000, 60), 280);
+        assert_eq!(connections_for(500, 0), 16);
+        assert_eq!(connections_for(1_000_000, 60), 1024);
+    }
 }

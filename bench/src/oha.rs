@@ -125,3 +125,26 @@ fn parse(stdout: &[u8]) -> Result<Outcome> {
         p999: pct("p99.9")?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_oha_json_counting_non_2xx_and_transport_errors() {
+        // The shape oha 1.16 prints with `--output-format json` (trimmed).
+        let out = br#"{"summary":{"successRate":0.99,"requestsPerSec":199.06},
+            "latencyPercentiles":{"p50":0.000194,"p99":0.014004,"p99.9":0.0150,"p99.99":0.0150},
+            "statusCodeDistribution":{"200":57,"502":1},"errorDistribution":{"connection closed":2}}"#;
+        let o = parse(out).unwrap();
+        assert_eq!((o.requests, o.errors), (60, 3));
+        assert!((o.p50 - 0.194).abs() < 1e-9 && (o.p99 - 14.004).abs() < 1e-9);
+        assert!((o.p999 - 15.0).abs() < 1e-9 && (o.rps - 199.06).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_run_with_no_request_is_an_error() {
+        let out = br#"{"summary":{},"latencyPercentiles":{},"statusCodeDistribution":{},"errorDistribution":{}}"#;
+        assert!(parse(out).is_err());
+    }
+}

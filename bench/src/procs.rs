@@ -369,3 +369,31 @@ fn wait_for_port(port: u16, child: &mut Child, log: &Path) -> Result<()> {
     }
     bail!("nginx did not listen on port {port} within 30 s")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cpu_time_and_memory_of_a_live_process() {
+        let me = std::process::id();
+        // Burn a little CPU so there is something to count.
+        let mut x = 0u64;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(50) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(x > 0);
+        assert!(cpu_seconds(&[me], clock_ticks()) > 0.0);
+        assert!(status_mb(&[me], "VmRSS:") > 0.1);
+        assert!(status_mb(&[me], "VmHWM:") >= status_mb(&[me], "VmRSS:") * 0.5);
+        assert_eq!(cpu_seconds(&[u32::MAX], 100.0), 0.0);
+    }
+
+    #[test]
+    fn finds_the_port_in_a_log_line() {
+        let line = "2026-11-23T19:04:00Z INFO keybroker listening addr=127.0.0.1 port=41234";
+        assert_eq!(port_in(line).unwrap(), 41234);
+        assert!(port_in("listening").is_err());
+    }
+}

@@ -159,6 +159,11 @@ fn opt(x: Option<f64>, digits: usize) -> String {
     x.map_or_else(|| "–".into(), |v| format!("{v:.digits$}"))
 }
 
+/// An added figure with its sign (noise can make one negative).
+fn signed(x: Option<f64>) -> String {
+    x.map_or_else(|| "–".into(), |v| format!("{v:+.3}"))
+}
+
 const OVERHEAD: &str = "keybroker_proxy_overhead_seconds";
 const FAIR_KB: &str = "keybroker_1w";
 
@@ -229,9 +234,9 @@ impl Report {
         out.push(Verdict {
             target: "added p99 at concurrency 1, keybroker ≤ 2 × nginx",
             figure: format!(
-                "keybroker +{} ms vs nginx +{} ms",
-                opt(kb_add, 3),
-                opt(ng_add, 3)
+                "keybroker {} ms vs nginx {} ms",
+                signed(kb_add),
+                signed(ng_add)
             ),
             ratio,
             limit: "≤ 2",
@@ -257,7 +262,7 @@ impl Report {
         let gap = kb.and_then(|r| self.sse_added(r)).map(|a| a[3]);
         out.push(Verdict {
             target: "SSE gap between chunks added ≤ 1 ms (p99, keybroker 1 worker)",
-            figure: format!("+{} ms", opt(gap, 3)),
+            figure: format!("{} ms", signed(gap)),
             ratio: gap,
             limit: "≤ 1",
             status: judge(gap, |r| r <= 1.0),

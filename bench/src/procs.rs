@@ -92,6 +92,18 @@ impl Running {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Owns `child` (so it is stopped if it never comes up), waits for the line of `log` that
+    /// says `marker` and returns the port that line names.
+    fn listening(child: Child, dir: PathBuf, log: &Path, marker: &str) -> Result<(Self, u16)> {
+        let mut running = Self {
+            child,
+            dir: Some(dir),
+        };
+        let line = wait_for_line(log, marker, &mut running.child)?;
+        let port = port_in(&line)?;
+        Ok((running, port))
+    }
 }
 
 impl Drop for Running {
@@ -221,21 +233,13 @@ pub fn start_upstream(pin: &Pinning) -> Result<(Running, u16)> {
     let exe = std::env::current_exe()?;
     let dir = scratch_dir("upstream")?;
     let out = dir.join("stdout");
-    let mut child = command(pin.load.as_deref(), &exe)
+    let child = command(pin.load.as_deref(), &exe)
         .arg("upstream")
         .stdout(std::fs::File::create(&out)?)
         .stderr(Stdio::inherit())
         .spawn()
         .context("starting the upstream")?;
-    let line = wait_for_line(&out, "listening", &mut child)?;
-    let port = port_in(&line)?;
-    Ok((
-        Running {
-            child,
-            dir: Some(dir),
-        },
-        port,
-    ))
+    Running::listening(child, dir, &out, "listening")
 }
 
 /// nginx as a plain reverse proxy in front of the upstream: one worker, upstream keep-alive,
@@ -280,7 +284,7 @@ http {{
     let conf = dir.join("nginx.conf");
     std::fs::write(&conf, config)?;
     let log = dir.join("stderr");
-    let mut child = command(pin.proxy.as_deref(), nginx)
+    let child = command(pin.proxy.as_deref(), nginx)
         .arg("-p")
         .arg(&dir)
         .arg("-c")
@@ -291,14 +295,12 @@ http {{
         .stderr(std::fs::File::create(&log)?)
         .spawn()
         .with_context(|| format!("starting {}", nginx.display()))?;
-    wait_for_port(port, &mut child, &log)?;
-    Ok((
-        Running {
-            child,
-            dir: Some(dir),
-        },
-        port,
-    ))
+    let mut running = Running {
+        child,
+        dir: Some(dir),
+    };
+    wait_for_port(port, &mut running.child, &log)?;
+    Ok((running, port))
 }
 
 /// keybroker `serve` on loopback with its data (and logs) in a scratch directory; its stderr
@@ -318,7 +320,7 @@ pub fn start_keybroker(
     if let Some(w) = workers {
         cmd.arg("--workers").arg(w.to_string());
     }
-    let mut child = cmd
+    let child = cmd
         .env(
             "KEYBROKER_UPSTREAM_OPENAI",
             format!("http://127.0.0.1:{upstream_port}"),
@@ -335,15 +337,7 @@ pub fn start_keybroker(
                 bin.display()
             )
         })?;
-    let line = wait_for_line(&log, "keybroker listening", &mut child)?;
-    let port = port_in(&line)?;
-    Ok((
-        Running {
-            child,
-            dir: Some(dir),
-        },
-        port,
-    ))
+    Running::listening(child, dir, &log, "keybroker listening")
 }
 
 /// A port that was free a moment ago (for nginx, which cannot report a port 0 choice).

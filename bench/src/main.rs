@@ -251,7 +251,7 @@ async fn run(opts: Options, pin: Pinning) -> Result<()> {
             duration: Duration::from_secs(1),
             delay_ms: 0,
         };
-        oha::run(&opts.oha, &pin, &arm.target, warm)?;
+        oha::run(&opts.oha, &pin, &arm.target, warm).await?;
         sse::measure(&arm.target, 4, 1).await?;
     }
     let run_start = scrape_all(&arms).await?;
@@ -265,7 +265,7 @@ async fn run(opts: Options, pin: Pinning) -> Result<()> {
             delay_ms: 0,
         };
         let before = scrape(arm).await?;
-        res.concurrency_1 = oha::run(&opts.oha, &pin, &arm.target, load)?;
+        res.concurrency_1 = oha::run(&opts.oha, &pin, &arm.target, load).await?;
         record_histograms(arm, res, "concurrency_1", before).await?;
     }
 
@@ -283,7 +283,7 @@ async fn run(opts: Options, pin: Pinning) -> Result<()> {
                 let pids = arm.pids();
                 let cpu = procs::cpu_seconds(&pids, ticks);
                 let before = scrape(arm).await?;
-                let outcome = oha::run(&opts.oha, &pin, &arm.target, load)?;
+                let outcome = oha::run(&opts.oha, &pin, &arm.target, load).await?;
                 let used = procs::cpu_seconds(&pids, ticks) - cpu;
                 if delay_ms == 0 && rate == 1_000 {
                     record_histograms(arm, res, "rate_1000_delay_0", before).await?;
@@ -301,7 +301,7 @@ async fn run(opts: Options, pin: Pinning) -> Result<()> {
 
     for (arm, res) in arms.iter().zip(&mut results) {
         eprintln!("highest rate held by {}", arm.label);
-        (res.max_rate, res.probes) = max_rate(&opts.oha, &pin, &plan, &arm.target)?;
+        (res.max_rate, res.probes) = max_rate(&opts.oha, &pin, &plan, &arm.target).await?;
     }
 
     eprintln!(
@@ -428,7 +428,7 @@ pub fn held(rate: u64, o: &Outcome) -> bool {
 /// The highest open-loop rate held (upstream delay 0): doubling from 2,000 req/s until a rate
 /// is not held, then bisecting. Returns the rate (`None` if even the lowest probe failed) and
 /// every probe.
-fn max_rate(
+async fn max_rate(
     oha_bin: &std::path::Path,
     pin: &Pinning,
     plan: &Plan,
@@ -444,12 +444,12 @@ fn max_rate(
             duration: plan.probe,
             delay_ms: 0,
         };
-        let mut outcome = oha::run(oha_bin, pin, target, load)?;
+        let mut outcome = oha::run(oha_bin, pin, target, load).await?;
         for _ in 0..plan.probe_retries {
             if held(rate, &outcome) {
                 break;
             }
-            outcome = oha::run(oha_bin, pin, target, load)?;
+            outcome = oha::run(oha_bin, pin, target, load).await?;
         }
         let ok = held(rate, &outcome);
         eprintln!(

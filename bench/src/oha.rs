@@ -57,8 +57,8 @@ pub fn version(oha: &Path) -> String {
         .map_or_else(|| "unknown".into(), |s| s.trim().to_owned())
 }
 
-/// Runs oha once against `target`.
-pub fn run(oha: &Path, pin: &Pinning, target: &Target, load: Load) -> Result<Outcome> {
+/// Runs oha once against `target` (as a tokio child process: the runtime is not blocked).
+pub async fn run(oha: &Path, pin: &Pinning, target: &Target, load: Load) -> Result<Outcome> {
     let mut cmd = procs::command(pin.load.as_deref(), oha);
     cmd.args(["--no-tui", "--output-format", "json", "-w", "-m", "POST"])
         .args(["-T", "application/json"])
@@ -73,10 +73,10 @@ pub fn run(oha: &Path, pin: &Pinning, target: &Target, load: Load) -> Result<Out
     if let Some(token) = &target.token {
         cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
     }
-    let out = cmd
-        .arg(&target.url)
-        .stdin(Stdio::null())
+    cmd.arg(&target.url).stdin(Stdio::null());
+    let out = tokio::process::Command::from(cmd)
         .output()
+        .await
         .with_context(|| format!("running {}", oha.display()))?;
     if !out.status.success() {
         bail!(

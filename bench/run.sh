@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # keybroker side by side with nginx and with the upstream called directly.
 #
-#   bench/run.sh           full run, about 10 minutes (plus the first release build)
+#   bench/run.sh           full run, about 11 minutes (plus the first release build)
 #   bench/run.sh --quick   smoke run, about 2 minutes
 #
 # Installs what is missing: nginx (Debian's package, via apt; never started as a service) and the

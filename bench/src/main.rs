@@ -34,7 +34,7 @@ use crate::oha::{Load, Outcome, Target};
 use crate::procs::{Pinning, Running};
 
 /// How long and how much each phase runs; `--quick` is a smoke run of a minute or two, the full
-/// plan takes about ten minutes.
+/// plan takes about eleven minutes.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub quick: bool,

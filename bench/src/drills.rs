@@ -27,7 +27,7 @@ use tokio::io::AsyncWriteExt;
 
 mod scrape;
 
-const HOLD_WAIT: &str = "keybroker_hold_commit_wait_seconds";
+const OVERHEAD: &str = "keybroker_proxy_overhead_seconds";
 
 const EMAIL: &str = "drills@example.com";
 const PASSWORD: &str = "a long drills password";
@@ -361,9 +361,9 @@ async fn login_storm(upstream: u16, rate: u64, secs: u64, hashers: Option<&str>)
     let kb = Keybroker::start(upstream, "storm", &env)?;
     let token = set_up(&kb.base()).await?;
     at_rate(&kb.base(), &token, rate, 2).await?;
-    let waits_start = scrape::scrape(&kb.base(), HOLD_WAIT).await?;
+    let waits_start = scrape::scrape(&kb.base(), OVERHEAD).await?;
     let unloaded = at_rate(&kb.base(), &token, rate, secs).await?;
-    let waits_unloaded = scrape::scrape(&kb.base(), HOLD_WAIT).await?;
+    let waits_unloaded = scrape::scrape(&kb.base(), OVERHEAD).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let logins = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
@@ -396,9 +396,9 @@ async fn login_storm(upstream: u16, rate: u64, secs: u64, hashers: Option<&str>)
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = logins.load(Ordering::Relaxed);
-    let waits_before = scrape::scrape(&kb.base(), HOLD_WAIT).await?;
+    let waits_before = scrape::scrape(&kb.base(), OVERHEAD).await?;
     let loaded = at_rate(&kb.base(), &token, rate, secs).await?;
-    let waits_after = scrape::scrape(&kb.base(), HOLD_WAIT).await?;
+    let waits_after = scrape::scrape(&kb.base(), OVERHEAD).await?;
     let during = logins.load(Ordering::Relaxed) - before;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
@@ -415,8 +415,8 @@ async fn login_storm(upstream: u16, rate: u64, secs: u64, hashers: Option<&str>)
         &unloaded,
         &loaded,
         json!({"logins_per_s": during as f64 / secs as f64, "login_failures": failures.load(Ordering::Relaxed),
-            "hold_commit_wait_unloaded": scrape::quantiles(&waits_start, &waits_unloaded),
-            "hold_commit_wait_storm": scrape::quantiles(&waits_before, &waits_after)}),
+            "proxy_overhead_unloaded": scrape::quantiles(&waits_start, &waits_unloaded),
+            "proxy_overhead_storm": scrape::quantiles(&waits_before, &waits_after)}),
     ))
 }
 

@@ -1,473 +1,528 @@
-//! `proxy-bench`: what keybroker's proxy adds to a call, measured against calling the same
-//! upstream directly, on one machine. It starts a fast local upstream (an OpenAI-style chat
-//! completion with `usage`, and an SSE variant), runs the release `keybroker` binary as its own
-//! process (full path: token lookup, decrypt, ceiling reservation, forward, metering, settle,
-//! redacted logging at `info`), and reports:
-//! - added latency p50/p99/p99.9 at concurrency 1;
-//! - latency at fixed open-loop rates (measured from each request's scheduled start, so a slow
-//!   response cannot hide queueing), direct vs proxied;
-//! - the highest closed-loop throughput through the proxy;
-//! - SSE: added time to first byte and added gap between chunks;
-//! - keybroker's own in-process overhead histogram from `/metrics`.
+//! `proxy-bench`: keybroker side by side with nginx and with no proxy at all, on one machine,
+//! under one load generator. `bench/run.sh` installs what is missing, builds and runs it.
 //!
-//! Figures go to stdout as Markdown and to `target/bench/proxy.json`. Environment:
-//! `KEYBROKER_BIN` (default `target/release/keybroker`), `BENCH_SECONDS` (default 5).
+//! Arms, all in front of the same local upstream (`upstream.rs`, its own process):
+//! 1. `direct`: the upstream itself;
+//! 2. `nginx`: a plain reverse proxy (one worker, upstream keep-alive, `proxy_buffering off`),
+//!    the floor any proxy pays;
+//! 3. `keybroker, 1 worker`: keybroker's full path (token lookup, decrypt, ceiling reservation,
+//!    forward, metering, settle, redacted logging to a file), `--workers 1`;
+//! 4. `keybroker, default workers`: the same, with its default workers and no pinning.
+//!
+//! The load (oha, this process's SSE client) and the upstream run on core 0, the proxy under
+//! test on core 1 (`taskset`; nothing is pinned on a 1-core machine or without taskset).
+//! Figures go to `<out>/results.md` (also stdout) and `<out>/results.json`.
+//!
+//! Usage: `proxy-bench [--quick] --oha PATH --nginx PATH --keybroker PATH [--out DIR]`;
+//! `proxy-bench upstream` runs the upstream alone.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod oha;
+mod procs;
+mod prom;
+mod report;
+mod setup;
+mod sse;
+mod upstream;
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use anyhow::{anyhow, bail, Context, Result};
-use futures_util::StreamExt;
-use hdrhistogram::Histogram;
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
 
-mod scrape;
-use scrape::{quantiles, scrape};
+use anyhow::{anyhow, bail, Result};
 
-const SSE_CHUNKS: usize = 16;
-const SSE_GAP: Duration = Duration::from_millis(5);
+use crate::oha::{Load, Outcome, Target};
+use crate::procs::{Pinning, Running};
 
-fn chat_body() -> &'static str {
-    r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":34,"total_tokens":46}}"#
+/// How long and how much each phase runs; `--quick` is a smoke run of a minute or two, the full
+/// plan takes about eleven minutes.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub quick: bool,
+    pub concurrency_1: Duration,
+    pub rate_phase: Duration,
+    pub rates: Vec<u64>,
+    /// Upstream delays (ms) the fixed-rate phases run with.
+    pub delays: Vec<u64>,
+    pub probe: Duration,
+    pub max_probes: usize,
+    /// A rate not held is probed this many more times before it counts as not held, so one
+    /// burst of other work on the machine does not end the search.
+    pub probe_retries: usize,
+    /// The search stops when the gap between held and not held is at most this fraction.
+    pub search_tolerance: f64,
+    pub sse_concurrency: usize,
+    pub sse_rounds: usize,
+    pub open_streams: usize,
 }
 
-async fn upstream(req: HttpRequest, body: web::Bytes) -> HttpResponse {
-    let streaming = body.windows(13).any(|w| w == b"\"stream\":true");
-    if !streaming {
-        return HttpResponse::Ok()
-            .content_type("application/json")
-            .body(chat_body());
-    }
-    let _ = req;
-    let chunks = futures_util::stream::iter(0..SSE_CHUNKS + 2).then(|i| async move {
-        if i > 0 {
-            tokio::time::sleep(SSE_GAP).await;
+impl Plan {
+    fn new(quick: bool) -> Self {
+        let s = Duration::from_secs;
+        Self {
+            quick,
+            concurrency_1: if quick { s(3) } else { s(10) },
+            rate_phase: if quick { s(3) } else { s(8) },
+            rates: vec![500, 1_000, 2_000],
+            delays: if quick { vec![0] } else { vec![0, 20, 60] },
+            probe: if quick { s(2) } else { s(5) },
+            max_probes: if quick { 5 } else { 10 },
+            probe_retries: if quick { 0 } else { 1 },
+            search_tolerance: if quick { 0.25 } else { 0.05 },
+            sse_concurrency: 16,
+            sse_rounds: if quick { 1 } else { 5 },
+            open_streams: 512,
         }
-        let line = if i < SSE_CHUNKS {
-            format!("data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"t{i}\"}}}}]}}\n\n")
-        } else if i == SSE_CHUNKS {
-            "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":16,\"total_tokens\":28}}\n\n".to_owned()
-        } else {
-            "data: [DONE]\n\n".to_owned()
+    }
+}
+
+/// The p99 a rate must stay under, with no error, to count as held.
+pub const HELD_P99_MS: f64 = 10.0;
+
+struct Options {
+    plan: Plan,
+    oha: PathBuf,
+    nginx: PathBuf,
+    keybroker: PathBuf,
+    out: PathBuf,
+}
+
+fn options(args: &[String]) -> Result<Options> {
+    let mut quick = false;
+    let (mut oha, mut nginx, mut keybroker) = (None, None, None);
+    let mut out = PathBuf::from("target/bench");
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || {
+            it.next()
+                .map(PathBuf::from)
+                .ok_or_else(|| anyhow!("{arg} needs a value"))
         };
-        Ok::<_, actix_web::Error>(web::Bytes::from(line))
-    });
-    HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .streaming(chunks)
-}
-
-/// The upstream on its own thread and actix runtime, one worker.
-fn start_upstream() -> Result<u16> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let sys = actix_web::rt::System::new();
-        sys.block_on(async move {
-            let server = match HttpServer::new(|| App::new().default_service(web::to(upstream)))
-                .workers(1)
-                .bind(("127.0.0.1", 0))
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = tx.send(Err(anyhow!(e)));
-                    return;
-                }
-            };
-            let port = server.addrs().first().map(|a| a.port()).unwrap_or(0);
-            let _ = tx.send(Ok(port));
-            let _ = server.run().await;
-        });
-    });
-    rx.recv()?
-}
-
-struct Keybroker {
-    child: Child,
-    port: u16,
-    _dir: std::path::PathBuf,
-}
-
-impl Drop for Keybroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self._dir);
-    }
-}
-
-fn start_keybroker(upstream_port: u16) -> Result<Keybroker> {
-    let bin = std::env::var("KEYBROKER_BIN").unwrap_or_else(|_| "target/release/keybroker".into());
-    let dir = std::env::temp_dir().join(format!("kb-bench-{}", std::process::id()));
-    let mut child = Command::new(&bin)
-        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir)
-        .env(
-            "KEYBROKER_UPSTREAM_OPENAI",
-            format!("http://127.0.0.1:{upstream_port}"),
-        )
-        .env("KEYBROKER_LOG", "info")
-        .env("KEYBROKER_PROXY_RATE_PER_MINUTE", "100000000")
-        .env("KEYBROKER_PROXY_MAX_IN_FLIGHT", "100000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {bin} (build it with `cargo build --release`)"))?;
-    let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
-    let mut lines = BufReader::new(stderr).lines();
-    let port = loop {
-        let line = lines.next().ok_or_else(|| anyhow!("keybroker exited"))??;
-        if line.contains("keybroker listening") {
-            let port = line
-                .split("port=")
-                .nth(1)
-                .and_then(|p| p.split_whitespace().next())
-                .ok_or_else(|| anyhow!("no port"))?;
-            break port.parse()?;
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--oha" => oha = Some(value()?),
+            "--nginx" => nginx = Some(value()?),
+            "--keybroker" => keybroker = Some(value()?),
+            "--out" => out = value()?,
+            other => bail!("unknown argument {other:?} (see bench/run.sh)"),
         }
-    };
-    // Keep draining its log so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Ok(Keybroker {
-        child,
-        port,
-        _dir: dir,
+    }
+    Ok(Options {
+        plan: Plan::new(quick),
+        oha: oha.ok_or_else(|| anyhow!("--oha PATH is required"))?,
+        nginx: nginx.ok_or_else(|| anyhow!("--nginx PATH is required"))?,
+        keybroker: keybroker.unwrap_or_else(|| "target/release/keybroker".into()),
+        out,
     })
 }
 
-/// Signs up, stores an OpenAI key, sets a generous ceiling and returns a tool token.
-async fn set_up(base: &str) -> Result<String> {
-    let client = reqwest::Client::new();
-    let res = client
-        .post(format!("{base}/api/v1/auth/signup"))
-        .json(&json!({"email": "bench@example.com", "password": "a long bench password"}))
-        .send()
-        .await?;
-    let cookie = res
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("__Host-kb_session="))
-        .and_then(|v| v.split(';').next())
-        .ok_or_else(|| anyhow!("no session cookie"))?
-        .to_owned();
-    let csrf = res.json::<Value>().await?["csrf_token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let call = |method: reqwest::Method, path: &str, body: Value| {
-        client
-            .request(method, format!("{base}{path}"))
-            .header("cookie", &cookie)
-            .header("x-csrf-token", &csrf)
-            .json(&body)
-            .send()
-    };
-    let key = "sk-proj-BENCHabcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH";
-    if !call(
-        reqwest::Method::POST,
-        "/api/v1/keys",
-        json!({"provider": "openai", "key": key}),
-    )
-    .await?
-    .status()
-    .is_success()
-    {
-        bail!("could not store the key");
-    }
-    call(
-        reqwest::Method::PUT,
-        "/api/v1/ceilings/openai",
-        json!({"limit_usd": "100000.00"}),
-    )
-    .await?;
-    let res = call(
-        reqwest::Method::POST,
-        "/api/v1/tokens",
-        json!({"name": "bench"}),
-    )
-    .await?;
-    Ok(res.json::<Value>().await?["token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned())
+/// One thing measured: where its requests go and which processes are charged for them.
+pub struct Arm {
+    pub name: &'static str,
+    pub label: String,
+    pub target: Target,
+    /// keybroker's base URL, for `/metrics`.
+    pub metrics: Option<String>,
+    process: Option<Running>,
 }
 
-#[derive(Clone)]
-struct Target {
-    url: String,
-    token: Option<String>,
-}
-
-impl Target {
-    fn request(&self, client: &reqwest::Client, body: &'static str) -> reqwest::RequestBuilder {
-        let rb = client
-            .post(&self.url)
-            .header("content-type", "application/json")
-            .body(body);
-        match &self.token {
-            Some(t) => rb.bearer_auth(t),
-            None => rb,
-        }
+impl Arm {
+    /// The proxy's processes (nginx: master and worker); none for the direct arm.
+    fn pids(&self) -> Vec<u32> {
+        self.process
+            .as_ref()
+            .map_or_else(Vec::new, |p| procs::with_children(p.pid()))
     }
 }
 
-const REQUEST: &str =
-    r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":50}"#;
-const STREAM_REQUEST: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":50,"stream":true}"#;
-
-fn client() -> Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(1024)
-        .http1_only()
-        .build()?)
+/// Everything measured for one arm.
+#[derive(Default)]
+pub struct ArmResult {
+    pub concurrency_1: Outcome,
+    pub rates: Vec<RateResult>,
+    pub max_rate: Option<u64>,
+    pub probes: Vec<Probe>,
+    pub sse: Option<sse::Streams>,
+    /// The streams-open-at-once phase; none for the direct arm.
+    pub open_streams: Option<OpenStreams>,
+    pub peak_rss_mb: Option<f64>,
+    /// keybroker's own histograms over named phases.
+    pub histograms: BTreeMap<&'static str, BTreeMap<String, prom::Delta>>,
 }
 
-/// Microseconds, 1 µs to 60 s, 3 significant figures.
-fn hist() -> Result<Histogram<u64>> {
-    Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
+/// One probe of the highest-rate search: the rate and what it gave.
+pub type Probe = (u64, Outcome);
+
+#[derive(Clone, Copy)]
+pub struct OpenStreams {
+    pub completed: u64,
+    pub failed: u64,
+    /// RSS (MB) just before the streams were opened, and the largest sampled while they ran.
+    pub rss_before_mb: f64,
+    pub peak_rss_mb: f64,
 }
 
-async fn one(client: &reqwest::Client, t: &Target, body: &'static str) -> bool {
-    match t.request(client, body).send().await {
-        Ok(res) => res.status().is_success() && res.bytes().await.is_ok(),
-        Err(_) => false,
+pub struct RateResult {
+    pub delay_ms: u64,
+    pub rate: u64,
+    pub outcome: Outcome,
+    pub cpu_s_per_1000: Option<f64>,
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("upstream") {
+        return upstream::serve();
     }
+    let opts = options(&args)?;
+    let pin = Pinning::detect();
+    pin.pin_self()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(pin.load_threads)
+        .enable_all()
+        .build()?
+        .block_on(run(opts, pin))
 }
 
-/// Sequential requests: latency at concurrency 1.
-async fn sequential(t: &Target, n: usize) -> Result<(Histogram<u64>, u64)> {
-    let client = client()?;
-    let (mut h, mut errors) = (hist()?, 0);
-    for _ in 0..n {
-        let start = Instant::now();
-        if !one(&client, t, REQUEST).await {
-            errors += 1;
-        }
-        h.record(start.elapsed().as_micros() as u64)?;
-    }
-    Ok((h, errors))
-}
+async fn run(opts: Options, pin: Pinning) -> Result<()> {
+    let plan = opts.plan.clone();
+    let machine = report::Machine::describe(&opts.nginx, &opts.oha, &pin);
+    eprintln!("proxy-bench: {}", machine.summary());
 
-/// Open loop at `rate` requests/s for `secs`: each request is timed from when it was due.
-async fn fixed_rate(t: &Target, rate: u64, secs: u64) -> Result<(Histogram<u64>, u64, u64)> {
-    let client = client()?;
-    let period = Duration::from_nanos(1_000_000_000 / rate.max(1));
-    let total = rate * secs;
-    let start = tokio::time::Instant::now();
-    let errors = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let due = start + period * i as u32;
-        tokio::time::sleep_until(due).await;
-        let (client, t, errors) = (client.clone(), t.clone(), errors.clone());
-        tasks.push(tokio::spawn(async move {
-            let ok = one(&client, &t, REQUEST).await;
-            if !ok {
-                errors.fetch_add(1, Ordering::Relaxed);
-            }
-            due.elapsed().as_micros() as u64
-        }));
+    let (upstream, up_port) = procs::start_upstream(&pin)?;
+    let chat = "/v1/chat/completions";
+    let mut arms = vec![Arm {
+        name: "direct",
+        label: "upstream directly".into(),
+        target: Target {
+            url: format!("http://127.0.0.1:{up_port}{chat}"),
+            token: None,
+        },
+        metrics: None,
+        process: None,
+    }];
+    let (nginx, port) = procs::start_nginx(&opts.nginx, up_port, &pin)?;
+    arms.push(Arm {
+        name: "nginx",
+        label: "nginx, 1 worker".into(),
+        target: Target {
+            url: format!("http://127.0.0.1:{port}{chat}"),
+            token: None,
+        },
+        metrics: None,
+        process: Some(nginx),
+    });
+    for (name, label, workers, cores) in [
+        (
+            "keybroker_1w",
+            "keybroker, 1 worker",
+            Some(1),
+            pin.proxy.as_deref(),
+        ),
+        (
+            "keybroker_default",
+            "keybroker, default workers, unpinned",
+            None,
+            pin.all.as_deref(),
+        ),
+    ] {
+        let (kb, port) = procs::start_keybroker(&opts.keybroker, name, up_port, workers, cores)?;
+        let base = format!("http://127.0.0.1:{port}");
+        let token = setup::account(&base).await?;
+        arms.push(Arm {
+            name,
+            label: label.into(),
+            target: Target {
+                url: format!("{base}/proxy/openai{chat}"),
+                token: Some(token),
+            },
+            metrics: Some(base),
+            process: Some(kb),
+        });
     }
-    let mut h = hist()?;
-    for task in tasks {
-        h.record(task.await?)?;
-    }
-    let achieved = (total as f64 / start.elapsed().as_secs_f64()) as u64;
-    Ok((h, errors.load(Ordering::Relaxed), achieved))
-}
 
-/// Closed loop with `concurrency` clients for `secs`: requests per second.
-async fn closed_loop(t: &Target, concurrency: usize, secs: u64) -> Result<(f64, u64)> {
-    let client = client()?;
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let (done, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (client, t, done, errors) = (client.clone(), t.clone(), done.clone(), errors.clone());
-        tasks.push(tokio::spawn(async move {
-            while Instant::now() < deadline {
-                if one(&client, &t, REQUEST).await {
-                    done.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    errors.fetch_add(1, Ordering::Relaxed);
+    let ticks = procs::clock_ticks();
+    let mut results: Vec<ArmResult> = arms.iter().map(|_| ArmResult::default()).collect();
+
+    eprintln!("warming up");
+    for arm in &arms {
+        let warm = Load {
+            connections: 8,
+            rate: None,
+            duration: Duration::from_secs(1),
+            delay_ms: 0,
+        };
+        oha::run(&opts.oha, &pin, &arm.target, warm).await?;
+        sse::measure(&arm.target, 4, 1).await?;
+    }
+    let run_start = scrape_all(&arms).await?;
+
+    eprintln!("concurrency 1");
+    for (arm, res) in arms.iter().zip(&mut results) {
+        let load = Load {
+            connections: 1,
+            rate: None,
+            duration: plan.concurrency_1,
+            delay_ms: 0,
+        };
+        let before = scrape(arm).await?;
+        res.concurrency_1 = oha::run(&opts.oha, &pin, &arm.target, load).await?;
+        record_histograms(arm, res, "concurrency_1", before).await?;
+    }
+
+    for &delay_ms in &plan.delays {
+        for &rate in &plan.rates {
+            eprintln!("{rate} req/s open loop, upstream delay {delay_ms} ms");
+            // Interleaved, so a change in the machine's background load hits every arm alike.
+            for (arm, res) in arms.iter().zip(&mut results) {
+                let load = Load {
+                    connections: connections_for(rate, delay_ms),
+                    rate: Some(rate),
+                    duration: plan.rate_phase,
+                    delay_ms,
+                };
+                let pids = arm.pids();
+                let cpu = procs::cpu_seconds(&pids, ticks);
+                let before = scrape(arm).await?;
+                let outcome = oha::run(&opts.oha, &pin, &arm.target, load).await?;
+                let used = procs::cpu_seconds(&pids, ticks) - cpu;
+                if delay_ms == 0 && rate == 1_000 {
+                    record_histograms(arm, res, "rate_1000_delay_0", before).await?;
                 }
+                res.rates.push(RateResult {
+                    delay_ms,
+                    rate,
+                    cpu_s_per_1000: (!pids.is_empty() && outcome.requests > 0)
+                        .then(|| used * 1000.0 / outcome.requests as f64),
+                    outcome,
+                });
             }
-        }));
-    }
-    for task in tasks {
-        task.await?;
-    }
-    Ok((
-        done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64(),
-        errors.load(Ordering::Relaxed),
-    ))
-}
-
-/// Streams: time to first byte, and the largest gap between chunks beyond the upstream's own.
-async fn streams(t: &Target, n: usize) -> Result<(Histogram<u64>, Histogram<u64>)> {
-    let client = client()?;
-    let (mut ttfb, mut gaps) = (hist()?, hist()?);
-    for _ in 0..n {
-        let start = Instant::now();
-        let mut res = t.request(&client, STREAM_REQUEST).send().await?;
-        let mut last: Option<Instant> = None;
-        while res.chunk().await?.is_some() {
-            let now = Instant::now();
-            match last {
-                None => ttfb.record((now - start).as_micros() as u64)?,
-                Some(prev) => gaps.record((now - prev).as_micros() as u64)?,
-            }
-            last = Some(now);
         }
     }
-    Ok((ttfb, gaps))
-}
 
-fn q(h: &Histogram<u64>, quantile: f64) -> f64 {
-    h.value_at_quantile(quantile) as f64 / 1000.0
-}
-
-const OVERHEAD: &str = "keybroker_proxy_overhead_seconds";
-const HOLD_WAIT: &str = "keybroker_hold_commit_wait_seconds";
-
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<()> {
-    let secs: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let up = start_upstream()?;
-    let kb = start_keybroker(up)?;
-    let base = format!("http://127.0.0.1:{}", kb.port);
-    let token = set_up(&base).await?;
-    let direct = Target {
-        url: format!("http://127.0.0.1:{up}/v1/chat/completions"),
-        token: None,
-    };
-    let proxied = Target {
-        url: format!("{base}/proxy/openai/v1/chat/completions"),
-        token: Some(token),
-    };
-
-    // Warm both paths (connection pools, caches).
-    sequential(&direct, 500).await?;
-    sequential(&proxied, 500).await?;
-
-    let mut report = serde_json::Map::new();
-    let mut md =
-        String::from("| measurement | direct | through keybroker | added |\n|---|---|---|---|\n");
-
-    let (hd, ed) = sequential(&direct, 3000).await?;
-    let (hp, ep) = sequential(&proxied, 3000).await?;
-    for (name, qq) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
-        md += &format!(
-            "| concurrency 1, {name} (ms) | {:.3} | {:.3} | {:.3} |\n",
-            q(&hd, qq),
-            q(&hp, qq),
-            q(&hp, qq) - q(&hd, qq)
-        );
+    for (arm, res) in arms.iter().zip(&mut results) {
+        eprintln!("highest rate held by {}", arm.label);
+        (res.max_rate, res.probes) = max_rate(&opts.oha, &pin, &plan, &arm.target).await?;
     }
-    report.insert(
-        "concurrency_1".into(),
-        json!({
-            "direct_ms": {"p50": q(&hd, 0.5), "p99": q(&hd, 0.99), "p999": q(&hd, 0.999)},
-            "proxied_ms": {"p50": q(&hp, 0.5), "p99": q(&hp, 0.99), "p999": q(&hp, 0.999)},
-            "errors": ed + ep,
-        }),
-    );
 
-    let start_overhead = scrape(&base, OVERHEAD).await?;
-    let start_wait = scrape(&base, HOLD_WAIT).await?;
-    let mut at_1000 = (Value::Null, Value::Null);
-    let mut rates = Vec::new();
-    for rate in [500u64, 1000, 2000] {
-        let (hd, ed, ad) = fixed_rate(&direct, rate, secs).await?;
-        let (o0, w0) = (
-            scrape(&base, OVERHEAD).await?,
-            scrape(&base, HOLD_WAIT).await?,
-        );
-        let (hp, ep, ap) = fixed_rate(&proxied, rate, secs).await?;
-        if rate == 1000 {
-            let (o1, w1) = (
-                scrape(&base, OVERHEAD).await?,
-                scrape(&base, HOLD_WAIT).await?,
-            );
-            at_1000 = (quantiles(&o0, &o1), quantiles(&w0, &w1));
+    eprintln!(
+        "SSE: {} streams at a time, {} round(s)",
+        plan.sse_concurrency, plan.sse_rounds
+    );
+    for (arm, res) in arms.iter().zip(&mut results) {
+        res.sse = Some(sse::measure(&arm.target, plan.sse_concurrency, plan.sse_rounds).await?);
+    }
+
+    eprintln!("{} streams open at once", plan.open_streams);
+    for (arm, res) in arms.iter().zip(&mut results) {
+        let pids = arm.pids();
+        if pids.is_empty() {
+            continue;
         }
-        md += &format!(
-            "| {rate} req/s open loop, p50 / p99 (ms) | {:.3} / {:.3} | {:.3} / {:.3} | {:.3} / {:.3} |\n",
-            q(&hd, 0.5), q(&hd, 0.99), q(&hp, 0.5), q(&hp, 0.99), q(&hp, 0.5) - q(&hd, 0.5), q(&hp, 0.99) - q(&hd, 0.99)
-        );
-        rates.push(json!({"rate": rate, "achieved_direct": ad, "achieved_proxied": ap, "errors_direct": ed, "errors_proxied": ep,
-            "direct_ms": {"p50": q(&hd, 0.5), "p99": q(&hd, 0.99), "p999": q(&hd, 0.999)},
-            "proxied_ms": {"p50": q(&hp, 0.5), "p99": q(&hp, 0.99), "p999": q(&hp, 0.999)}}));
+        let rss_before_mb = procs::status_mb(&pids, "VmRSS:");
+        let (completed, failed, peak_rss_mb) =
+            sse::hold_open(&arm.target, plan.open_streams, || {
+                procs::status_mb(&pids, "VmRSS:")
+            })
+            .await?;
+        res.open_streams = Some(OpenStreams {
+            completed,
+            failed,
+            rss_before_mb,
+            peak_rss_mb,
+        });
     }
-    report.insert("fixed_rate".into(), Value::Array(rates));
 
-    let (rd, erd) = closed_loop(&direct, 64, secs).await?;
-    let (rp, erp) = closed_loop(&proxied, 64, secs).await?;
-    md += &format!("| closed loop, 64 clients (req/s) | {rd:.0} | {rp:.0} | |\n");
-    report.insert(
-        "closed_loop_64".into(),
-        json!({"direct_rps": rd, "proxied_rps": rp, "errors_direct": erd, "errors_proxied": erp}),
-    );
+    let run_end = scrape_all(&arms).await?;
+    for ((arm, res), (start, end)) in arms
+        .iter()
+        .zip(&mut results)
+        .zip(run_start.iter().zip(&run_end))
+    {
+        let pids = arm.pids();
+        if !pids.is_empty() {
+            res.peak_rss_mb = Some(procs::status_mb(&pids, "VmHWM:"));
+        }
+        if let (Some(start), Some(end)) = (start, end) {
+            res.histograms.insert("whole_run", prom::delta(start, end));
+        }
+    }
+    drop(upstream);
 
-    let (td, gd) = streams(&direct, 30).await?;
-    let (tp, gp) = streams(&proxied, 30).await?;
-    md += &format!("| SSE time to first byte, p50 / p99 (ms) | {:.3} / {:.3} | {:.3} / {:.3} | {:.3} / {:.3} |\n",
-        q(&td, 0.5), q(&td, 0.99), q(&tp, 0.5), q(&tp, 0.99), q(&tp, 0.5) - q(&td, 0.5), q(&tp, 0.99) - q(&td, 0.99));
-    md += &format!("| SSE gap between chunks, p50 / max (ms) | {:.3} / {:.3} | {:.3} / {:.3} | {:.3} / {:.3} |\n",
-        q(&gd, 0.5), q(&gd, 1.0), q(&gp, 0.5), q(&gp, 1.0), q(&gp, 0.5) - q(&gd, 0.5), q(&gp, 1.0) - q(&gd, 1.0));
-    report.insert("sse".into(), json!({
-        "ttfb_ms": {"direct_p50": q(&td, 0.5), "direct_p99": q(&td, 0.99), "proxied_p50": q(&tp, 0.5), "proxied_p99": q(&tp, 0.99)},
-        "gap_ms": {"direct_p50": q(&gd, 0.5), "direct_max": q(&gd, 1.0), "proxied_p50": q(&gp, 0.5), "proxied_max": q(&gp, 1.0)},
-        "upstream_gap_ms": SSE_GAP.as_secs_f64() * 1000.0,
-    }));
-
-    let overhead = quantiles(&start_overhead, &scrape(&base, OVERHEAD).await?);
-    let wait = quantiles(&start_wait, &scrape(&base, HOLD_WAIT).await?);
-    md += &format!(
-        "| in-process overhead, whole run incl. overload (µs, bucket upper bounds) | | p50 ≤ {} / p99 ≤ {} / p99.9 ≤ {} | |\n",
-        overhead["p50_us_at_most"], overhead["p99_us_at_most"], overhead["p999_us_at_most"]
-    );
-    md += &format!(
-        "| of which waiting for the hold's commit, whole run (µs) | | p50 ≤ {} / p99 ≤ {} / p99.9 ≤ {} | |\n",
-        wait["p50_us_at_most"], wait["p99_us_at_most"], wait["p999_us_at_most"]
-    );
-    md += &format!(
-        "| in-process overhead at 1000 req/s (µs, bucket upper bounds) | | p50 ≤ {} / p99 ≤ {} / p99.9 ≤ {} | |\n",
-        at_1000.0["p50_us_at_most"], at_1000.0["p99_us_at_most"], at_1000.0["p999_us_at_most"]
-    );
-    md += &format!(
-        "| of which waiting for the hold's commit, at 1000 req/s (µs) | | p50 ≤ {} / p99 ≤ {} / p99.9 ≤ {} | |\n",
-        at_1000.1["p50_us_at_most"], at_1000.1["p99_us_at_most"], at_1000.1["p999_us_at_most"]
-    );
-    report.insert("in_process_overhead_at_1000_rps".into(), at_1000.0);
-    report.insert("hold_commit_wait_at_1000_rps".into(), at_1000.1);
-    report.insert("in_process_overhead".into(), overhead);
-    report.insert("hold_commit_wait".into(), wait);
-    report.insert(
-        "machine".into(),
-        json!({
-            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            "note": "load generator, upstream and keybroker share this machine's cores",
-        }),
-    );
-
-    println!("{md}");
-    std::fs::create_dir_all("target/bench")?;
+    let report = report::Report {
+        machine: machine.finish(),
+        plan,
+        arms: arms.iter().map(|a| (a.name, a.label.clone())).collect(),
+        results,
+    };
+    let (md, json) = report.render();
+    std::fs::create_dir_all(&opts.out)?;
+    std::fs::write(opts.out.join("results.md"), &md)?;
     std::fs::write(
-        "target/bench/proxy.json",
-        serde_json::to_string_pretty(&Value::Object(report))?,
+        opts.out.join("results.json"),
+        serde_json::to_string_pretty(&json)?,
     )?;
-    println!("(all figures also in target/bench/proxy.json)");
-    drop(kb);
+    println!("{md}");
+    eprintln!(
+        "figures written to {} and {}",
+        opts.out.join("results.md").display(),
+        opts.out.join("results.json").display()
+    );
     Ok(())
+}
+
+/// Enough connections that the load generator never runs out at `rate` (a connection carries
+/// one request at a time), without opening far more than needed.
+fn connections_for(rate: u64, delay_ms: u64) -> usize {
+    let in_flight = rate * (delay_ms + 10) / 1000;
+    usize::try_from(in_flight * 2)
+        .unwrap_or(usize::MAX)
+        .clamp(16, 1024)
+}
+
+async fn scrape(arm: &Arm) -> Result<Option<prom::Snapshot>> {
+    match &arm.metrics {
+        Some(base) => Ok(Some(prom::scrape(base).await?)),
+        None => Ok(None),
+    }
+}
+
+async fn scrape_all(arms: &[Arm]) -> Result<Vec<Option<prom::Snapshot>>> {
+    let mut out = Vec::new();
+    for arm in arms {
+        out.push(scrape(arm).await?);
+    }
+    Ok(out)
+}
+
+async fn record_histograms(
+    arm: &Arm,
+    res: &mut ArmResult,
+    phase: &'static str,
+    before: Option<prom::Snapshot>,
+) -> Result<()> {
+    if let (Some(before), Some(after)) = (before, scrape(arm).await?) {
+        res.histograms.insert(phase, prom::delta(&before, &after));
+    }
+    Ok(())
+}
+
+/// The next rate to probe, from the highest held and the lowest not held so far: double until
+/// one fails, halve until one holds (down to 250 req/s), then bisect until the two are within
+/// `tolerance` of each other. `None` when the search is over.
+fn next_rate(good: Option<u64>, bad: Option<u64>, tolerance: f64) -> Option<u64> {
+    match (good, bad) {
+        (Some(g), None) => Some(g * 2),
+        (None, Some(b)) if b <= 250 => None,
+        (None, Some(b)) => Some(b / 2),
+        (Some(g), Some(b)) if (b.saturating_sub(g)) as f64 <= tolerance * g as f64 => None,
+        (Some(g), Some(b)) => Some((g + b) / 2),
+        (None, None) => None,
+    }
+}
+
+/// Did this run hold its rate: no error, p99 under the bar, and the rate actually sent?
+pub fn held(rate: u64, o: &Outcome) -> bool {
+    o.errors == 0 && o.p99 < HELD_P99_MS && o.rps >= 0.95 * rate as f64
+}
+
+/// The highest open-loop rate held (upstream delay 0): doubling from 2,000 req/s until a rate
+/// is not held, then bisecting. Returns the rate (`None` if even the lowest probe failed) and
+/// every probe.
+async fn max_rate(
+    oha_bin: &std::path::Path,
+    pin: &Pinning,
+    plan: &Plan,
+    target: &Target,
+) -> Result<(Option<u64>, Vec<Probe>)> {
+    let (mut good, mut bad): (Option<u64>, Option<u64>) = (None, None);
+    let mut rate = 2_000;
+    let mut probes = Vec::new();
+    for _ in 0..plan.max_probes {
+        let load = Load {
+            connections: connections_for(rate, 0),
+            rate: Some(rate),
+            duration: plan.probe,
+            delay_ms: 0,
+        };
+        let mut outcome = oha::run(oha_bin, pin, target, load).await?;
+        for _ in 0..plan.probe_retries {
+            if held(rate, &outcome) {
+                break;
+            }
+            outcome = oha::run(oha_bin, pin, target, load).await?;
+        }
+        let ok = held(rate, &outcome);
+        eprintln!(
+            "  {rate} req/s: p99 {:.2} ms, {} errors, {:.0} req/s sent: {}",
+            outcome.p99,
+            outcome.errors,
+            outcome.rps,
+            if ok { "held" } else { "not held" }
+        );
+        probes.push((rate, outcome));
+        if ok {
+            good = Some(rate);
+        } else {
+            bad = Some(rate);
+        }
+        match next_rate(good, bad, plan.search_tolerance) {
+            Some(next) => rate = next,
+            None => break,
+        }
+    }
+    Ok((good, probes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_doubles_then_bisects_until_within_tolerance() {
+        assert_eq!(next_rate(Some(2_000), None, 0.05), Some(4_000));
+        assert_eq!(next_rate(Some(4_000), Some(8_000), 0.05), Some(6_000));
+        assert_eq!(next_rate(Some(6_000), Some(6_250), 0.05), None);
+    }
+
+    #[test]
+    fn search_halves_when_nothing_held_and_gives_up_at_250() {
+        assert_eq!(next_rate(None, Some(2_000), 0.05), Some(1_000));
+        assert_eq!(next_rate(None, Some(250), 0.05), None);
+    }
+
+    #[test]
+    fn a_rate_is_held_only_without_errors_under_the_p99_bar_and_actually_sent() {
+        let ok = Outcome {
+            requests: 10_000,
+            errors: 0,
+            rps: 1_990.0,
+            p50: 0.2,
+            p99: 9.9,
+            p999: 20.0,
+        };
+        assert!(held(2_000, &ok));
+        assert!(!held(
+            2_000,
+            &Outcome {
+                errors: 1,
+                ..ok.clone()
+            }
+        ));
+        assert!(!held(
+            2_000,
+            &Outcome {
+                p99: 10.0,
+                ..ok.clone()
+            }
+        ));
+        assert!(!held(2_000, &Outcome { rps: 1_800.0, ..ok }));
+    }
+
+    #[test]
+    fn connections_cover_the_requests_in_flight() {
+        // 2,000 req/s at 60 ms (+10 ms margin) is 140 in flight.
+        assert_eq!(connections_for(2_000, 60), 280);
+        assert_eq!(connections_for(500, 0), 16);
+        assert_eq!(connections_for(1_000_000, 60), 1024);
+    }
 }

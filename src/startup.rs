@@ -206,11 +206,15 @@ impl Application {
             &settings.data_dir,
             settings.missing_secrets,
         )?;
-        // The dummy hash makes unknown-email logins as slow as wrong-password ones; build it now
-        // so the first such login is not the odd one out.
-        tokio::task::spawn_blocking(crate::accounts::password::warm_up)
-            .await
+        let passwords = crate::accounts::password::HashingPool::new(settings.password_hashers)
             .map_err(|e| StartError::Task(e.to_string()))?;
+        // The dummy hash makes unknown-email logins as slow as wrong-password ones; build it now
+        // so the first such login is not the odd one out (on a hashing thread, which keeps the
+        // argon2 memory for the hashes to come).
+        passwords
+            .run(crate::accounts::password::warm_up)
+            .await
+            .map_err(|_| StartError::Task("the password hashing threads are gone".into()))?;
         let providers = Arc::new(match &settings.providers_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -257,8 +261,7 @@ impl Application {
             oauth: settings.oauth.clone(),
             http,
             body_timeout: settings.body_timeout,
-            passwords: crate::accounts::password::HashingPool::new(settings.password_hashers)
-                .map_err(|e| StartError::Task(e.to_string()))?,
+            passwords,
         });
 
         let bind_err = |source| StartError::Bind {

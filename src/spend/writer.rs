@@ -30,6 +30,9 @@ use crate::spend::journal::HoldJournal;
 use crate::spend::ledger::{Period, SpendEvent, SpendKind, SpendSink, Unrecorded};
 
 const MAX_BATCH: usize = 4096;
+/// The writer and checkpoint threads run at this nice value: no call waits for them (holds are
+/// journaled), so they take the CPU when the workers answering calls leave it.
+const BACKGROUND_NICE: i32 = 5;
 /// How long the writer lets messages gather after the first one arrives. No call waits for the
 /// writer (holds are journaled, see `spend::journal`), so batching costs no latency; it turns a
 /// transaction (and a thread wake-up) per message into at most one per window, which keeps the
@@ -131,7 +134,10 @@ impl SpendWriter {
         let (stop_tx, stop_rx) = mpsc::channel();
         let checkpointer = std::thread::Builder::new()
             .name("wal-checkpoint".into())
-            .spawn(move || run_checkpoints(checkpoint_conn, stop_rx))
+            .spawn(move || {
+                crate::accounts::password::lower_priority(BACKGROUND_NICE);
+                run_checkpoints(checkpoint_conn, stop_rx)
+            })
             .map_err(|e| crate::db::DbError::Thread(e.to_string()))?;
         let (tx, rx) = mpsc::channel();
         let depth = Arc::new(AtomicUsize::new(0));
@@ -141,7 +147,10 @@ impl SpendWriter {
         let thread_journal = journal.clone();
         let thread = std::thread::Builder::new()
             .name("spend-writer".into())
-            .spawn(move || run(conn, rx, thread_depth, committed_tx, thread_journal))
+            .spawn(move || {
+                crate::accounts::password::lower_priority(BACKGROUND_NICE);
+                run(conn, rx, thread_depth, committed_tx, thread_journal)
+            })
             .map_err(|e| crate::db::DbError::Thread(e.to_string()))?;
         Ok(Arc::new(Self {
             tx: Mutex::new((tx, 0)),

@@ -28,6 +28,7 @@ pub mod secret_files;
 pub mod spend;
 pub mod startup;
 pub mod telemetry;
+pub mod threads;
 pub mod timefmt;
 pub mod tokens;
 pub mod transport;

@@ -227,7 +227,7 @@ impl HashingPool {
             std::thread::Builder::new()
                 .name(format!("password-hash-{i}"))
                 .spawn(move || {
-                    lower_priority(NICE);
+                    crate::threads::lower_priority(NICE);
                     loop {
                         let job = queue
                             .lock()
@@ -267,18 +267,6 @@ impl HashingPool {
         result.await.map_err(crate::error::ApiError::internal)
     }
 }
-
-/// Lowers the calling thread's scheduling priority to nice `nice` (Linux: a nice value set for a
-/// thread id applies to that thread only). Used for the background threads (password hashing,
-/// the spend writer, WAL checkpoints) so they yield the CPU to the workers answering calls.
-/// Failing to lower it is harmless: the thread then competes at normal priority.
-#[cfg(target_os = "linux")]
-pub fn lower_priority(nice: i32) {
-    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice);
-}
-
-#[cfg(not(target_os = "linux"))]
-pub fn lower_priority(_nice: i32) {}
 
 /// Warms the dummy hash so the first failed login is not measurably slower than later ones.
 pub fn warm_up() {

@@ -13,8 +13,8 @@
 //! so the call never waits for this thread's commit.
 //!
 //! Every message gets a sequence number in channel order; each transaction also stores the last
-//! number it committed (`spend_journal_state`), and the writer publishes it after the commit. The
-//! writer is owned by [`SpendWriter`], whose drop drains the queue and joins the thread.
+//! number it committed (`spend_journal_state`), and after the commit the hold journal drops the
+//! segments that are all committed. The writer is owned by [`SpendWriter`], whose drop drains the queue and joins the thread.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
@@ -90,7 +90,6 @@ pub struct SpendWriter {
     /// Holds are journaled under the `tx` lock, so the journal is in sequence order.
     journal: Option<Arc<HoldJournal>>,
     depth: Arc<AtomicUsize>,
-    committed: tokio::sync::watch::Receiver<u64>,
     thread: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
 }
@@ -135,28 +134,26 @@ impl SpendWriter {
         let checkpointer = std::thread::Builder::new()
             .name("wal-checkpoint".into())
             .spawn(move || {
-                crate::accounts::password::lower_priority(BACKGROUND_NICE);
+                crate::threads::lower_priority(BACKGROUND_NICE);
                 run_checkpoints(checkpoint_conn, stop_rx)
             })
             .map_err(|e| crate::db::DbError::Thread(e.to_string()))?;
         let (tx, rx) = mpsc::channel();
         let depth = Arc::new(AtomicUsize::new(0));
         let thread_depth = depth.clone();
-        let (committed_tx, committed) = tokio::sync::watch::channel(0u64);
         let journal = journal.map(Arc::new);
         let thread_journal = journal.clone();
         let thread = std::thread::Builder::new()
             .name("spend-writer".into())
             .spawn(move || {
-                crate::accounts::password::lower_priority(BACKGROUND_NICE);
-                run(conn, rx, thread_depth, committed_tx, thread_journal)
+                crate::threads::lower_priority(BACKGROUND_NICE);
+                run(conn, rx, thread_depth, thread_journal)
             })
             .map_err(|e| crate::db::DbError::Thread(e.to_string()))?;
         Ok(Arc::new(Self {
             tx: Mutex::new((tx, 0)),
             journal,
             depth,
-            committed,
             thread: Mutex::new(Some(thread)),
             checkpointer: Mutex::new(Some((stop_tx, checkpointer))),
         }))
@@ -185,16 +182,9 @@ impl SpendWriter {
     }
 
     /// The sequence number of the last message sent so far.
-    pub fn sent(&self) -> u64 {
+    #[cfg(test)]
+    fn sent(&self) -> u64 {
         self.tx.lock().unwrap_or_else(PoisonError::into_inner).1
-    }
-
-    /// Waits (at most `limit`) until every message up to `seq` is committed. Returns false on
-    /// timeout.
-    pub async fn committed(&self, seq: u64, limit: Duration) -> bool {
-        let mut rx = self.committed.clone();
-        let done = tokio::time::timeout(limit, rx.wait_for(|&c| c >= seq)).await;
-        matches!(done, Ok(Ok(_)))
     }
 
     /// The ledger's sink: every event goes to the writer, in the order the ledger made them.
@@ -261,11 +251,9 @@ fn run(
     mut conn: Connection,
     rx: Receiver<(u64, Msg)>,
     depth: Arc<AtomicUsize>,
-    committed: tokio::sync::watch::Sender<u64>,
     journal: Option<Arc<HoldJournal>>,
 ) {
     let published = |seq: u64| {
-        committed.send_replace(seq);
         if let Some(journal) = &journal {
             journal.committed(seq);
         }

@@ -20,12 +20,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
 mod scrape;
+mod setup;
 
 const OVERHEAD: &str = "keybroker_proxy_overhead_seconds";
 
@@ -134,63 +135,6 @@ impl Keybroker {
     }
 }
 
-/// Signs up, stores an OpenAI key, sets a generous ceiling and returns a tool token.
-async fn set_up(base: &str) -> Result<String> {
-    let client = reqwest::Client::new();
-    let res = client
-        .post(format!("{base}/api/v1/auth/signup"))
-        .json(&json!({"email": EMAIL, "password": PASSWORD}))
-        .send()
-        .await?;
-    let cookie = res
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("__Host-kb_session="))
-        .and_then(|v| v.split(';').next())
-        .ok_or_else(|| anyhow!("no session cookie"))?
-        .to_owned();
-    let csrf = res.json::<Value>().await?["csrf_token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let call = |method: reqwest::Method, path: &str, body: Value| {
-        client
-            .request(method, format!("{base}{path}"))
-            .header("cookie", &cookie)
-            .header("x-csrf-token", &csrf)
-            .json(&body)
-            .send()
-    };
-    let key = "sk-proj-DRILLabcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH";
-    let stored = call(
-        reqwest::Method::POST,
-        "/api/v1/keys",
-        json!({"provider": "openai", "key": key}),
-    )
-    .await?;
-    if !stored.status().is_success() {
-        bail!("could not store the key");
-    }
-    call(
-        reqwest::Method::PUT,
-        "/api/v1/ceilings/openai",
-        json!({"limit_usd": "100000.00"}),
-    )
-    .await?;
-    let res = call(
-        reqwest::Method::POST,
-        "/api/v1/tokens",
-        json!({"name": "drills"}),
-    )
-    .await?;
-    Ok(res.json::<Value>().await?["token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned())
-}
-
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -295,7 +239,7 @@ async fn slowloris(upstream: u16, rate: u64, secs: u64) -> Result<Value> {
         "slowloris",
         &[("KEYBROKER_BODY_TIMEOUT_SECS", "10")],
     )?;
-    let token = set_up(&kb.base()).await?;
+    let token = setup::account(&kb.base(), EMAIL, PASSWORD).await?;
     at_rate(&kb.base(), &token, rate, 2).await?; // warm-up
     let unloaded = at_rate(&kb.base(), &token, rate, secs).await?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -359,7 +303,7 @@ async fn login_storm(upstream: u16, rate: u64, secs: u64, hashers: Option<&str>)
         .map(|h| vec![("KEYBROKER_PASSWORD_HASHERS", h)])
         .unwrap_or_default();
     let kb = Keybroker::start(upstream, "storm", &env)?;
-    let token = set_up(&kb.base()).await?;
+    let token = setup::account(&kb.base(), EMAIL, PASSWORD).await?;
     at_rate(&kb.base(), &token, rate, 2).await?;
     let waits_start = scrape::scrape(&kb.base(), OVERHEAD).await?;
     let unloaded = at_rate(&kb.base(), &token, rate, secs).await?;
@@ -423,7 +367,7 @@ async fn login_storm(upstream: u16, rate: u64, secs: u64, hashers: Option<&str>)
 async fn soak(upstream: u16, rate: u64) -> Result<Value> {
     let minutes = env_u64("SOAK_MINUTES", 10);
     let kb = Keybroker::start(upstream, "soak", &[])?;
-    let token = set_up(&kb.base()).await?;
+    let token = setup::account(&kb.base(), EMAIL, PASSWORD).await?;
     let mut samples = Vec::new();
     let mut errors = 0;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;

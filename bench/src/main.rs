@@ -227,7 +227,7 @@ async fn run(opts: Options, pin: Pinning) -> Result<()> {
     ] {
         let (kb, port) = procs::start_keybroker(&opts.keybroker, name, up_port, workers, cores)?;
         let base = format!("http://127.0.0.1:{port}");
-        let token = setup::account(&base).await?;
+        let token = setup::account(&base, "bench@example.com", "a long bench password").await?;
         arms.push(Arm {
             name,
             label: label.into(),

@@ -4,12 +4,13 @@
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 
-/// Signs up, stores an OpenAI key, sets a generous ceiling and returns a tool token.
-pub async fn account(base: &str) -> Result<String> {
+/// Signs up as `email`, stores an OpenAI key, sets a generous ceiling and returns a tool token.
+/// Used by both `proxy-bench` and `proxy-drills` (whose login storm signs in as `email`).
+pub async fn account(base: &str, email: &str, password: &str) -> Result<String> {
     let client = reqwest::Client::new();
     let res = client
         .post(format!("{base}/api/v1/auth/signup"))
-        .json(&json!({"email": "bench@example.com", "password": "a long bench password"}))
+        .json(&json!({"email": email, "password": password}))
         .send()
         .await?;
     if !res.status().is_success() {

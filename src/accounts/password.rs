@@ -2,7 +2,6 @@
 //! PHC strings. Hashing is slow on purpose, so callers run these functions through a
 //! [`HashingPool`]: on a blocking thread, and only a few at a time.
 
-use std::cell::RefCell;
 use std::sync::{Arc, LazyLock};
 
 use argon2::password_hash::{
@@ -29,52 +28,50 @@ pub enum PasswordError {
     Hash,
 }
 
-fn argon2() -> KeptMemory {
+fn argon2() -> Argon2WithMemory {
     // These constants are valid argon2 parameters; `Params::DEFAULT` is the fallback that cannot fail.
     let params = Params::new(M_COST_KIB, T_COST, P_COST, None).unwrap_or(Params::DEFAULT);
-    KeptMemory {
+    Argon2WithMemory {
         algorithm: Algorithm::Argon2id,
         version: Version::V0x13,
         params,
     }
 }
 
-thread_local! {
-    /// This thread's argon2 working memory, kept from one hash to the next.
-    static BLOCKS: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
-}
+/// Blocks (1 KiB each) reserved per hash: just over glibc's largest mmap threshold (32 MiB), see
+/// [`with_blocks`].
+const RESERVED_BLOCKS: usize = 33 * 1024;
 
-/// Runs `f` with `count` argon2 memory blocks that this thread keeps, zeroed afterwards.
+/// Runs `f` with `count` argon2 memory blocks, zeroed afterwards and handed back to the OS.
 ///
-/// Why kept: every hash needs 19 MiB. Allocated and freed per hash (what `Argon2::hash_password`
-/// does), glibc's malloc raises its mmap threshold after the first free and then serves the next
-/// blocks from the thread's heap, where small allocations made meanwhile split the freed block;
-/// measured with the release binary, every sign-up left the process 19.5 MB larger (10 sign-ups:
-/// 22 → 178 MB; with a fixed mmap threshold it stayed at 22 MB). Kept, it is 19 MiB once per
-/// hashing thread (`HashingPool`).
+/// Why the odd reservation: every hash needs 19 MiB. Allocated and freed at that size (what
+/// `Argon2::hash_password` does), glibc's malloc raises its mmap threshold after the first free
+/// and then serves the next blocks from the thread's heap, where small allocations made meanwhile
+/// split the freed block; measured with the release binary, every sign-up left the process
+/// 19.5 MB larger (10 sign-ups: 22 → 178 MB). Keeping one buffer per hashing thread stopped the
+/// growth but kept 19.5 MB resident for good. glibc never raises the threshold for a chunk above
+/// 32 MiB (`DEFAULT_MMAP_THRESHOLD_MAX`), and always maps such a chunk on its own: so the buffer
+/// reserves 33 MiB of address space, of which only the 19 MiB written are ever resident, and
+/// freeing it unmaps all of it. Measured: idle RSS 19.5 MB lower, and flat over repeated
+/// sign-ups; the page faults add a few milliseconds to a hash that takes tens.
 fn with_blocks<T>(count: usize, f: impl FnOnce(&mut [Block]) -> T) -> T {
-    BLOCKS.with(|cell| {
-        let mut blocks = cell.borrow_mut();
-        if blocks.len() < count {
-            blocks.resize(count, Block::default());
-        }
-        let used = &mut blocks[..count];
-        let result = f(used);
-        used.iter_mut().for_each(Zeroize::zeroize);
-        result
-    })
+    let mut blocks: Vec<Block> = Vec::with_capacity(count.max(RESERVED_BLOCKS));
+    blocks.resize(count, Block::default());
+    let result = f(&mut blocks);
+    blocks.iter_mut().for_each(Zeroize::zeroize);
+    result
 }
 
-/// argon2 with [`with_blocks`]' kept memory. The hasher is the argon2 crate's own
+/// argon2 with its memory from [`with_blocks`]. The hasher is the argon2 crate's own
 /// `hash_password` with the memory passed in; verification is `password_hash`'s
 /// `PasswordVerifier` (constant-time comparison of the outputs).
-struct KeptMemory {
+struct Argon2WithMemory {
     algorithm: Algorithm,
     version: Version,
     params: Params,
 }
 
-impl PasswordHasher for KeptMemory {
+impl PasswordHasher for Argon2WithMemory {
     type Params = Params;
 
     fn hash_password<'a>(
@@ -121,7 +118,7 @@ impl PasswordHasher for KeptMemory {
             .map(Version::try_from)
             .transpose()?
             .unwrap_or_default();
-        KeptMemory {
+        Argon2WithMemory {
             algorithm,
             version,
             params,

@@ -419,6 +419,9 @@ impl Settings {
         if let Some(v) = num("KEYBROKER_PROXY_READ_TIMEOUT_SECS")? {
             self.proxy.read_timeout = std::time::Duration::from_secs(v.max(1));
         }
+        if let Some(v) = num("KEYBROKER_PROXY_UPSTREAM_IDLE_SECS")? {
+            self.proxy.upstream_idle = std::time::Duration::from_secs(v.max(1));
+        }
         if let Some(v) = num("KEYBROKER_PROXY_MAX_IN_FLIGHT")? {
             self.proxy.max_in_flight_per_account = u32::try_from(v).unwrap_or(u32::MAX).max(1);
         }

@@ -38,6 +38,11 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// Longest wait for the response head, and for each chunk of the body after it.
     pub read_timeout: Duration,
+    /// How long an idle upstream connection stays in the pool for reuse. Shorter than the idle
+    /// timeout of common HTTP servers (5 s for Node, uvicorn, actix, Apache), as undici does: a
+    /// connection the server may be closing at that very moment is never reused, so a call is
+    /// never written onto it and lost as a 502.
+    pub upstream_idle: Duration,
     pub max_in_flight_per_account: u32,
     pub requests_per_minute_per_token: u32,
     pub estimate: EstimateConfig,
@@ -50,6 +55,7 @@ impl Default for ProxySettings {
             max_body_bytes: 32 * 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(300),
+            upstream_idle: Duration::from_secs(4),
             max_in_flight_per_account: 256,
             requests_per_minute_per_token: 1000,
             estimate: EstimateConfig::default(),
@@ -146,7 +152,7 @@ pub fn upstream_client(settings: &ProxySettings) -> awc::Client {
     let connector = awc::Connector::new()
         .connector(tcp)
         .timeout(settings.connect_timeout)
-        .conn_keep_alive(Duration::from_secs(90))
+        .conn_keep_alive(settings.upstream_idle)
         .limit(0);
     awc::Client::builder()
         .connector(connector)

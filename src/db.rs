@@ -70,11 +70,14 @@ impl std::fmt::Debug for Db {
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // journal_size_limit: a WAL file started over after a checkpoint is trimmed to 64 MiB, so a
+    // burst does not leave a large file behind for ever.
     // FULL: each commit is fsynced. Writes that matter for money go through a batching writer,
     // so this costs one fsync per batch, and a committed key or settled spend survives power loss.
     conn.execute_batch(
         "PRAGMA foreign_keys = ON;
-         PRAGMA synchronous = FULL;",
+         PRAGMA synchronous = FULL;
+         PRAGMA journal_size_limit = 67108864;",
     )?;
     Ok(())
 }

@@ -313,3 +313,71 @@ fn install_panic_hook() {
         }
     }));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A destination the test can read while the log thread writes to it.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn start(pipe: &Arc<LogPipe>, outs: Vec<Shared>) -> std::thread::JoinHandle<()> {
+        let pipe = pipe.clone();
+        std::thread::spawn(move || {
+            pipe.run(
+                outs.into_iter()
+                    .map(|s| Box::new(s) as Box<dyn Write + Send>)
+                    .collect(),
+            )
+        })
+    }
+
+    #[test]
+    fn lines_reach_every_destination_within_the_interval_and_all_of_them_at_stop() {
+        let pipe = Arc::new(LogPipe::new());
+        let (a, b) = (Shared::default(), Shared::default());
+        let thread = start(&pipe, vec![a.clone(), b.clone()]);
+        pipe.push(b"one\n");
+        let deadline = std::time::Instant::now() + FLUSH_INTERVAL * 20;
+        while a.0.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(&*a.0.lock().unwrap(), b"one\n");
+        pipe.push(b"two\n");
+        pipe.stop.store(true, Ordering::Release);
+        pipe.hurry();
+        thread.join().unwrap();
+        assert_eq!(&*a.0.lock().unwrap(), b"one\ntwo\n");
+        assert_eq!(&*b.0.lock().unwrap(), b"one\ntwo\n");
+    }
+
+    #[test]
+    fn a_stuck_output_drops_lines_and_says_how_many_instead_of_growing() {
+        let pipe = LogPipe::new();
+        let line = vec![b'x'; 1024];
+        for _ in 0..(MAX_BUFFERED_BYTES / line.len() + 10) {
+            pipe.push(&line);
+        }
+        assert!(pipe.buf.lock().unwrap().len() <= MAX_BUFFERED_BYTES);
+        assert_eq!(pipe.dropped.load(Ordering::Relaxed), 10);
+        let pipe = Arc::new(pipe);
+        let out = Shared::default();
+        pipe.stop.store(true, Ordering::Release);
+        start(&pipe, vec![out.clone()]).join().unwrap();
+        let written = String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned();
+        assert!(written
+            .ends_with("keybroker: 10 log line(s) dropped: the log output could not keep up\n"));
+    }
+}

@@ -771,6 +771,77 @@ mod tests {
     }
 
     #[test]
+    fn a_reset_inside_a_batch_forgets_what_was_settled_before_it_and_keeps_what_came_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db_with_account(dir.path());
+        let writer = SpendWriter::start(&db, None).unwrap();
+        let clock = Arc::new(ManualClock::at(datetime!(2026-01-10 12:00 UTC)));
+        let ledger = Ledger::new(clock, Some(writer.sink()));
+        ledger.set_ceiling(1, "openai", usd("5.00"), Period::Monthly);
+        // All of this lands well inside one batch window.
+        let open = ledger.reserve(1, "openai", usd("0.40")).unwrap();
+        ledger
+            .reserve(1, "openai", usd("0.50"))
+            .unwrap()
+            .settle(usd("0.25"));
+        ledger.reset(1, "openai");
+        ledger
+            .reserve(1, "openai", usd("0.50"))
+            .unwrap()
+            .settle(usd("0.10"));
+        writer.flush_blocking();
+        let (spent, holds): (i64, i64) = db
+            .read_blocking(|c| {
+                c.query_row(
+                    "SELECT spent_micros, (SELECT COUNT(*) FROM spend_holds) FROM spend WHERE account_id = 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+            .unwrap();
+        // The hold still open is in spend_holds (a crash would charge it); the settled one is not.
+        assert_eq!((spent, holds), (100_000, 1));
+        open.settle(usd("0.40"));
+        writer.flush_blocking();
+        let (spent, holds): (i64, i64) = db
+            .read_blocking(|c| {
+                c.query_row(
+                    "SELECT spent_micros, (SELECT COUNT(*) FROM spend_holds) FROM spend WHERE account_id = 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+            .unwrap();
+        assert_eq!((spent, holds), (500_000, 0));
+    }
+
+    #[test]
+    fn recent_calls_reach_the_database_within_a_second_without_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db_with_account(dir.path());
+        let writer = SpendWriter::start(&db, None).unwrap();
+        writer.record_call(CallRecord {
+            account: 1,
+            provider: "openai".into(),
+            at: 1_767_000_000,
+            outcome: "ok",
+            ..CallRecord::default()
+        });
+        let count = || -> i64 {
+            db.read_blocking(|c| c.query_row("SELECT COUNT(*) FROM recent_calls", [], |r| r.get(0)))
+                .unwrap()
+        };
+        // Usage is written with the batch, the recent-calls row only once it is due.
+        std::thread::sleep(BATCH_WINDOW * 4);
+        assert_eq!(count(), 0);
+        let deadline = std::time::Instant::now() + RECENT_CALLS_EVERY * 3;
+        while count() == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(count(), 1);
+    }
+
+    #[test]
     fn a_hold_left_by_a_crash_is_charged_in_full_at_the_next_start() {
         let dir = tempfile::tempdir().unwrap();
         let db = db_with_account(dir.path());

@@ -85,9 +85,11 @@ async fn a_backup_under_load_is_consistent_holds_no_plaintext_and_restores_every
     let upstream = FakeUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    // The per-token rate limit (1,000 a minute by default) would answer part of this load 429.
     let env = ServerEnv::random()
         .with("KEYBROKER_UPSTREAM_OPENAI", &upstream.url)
-        .with("KEYBROKER_UPSTREAM_ANTHROPIC", &upstream.url);
+        .with("KEYBROKER_UPSTREAM_ANTHROPIC", &upstream.url)
+        .with("KEYBROKER_PROXY_RATE_PER_MINUTE", "1000000");
     let running = serve(&data, &env.pairs()).unwrap();
     let base = format!("http://127.0.0.1:{}", running.port);
 

@@ -36,6 +36,15 @@ pub struct Running {
     pub metrics_port: Option<u16>,
 }
 
+/// A test that fails half-way must not leave its server running: the process is killed (and
+/// reaped) when the `Running` goes, whatever happened before.
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Starts `serve` on port 0 and waits for the line that reports the port. On early exit,
 /// returns everything it wrote to stderr.
 pub fn serve(data_dir: &Path, env: &[(&str, &str)]) -> Result<Running, String> {

@@ -88,8 +88,8 @@ async fn sigkill_under_load_loses_no_key_and_no_settled_spend() {
     for t in tasks {
         let _ = t.await;
     }
-    let mut child = running.child;
-    let _ = child.wait();
+    let mut running = running;
+    let _ = running.child.wait();
     let served = completed.load(Ordering::Relaxed);
     assert!(served > 20, "the load ran ({served} calls)");
 
@@ -236,8 +236,8 @@ async fn calls_answered_while_the_database_is_locked_are_charged_after_a_crash()
         .status()
         .unwrap()
         .success());
-    let mut child = running.child;
-    let _ = child.wait();
+    let mut running = running;
+    let _ = running.child.wait();
     blocker.execute_batch("ROLLBACK").unwrap();
     drop(blocker);
 

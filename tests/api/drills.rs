@@ -657,8 +657,8 @@ async fn sigkill_under_ceiling_load_never_charges_less_than_clients_were_told() 
     for t in tasks {
         let _ = t.await;
     }
-    let mut child = running.child;
-    let _ = child.wait();
+    let mut running = running;
+    let _ = running.child.wait();
 
     let again = serve(&data, &env).unwrap();
     let base = format!("http://127.0.0.1:{}", again.port);

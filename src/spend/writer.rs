@@ -790,28 +790,22 @@ mod tests {
             .unwrap()
             .settle(usd("0.10"));
         writer.flush_blocking();
-        let (spent, holds): (i64, i64) = db
-            .read_blocking(|c| {
+        let spent_and_holds = || -> (i64, i64) {
+            db.read_blocking(|c| {
                 c.query_row(
                     "SELECT spent_micros, (SELECT COUNT(*) FROM spend_holds) FROM spend WHERE account_id = 1",
                     [],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
             })
-            .unwrap();
+            .unwrap()
+        };
+        let (spent, holds) = spent_and_holds();
         // The hold still open is in spend_holds (a crash would charge it); the settled one is not.
         assert_eq!((spent, holds), (100_000, 1));
         open.settle(usd("0.40"));
         writer.flush_blocking();
-        let (spent, holds): (i64, i64) = db
-            .read_blocking(|c| {
-                c.query_row(
-                    "SELECT spent_micros, (SELECT COUNT(*) FROM spend_holds) FROM spend WHERE account_id = 1",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-            })
-            .unwrap();
+        let (spent, holds) = spent_and_holds();
         assert_eq!((spent, holds), (500_000, 0));
     }
 

@@ -198,12 +198,11 @@ pub fn authenticate(
         return Ok(None);
     }
     let token = conn
-        .query_row(
+        .prepare_cached(
             "SELECT id, account_id, name, created_at, expires_at, last_used_at FROM tool_tokens
              WHERE token_hash = ?1 AND revoked_at IS NULL",
-            [hash(presented)],
-            token_row,
-        )
+        )?
+        .query_row([hash(presented)], token_row)
         .optional()?;
     let Some(mut token) = token else {
         return Ok(None);
@@ -265,7 +264,7 @@ pub async fn key_for_cached(
         Some(hit) => hit,
         None => {
             let loaded = db
-                .read(move |conn| store::load_blob(conn, account, provider))
+                .read_inline(move |conn| store::load_blob(conn, account, provider))
                 .await?;
             let Some((key_id, blob)) = loaded else {
                 return Ok(KeyAccess::NoKey);
@@ -337,7 +336,7 @@ impl TokenCache {
         }
         let presented = Zeroizing::new(presented.to_owned());
         let found = db
-            .read(move |conn| authenticate(conn, &presented, now).map_err(DbError::from))
+            .read_inline(move |conn| authenticate(conn, &presented, now).map_err(DbError::from))
             .await?;
         if let Some(token) = &found {
             self.insert(key, token.clone());

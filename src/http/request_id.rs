@@ -35,6 +35,14 @@ fn sane(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
+/// A random (v4) UUID from the thread's user-space generator: a request id must be unique, not
+/// secret, and `Uuid::new_v4` would make a `getrandom` system call on every request.
+fn new_id() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
+}
+
 pub async fn middleware(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -45,7 +53,7 @@ pub async fn middleware(
         .and_then(|v| v.to_str().ok())
         .filter(|v| sane(v))
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(new_id);
     req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!("request", request_id = %id);
     let mut res = CURRENT
@@ -59,7 +67,18 @@ pub async fn middleware(
 
 #[cfg(test)]
 mod tests {
-    use super::sane;
+    use super::{new_id, sane};
+
+    #[test]
+    fn generated_ids_are_distinct_v4_uuids_and_sane() {
+        let (a, b) = (new_id(), new_id());
+        assert_ne!(a, b);
+        for id in [a, b] {
+            let parsed = uuid::Uuid::parse_str(&id).unwrap();
+            assert_eq!(parsed.get_version_num(), 4);
+            assert!(sane(&id));
+        }
+    }
 
     #[test]
     fn sane_ids_are_kept_and_others_replaced() {

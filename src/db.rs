@@ -43,6 +43,8 @@ pub enum DbError {
         found: i64,
         known: usize,
     },
+    #[error("cannot make the database file {0} private to its owner: {1}")]
+    Permissions(String, std::io::Error),
     #[error("database task was cancelled")]
     Cancelled,
     #[error("could not start a database thread: {0}")]
@@ -84,6 +86,40 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Creates the database file readable by its owner only (0600), or narrows an existing one to
+/// that. SQLite gives the `-wal` and `-shm` files it creates beside it the same mode.
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    narrow(&file)?;
+    // Left behind by an older version that created them 0644.
+    for suffix in ["-wal", "-shm"] {
+        let mut sibling = path.as_os_str().to_owned();
+        sibling.push(suffix);
+        match std::fs::File::open(&sibling) {
+            Ok(f) => narrow(&f)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn narrow(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = file.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))?;
+    }
+    Ok(())
+}
+
 impl Db {
     /// A separate read-write connection to the same file, for a writer thread that owns its
     /// connection (the spend writer). `synchronous` is the caller's choice and reason.
@@ -98,6 +134,7 @@ impl Db {
     /// Opens (creating if needed) the database file, switches it to WAL, and migrates it.
     /// A database whose schema is newer than this binary is refused untouched.
     pub fn open(path: &Path) -> Result<Self, DbError> {
+        owner_only(path).map_err(|e| DbError::Permissions(path.display().to_string(), e))?;
         let mut writer = Connection::open(path)?;
         configure(&writer)?;
         let found: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -245,6 +282,33 @@ mod tests {
             .unwrap();
         assert_eq!(v, MIGRATIONS_COUNT as i64);
         MIGRATIONS.validate().unwrap();
+    }
+
+    #[test]
+    fn the_database_and_its_wal_are_private_to_their_owner() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let db = Db::open(&path).unwrap();
+        db.write_blocking(|c| c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);"))
+            .unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("k.db-wal")), 0o600);
+        drop(db);
+
+        // Files left world-readable by an older version are narrowed at the next open.
+        let wal = dir.path().join("k.db-wal");
+        std::fs::write(&wal, b"").unwrap();
+        for p in [&path, &wal] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        assert_eq!((mode(&path), mode(&wal)), (0o600, 0o600));
+        let n: i64 = db
+            .read_blocking(|c| c.query_row("SELECT x FROM t", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(n, 1);
     }
 
     fn thread_and_answer(conn: &Connection) -> Result<(std::thread::ThreadId, i64), DbError> {

@@ -99,10 +99,12 @@ route_table! {
     GET "/auth/oauth/{provider}/callback" => oauth::callback;
 }
 
-/// A resource for `path` that only `method` reaches (`ANY`: every method).
+/// A resource for `path` that only `method` reaches (`ANY`: every method). A `GET` route also
+/// answers `HEAD` (RFC 9110 §9.3.2: the same headers, no body; actix leaves the body out).
 fn resource(method: &str, path: &str) -> Resource {
     let r = web::resource(path);
     match Method::from_bytes(method.as_bytes()) {
+        Ok(Method::GET) => r.guard(guard::Any(guard::Get()).or(guard::Head())),
         Ok(m) if method != "ANY" => r.guard(guard::Method(m)),
         _ => r,
     }
@@ -124,7 +126,11 @@ pub async fn method_not_allowed(req: actix_web::HttpRequest) -> actix_web::HttpR
     let allow: Vec<&str> = API_ROUTES
         .iter()
         .filter(|r| Some(r.path) == pattern.as_deref())
-        .map(|r| r.method)
+        .flat_map(|r| match r.method {
+            "GET" => &["GET", "HEAD"][..],
+            _ => std::slice::from_ref(&r.method),
+        })
+        .copied()
         .collect();
     let mut res = ApiError::new(
         actix_web::http::StatusCode::METHOD_NOT_ALLOWED,

@@ -257,11 +257,35 @@ async fn a_wrong_method_on_an_api_path_is_a_json_405() {
         .await
         .unwrap();
     assert_eq!(res.status(), 405);
-    assert_eq!(res.headers()["allow"], "POST, GET");
+    assert_eq!(res.headers()["allow"], "POST, GET, HEAD");
     assert_eq!(
         res.json::<Value>().await.unwrap()["error"]["type"],
         "method_not_allowed"
     );
+}
+
+#[tokio::test]
+async fn head_on_a_get_route_answers_its_headers_without_a_body() {
+    let app = TestApp::spawn().await;
+    for path in ["/healthz", "/openapi.json", "/api/v1/prices"] {
+        let get = app.client.get(app.url(path)).send().await.unwrap();
+        let head = app.client.head(app.url(path)).send().await.unwrap();
+        assert_eq!(head.status(), get.status(), "{path}");
+        assert_eq!(
+            head.headers().get("content-type"),
+            get.headers().get("content-type"),
+            "{path}"
+        );
+        assert!(head.bytes().await.unwrap().is_empty(), "{path}");
+    }
+    // HEAD is not a way around a POST-only route.
+    let res = app
+        .client
+        .head(app.url("/api/v1/auth/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
 }
 
 /// Every `$ref` in `v`, recursively.

@@ -212,6 +212,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _guard = telemetry::init(args.log_format, Some(&args.data.data_dir))?;
     let mut settings = Settings::new(args.bind, args.data.data_dir);
     crate::secret_files::apply(&mut settings.secrets)?;
+    crate::secret_files::apply_services(&mut settings)?;
     settings.workers = args.workers;
     args.transport.apply(&mut settings);
     settings.proxy_from_env()?;
@@ -227,6 +228,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn offline_settings(data: DataDir) -> anyhow::Result<Settings> {
     let mut settings = Settings::new(SocketAddr::from(([127, 0, 0, 1], 0)), data.data_dir);
     crate::secret_files::apply(&mut settings.secrets)?;
+    crate::secret_files::apply_services(&mut settings)?;
     settings.missing_secrets = Missing::Refuse;
     Ok(settings)
 }

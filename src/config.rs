@@ -512,9 +512,23 @@ impl OAuthSettings {
     /// `KEYBROKER_OAUTH_{GITHUB,GOOGLE}_{CLIENT_ID,CLIENT_SECRET,AUTH_URL,TOKEN_URL,USERINFO_URL}`,
     /// plus `KEYBROKER_OAUTH_GITHUB_EMAILS_URL`.
     pub fn from_env() -> Self {
-        Self {
+        let direct =
+            |var: &str| Ok::<_, std::convert::Infallible>(env_var(var).map(SecretString::from));
+        match Self::from_env_with(direct) {
+            Ok(settings) => settings,
+            Err(never) => match never {},
+        }
+    }
+
+    /// As [`OAuthSettings::from_env`], with each client secret read by `secret` (given the
+    /// variable's name; `secret_files::value` also reads its `_FILE` form).
+    pub fn from_env_with<E>(
+        secret: impl Fn(&str) -> Result<Option<SecretString>, E>,
+    ) -> Result<Self, E> {
+        Ok(Self {
             github: OAuthClientSettings::from_env(
                 "GITHUB",
+                secret("KEYBROKER_OAUTH_GITHUB_CLIENT_SECRET")?,
                 "https://github.com/login/oauth/authorize",
                 "https://github.com/login/oauth/access_token",
                 "https://api.github.com/user",
@@ -522,18 +536,20 @@ impl OAuthSettings {
             ),
             google: OAuthClientSettings::from_env(
                 "GOOGLE",
+                secret("KEYBROKER_OAUTH_GOOGLE_CLIENT_SECRET")?,
                 "https://accounts.google.com/o/oauth2/v2/auth",
                 "https://oauth2.googleapis.com/token",
                 "https://openidconnect.googleapis.com/v1/userinfo",
                 None,
             ),
-        }
+        })
     }
 }
 
 impl OAuthClientSettings {
     fn from_env(
         provider: &str,
+        client_secret: Option<SecretString>,
         auth_url: &str,
         token_url: &str,
         userinfo_url: &str,
@@ -541,7 +557,7 @@ impl OAuthClientSettings {
     ) -> Option<Self> {
         let var = |what: &str| env_var(&format!("KEYBROKER_OAUTH_{provider}_{what}"));
         let client_id = var("CLIENT_ID")?;
-        let client_secret = SecretString::from(var("CLIENT_SECRET")?);
+        let client_secret = client_secret?;
         Some(Self {
             client_id,
             client_secret,

@@ -8,7 +8,7 @@ use std::path::Path;
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
-use crate::config::{ConfigError, SecretSources};
+use crate::config::{ConfigError, OAuthSettings, SecretSources, Settings};
 
 type Field = fn(&mut SecretSources) -> &mut Option<SecretString>;
 
@@ -23,9 +23,42 @@ const SECRETS: &[(&str, Field)] = &[
     }),
 ];
 
+/// Secrets outside [`SecretSources`] that also have a `_FILE` form: the SMTP URL (it may carry
+/// the mail password) and the OAuth client secrets. [`apply_services`] reads them.
+const SERVICE_SECRETS: &[&str] = &[
+    "KEYBROKER_SMTP_URL",
+    "KEYBROKER_OAUTH_GITHUB_CLIENT_SECRET",
+    "KEYBROKER_OAUTH_GOOGLE_CLIENT_SECRET",
+];
+
 /// The names of the secret variables that have a `_FILE` form.
 pub fn secret_vars() -> impl Iterator<Item = &'static str> {
-    SECRETS.iter().map(|(var, _)| *var)
+    SECRETS
+        .iter()
+        .map(|(var, _)| *var)
+        .chain(SERVICE_SECRETS.iter().copied())
+}
+
+fn both(var: &str) -> ConfigError {
+    ConfigError::Invalid(format!("set either {var} or {var}_FILE, not both"))
+}
+
+/// Secret variable `var`: its value, or the contents of the file `<var>_FILE` names.
+pub fn value(var: &str) -> Result<Option<SecretString>, ConfigError> {
+    match (set(var), set(&format!("{var}_FILE"))) {
+        (Some(_), Some(_)) => Err(both(var)),
+        (Some(v), None) => Ok(Some(SecretString::from(v))),
+        (None, Some(path)) => read(var, path.trim()).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Re-reads the mail and OAuth settings of `settings` with their secrets' `_FILE` forms
+/// (`KEYBROKER_SMTP_URL_FILE`, `KEYBROKER_OAUTH_{GITHUB,GOOGLE}_CLIENT_SECRET_FILE`).
+pub fn apply_services(settings: &mut Settings) -> Result<(), ConfigError> {
+    settings.mail.smtp_url = value("KEYBROKER_SMTP_URL")?;
+    settings.oauth = OAuthSettings::from_env_with(value)?;
+    Ok(())
 }
 
 fn set(var: &str) -> Option<String> {
@@ -55,9 +88,7 @@ pub fn apply(sources: &mut SecretSources) -> Result<(), ConfigError> {
             continue;
         };
         if set(var).is_some() {
-            return Err(ConfigError::Invalid(format!(
-                "set either {var} or {var}_FILE, not both"
-            )));
+            return Err(both(var));
         }
         *field(sources) = Some(read(var, path.trim())?);
     }

@@ -98,3 +98,79 @@ fn healthcheck_succeeds_against_a_live_server_and_fails_without_one() {
     );
     assert!(!out.ok);
 }
+
+#[tokio::test]
+async fn the_smtp_url_and_oauth_client_secrets_can_come_from_files() {
+    let sink = crate::mail_support::SmtpSink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, value: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("{value}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let env = ServerEnv::random()
+        .with("KEYBROKER_PUBLIC_URL", "http://127.0.0.1:9")
+        .with("KEYBROKER_SMTP_URL_FILE", &file("smtp_url", &sink.url()))
+        .with(
+            "KEYBROKER_OAUTH_GITHUB_CLIENT_ID",
+            "id-from-the-environment",
+        )
+        .with(
+            "KEYBROKER_OAUTH_GITHUB_CLIENT_SECRET_FILE",
+            &file("github_secret", "secret-from-a-file"),
+        );
+    let running = serve(&dir.path().join("data"), &env.pairs()).expect("serve");
+    let base = format!("http://127.0.0.1:{}", running.port);
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    // Mail goes out over SMTP, to the URL the file held.
+    let email = "files@example.com";
+    let res = client
+        .post(format!("{base}/api/v1/auth/signup"))
+        .json(&serde_json::json!({"email": email, "password": "correct horse battery staple 1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let res = client
+        .post(format!("{base}/api/v1/auth/password-reset"))
+        .json(&serde_json::json!({ "email": email }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let mail = sink.wait_for(1).await;
+    assert!(mail[0].contains(email), "{}", mail[0]);
+
+    // GitHub sign-in is configured: its client secret came from the file.
+    let res = client
+        .get(format!("{base}/auth/oauth/github/start"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    let location = res.headers()["location"].to_str().unwrap();
+    assert!(
+        location.contains("client_id=id-from-the-environment"),
+        "{location}"
+    );
+    stop(running);
+
+    // Both forms at once is refused, naming the variable and never the value.
+    let both = env.with(
+        "KEYBROKER_SMTP_URL",
+        "smtp://user:mail-password@127.0.0.1:1",
+    );
+    let err = serve(&dir.path().join("data"), &both.pairs())
+        .err()
+        .expect("refused");
+    assert!(
+        err.contains("set either KEYBROKER_SMTP_URL or KEYBROKER_SMTP_URL_FILE"),
+        "{err}"
+    );
+    assert!(!err.contains("mail-password"), "{err}");
+}

@@ -41,20 +41,25 @@ const FAVICON: &str = include_str!("../../static/favicon.svg");
 const RECENT_CALLS: u32 = 20;
 const AUDIT_PAGE: u32 = 100;
 
+/// A page route: `GET`, and `HEAD` (the same headers, no body).
+fn get() -> actix_web::Route {
+    web::route().guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(root))
-        .route("/static/app.css", web::get().to(css))
-        .route("/static/app.js", web::get().to(js))
-        .route("/static/favicon.svg", web::get().to(favicon))
-        .route("/login", web::get().to(login))
-        .route("/signup", web::get().to(signup))
-        .route("/reset", web::get().to(reset))
-        .route("/reset/confirm", web::get().to(reset_confirm))
-        .route("/dashboard", web::get().to(overview))
-        .route("/dashboard/settings/keys", web::get().to(keys))
-        .route("/dashboard/settings/tokens", web::get().to(tokens))
-        .route("/dashboard/settings/sessions", web::get().to(sessions))
-        .route("/dashboard/audit", web::get().to(audit_page));
+    cfg.route("/", get().to(root))
+        .route("/static/app.css", get().to(css))
+        .route("/static/app.js", get().to(js))
+        .route("/static/favicon.svg", get().to(favicon))
+        .route("/login", get().to(login))
+        .route("/signup", get().to(signup))
+        .route("/reset", get().to(reset))
+        .route("/reset/confirm", get().to(reset_confirm))
+        .route("/dashboard", get().to(overview))
+        .route("/dashboard/settings/keys", get().to(keys))
+        .route("/dashboard/settings/tokens", get().to(tokens))
+        .route("/dashboard/settings/sessions", get().to(sessions))
+        .route("/dashboard/audit", get().to(audit_page));
 }
 
 /// How a page may be cached and what it may send as a referrer.

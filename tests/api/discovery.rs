@@ -267,7 +267,13 @@ async fn a_wrong_method_on_an_api_path_is_a_json_405() {
 #[tokio::test]
 async fn head_on_a_get_route_answers_its_headers_without_a_body() {
     let app = TestApp::spawn().await;
-    for path in ["/healthz", "/openapi.json", "/api/v1/prices"] {
+    for path in [
+        "/healthz",
+        "/openapi.json",
+        "/api/v1/prices",
+        "/login",
+        "/static/app.css",
+    ] {
         let get = app.client.get(app.url(path)).send().await.unwrap();
         let head = app.client.head(app.url(path)).send().await.unwrap();
         assert_eq!(head.status(), get.status(), "{path}");

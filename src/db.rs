@@ -43,8 +43,8 @@ pub enum DbError {
         found: i64,
         known: usize,
     },
-    #[error("cannot make the database file {0} private to its owner: {1}")]
-    Permissions(String, std::io::Error),
+    #[error("cannot create the database file {0}: {1}")]
+    Create(String, std::io::Error),
     #[error("database task was cancelled")]
     Cancelled,
     #[error("could not start a database thread: {0}")]
@@ -87,35 +87,43 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Creates the database file readable by its owner only (0600), or narrows an existing one to
-/// that. SQLite gives the `-wal` and `-shm` files it creates beside it the same mode.
+/// that. SQLite gives the `-wal` and `-shm` files it creates beside it the same mode. A file
+/// that cannot be narrowed (owned by another user, say) is reported and left as it is: SQLite
+/// decides whether it can use it.
 fn owner_only(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
+    let created = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(false)
+        .create_new(true)
         .mode(0o600)
-        .open(path)?;
-    narrow(&file)?;
-    // Left behind by an older version that created them 0644.
-    for suffix in ["-wal", "-shm"] {
-        let mut sibling = path.as_os_str().to_owned();
-        sibling.push(suffix);
-        match std::fs::File::open(&sibling) {
-            Ok(f) => narrow(&f)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        .open(path);
+    match created {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    // An existing database, and its WAL and shared-memory files, perhaps left 0644 by an older
+    // version.
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        if let Err(e) = narrow(Path::new(&file)) {
+            tracing::warn!(path = %Path::new(&file).display(), error = %e,
+                "could not make a database file private to its owner");
         }
     }
     Ok(())
 }
 
-fn narrow(file: &std::fs::File) -> std::io::Result<()> {
+fn narrow(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
-    let mode = file.metadata()?.permissions().mode();
+    let mode = match std::fs::metadata(path) {
+        Ok(m) => m.permissions().mode(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
     if mode & 0o077 != 0 {
-        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))?;
     }
     Ok(())
 }
@@ -134,7 +142,7 @@ impl Db {
     /// Opens (creating if needed) the database file, switches it to WAL, and migrates it.
     /// A database whose schema is newer than this binary is refused untouched.
     pub fn open(path: &Path) -> Result<Self, DbError> {
-        owner_only(path).map_err(|e| DbError::Permissions(path.display().to_string(), e))?;
+        owner_only(path).map_err(|e| DbError::Create(path.display().to_string(), e))?;
         let mut writer = Connection::open(path)?;
         configure(&writer)?;
         let found: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;

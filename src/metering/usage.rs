@@ -66,8 +66,53 @@ pub fn usage_from_body(
     body: &[u8],
     request_model: Option<&str>,
 ) -> Option<Usage> {
-    let value: Value = serde_json::from_slice(body).ok()?;
+    let value = if body.trim_ascii_start().starts_with(b"[") {
+        serde_json::from_slice::<Value>(body).ok()?
+    } else {
+        serde_json::from_slice::<Metered>(body).ok()?.0
+    };
     usage_from_json(dialect, &value, request_model)
+}
+
+/// The members of a response object that usage and the model are read from.
+const METERED_MEMBERS: [&str; 6] = [
+    "usage",
+    "usageMetadata",
+    "model",
+    "modelVersion",
+    "response",
+    "message",
+];
+
+/// A response object with only [`METERED_MEMBERS`] built; every other member (the generated
+/// content, most of a large body) is checked as JSON and skipped, never allocated.
+struct Metered(Value);
+
+impl<'de> serde::Deserialize<'de> for Metered {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = Metered;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Metered, A::Error> {
+                let mut kept = serde_json::Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if METERED_MEMBERS.contains(&key.as_str()) {
+                        kept.insert(key, map.next_value()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(Metered(Value::Object(kept)))
+            }
+        }
+        d.deserialize_map(Members)
+    }
 }
 
 /// Usage from a parsed JSON response. A Google body that is an array (a buffered
@@ -531,6 +576,62 @@ impl JsonArraySplitter {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_whole_body_meters_as_its_full_parse_does_with_its_content_skipped() {
+        let content = "word \\\" ".repeat(5_000);
+        let bodies = [
+            (
+                Dialect::OpenAi,
+                json!({"id": "c", "model": "gpt-4o-2024-08-06",
+                    "choices": [{"message": {"content": content}}],
+                    "usage": {"prompt_tokens": 120, "completion_tokens": 40,
+                        "prompt_tokens_details": {"cached_tokens": 100},
+                        "completion_tokens_details": {"reasoning_tokens": 10}}}),
+            ),
+            (
+                Dialect::OpenAi,
+                json!({"object": "response", "model": "o3", "output": [{"content": content}],
+                    "usage": {"input_tokens": 9, "output_tokens": 7}}),
+            ),
+            (
+                Dialect::Anthropic,
+                json!({"type": "message", "model": "claude-sonnet-4-5",
+                    "content": [{"type": "text", "text": content}],
+                    "usage": {"input_tokens": 12, "output_tokens": 30,
+                        "cache_read_input_tokens": 5}}),
+            ),
+            (
+                Dialect::Google,
+                json!({"candidates": [{"content": {"parts": [{"text": content}]}}],
+                    "modelVersion": "gemini-2.5-flash",
+                    "usageMetadata": {"promptTokenCount": 8, "candidatesTokenCount": 3}}),
+            ),
+            (
+                Dialect::Google,
+                json!([{"usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 1}},
+                    {"candidates": [], "modelVersion": "gemini-2.5-pro",
+                        "usageMetadata": {"promptTokenCount": 8, "candidatesTokenCount": 5}}]),
+            ),
+            (Dialect::OpenAi, json!({"choices": [{"text": content}]})),
+        ];
+        let mut metered = 0;
+        for (dialect, body) in bodies {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let usage = usage_from_body(dialect, &bytes, Some("asked"));
+            assert_eq!(
+                usage,
+                usage_from_json(dialect, &body, Some("asked")),
+                "{dialect:?}"
+            );
+            metered += usize::from(usage.is_some_and(|u| u.output_tokens > 0));
+        }
+        assert_eq!(metered, 5);
+        assert!(
+            usage_from_body(Dialect::OpenAi, br#"{"usage": {"prompt_tokens": 1}"#, None).is_none()
+        );
+        assert!(usage_from_body(Dialect::OpenAi, b"42", None).is_none());
+    }
 
     fn sse(events: &[(&str, Value)]) -> Vec<u8> {
         let mut out = String::new();

@@ -283,7 +283,7 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
-                .app_data(web::Data::new(crate::proxy::upstream_client(
+                .app_data(web::Data::new(crate::proxy::UpstreamClient::new(
                     &proxy_settings,
                 )))
                 .app_data(extractors::json_config(API_JSON_LIMIT))

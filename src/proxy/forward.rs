@@ -282,7 +282,7 @@ pub async fn proxy(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-    client: web::Data<awc::Client>,
+    upstream_client: web::Data<crate::proxy::UpstreamClient>,
 ) -> Result<HttpResponse, ApiError> {
     let started = std::time::Instant::now();
     let proxy = &state.proxy;
@@ -477,6 +477,7 @@ pub async fn proxy(
     drop(plaintext);
 
     let url = upstream_path.join(proxy.base_url(provider));
+    let client = crate::proxy::UpstreamClient::checkout(&upstream_client);
     let mut upstream = client.request(req.method().clone(), url.as_str());
     for (name, value) in headers::request_headers(req.headers()) {
         upstream = upstream.insert_header((name, value));

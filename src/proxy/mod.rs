@@ -5,6 +5,8 @@ pub mod body;
 pub mod forward;
 pub mod headers;
 pub mod path;
+pub mod upstream;
 pub mod upstream_error;
 
 pub use forward::{proxy, upstream_client, Proxy, ProxySettings};
+pub use upstream::UpstreamClient;

@@ -18,7 +18,7 @@ pub async fn proxy(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-    client: web::Data<awc::Client>,
+    client: web::Data<crate::proxy::UpstreamClient>,
 ) -> Result<HttpResponse, ApiError> {
     // A registry id, never what the client typed: that would let clients mint label values.
     let provider = state

@@ -1044,3 +1044,95 @@ async fn a_login_storm_does_not_stop_proxied_calls() {
     assert!(logins >= 16, "the storm ran ({logins} logins)");
     app.assert_not_logged(PASSWORD);
 }
+
+#[tokio::test]
+async fn upstream_connections_left_idle_after_a_burst_are_closed_without_waiting_for_a_call() {
+    // A keep-alive upstream that answers every request on a connection and counts the
+    // connections still open.
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = open.clone();
+    let upstream = RawUpstream::start(move |mut s, mut request| {
+        let open = counted.clone();
+        async move {
+            open.fetch_add(1, Ordering::SeqCst);
+            let body = format!(
+                r#"{{"id":"c","object":"chat.completion","model":"gpt-4o-mini","choices":[],"usage":{{"prompt_tokens":{},"completion_tokens":{}}}}}"#,
+                OPENAI_USAGE.0, OPENAI_USAGE.1
+            );
+            while !request.is_empty() {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                );
+                if s.write_all(head.as_bytes()).await.is_err()
+                    || s.write_all(body.as_bytes()).await.is_err()
+                {
+                    break;
+                }
+                // Some time with the connection busy, so a burst needs many of them.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                request = read_request(&mut s).await;
+            }
+            open.fetch_sub(1, Ordering::SeqCst);
+        }
+    })
+    .await;
+    let url = upstream.url.clone();
+    let app = TestApp::spawn_with(move |s| {
+        s.proxy.upstreams.insert("openai".into(), url);
+        s.proxy.upstream_idle = Duration::from_secs(1);
+    })
+    .await;
+    let s = app.signed_up().await;
+    add_key(&app, &s, "openai", OPENAI_KEY).await;
+    let token = token(&app, &s, None).await;
+
+    let calls: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, url, t) = (
+                app.client.clone(),
+                app.url("/proxy/openai/v1/chat/completions"),
+                token.clone(),
+            );
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .bearer_auth(t)
+                    .json(&json!({"model": "gpt-4o-mini", "messages": []}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), 200);
+    }
+    let after_burst = open.load(Ordering::SeqCst);
+    assert!(
+        after_burst > 1,
+        "the burst used {after_burst} connection(s)"
+    );
+
+    // No call from here on: the idle connections still close, soon after the 1 s keep-alive.
+    let deadline = Instant::now() + Duration::from_secs(1) + SLACK;
+    while open.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        open.load(Ordering::SeqCst),
+        0,
+        "{after_burst} idle upstream connections were left open"
+    );
+    // And the next call is served on a fresh connection.
+    let res = app
+        .client
+        .post(app.url("/proxy/openai/v1/chat/completions"))
+        .bearer_auth(&token)
+        .json(&json!({"model": "gpt-4o-mini", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}

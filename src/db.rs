@@ -227,17 +227,27 @@ impl Db {
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
-        let readers = &self.inner.readers;
-        let start = self.inner.next_reader.fetch_add(1, Ordering::Relaxed);
-        for i in 0..readers.len() {
-            if let Some(slot) = readers.get((start + i) % readers.len()) {
-                if let Ok(conn) = slot.try_lock() {
-                    return f(&conn);
-                }
-            }
+        if let Ok(conn) = self.free_reader() {
+            return f(&conn);
         }
         // Every reader is busy (an export, say): wait for one off the worker.
         self.read(f).await
+    }
+
+    /// A reader connection nobody holds, trying each once from a rotating start; when all are
+    /// busy, `Err` with that start (the one to wait for).
+    fn free_reader(&self) -> Result<std::sync::MutexGuard<'_, Connection>, usize> {
+        let readers = &self.inner.readers;
+        let start = self.inner.next_reader.fetch_add(1, Ordering::Relaxed);
+        for i in 0..readers.len() {
+            if let Some(Ok(conn)) = readers
+                .get((start + i) % readers.len())
+                .map(Mutex::try_lock)
+            {
+                return Ok(conn);
+            }
+        }
+        Err(start)
     }
 
     /// The writer, from a thread that may block (CLI commands, the batching writer).
@@ -257,15 +267,11 @@ impl Db {
 
     /// A reader, from a thread that may block.
     pub fn read_blocking<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E> {
+        let start = match self.free_reader() {
+            Ok(conn) => return f(&conn),
+            Err(start) => start,
+        };
         let readers = &self.inner.readers;
-        let start = self.inner.next_reader.fetch_add(1, Ordering::Relaxed);
-        for i in 0..readers.len() {
-            if let Some(slot) = readers.get((start + i) % readers.len()) {
-                if let Ok(conn) = slot.try_lock() {
-                    return f(&conn);
-                }
-            }
-        }
         match readers.get(start % readers.len().max(1)) {
             Some(slot) => f(&slot.lock().unwrap_or_else(PoisonError::into_inner)),
             None => f(&self

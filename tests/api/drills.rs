@@ -1098,7 +1098,7 @@ async fn upstream_connections_left_idle_after_a_burst_are_closed_without_waiting
                 client
                     .post(url)
                     .bearer_auth(t)
-                    .json(&json!({"model": "gpt-4o-mini", "messages": []}))
+                    .json(&chat("gpt-4o-mini"))
                     .send()
                     .await
                     .unwrap()
@@ -1130,7 +1130,7 @@ async fn upstream_connections_left_idle_after_a_burst_are_closed_without_waiting
         .client
         .post(app.url("/proxy/openai/v1/chat/completions"))
         .bearer_auth(&token)
-        .json(&json!({"model": "gpt-4o-mini", "messages": []}))
+        .json(&chat("gpt-4o-mini"))
         .send()
         .await
         .unwrap();

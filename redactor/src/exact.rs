@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use zeroize::Zeroizing;
 
 /// Secrets shorter than this are refused: no real key is, and redacting short strings exactly
 /// would destroy ordinary text.
@@ -26,6 +27,35 @@ const WIN: usize = 16;
 const STRIDE: usize = 8;
 const LONG_MIN: usize = WIN + STRIDE - 1;
 const FILTER_LOG2: u32 = 18;
+
+/// A registered value or one of its encodings. These are plaintext keys: the buffer is wiped
+/// when the last reference to it drops (the value's release), never left in freed memory.
+pub(crate) type Form = Arc<Zeroizing<Vec<u8>>>;
+
+/// A registered value as the key of the registry's map, looked up by its bytes.
+#[derive(Clone)]
+pub(crate) struct SecretKey(Form);
+
+impl std::borrow::Borrow<[u8]> for SecretKey {
+    fn borrow(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+impl PartialEq for SecretKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_slice() == other.0.as_slice()
+    }
+}
+
+impl Eq for SecretKey {}
+
+impl std::hash::Hash for SecretKey {
+    // The same hash as the `[u8]` it borrows as, which `Borrow` requires.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.as_slice().hash(state);
+    }
+}
 
 /// Fingerprints are already well mixed; hashing them again would only cost time.
 #[derive(Default)]
@@ -107,23 +137,23 @@ impl Filter {
 }
 
 struct Slot {
-    form: Arc<[u8]>,
+    form: Form,
     offset: usize,
 }
 
 struct Entry {
     refs: usize,
-    forms: Vec<Arc<[u8]>>,
+    forms: Vec<Form>,
 }
 
 struct Index {
     long: FpMap<Vec<Slot>>,
     long_filter: Filter,
     long_stale: usize,
-    short: FpMap<Vec<Arc<[u8]>>>,
+    short: FpMap<Vec<Form>>,
     short_filter: Filter,
     short_stale: usize,
-    secrets: HashMap<Arc<[u8]>, Entry>,
+    secrets: HashMap<SecretKey, Entry>,
 }
 
 /// The shared set of registered values. Owned by a `Redactor` and by every live `Registration`.
@@ -164,27 +194,26 @@ impl Registry {
     }
 
     /// Adds one reference to `secret`; returns the key to release it with.
-    pub(crate) fn add(&self, secret: &[u8]) -> Arc<[u8]> {
+    pub(crate) fn add(&self, secret: &[u8]) -> SecretKey {
         let mut ix = self.write();
-        let existing = ix.secrets.get_key_value(secret).map(|(k, _)| Arc::clone(k));
+        let existing = ix.secrets.get_key_value(secret).map(|(k, _)| k.clone());
         if let Some(key) = existing {
             if let Some(e) = ix.secrets.get_mut(&key) {
                 e.refs += 1;
             }
             return key;
         }
-        let key: Arc<[u8]> = Arc::from(secret);
-        let forms: Vec<Arc<[u8]>> = encoded_forms(secret).into_iter().map(Arc::from).collect();
+        let key = SecretKey(Arc::new(Zeroizing::new(secret.to_vec())));
+        let forms: Vec<Form> = encoded_forms(secret).into_iter().map(Arc::new).collect();
         for form in &forms {
             ix.insert_form(form);
         }
-        ix.secrets
-            .insert(Arc::clone(&key), Entry { refs: 1, forms });
+        ix.secrets.insert(key.clone(), Entry { refs: 1, forms });
         self.live.store(ix.secrets.len(), Ordering::Relaxed);
         key
     }
 
-    pub(crate) fn release(&self, key: &Arc<[u8]>) {
+    pub(crate) fn release(&self, key: &SecretKey) {
         let mut ix = self.write();
         let gone = match ix.secrets.get_mut(key) {
             Some(e) => {
@@ -248,7 +277,7 @@ fn push_if_at(text: &[u8], start: usize, form: &[u8], out: &mut Vec<Span>) {
 }
 
 impl Index {
-    fn insert_form(&mut self, form: &Arc<[u8]>) {
+    fn insert_form(&mut self, form: &Form) {
         if form.len() >= LONG_MIN {
             for offset in 0..STRIDE {
                 if let Some(fp) = long_fp(form, offset) {
@@ -265,7 +294,7 @@ impl Index {
         }
     }
 
-    fn remove_form(&mut self, form: &Arc<[u8]>) {
+    fn remove_form(&mut self, form: &Form) {
         if form.len() >= LONG_MIN {
             for offset in 0..STRIDE {
                 let Some(fp) = long_fp(form, offset) else {
@@ -306,7 +335,7 @@ impl Index {
 pub(crate) fn scan_extra(text: &[u8], extra: &[&[u8]], out: &mut Vec<Span>) {
     for value in extra.iter().filter(|v| v.len() >= MIN_SECRET_LEN) {
         for form in encoded_forms(value) {
-            for start in memchr::memmem::find_iter(text, &form) {
+            for start in memchr::memmem::find_iter(text, form.as_slice()) {
                 out.push(Span {
                     start,
                     end: start + form.len(),
@@ -317,11 +346,12 @@ pub(crate) fn scan_extra(text: &[u8], extra: &[&[u8]], out: &mut Vec<Span>) {
     }
 }
 
-fn percent_encode(v: &[u8], upper: bool) -> Vec<u8> {
+fn percent_encode(v: &[u8], upper: bool) -> Zeroizing<Vec<u8>> {
     const UPPER: &[u8; 16] = b"0123456789ABCDEF";
     const LOWER: &[u8; 16] = b"0123456789abcdef";
     let hex = if upper { UPPER } else { LOWER };
-    let mut out = Vec::with_capacity(v.len());
+    // Sized for the worst case up front: growing would leave a copy behind in freed memory.
+    let mut out = Zeroizing::new(Vec::with_capacity(v.len().saturating_mul(3)));
     for &b in v {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(b);
@@ -334,8 +364,8 @@ fn percent_encode(v: &[u8], upper: bool) -> Vec<u8> {
     out
 }
 
-fn json_escape(v: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(v.len());
+fn json_escape(v: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(v.len().saturating_mul(2)));
     for &b in v {
         if matches!(b, b'/' | b'"' | b'\\') {
             out.push(b'\\');
@@ -345,40 +375,53 @@ fn json_escape(v: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `secret` in `engine`'s base64, in a buffer that is wiped when dropped.
+fn base64_of(engine: &base64::engine::GeneralPurpose, secret: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(vec![
+        0u8;
+        base64::encoded_len(secret.len(), true).unwrap_or(0)
+    ]);
+    let written = engine.encode_slice(secret, out.as_mut_slice()).unwrap_or(0);
+    out.truncate(written);
+    out
+}
+
 /// The forms a secret is searched for: itself, percent-encoded (both hex cases), JSON-escaped,
 /// base64 and base64url (padded and not), and the part of its base64 that is fixed whatever
 /// precedes and follows it inside a longer base64 stream (as in `Basic base64(user:key)`), for
-/// each of the three alignments. Forms shorter than [`MIN_SECRET_LEN`] are dropped.
-pub(crate) fn encoded_forms(secret: &[u8]) -> Vec<Vec<u8>> {
+/// each of the three alignments. Forms shorter than [`MIN_SECRET_LEN`] are dropped. Every buffer
+/// that holds a form, or a step towards one, is wiped when it drops.
+pub(crate) fn encoded_forms(secret: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
     let mut out = vec![
-        secret.to_vec(),
+        Zeroizing::new(secret.to_vec()),
         percent_encode(secret, true),
         percent_encode(secret, false),
         json_escape(secret),
-        STANDARD.encode(secret).into_bytes(),
-        STANDARD_NO_PAD.encode(secret).into_bytes(),
-        URL_SAFE.encode(secret).into_bytes(),
-        URL_SAFE_NO_PAD.encode(secret).into_bytes(),
+        base64_of(&STANDARD, secret),
+        base64_of(&STANDARD_NO_PAD, secret),
+        base64_of(&URL_SAFE, secret),
+        base64_of(&URL_SAFE_NO_PAD, secret),
     ];
     for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
         for lead_bytes in 0..3usize {
-            let mut buf = vec![0u8; lead_bytes];
+            let mut buf = Zeroizing::new(Vec::with_capacity(lead_bytes + secret.len()));
+            buf.resize(lead_bytes, 0);
             buf.extend_from_slice(secret);
-            let enc = engine.encode(&buf).into_bytes();
+            let enc = base64_of(engine, &buf);
             // Characters mixing in bits of the unknown neighbours are cut off: the leading group's
             // first 2 (one leading byte) or 3 (two) characters, the trailing partial group's last.
             let lead_chars = [0, 2, 3].get(lead_bytes).copied().unwrap_or(0);
             let total = buf.len();
             let stable_end = total / 3 * 4 + total % 3;
             if let Some(mid) = enc.get(lead_chars..stable_end.min(enc.len())) {
-                out.push(mid.to_vec());
+                out.push(Zeroizing::new(mid.to_vec()));
             }
         }
     }
     out.retain(|f| f.len() >= MIN_SECRET_LEN);
-    out.sort();
-    out.dedup();
+    out.sort_by(|a, b| a.as_slice().cmp(b.as_slice()));
+    out.dedup_by(|a, b| a.as_slice() == b.as_slice());
     out
 }
 

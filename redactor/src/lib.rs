@@ -102,7 +102,7 @@ impl fmt::Debug for Redactor {
 /// last of its registrations is dropped. `Debug` shows only whether the registration is active.
 #[must_use = "the value is unregistered as soon as the Registration is dropped"]
 pub struct Registration {
-    held: Option<(Arc<exact::Registry>, Arc<[u8]>)>,
+    held: Option<(Arc<exact::Registry>, exact::SecretKey)>,
 }
 
 impl Registration {

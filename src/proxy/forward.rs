@@ -241,27 +241,40 @@ async fn read_body(
     Ok(body.freeze())
 }
 
-/// The header that carries the key upstream. The formatted value lives in a zeroizing buffer;
-/// the header value itself is marked sensitive so no debug output prints it.
+/// The header that carries the key upstream. Its value lives in a zeroizing buffer that the
+/// header value shares (not copies): the last holder to drop it, awc once the request is
+/// written, wipes it. Built at its exact size, so no growth leaves a copy in freed memory. The
+/// value is marked sensitive so no debug output prints it.
 fn key_header(injection: Injection, key: &str) -> Result<(HeaderName, HeaderValue), ApiError> {
+    let with_prefix = |prefix: &str, body: &[u8]| {
+        let mut v = Zeroizing::new(Vec::with_capacity(prefix.len() + body.len()));
+        v.extend_from_slice(prefix.as_bytes());
+        v.extend_from_slice(body);
+        v
+    };
     let (name, value) = match injection {
         Injection::Bearer => (
             HeaderName::from_static("authorization"),
-            Zeroizing::new(format!("Bearer {key}")),
+            with_prefix("Bearer ", key.as_bytes()),
         ),
         Injection::Header(name) => (
             HeaderName::from_bytes(name.as_bytes()).map_err(ApiError::internal)?,
-            Zeroizing::new(key.to_owned()),
+            with_prefix("", key.as_bytes()),
         ),
-        Injection::Basic => (
-            HeaderName::from_static("authorization"),
-            Zeroizing::new(format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(key)
-            )),
-        ),
+        Injection::Basic => {
+            let engine = &base64::engine::general_purpose::STANDARD;
+            let mut encoded =
+                Zeroizing::new(vec![0u8; base64::encoded_len(key.len(), true).unwrap_or(0)]);
+            let written = engine
+                .encode_slice(key, encoded.as_mut_slice())
+                .map_err(ApiError::internal)?;
+            (
+                HeaderName::from_static("authorization"),
+                with_prefix("Basic ", encoded.get(..written).unwrap_or_default()),
+            )
+        }
     };
-    let mut value = HeaderValue::from_str(&value)
+    let mut value = HeaderValue::from_maybe_shared(web::Bytes::from_owner(value))
         .map_err(|_| ApiError::internal("stored key is not a valid header value"))?;
     value.set_sensitive(true);
     Ok((name, value))
@@ -637,4 +650,35 @@ fn route_of(path: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::STANDARD;
+
+    #[test]
+    fn the_key_header_carries_the_key_in_each_injection_and_is_sensitive() {
+        let key = "sk-test-0123456789abcdefghijklmnop";
+        let cases = [
+            (Injection::Bearer, "authorization", format!("Bearer {key}")),
+            (Injection::Header("x-api-key"), "x-api-key", key.to_owned()),
+            (
+                Injection::Basic,
+                "authorization",
+                format!("Basic {}", STANDARD.encode(key)),
+            ),
+        ];
+        for (injection, name, expected) in cases {
+            let (n, v) = key_header(injection, key).unwrap();
+            assert_eq!(n.as_str(), name);
+            assert_eq!(v.as_bytes(), expected.as_bytes());
+            assert!(v.is_sensitive());
+            assert!(!format!("{v:?}").contains(key));
+        }
+        // A key that is not a valid header value is refused, and the error does not quote it.
+        let bad = "sk-test-0123456789\nabcdefghijklmnop";
+        let err = key_header(Injection::Bearer, bad).unwrap_err();
+        assert!(!format!("{err:?}").contains("0123456789"));
+    }
 }

@@ -435,6 +435,95 @@ async fn an_upstream_that_echoes_the_key_never_gets_it_to_the_client_or_the_logs
     }
 }
 
+/// Copies of `head` immediately followed by `tail` in this process's readable memory that no
+/// file backs (heap, thread arenas, stacks), read through `/proc/self/mem`. The two halves are
+/// passed apart so that the search itself never puts the whole value in memory.
+#[cfg(target_os = "linux")]
+fn copies_in_memory(head: &[u8], tail: &[u8]) -> usize {
+    use std::io::{Read, Seek, SeekFrom};
+    let whole = head.len() + tail.len();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let mut mem = std::fs::File::open("/proc/self/mem").unwrap();
+    let mut found = 0;
+    let mut chunk = vec![0u8; 1 << 20];
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (range, perms) = (fields[0], fields[1]);
+        let path = fields.get(5).copied().unwrap_or("");
+        if !perms.starts_with('r') || path.starts_with('/') || path.starts_with("[v") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        // Chunks overlap by `whole - 1` bytes; a match is counted in the chunk where it ends
+        // past the overlap, so none is missed or counted twice.
+        let mut at = start;
+        while at < end {
+            let len = usize::try_from((end - at).min(chunk.len() as u64)).unwrap();
+            if mem.seek(SeekFrom::Start(at)).is_err() || mem.read_exact(&mut chunk[..len]).is_err()
+            {
+                break;
+            }
+            let seen = &chunk[..len];
+            let overlap = if at == start { 0 } else { whole - 1 };
+            found += memchr::memmem::find_iter(seen, head)
+                .filter(|&i| i + whole > overlap && seen[i + head.len()..].starts_with(tail))
+                .count();
+            if at + len as u64 >= end {
+                break;
+            }
+            at += (len - (whole - 1)) as u64;
+        }
+    }
+    found
+}
+
+/// Invariant 1 after the call: the redactor computes a key's base64 forms to catch them in logs,
+/// and nothing else in this process ever does, so any copy found is one that was freed unwiped.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn no_encoding_of_a_key_is_left_in_memory_once_its_calls_end() {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use base64::Engine as _;
+    let (app, _upstream) = app_with_upstream().await;
+    let s = app.signed_up().await;
+    let key = crate::key_helpers::openai_key();
+    add_key(&app, &s, "openai", &key).await;
+    let t = token(&app, &s, None).await;
+    for _ in 0..40 {
+        let res = openai_chat(&app, &t).await;
+        assert_eq!(res.status(), 200);
+        res.bytes().await.unwrap();
+    }
+    // Halves of the middle of each encoding (the start of a freed buffer is overwritten by the
+    // allocator's own bookkeeping, the middle is not), computed in a buffer that is wiped.
+    let halves: Vec<(Vec<u8>, Vec<u8>)> = [&STANDARD, &URL_SAFE_NO_PAD]
+        .into_iter()
+        .map(|engine| {
+            let mut form = zeroize::Zeroizing::new(vec![0u8; 4 * key.len().div_ceil(3)]);
+            engine.encode_slice(&key, form.as_mut_slice()).unwrap();
+            (form[24..44].to_vec(), form[44..64].to_vec())
+        })
+        .collect();
+    // The last call's registration drops just after its body is sent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let left: Vec<usize> = halves
+            .iter()
+            .map(|(head, tail)| copies_in_memory(head, tail))
+            .collect();
+        if left.iter().all(|n| *n == 0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "copies of the key's base64 forms left in memory: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn bad_tokens_scopes_and_missing_keys_get_their_own_errors() {
     let (app, upstream) = app_with_upstream().await;

@@ -69,7 +69,7 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn the_descriptor_table_is_grown_once_and_no_descriptor_is_left_open() {
+    fn the_descriptor_table_is_grown_to_the_wanted_size_and_no_descriptor_is_left_open() {
         let open = || std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count);
         let before = open();
         let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)

@@ -203,8 +203,16 @@ impl Registry {
             }
             return key;
         }
-        let key = SecretKey(Arc::new(Zeroizing::new(secret.to_vec())));
         let forms: Vec<Form> = encoded_forms(secret).into_iter().map(Arc::new).collect();
+        // The secret is itself one of its forms (never dropped: `register` refuses shorter ones),
+        // so the key shares that buffer instead of holding one more copy of the plaintext.
+        let key = SecretKey(
+            forms
+                .iter()
+                .find(|f| f.as_slice() == secret)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Zeroizing::new(secret.to_vec()))),
+        );
         for form in &forms {
             ix.insert_form(form);
         }

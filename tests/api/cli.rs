@@ -190,6 +190,39 @@ fn serve_on_an_empty_data_dir_comes_up_in_wal_mode_and_answers_healthz() {
     stop(again);
 }
 
+/// The served binary allocates with jemalloc, built with the settings in `.cargo/config.toml`:
+/// its background thread, which hands freed memory back to the kernel, is running (ARCHITECTURE.md,
+/// "Memory"). A build without those settings would have no such thread.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn serve_runs_jemallocs_background_purging_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = serve(&dir.path().join("data"), &[]).expect("serve starts");
+    assert_eq!(http_get(running.port, "/healthz").0, 200);
+    let pid = running.child.id();
+    let names = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks
+                    .filter_map(Result::ok)
+                    .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                    .map(|c| c.trim().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !names().iter().any(|n| n == "jemalloc_bg_thd") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no jemalloc background thread among {:?}",
+            names()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop(running);
+}
+
 #[test]
 fn serve_refuses_to_start_with_the_wrong_master_key_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();

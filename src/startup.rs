@@ -17,7 +17,9 @@ use crate::db::{Db, DbError};
 use crate::error::extractors;
 use crate::http::client_addr::{self, TrustedProxies};
 use crate::http::tls::{self, CertStore, TlsError};
-use crate::http::{access_log, body_deadline, every_response, key_in_url, request_id};
+use crate::http::{
+    access_log, body_deadline, compact_head, every_response, key_in_url, request_id,
+};
 use crate::mail::{self, MailError, MailWorker, Mailer, Outbox};
 use crate::metering::prices::PriceTable;
 use crate::proxy::Proxy;
@@ -298,6 +300,9 @@ impl Application {
                 .wrap(from_fn(access_log::middleware))
                 .wrap(from_fn(client_addr::middleware))
                 .wrap(from_fn(request_id::middleware))
+                // Outermost, so no layer has cloned a header value before it is moved out of the
+                // connection's read buffer.
+                .wrap(from_fn(compact_head::middleware))
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
         })

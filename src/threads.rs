@@ -25,9 +25,10 @@ pub const PRESIZED_DESCRIPTORS: u32 = 8192;
 /// period (`synchronize_rcu`, 10 to 30 ms on a loaded machine) inside the `socket`/`accept`
 /// call that needed it. Measured on the bench: when the first burst of 280 connections arrived,
 /// the worker stalled in upstream `socket()` calls and the accept thread in `accept4()`, and
-/// every call of that burst waited. Called first thing in `serve`, before any other thread
-/// exists, the growth costs nothing; afterwards the table never shrinks. Failure is harmless:
-/// the table then grows on demand as before.
+/// every call of that burst waited. Called first thing in `serve`, before the workers exist, the
+/// one growth waits at start instead: 11 ms measured, because jemalloc's background thread
+/// (`src/main.rs`) already shares the table. Afterwards the table never shrinks. Failure is
+/// harmless: the table then grows on demand as before.
 pub fn presize_descriptor_table(want: u32) {
     #[cfg(unix)]
     {

@@ -205,7 +205,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    // Before any thread is started: growing the table later stalls the thread that needed it.
+    // Before the runtime and its workers start: growing the table later stalls the thread that
+    // needed it (only jemalloc's background thread exists by now; see `threads`).
     crate::threads::presize_descriptor_table(crate::threads::PRESIZED_DESCRIPTORS);
     // The logs directory lives in the data dir; create it before logging starts so a bad data
     // dir is reported as such, not as a logging failure.

@@ -620,10 +620,17 @@ pub async fn proxy(
         record,
         guards: vec![Box::new(registration), Box::new(in_flight)],
     };
+    // Withholding OpenAI's usage chunk changes a stream's length; nothing else does.
+    let filtered = strip_usage_chunk && content_type.starts_with("text/event-stream");
+    let length = if filtered {
+        None
+    } else {
+        headers::declared_length(req.method(), status, response.headers())
+    };
     let body = MeteredBody::new(
         Box::pin(response),
         settlement,
-        strip_usage_chunk && content_type.starts_with("text/event-stream"),
+        filtered,
         proxy.settings.read_timeout,
     );
     proxy
@@ -634,7 +641,10 @@ pub async fn proxy(
     // (waiting for that chunk is the provider's time, not ours: it is not in the overhead).
     let primed = body.primed().await;
     let body = primed.map_err(|e| e.into_api_error(provider.id))?;
-    Ok(out.streaming(body))
+    Ok(match length {
+        Some(length) => out.body(actix_web::body::SizedStream::new(length, body)),
+        None => out.streaming(body),
+    })
 }
 
 /// The upstream path with ids blanked, for usage records and logs: `/v1/files/{id}`.

@@ -75,7 +75,8 @@ pub fn request_headers(
 }
 
 /// Whether a response header from the provider may be passed to the tool. `content-length` is
-/// recomputed by keybroker (a stream may be altered: see the usage chunk of OpenAI streams).
+/// set by keybroker (see [`declared_length`]; a stream may be altered: see the usage chunk of
+/// OpenAI streams).
 pub fn forward_response_header(name: &HeaderName, connection_named: &[String]) -> bool {
     let n = name.as_str();
     !(HOP_BY_HOP.contains(&n)
@@ -83,6 +84,40 @@ pub fn forward_response_header(name: &HeaderName, connection_named: &[String]) -
         || n == "set-cookie"
         || n.starts_with("x-keybroker-")
         || connection_named.iter().any(|c| c == n))
+}
+
+/// The body length the provider declared, when keybroker can pass it on to the tool: one
+/// `Content-Length` of digits, no `Transfer-Encoding`, on a response that has a body (not to
+/// HEAD, not 1xx, 204 or 304). awc reads the provider's body by that length, so the tool gets
+/// exactly that many bytes or a connection that breaks off, as it would from the provider.
+///
+/// Why: a body of known length goes out with `Content-Length` instead of chunked framing, as the
+/// provider sent it (and as nginx passes it): smaller, cheaper for every client to read, and
+/// what HTTP/1.0 clients and download progress bars need.
+pub fn declared_length(
+    method: &actix_web::http::Method,
+    status: actix_web::http::StatusCode,
+    headers: &HeaderMap,
+) -> Option<u64> {
+    use actix_web::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    if method == actix_web::http::Method::HEAD
+        || status.is_informational()
+        || status == actix_web::http::StatusCode::NO_CONTENT
+        || status == actix_web::http::StatusCode::NOT_MODIFIED
+        || headers.contains_key(TRANSFER_ENCODING)
+    {
+        return None;
+    }
+    let mut values = headers.get_all(CONTENT_LENGTH);
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let digits = value.as_bytes();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    value.to_str().ok()?.parse().ok()
 }
 
 pub fn response_headers(
@@ -225,5 +260,34 @@ mod tests {
             kept,
             ["content-type", "openai-processing-ms", "x-request-id"]
         );
+    }
+
+    #[test]
+    fn a_single_plain_content_length_is_passed_on_and_anything_doubtful_is_not() {
+        use actix_web::http::{Method, StatusCode};
+        let ok = StatusCode::OK;
+        let length = |pairs: &[(&'static str, &'static str)]| {
+            declared_length(&Method::POST, ok, &map(pairs))
+        };
+        assert_eq!(length(&[("content-length", "256")]), Some(256));
+        assert_eq!(length(&[("content-length", "0")]), Some(0));
+        assert_eq!(length(&[]), None);
+        assert_eq!(length(&[("content-length", "")]), None);
+        assert_eq!(length(&[("content-length", "+5")]), None);
+        assert_eq!(length(&[("content-length", "5, 5")]), None);
+        assert_eq!(length(&[("content-length", "99999999999999999999")]), None);
+        assert_eq!(
+            length(&[("content-length", "5"), ("content-length", "5")]),
+            None
+        );
+        assert_eq!(
+            length(&[("content-length", "5"), ("transfer-encoding", "chunked")]),
+            None
+        );
+        let h = map(&[("content-length", "256")]);
+        assert_eq!(declared_length(&Method::HEAD, ok, &h), None);
+        for status in [StatusCode::NO_CONTENT, StatusCode::NOT_MODIFIED] {
+            assert_eq!(declared_length(&Method::GET, status, &h), None);
+        }
     }
 }

@@ -362,11 +362,42 @@ async fn a_200_with_invalid_json_is_passed_through_and_charged_its_hold() {
     let out = d.faulty_call(d.body(&m)).await;
     assert_eq!(out.status, 200);
     assert_eq!(out.body.as_deref().unwrap(), b"{\"choices\": [tru");
+    // The provider's length goes on to the tool, not chunked framing.
+    assert_eq!(out.headers["content-length"], "16");
+    assert!(out.headers.get("transfer-encoding").is_none());
     assert!(
         d.settled_spend().await > 0,
         "no usage to go by: fail closed"
     );
     d.assert_nothing_leaked(&out, &m);
+}
+
+#[tokio::test]
+async fn a_body_shorter_than_its_content_length_breaks_off_at_the_tool_and_is_charged_its_hold() {
+    let faulty = RawUpstream::start(|mut s, _| async move {
+        let head =
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 4096\r\n\r\n";
+        let _ = s.write_all(head.as_bytes()).await;
+        let _ = s.write_all(b"{\"choices\": [").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = s.shutdown().await;
+    })
+    .await;
+    let d = Drill::start(faulty).await;
+    let m = marker();
+    let out = d.faulty_call(d.body(&m)).await;
+    assert_eq!(out.status, 200);
+    assert_eq!(out.headers["content-length"], "4096");
+    assert!(
+        out.body.is_err(),
+        "the tool must see the body break off, not a short body that looks complete"
+    );
+    assert!(
+        d.settled_spend().await > 0,
+        "a broken body settles fail-closed"
+    );
+    d.assert_nothing_leaked(&out, &m);
+    assert_eq!(d.healthy_call().await, 200, "the worker is still serving");
 }
 
 #[tokio::test]

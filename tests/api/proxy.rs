@@ -393,6 +393,40 @@ async fn a_refused_call_never_reaches_the_upstream_and_reset_lets_calls_flow_aga
     assert_eq!(reset.json::<Value>().await.unwrap()["spent_usd"], "0.00");
 }
 
+#[tokio::test]
+async fn an_answer_keeps_the_providers_content_length_and_a_stream_stays_chunked() {
+    let (app, _upstream) = app_with_upstream().await;
+    let s = app.signed_up().await;
+    add_key(&app, &s, "openai", OPENAI_KEY).await;
+    let t = token(&app, &s, None).await;
+    let res = openai_chat(&app, &t).await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("transfer-encoding").is_none());
+    let declared: usize = res.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = res.bytes().await.unwrap();
+    assert_eq!(declared, body.len());
+    serde_json::from_slice::<Value>(&body).unwrap();
+
+    let mut streamed = chat("gpt-4o-mini");
+    streamed["stream"] = json!(true);
+    let res = app
+        .client
+        .post(app.url("/proxy/openai/v1/chat/completions"))
+        .bearer_auth(&t)
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("content-length").is_none());
+    assert_eq!(res.headers()["transfer-encoding"], "chunked");
+    assert!(String::from_utf8_lossy(&res.bytes().await.unwrap()).contains("[DONE]"));
+}
+
 // ---- errors and hostile upstreams ----
 
 #[tokio::test]

@@ -147,6 +147,16 @@ impl Drill {
         }
     }
 
+    /// A drill whose faulty upstream answers 200: the call (with a fresh marker in its body)
+    /// and its outcome.
+    async fn answered_200(faulty: RawUpstream) -> (Self, String, Outcome) {
+        let d = Self::start(faulty).await;
+        let m = marker();
+        let out = d.faulty_call(d.body(&m)).await;
+        assert_eq!(out.status, 200);
+        (d, m, out)
+    }
+
     /// Sends the call to the faulty upstream, and while it is under way a call to the healthy
     /// one. Returns the faulty call's status, headers, body (or the client's error) and time.
     async fn faulty_call(&self, body: Value) -> Outcome {
@@ -357,10 +367,7 @@ async fn a_200_with_invalid_json_is_passed_through_and_charged_its_hold() {
         write_then_close(s, bytes).await;
     })
     .await;
-    let d = Drill::start(faulty).await;
-    let m = marker();
-    let out = d.faulty_call(d.body(&m)).await;
-    assert_eq!(out.status, 200);
+    let (d, m, out) = Drill::answered_200(faulty).await;
     assert_eq!(out.body.as_deref().unwrap(), b"{\"choices\": [tru");
     // The provider's length goes on to the tool, not chunked framing.
     assert_eq!(out.headers["content-length"], "16");
@@ -383,10 +390,7 @@ async fn a_body_shorter_than_its_content_length_breaks_off_at_the_tool_and_is_ch
         let _ = s.shutdown().await;
     })
     .await;
-    let d = Drill::start(faulty).await;
-    let m = marker();
-    let out = d.faulty_call(d.body(&m)).await;
-    assert_eq!(out.status, 200);
+    let (d, m, out) = Drill::answered_200(faulty).await;
     assert_eq!(out.headers["content-length"], "4096");
     assert!(
         out.body.is_err(),
@@ -417,10 +421,7 @@ async fn a_huge_body_streams_through_in_full_and_is_charged_its_hold() {
         let _ = s.shutdown().await;
     })
     .await;
-    let d = Drill::start(faulty).await;
-    let m = marker();
-    let out = d.faulty_call(d.body(&m)).await;
-    assert_eq!(out.status, 200);
+    let (d, m, out) = Drill::answered_200(faulty).await;
     assert_eq!(out.body.as_ref().map(Vec::len), Ok(SIZE));
     assert!(d.settled_spend().await > 0, "too big to meter: fail closed");
     d.assert_nothing_leaked(&out, &m);

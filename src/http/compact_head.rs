@@ -14,7 +14,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderMap, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::web::{Bytes, BytesMut};
+use actix_web::web::BytesMut;
 
 pub async fn middleware(
     mut req: ServiceRequest,
@@ -25,8 +25,8 @@ pub async fn middleware(
 }
 
 /// Points every value of `headers` at one new buffer holding copies of them all, in place (the
-/// map keeps its allocation). A value whose copy does not read back identically, which cannot
-/// happen since the map is not changed between the two passes, keeps its original bytes.
+/// map keeps its allocation), in one pass: each value is appended to a buffer sized for all of
+/// them and split off it, so the copies share that one allocation.
 pub fn compact(headers: &mut HeaderMap) {
     let total: usize = headers.iter().map(|(_, v)| v.len()).sum();
     if total == 0 {
@@ -35,19 +35,10 @@ pub fn compact(headers: &mut HeaderMap) {
     let mut buf = BytesMut::with_capacity(total);
     headers.retain(|_, v| {
         buf.extend_from_slice(v.as_bytes());
-        true
-    });
-    let buf: Bytes = buf.freeze();
-    let mut at = 0;
-    headers.retain(|_, v| {
-        let end = at + v.len();
-        if buf.get(at..end) == Some(v.as_bytes()) {
-            if let Ok(mut fresh) = HeaderValue::from_maybe_shared(buf.slice(at..end)) {
-                fresh.set_sensitive(v.is_sensitive());
-                *v = fresh;
-            }
+        if let Ok(mut fresh) = HeaderValue::from_maybe_shared(buf.split().freeze()) {
+            fresh.set_sensitive(v.is_sensitive());
+            *v = fresh;
         }
-        at = end;
         true
     });
 }
@@ -56,6 +47,7 @@ pub fn compact(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
     use actix_web::http::header::{HeaderName, AUTHORIZATION, COOKIE};
+    use actix_web::web::Bytes;
 
     fn parsed(buffer: &Bytes, value: &str) -> HeaderValue {
         let start = buffer
@@ -87,6 +79,13 @@ mod tests {
         for (_, v) in headers.iter() {
             assert!(!read_at.contains(&(v.as_bytes().as_ptr() as usize)));
         }
+        // The copies lie side by side in one buffer of exactly their total size.
+        let starts = headers.iter().map(|(_, v)| v.as_bytes().as_ptr() as usize);
+        let ends = headers
+            .iter()
+            .map(|(_, v)| v.as_bytes().as_ptr() as usize + v.len());
+        let total: usize = headers.iter().map(|(_, v)| v.len()).sum();
+        assert_eq!(ends.max().unwrap() - starts.min().unwrap(), total);
         assert_eq!(headers.get(AUTHORIZATION).unwrap(), "Bearer kb_x");
         assert!(headers.get(AUTHORIZATION).unwrap().is_sensitive());
         let cookies: Vec<_> = headers.get_all(COOKIE).collect();

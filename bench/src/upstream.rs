@@ -72,11 +72,11 @@ pub fn serve() -> Result<()> {
     actix_web::rt::System::new().block_on(async {
         let server = HttpServer::new(|| App::new().default_service(web::to(answer)))
             .workers(1)
-            // As a provider's front end does. Without it the head of a streamed answer goes out
-            // alone and the first chunk waits (Nagle) for the proxy's delayed ACK of that head
-            // on a kept-alive connection: the first two chunks then arrive together, one gap in
-            // 63 doubles to ~40 ms, and every arm's gap p99 (the direct one's included) sat on
-            // that double gap rather than on anything a proxy adds.
+            // As a provider's front end does. Without it, on a kept-alive connection, a stream's
+            // second chunk waits (Nagle) for the proxy's delayed ACK of the head and first chunk:
+            // it arrives ~40 ms after the first and together with the third, so one gap in 63
+            // doubles, and every arm's gap p99 (the direct one's included) sat on that double gap
+            // rather than on anything a proxy adds.
             .tcp_nodelay(true)
             .backlog(4096)
             .max_connections(100_000)

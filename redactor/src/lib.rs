@@ -36,10 +36,12 @@ mod exact;
 mod format;
 mod kind;
 mod rules;
+mod scrub;
 
 pub use exact::MIN_SECRET_LEN;
 pub use format::matches_format;
 pub use kind::{marker, Counts, Kind};
+pub use scrub::{ScrubStream, Scrubber, MIN_RUN};
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use std::borrow::Cow;

@@ -1,5 +1,7 @@
-//! The response body of a proxied call: the provider's bytes, passed to the client as they arrive
-//! (no buffering), observed by the meter on the way. When the stream ends the call is settled at
+//! The response body of a proxied call: the provider's bytes, observed by the meter on the way,
+//! passed to the client as they arrive through the call's [`redactor::ScrubStream`] (which holds
+//! back at most the tail of a chunk that could still be the start of the key, and masks every
+//! form of the key at its own length, so a declared `Content-Length` stays true). When the stream ends the call is settled at
 //! its metered cost; when it breaks, times out or the client goes away, it is settled at what the
 //! stream reported so far if that is known, else at the full reservation (fail closed).
 
@@ -53,6 +55,15 @@ pub struct Settlement {
 }
 
 impl Settlement {
+    /// The provider's answer carried the call's key; it was masked. Said once, in the log.
+    fn flag_masked(&self) {
+        tracing::warn!(
+            provider = self.provider,
+            request_id = %self.record.request_id,
+            "the provider's answer carried the call's key; it was masked"
+        );
+    }
+
     fn observe(&mut self, chunk: &[u8]) {
         match &mut self.meter {
             Some(Meter::Stream(m)) => m.feed(chunk),
@@ -141,6 +152,8 @@ pub struct MeteredBody {
     settlement: Settlement,
     /// Withholds OpenAI's usage-only chunk when keybroker asked for it and the client did not.
     filter: Option<SseFrameFilter>,
+    /// Masks the call's key in every form before a byte reaches the client.
+    scrub: redactor::ScrubStream,
     idle: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
     done: bool,
@@ -151,12 +164,14 @@ impl MeteredBody {
         upstream: Upstream,
         settlement: Settlement,
         strip_usage_chunk: bool,
+        scrubber: Arc<redactor::Scrubber>,
         idle: Duration,
     ) -> Self {
         Self {
             upstream,
             settlement,
             filter: strip_usage_chunk.then(|| SseFrameFilter::new(MAX_EVENT_BYTES)),
+            scrub: redactor::ScrubStream::new(scrubber),
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
             done: false,
@@ -225,11 +240,11 @@ impl Stream for MeteredBody {
                                     m.observe(item);
                                 }
                             }
-                            Bytes::from(forward)
+                            Bytes::from(this.scrub.feed(&forward))
                         }
                         None => {
                             this.settlement.observe(&chunk);
-                            chunk
+                            Bytes::from(this.scrub.feed(&chunk))
                         }
                     };
                     if out.is_empty() {
@@ -238,6 +253,7 @@ impl Stream for MeteredBody {
                     return Poll::Ready(Some(Ok(out)));
                 }
                 Poll::Ready(Some(Err(_))) => {
+                    // What the scrubber still holds is never sent: the body breaks off here.
                     this.done = true;
                     this.settlement.finish(false);
                     return Poll::Ready(Some(Err(BodyError::Upstream)));
@@ -253,6 +269,11 @@ impl Stream for MeteredBody {
                             }
                         }
                         tail = rest;
+                    }
+                    let mut tail = this.scrub.feed(&tail);
+                    tail.extend(this.scrub.finish());
+                    if this.scrub.masked() {
+                        this.settlement.flag_masked();
                     }
                     this.settlement.finish(true);
                     return if tail.is_empty() {

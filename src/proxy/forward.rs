@@ -485,8 +485,9 @@ pub async fn proxy(
         .ok_or_else(|| ApiError::internal("stored key is not UTF-8"))?;
     let registration = crate::telemetry::redactor().register(key.as_bytes());
     let (auth_name, auth_value) = key_header(provider.injection, key)?;
-    // The key's only other copy is in the error rewriter's hands, for this call.
-    let key_copy = Zeroizing::new(key.as_bytes().to_vec());
+    // The key's only other copies: its forms in the call's scrubber (wiped on drop), which reads
+    // every header and body byte the provider sends back before the client gets it.
+    let scrubber = Arc::new(redactor::Scrubber::new(key.as_bytes()));
     drop(plaintext);
 
     let url = upstream_path.join(proxy.base_url(provider));
@@ -534,7 +535,31 @@ pub async fn proxy(
     let status = response.status();
     record.status = status.as_u16();
 
-    if status.is_client_error() || status.is_server_error() {
+    // An answer keybroker cannot pass on faithfully: an interim head taken as the final answer,
+    // or a body in a coding keybroker did not ask for (the scrubber cannot read a compressed
+    // body, and the tool would decompress it). The provider may have served the call: it is
+    // charged at its hold (fail closed).
+    if status.is_informational() || !headers::identity_coded(response.headers()) {
+        let settled = reservation.settle(estimate.micros);
+        record.outcome = "upstream_error";
+        record.cost = settled.charged;
+        proxy.writer.record_call(record);
+        tracing::warn!(
+            provider = provider.id,
+            status = status.as_u16(),
+            "the provider's answer was not one keybroker can pass on; charged at its hold"
+        );
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_bad_response",
+            "the provider's answer could not be passed on",
+        )
+        .with_field("provider", provider.id));
+    }
+
+    // Errors, and redirects (a `Location` can point anywhere and carry anything), get our body.
+    let redirect = status.is_redirection() && status != StatusCode::NOT_MODIFIED;
+    if status.is_client_error() || status.is_server_error() || redirect {
         let mut response = response;
         let upstream_body = response.body().limit(256 * 1024).await.unwrap_or_default();
         reservation.release();
@@ -545,19 +570,18 @@ pub async fn proxy(
             status.as_u16(),
             &upstream_body,
             &body,
-            &key_copy,
+            &scrubber,
             &request_id,
         );
         drop(registration);
         let mut out = HttpResponse::build(status);
-        if let Some(retry) = response.headers().get("retry-after") {
-            out.insert_header(("retry-after", retry.clone()));
+        if let Some(retry) = headers::retry_after(response.headers()) {
+            out.insert_header(("retry-after", retry));
         }
         return Ok(out
             .insert_header(("cache-control", "no-store"))
             .json(rebuilt));
     }
-    drop(key_copy);
 
     let content_type = response
         .headers()
@@ -604,8 +628,11 @@ pub async fn proxy(
         .snapshot(token.account_id, provider.id)
         .remaining;
     let mut out = HttpResponse::build(status);
-    for (name, value) in headers::response_headers(response.headers()) {
+    for (name, value) in headers::response_headers(response.headers(), &scrubber) {
         out.append_header((name, value));
+    }
+    if let Some(retry) = headers::retry_after(response.headers()) {
+        out.insert_header(("retry-after", retry));
     }
     if let Some(remaining) = remaining {
         out.insert_header(("x-keybroker-spend-remaining", remaining.to_string()));
@@ -631,6 +658,7 @@ pub async fn proxy(
         Box::pin(response),
         settlement,
         filtered,
+        scrubber,
         proxy.settings.read_timeout,
     );
     proxy

@@ -74,16 +74,123 @@ pub fn request_headers(
         .collect()
 }
 
-/// Whether a response header from the provider may be passed to the tool. `content-length` is
-/// set by keybroker (see [`declared_length`]; a stream may be altered: see the usage chunk of
-/// OpenAI streams).
-pub fn forward_response_header(name: &HeaderName, connection_named: &[String]) -> bool {
+/// Response headers a client of one of the providers reads, by exact name: framing and caching
+/// metadata, the providers' request ids, and what the official SDKs read to decide on retries
+/// (`retry-after-ms`, `x-should-retry`). Everything else is dropped: a header is a channel, and a
+/// made-up one (or `Link`, `WWW-Authenticate`, `Location`) can carry anything.
+const RESPONSE_ALLOWED: &[&str] = &[
+    "content-type",
+    "content-disposition",
+    "content-language",
+    "cache-control",
+    "expires",
+    "etag",
+    "last-modified",
+    "vary",
+    "date",
+    "x-request-id",
+    "request-id",
+    "x-should-retry",
+    "retry-after-ms",
+    "idempotency-key",
+    "original-request",
+    "history-item-id",
+    "character-cost",
+    "x-character-count",
+    "tts-latency-ms",
+    "current-concurrent-requests",
+    "maximum-concurrent-requests",
+];
+
+/// Response header families forwarded by prefix: rate-limit state and the providers' own
+/// metadata headers (`openai-processing-ms`, `anthropic-ratelimit-*`, `stripe-should-retry`,
+/// `twilio-request-id`, ...).
+const RESPONSE_ALLOWED_PREFIXES: &[&str] = &[
+    "x-ratelimit-",
+    "ratelimit-",
+    "openai-",
+    "anthropic-",
+    "x-goog-",
+    "stripe-",
+    "twilio-",
+    "x-twilio-",
+];
+
+/// Whether a response header from the provider may be passed to the tool, by name. Its value is
+/// still checked (see [`response_headers`]). `content-length` is set by keybroker (see
+/// [`declared_length`]), `retry-after` only in its two standard forms ([`retry_after`]).
+pub fn forward_response_header(name: &HeaderName) -> bool {
     let n = name.as_str();
-    !(HOP_BY_HOP.contains(&n)
-        || n == "content-length"
-        || n == "set-cookie"
-        || n.starts_with("x-keybroker-")
-        || connection_named.iter().any(|c| c == n))
+    if n.contains("cookie") || n.contains("auth") {
+        return false;
+    }
+    RESPONSE_ALLOWED.contains(&n) || RESPONSE_ALLOWED_PREFIXES.iter().any(|p| n.starts_with(p))
+}
+
+/// Whether the provider's body is sent as itself: no `Content-Encoding` but `identity`, and no
+/// transfer coding but `chunked`. keybroker asks for `identity`; a compressed body would pass the
+/// scrubber unread and be decompressed by the tool.
+pub fn identity_coded(headers: &HeaderMap) -> bool {
+    let only = |name: &str, allowed: &[&str]| {
+        headers.get_all(name).all(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .map(|c| c.trim().to_ascii_lowercase())
+                    .all(|c| c.is_empty() || allowed.contains(&c.as_str()))
+            })
+        })
+    };
+    only("content-encoding", &["identity"]) && only("transfer-encoding", &["chunked"])
+}
+
+/// A `Retry-After` value passed on only as delta-seconds or an HTTP-date (RFC 9110 §10.2.3);
+/// anything else is text the provider chose, so it is dropped.
+pub fn retry_after(headers: &HeaderMap) -> Option<actix_web::http::header::HeaderValue> {
+    let value = headers.get("retry-after")?;
+    let text = value.to_str().ok()?.trim();
+    let seconds = !text.is_empty() && text.len() <= 10 && text.bytes().all(|b| b.is_ascii_digit());
+    let date = text.parse::<actix_web::http::header::HttpDate>().is_ok();
+    (seconds || date)
+        .then(|| actix_web::http::header::HeaderValue::from_str(text).ok())
+        .flatten()
+}
+
+/// `Content-Type` rebuilt from its parts: the media type and a `charset` (or multipart
+/// `boundary`) of token characters. Other parameters are dropped; a value that does not parse
+/// becomes `application/octet-stream`.
+pub fn content_type(value: &actix_web::http::header::HeaderValue) -> actix_web::http::header::HeaderValue {
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || b"!#$&-^_.+'*~".contains(&b)
+            })
+    };
+    let fallback = actix_web::http::header::HeaderValue::from_static("application/octet-stream");
+    let Ok(text) = value.to_str() else {
+        return fallback;
+    };
+    let mut parts = text.split(';');
+    let media = parts.next().unwrap_or("").trim();
+    let Some((kind, sub)) = media.split_once('/') else {
+        return fallback;
+    };
+    if !token(kind) || !token(sub) {
+        return fallback;
+    }
+    let mut out = media.to_ascii_lowercase();
+    for param in parts {
+        if let Some((k, v)) = param.split_once('=') {
+            let k = k.trim().to_ascii_lowercase();
+            let v = v.trim().trim_matches('"');
+            if (k == "charset" || k == "boundary") && token(v) && v.len() <= 70 {
+                out.push_str("; ");
+                out.push_str(&k);
+                out.push('=');
+                out.push_str(v);
+            }
+        }
+    }
+    actix_web::http::header::HeaderValue::from_str(&out).unwrap_or(fallback)
 }
 
 /// The body length the provider declared, when keybroker can pass it on to the tool: one
@@ -120,14 +227,24 @@ pub fn declared_length(
     value.to_str().ok()?.parse().ok()
 }
 
+/// The response headers to forward, in order: allowed by name ([`forward_response_header`]),
+/// `Content-Type` rebuilt ([`content_type`]), and any whose value `scrubber` finds a form of the
+/// call's key in dropped whole.
 pub fn response_headers(
     headers: &HeaderMap,
+    scrubber: &redactor::Scrubber,
 ) -> Vec<(HeaderName, actix_web::http::header::HeaderValue)> {
-    let named = named_in_connection(headers);
     headers
         .iter()
-        .filter(|(k, _)| forward_response_header(k, &named))
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .filter(|(k, _)| forward_response_header(k))
+        .map(|(k, v)| {
+            if k == actix_web::http::header::CONTENT_TYPE {
+                (k.clone(), content_type(v))
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
+        .filter(|(_, v)| !scrubber.finds(v.as_bytes()))
         .collect()
 }
 
@@ -242,24 +359,65 @@ mod tests {
     }
 
     #[test]
-    fn response_cookies_lengths_and_hop_by_hop_are_dropped() {
-        let h = map(&[
+    fn response_headers_are_allowed_by_name_and_dropped_when_they_carry_the_key() {
+        let key = "sk-proj-0123456789abcdefghijklmnopqrstuv";
+        let scrubber = redactor::Scrubber::new(key.as_bytes());
+        let mut h = map(&[
             ("set-cookie", "__cf_bm=x"),
             ("content-length", "10"),
             ("connection", "close"),
-            ("content-type", "text/event-stream"),
+            ("content-type", "text/event-stream; charset=utf-8; x=\"sk\""),
             ("x-request-id", "up-1"),
             ("openai-processing-ms", "12"),
+            ("link", "<https://x.example/>; rel=next"),
+            ("www-authenticate", "Bearer realm=x"),
+            ("location", "https://x.example/"),
+            ("x-made-up", "1"),
+            ("x-api-key-echo", "1"),
+            ("retry-after", "soon"),
         ]);
-        let mut kept: Vec<_> = response_headers(&h)
+        h.append(
+            HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderValue::from_str(&format!("9 {key}")).unwrap(),
+        );
+        h.append(
+            HeaderName::from_static("anthropic-ratelimit-tokens-remaining"),
+            HeaderValue::from_static("100"),
+        );
+        let mut kept: Vec<_> = response_headers(&h, &scrubber)
             .into_iter()
-            .map(|(k, _)| k.as_str().to_owned())
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
             .collect();
         kept.sort();
         assert_eq!(
             kept,
-            ["content-type", "openai-processing-ms", "x-request-id"]
+            [
+                "anthropic-ratelimit-tokens-remaining: 100",
+                "content-type: text/event-stream; charset=utf-8",
+                "openai-processing-ms: 12",
+                "x-request-id: up-1",
+            ]
         );
+    }
+
+    #[test]
+    fn retry_after_passes_only_as_seconds_or_an_http_date() {
+        let get = |v: &'static str| retry_after(&map(&[("retry-after", v)]));
+        assert_eq!(get("30").unwrap(), "30");
+        assert!(get("Wed, 21 Oct 2015 07:28:00 GMT").is_some());
+        for bad in ["", "-1", "30 sk-abc", "soon", "99999999999", "1.5"] {
+            assert!(get(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn content_type_keeps_the_media_type_and_charset_only() {
+        let ct = |v: &'static str| content_type(&HeaderValue::from_static(v));
+        assert_eq!(ct("application/json"), "application/json");
+        assert_eq!(ct("Application/JSON; Charset=\"UTF-8\""), "application/json; charset=UTF-8");
+        assert_eq!(ct("text/plain; secret=sk-abc; charset=utf-8"), "text/plain; charset=utf-8");
+        assert_eq!(ct("nonsense"), "application/octet-stream");
+        assert_eq!(ct("text/pl ain"), "application/octet-stream");
     }
 
     #[test]

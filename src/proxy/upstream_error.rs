@@ -1,7 +1,9 @@
-//! Rebuilding provider error bodies. The status code is kept; the body the tool gets is ours:
-//! the provider's error `type`/`code`/`status` and a message that has passed the redactor with the
-//! call's own key registered, with any long run of the request body cut out. Providers echo keys
-//! and request fragments in errors; none of that gets through.
+//! Rebuilding provider error bodies (and redirects, which are answered like errors). The status
+//! code is kept; the body the tool gets is ours: the provider's error `type`/`code`/`status` and a
+//! message, every one of them passed through the call's [`redactor::Scrubber`] (the key in any
+//! form a client decodes, or a long run of it) and the pattern redactor, with any long run of the
+//! request body cut out of the message. Providers echo keys and request fragments in errors; none
+//! of that gets through.
 //!
 //! The shape `{"error": {"type", "code", "message", ...}}` is what the OpenAI and Anthropic SDKs
 //! read (`error.type`, `error.message`), and carries Google's `status` too, so each SDK raises
@@ -115,38 +117,52 @@ fn cut_request_echo(message: &str, request_body: &[u8]) -> String {
     out
 }
 
+/// One field the provider chose, made safe to pass on: the key in any form and anything
+/// key-shaped cut out.
+fn clean(text: &str, scrubber: &redactor::Scrubber) -> String {
+    let redactor = crate::telemetry::redactor();
+    let text = scrubber.scrub_str(text);
+    redactor.redact(&text).into_owned()
+}
+
 /// Our body for an upstream error.
 pub fn rebuild(
     provider: &str,
     status: u16,
     upstream_body: &[u8],
     request_body: &[u8],
-    key: &[u8],
+    scrubber: &redactor::Scrubber,
     request_id: &str,
 ) -> Value {
     let parsed = parse(upstream_body);
-    let redactor = crate::telemetry::redactor();
     let message = match parsed.message {
         Some(m) => {
             let m: String = m.chars().take(MAX_MESSAGE_CHARS * 4).collect();
-            let m = redactor.redact_with(&m, &[key]).into_owned();
+            let m = clean(&m, scrubber);
             let m = cut_request_echo(&m, request_body);
             // A second pass: cutting can join fragments into something key-shaped again.
-            let m = redactor.redact_with(&m, &[key]).into_owned();
+            let m = clean(&m, scrubber);
             m.chars().take(MAX_MESSAGE_CHARS).collect::<String>()
         }
         None => format!("{provider} answered HTTP {status}"),
     };
     let mut error = Map::new();
-    error.insert(
-        "type".into(),
-        Value::from(parsed.kind.unwrap_or_else(|| "upstream_error".into())),
-    );
-    if let Some(code) = parsed.code {
-        error.insert("code".into(), code);
+    let kind = parsed
+        .kind
+        .map(|k| clean(&k, scrubber))
+        .unwrap_or_else(|| "upstream_error".into());
+    error.insert("type".into(), Value::from(kind));
+    match parsed.code {
+        Some(Value::String(code)) => {
+            error.insert("code".into(), Value::from(clean(&code, scrubber)));
+        }
+        Some(code) => {
+            error.insert("code".into(), code);
+        }
+        None => {}
     }
     if let Some(s) = parsed.status {
-        error.insert("status".into(), Value::from(s));
+        error.insert("status".into(), Value::from(clean(&s, scrubber)));
     }
     error.insert("message".into(), Value::from(message));
     error.insert("provider".into(), Value::from(provider));
@@ -183,9 +199,10 @@ mod tests {
     #[test]
     fn the_key_and_request_echoes_never_survive() {
         let key = b"zz-unshaped-provider-key-0123456789";
+        let scrubber = redactor::Scrubber::new(key);
         let body = br#"{"error": {"message": "Incorrect API key provided: zz-unshaped-provider-key-0123456789. Your prompt 'tell me the launch codes please' was rejected", "type": "invalid_request_error"}}"#;
         let request = br#"{"messages":[{"content":"tell me the launch codes please"}]}"#;
-        let out = rebuild("openai", 401, body, request, key, "req-1").to_string();
+        let out = rebuild("openai", 401, body, request, &scrubber, "req-1").to_string();
         assert!(
             !out.contains("zz-unshaped-provider-key-0123456789"),
             "{out}"
@@ -193,6 +210,10 @@ mod tests {
         assert!(!out.contains("launch codes please"), "{out}");
         assert!(out.contains("invalid_request_error"));
         assert!(out.contains("req-1"));
+        // Every field the provider chose is checked, and format characters hide nothing.
+        let body = "{\"error\": {\"message\": \"zz-unshaped\u{200B}-provider-key-0123456789\", \"type\": \"zz-unshaped-provider-key-0123456789\", \"code\": \"zz-unshaped-provider-key-0123456789\", \"status\": \"zz-unshaped-provider-key-0123456789\"}}";
+        let out = rebuild("openai", 400, body.as_bytes(), b"", &scrubber, "r").to_string();
+        assert!(!scrubber.finds(out.as_bytes()), "{out}");
     }
 
     #[test]
@@ -220,7 +241,7 @@ mod tests {
             502,
             b"<html>Bad gateway for sk-ant-api03-xyz</html>",
             b"",
-            b"k",
+            &redactor::Scrubber::new(b"k"),
             "r",
         );
         assert_eq!(out["error"]["message"], "anthropic answered HTTP 502");

@@ -101,7 +101,10 @@ fn hex_of(key: &[u8], upper: bool) -> Zeroizing<Vec<u8>> {
 }
 
 fn base64_of(engine: &base64::engine::GeneralPurpose, bytes: &[u8]) -> Zeroizing<Vec<u8>> {
-    let mut out = Zeroizing::new(vec![0u8; base64::encoded_len(bytes.len(), true).unwrap_or(0)]);
+    let mut out = Zeroizing::new(vec![
+        0u8;
+        base64::encoded_len(bytes.len(), true).unwrap_or(0)
+    ]);
     let written = engine.encode_slice(bytes, out.as_mut_slice()).unwrap_or(0);
     out.truncate(written);
     out
@@ -262,7 +265,8 @@ impl Scrubber {
                             break;
                         }
                         if eh == h {
-                            if let Some(run) = self.extend(c, p, usize::from(form), usize::from(off))
+                            if let Some(run) =
+                                self.extend(c, p, usize::from(form), usize::from(off))
                             {
                                 covered = covered.max(run.1);
                                 found.push(run);
@@ -488,13 +492,14 @@ fn entity(t: &[u8], last: bool) -> Option<(Token, usize)> {
     let body = &t[1..end];
     let value = if let Some(num) = body.strip_prefix(b"#") {
         if let Some(h) = num.strip_prefix(b"x").or_else(|| num.strip_prefix(b"X")) {
-            (!h.is_empty() && h.len() <= 6).then(|| hex_n(h, h.len())).flatten()
+            (!h.is_empty() && h.len() <= 6)
+                .then(|| hex_n(h, h.len()))
+                .flatten()
         } else {
-            (!num.is_empty() && num.len() <= 7 && num.iter().all(u8::is_ascii_digit))
-                .then(|| {
-                    num.iter()
-                        .fold(0u32, |acc, &d| acc * 10 + u32::from(d - b'0'))
-                })
+            (!num.is_empty() && num.len() <= 7 && num.iter().all(u8::is_ascii_digit)).then(|| {
+                num.iter()
+                    .fold(0u32, |acc, &d| acc * 10 + u32::from(d - b'0'))
+            })
         }
     } else {
         let named: &[(&[u8], u32)] = &[
@@ -679,15 +684,22 @@ mod tests {
     const KEY: &str = "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z";
 
     fn scrubbed(text: &str) -> String {
-        String::from_utf8(Scrubber::new(KEY.as_bytes()).scrub(text.as_bytes()).into_owned())
-            .unwrap()
+        String::from_utf8(
+            Scrubber::new(KEY.as_bytes())
+                .scrub(text.as_bytes())
+                .into_owned(),
+        )
+        .unwrap()
     }
 
     fn assert_cut(text: &str) {
         let out = scrubbed(text);
         assert!(out.contains("[REDACTED"), "not cut: {text:?} -> {out:?}");
         assert_eq!(out.len(), text.len(), "length changed: {out:?}");
-        assert!(!Scrubber::new(KEY.as_bytes()).finds(out.as_bytes()), "{out:?}");
+        assert!(
+            !Scrubber::new(KEY.as_bytes()).finds(out.as_bytes()),
+            "{out:?}"
+        );
     }
 
     #[test]
@@ -733,14 +745,19 @@ mod tests {
         let out = scrubbed(&format!("a={first} b={second}"));
         assert!(!out.contains(first) && !out.contains(second), "{out}");
         // Eleven characters are not a leak worth destroying text for.
-        let out = scrubbed(&format!("last four {} and {}", &KEY[KEY.len() - 4..], &KEY[5..16]));
+        let out = scrubbed(&format!(
+            "last four {} and {}",
+            &KEY[KEY.len() - 4..],
+            &KEY[5..16]
+        ));
         assert!(!out.contains("REDACTED"), "{out}");
     }
 
     #[test]
     fn text_without_the_key_is_borrowed_unchanged() {
         let s = Scrubber::new(KEY.as_bytes());
-        let text = "data: {\"choices\":[{\"delta\":{\"content\":\"Hello \\u00e9 &amp; 50%\"}}]}\n\n";
+        let text =
+            "data: {\"choices\":[{\"delta\":{\"content\":\"Hello \\u00e9 &amp; 50%\"}}]}\n\n";
         assert!(matches!(s.scrub(text.as_bytes()), Cow::Borrowed(_)));
         assert!(!s.finds(b""));
     }
@@ -763,7 +780,11 @@ mod tests {
                     out.extend(s.feed(&bytes[cut2..]));
                     out.extend(s.finish());
                     assert_eq!(out.len(), bytes.len());
-                    assert!(!scrubber.finds(&out), "{cut}/{cut2}: {}", String::from_utf8_lossy(&out));
+                    assert!(
+                        !scrubber.finds(&out),
+                        "{cut}/{cut2}: {}",
+                        String::from_utf8_lossy(&out)
+                    );
                     assert!(s.masked());
                 }
             }

@@ -146,6 +146,12 @@ pub fn upstream_client(settings: &ProxySettings) -> awc::Client {
         .map(
             |conn: actix_tls::connect::Connection<awc::http::Uri, tokio::net::TcpStream>| {
                 let _ = conn.io_ref().set_nodelay(true);
+                // Interim heads are dropped on plain HTTP (`proxy::interim`); over TLS the
+                // filter would see ciphertext, so it only passes bytes through.
+                let plain = conn.request().scheme_str() != Some("https");
+                let (io, conn) = conn.replace_io(());
+                let (_, conn) =
+                    conn.replace_io(crate::proxy::interim::InterimFilter::new(io, plain));
                 conn
             },
         );

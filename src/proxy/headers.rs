@@ -158,12 +158,13 @@ pub fn retry_after(headers: &HeaderMap) -> Option<actix_web::http::header::Heade
 /// `Content-Type` rebuilt from its parts: the media type and a `charset` (or multipart
 /// `boundary`) of token characters. Other parameters are dropped; a value that does not parse
 /// becomes `application/octet-stream`.
-pub fn content_type(value: &actix_web::http::header::HeaderValue) -> actix_web::http::header::HeaderValue {
+pub fn content_type(
+    value: &actix_web::http::header::HeaderValue,
+) -> actix_web::http::header::HeaderValue {
     let token = |s: &str| {
         !s.is_empty()
-            && s.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || b"!#$&-^_.+'*~".contains(&b)
-            })
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+'*~".contains(&b))
     };
     let fallback = actix_web::http::header::HeaderValue::from_static("application/octet-stream");
     let Ok(text) = value.to_str() else {
@@ -414,8 +415,14 @@ mod tests {
     fn content_type_keeps_the_media_type_and_charset_only() {
         let ct = |v: &'static str| content_type(&HeaderValue::from_static(v));
         assert_eq!(ct("application/json"), "application/json");
-        assert_eq!(ct("Application/JSON; Charset=\"UTF-8\""), "application/json; charset=UTF-8");
-        assert_eq!(ct("text/plain; secret=sk-abc; charset=utf-8"), "text/plain; charset=utf-8");
+        assert_eq!(
+            ct("Application/JSON; Charset=\"UTF-8\""),
+            "application/json; charset=UTF-8"
+        );
+        assert_eq!(
+            ct("text/plain; secret=sk-abc; charset=utf-8"),
+            "text/plain; charset=utf-8"
+        );
         assert_eq!(ct("nonsense"), "application/octet-stream");
         assert_eq!(ct("text/pl ain"), "application/octet-stream");
     }

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod forward;
 pub mod headers;
+pub mod interim;
 pub mod path;
 pub mod upstream;
 pub mod upstream_error;

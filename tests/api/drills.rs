@@ -30,7 +30,7 @@ const SLACK: Duration = Duration::from_secs(5);
 // ---- a byte-level upstream ----
 
 /// One request as it arrived: head and body bytes.
-async fn read_request(s: &mut TcpStream) -> Vec<u8> {
+pub(crate) async fn read_request(s: &mut TcpStream) -> Vec<u8> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let head_end = loop {
@@ -58,13 +58,13 @@ async fn read_request(s: &mut TcpStream) -> Vec<u8> {
 }
 
 /// A TCP listener that reads each request and then does whatever `behave` says with the socket.
-struct RawUpstream {
-    url: String,
+pub(crate) struct RawUpstream {
+    pub(crate) url: String,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl RawUpstream {
-    async fn start<F, Fut>(behave: F) -> RawUpstream
+    pub(crate) async fn start<F, Fut>(behave: F) -> RawUpstream
     where
         F: Fn(TcpStream, Vec<u8>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -91,12 +91,12 @@ impl Drop for RawUpstream {
     }
 }
 
-async fn write_then_close(mut s: TcpStream, bytes: Vec<u8>) {
+pub(crate) async fn write_then_close(mut s: TcpStream, bytes: Vec<u8>) {
     let _ = s.write_all(&bytes).await;
     let _ = s.shutdown().await;
 }
 
-fn response(status: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+pub(crate) fn response(status: &str, headers: &str, body: &[u8]) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n",
         body.len()

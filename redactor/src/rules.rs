@@ -457,6 +457,22 @@ pub(crate) fn is_placeholder(v: &[u8]) -> bool {
 /// Looks like a credential rather than a word: at least 8 bytes, not a placeholder, and at least
 /// two of lower case, upper case and digits (`Zf3D0LX…`, hex digests, UUIDs), so `Bearer token`
 /// and `password: required` survive.
+/// Whether a would-be value is the next `name=value` field of a logfmt line, as in
+/// `route=/api/v1/auth/reauth status=401`: an identifier, `=`, and more that is not padding. A
+/// base64 value ends in its `=` padding, so it never looks like this.
+fn is_next_field(v: &[u8]) -> bool {
+    let Some(eq) = v.iter().position(|&b| b == b'=') else {
+        return false;
+    };
+    let (name, rest) = v.split_at(eq);
+    name.first()
+        .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_')
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && rest.get(1).is_some_and(|&b| b != b'=')
+}
+
 pub(crate) fn looks_secret(v: &[u8]) -> bool {
     if v.len() < 8 || is_placeholder(v) {
         return false;
@@ -703,7 +719,9 @@ pub(crate) fn check(check: Check, name: Option<&[u8]>, value: &[u8]) -> bool {
     match check {
         Check::None => true,
         Check::Value => looks_secret(value),
-        Check::NameValue => name.is_some_and(is_secret_name) && looks_secret(value),
+        Check::NameValue => {
+            name.is_some_and(is_secret_name) && looks_secret(value) && !is_next_field(value)
+        }
         Check::Basic => basic_ok(value),
         Check::CurlUser => curl_user_ok(value),
         Check::UrlUserinfo => url_userinfo_ok(value),
@@ -787,6 +805,16 @@ mod tests {
         let text = b"prompt_tokens=812 completion_tokens=120";
         assert!(!could_be_pair(text, 8));
         assert!(!could_be_pair(text, 30));
+    }
+
+    #[test]
+    fn the_next_logfmt_field_is_not_a_value() {
+        assert!(is_next_field(b"status=401"));
+        assert!(is_next_field(b"client_addr=127.0.0.1"));
+        assert!(!is_next_field(b"dXNlcjpwYXNzd29yZA=="));
+        assert!(!is_next_field(b"dXNlcjpwYXNz="));
+        assert!(!is_next_field(b"Zf3D0LXCM3EIMbgJ"));
+        assert!(!is_next_field(b"?abc=defghij"));
     }
 
     #[test]

@@ -27,15 +27,20 @@ pub async fn middleware(
     let route = pattern.as_deref().unwrap_or("<unmatched>");
     let status = res.status().as_u16();
     let micros = start.elapsed().as_micros() as u64;
-    if status >= 500 {
-        tracing::warn!(%method, %route, status, micros, %client, "request");
-    } else {
-        tracing::info!(%method, %route, status, micros, %client, "request");
-    }
+    write(method.as_str(), route, status, micros, &client);
     if let Some(state) = res.request().app_data::<web::Data<AppState>>() {
         state
             .metrics
             .count_request(method.as_str(), pattern, status);
     }
     Ok(res)
+}
+
+/// The access-log line itself.
+pub fn write(method: &str, route: &str, status: u16, micros: u64, client: &str) {
+    if status >= 500 {
+        tracing::warn!(%method, %route, status, micros, %client, "request");
+    } else {
+        tracing::info!(%method, %route, status, micros, %client, "request");
+    }
 }

@@ -53,6 +53,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/static/favicon.svg", get().to(favicon))
         .route("/login", get().to(login))
         .route("/signup", get().to(signup))
+        .route("/signup/confirm", get().to(signup_confirm))
         .route("/reset", get().to(reset))
         .route("/reset/confirm", get().to(reset_confirm))
         .route("/dashboard", get().to(overview))
@@ -231,6 +232,21 @@ async fn signup(
         oauth: oauth_buttons(&state),
     };
     page(p.render(), Exposure::Public)
+}
+
+#[derive(Template)]
+#[template(path = "signup_confirm.html")]
+struct SignupConfirmPage {
+    layout: Layout,
+}
+
+/// Like the reset page: the token stays in the query string only until `app.js` moves it into
+/// the form; it is never rendered, and the page sends no referrer.
+async fn signup_confirm() -> Result<HttpResponse, ApiError> {
+    let p = SignupConfirmPage {
+        layout: Layout::public("Confirm your account"),
+    };
+    page(p.render(), Exposure::ResetLink)
 }
 
 #[derive(Template)]

@@ -419,3 +419,45 @@ async fn an_empty_provider_list_is_refused_and_never_means_every_provider() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["providers"], json!([]));
 }
+
+#[tokio::test]
+async fn sign_ups_of_one_address_are_throttled_whether_or_not_it_has_an_account() {
+    let app = TestApp::spawn_with(|s| s.throttle.signup.per_account.attempts = 2).await;
+    app.signup("taken@example.com", PASSWORD).await;
+    for email in ["taken@example.com", "free@example.com"] {
+        let n = if email.starts_with("taken") { 1 } else { 2 };
+        for _ in 0..n {
+            assert_eq!(app.signup_request(email, PASSWORD).await.status(), 202);
+        }
+        let res = app.signup_request(email, PASSWORD).await;
+        assert_eq!(res.status(), 429, "{email}");
+        assert!(res.headers().contains_key("retry-after"));
+    }
+}
+
+#[tokio::test]
+async fn the_owner_sees_the_attempt_in_the_audit_log() {
+    let app = TestApp::spawn().await;
+    let owner = app.signup("audited@example.com", PASSWORD).await;
+    assert_eq!(
+        app.signup_request("audited@example.com", OTHER_PASSWORD)
+            .await
+            .status(),
+        202
+    );
+    let page: Value = app
+        .get("/api/v1/audit", Some(&owner))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let actions: Vec<&str> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["signup.existing", "signup"]);
+}

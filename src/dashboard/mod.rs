@@ -70,8 +70,9 @@ enum Exposure {
     Public,
     /// Account data or secrets: never stored by a cache.
     Private,
-    /// Carries a reset token in its URL: no store, no referrer.
-    ResetLink,
+    /// Carries a mailed one-time token (reset, sign-up confirmation) in its URL: no store, no
+    /// referrer.
+    MailedLink,
 }
 
 fn page(html: Result<String, askama::Error>, exposure: Exposure) -> Result<HttpResponse, ApiError> {
@@ -84,7 +85,7 @@ fn page(html: Result<String, askama::Error>, exposure: Exposure) -> Result<HttpR
         Exposure::Private => {
             res.insert_header((header::CACHE_CONTROL, "no-store"));
         }
-        Exposure::ResetLink => {
+        Exposure::MailedLink => {
             res.insert_header((header::CACHE_CONTROL, "no-store"))
                 .insert_header(("Referrer-Policy", "no-referrer"));
         }
@@ -246,7 +247,7 @@ async fn signup_confirm() -> Result<HttpResponse, ApiError> {
     let p = SignupConfirmPage {
         layout: Layout::public("Confirm your account"),
     };
-    page(p.render(), Exposure::ResetLink)
+    page(p.render(), Exposure::MailedLink)
 }
 
 #[derive(Template)]
@@ -261,7 +262,7 @@ async fn reset() -> Result<HttpResponse, ApiError> {
         layout: Layout::public("Reset your password"),
         confirm: false,
     };
-    page(p.render(), Exposure::ResetLink)
+    page(p.render(), Exposure::MailedLink)
 }
 
 /// The token stays in the query string only until `app.js` moves it out; it is never rendered.
@@ -270,7 +271,7 @@ async fn reset_confirm() -> Result<HttpResponse, ApiError> {
         layout: Layout::public("Choose a new password"),
         confirm: true,
     };
-    page(p.render(), Exposure::ResetLink)
+    page(p.render(), Exposure::MailedLink)
 }
 
 struct SpendBar {

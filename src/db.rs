@@ -284,6 +284,12 @@ impl Db {
     }
 }
 
+/// Brings an in-memory connection to the latest schema, for other modules' unit tests.
+#[cfg(test)]
+pub(crate) fn migrate_for_tests(conn: &mut Connection) {
+    MIGRATIONS.to_latest(conn).unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -278,3 +278,161 @@ pub fn email_of(
     let plain = vault.open(&blob, &email_binding(account_id))?;
     Ok(plain.expose_str().map(str::to_owned))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServerSecret;
+    use crate::vault::{Keyring, MasterKeyId};
+
+    fn setup() -> (Connection, Vault, EmailHasher) {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::db::migrate_for_tests(&mut conn);
+        let keyring = Keyring::new(
+            vec![(
+                MasterKeyId::parse("k1").unwrap(),
+                zeroize::Zeroizing::new(vec![7; 32]),
+            )],
+            None,
+        )
+        .unwrap();
+        let hasher = EmailHasher::new(ServerSecret::from_bytes(vec![1; 32]));
+        (conn, Vault::new(keyring), hasher)
+    }
+
+    /// A row as an older build wrote it: keyed and sealed under `stored` verbatim, no skeleton.
+    fn old_row(conn: &Connection, vault: &Vault, hasher: &EmailHasher, stored: &str) -> i64 {
+        conn.execute(
+            "INSERT INTO accounts (email_hash, email_blob, master_key_id, created_at, confirmed_at)
+             VALUES (?1, x'', 'k1', 0, 0)",
+            [hasher.hash_verbatim(stored).as_slice()],
+        )
+        .unwrap();
+        let id = conn.last_insert_rowid();
+        let blob = vault.seal(stored.as_bytes(), &email_binding(id)).unwrap();
+        conn.execute(
+            "UPDATE accounts SET email_blob = ?1 WHERE id = ?2",
+            params![blob, id],
+        )
+        .unwrap();
+        id
+    }
+
+    fn skeleton_of(conn: &Connection, id: i64) -> Option<Vec<u8>> {
+        conn.query_row(
+            "SELECT email_skeleton_hash FROM accounts WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn backfill_rekeys_an_address_that_normalises_differently_now() {
+        let (mut conn, vault, hasher) = setup();
+        let id = old_row(&conn, &vault, &hasher, "bob@exämple.com");
+        let done = backfill(&mut conn, &vault, &hasher).unwrap();
+        assert_eq!(
+            done,
+            Backfill {
+                filled: 1,
+                rekeyed: 1,
+                ..Backfill::default()
+            }
+        );
+        let email = Email::parse("bob@xn--exmple-cua.com").unwrap();
+        assert_eq!(
+            find_by_email(&conn, &hasher, &email).unwrap().unwrap().id,
+            id
+        );
+        assert_eq!(
+            email_of(&conn, &vault, id).unwrap().as_deref(),
+            Some("bob@xn--exmple-cua.com")
+        );
+        assert_eq!(
+            skeleton_of(&conn, id),
+            Some(hasher.skeleton_hash(&email).to_vec())
+        );
+        assert_eq!(
+            backfill(&mut conn, &vault, &hasher).unwrap(),
+            Backfill::default()
+        );
+    }
+
+    #[test]
+    fn backfill_keeps_the_old_key_when_the_new_form_is_another_accounts() {
+        let (mut conn, vault, hasher) = setup();
+        let email = Email::parse("bob@xn--exmple-cua.com").unwrap();
+        let current = create_confirmed_in(&conn, &vault, &hasher, &email, None, 0).unwrap();
+        let old = old_row(&conn, &vault, &hasher, "bob@exämple.com");
+        let done = backfill(&mut conn, &vault, &hasher).unwrap();
+        assert_eq!(
+            done,
+            Backfill {
+                filled: 1,
+                collisions: 1,
+                ..Backfill::default()
+            }
+        );
+        assert_eq!(
+            find_by_email(&conn, &hasher, &email).unwrap().unwrap().id,
+            current
+        );
+        assert_eq!(
+            email_of(&conn, &vault, old).unwrap().as_deref(),
+            Some("bob@exämple.com")
+        );
+    }
+
+    #[test]
+    fn backfill_leaves_an_address_that_no_longer_parses() {
+        let (mut conn, vault, hasher) = setup();
+        let id = old_row(&conn, &vault, &hasher, "\"a b\"@example.com");
+        let done = backfill(&mut conn, &vault, &hasher).unwrap();
+        assert_eq!(
+            done,
+            Backfill {
+                unparsable: 1,
+                ..Backfill::default()
+            }
+        );
+        assert_eq!(skeleton_of(&conn, id), None);
+    }
+
+    #[test]
+    fn an_unconfirmed_account_has_no_password_until_confirmed() {
+        let (conn, vault, hasher) = setup();
+        let email = Email::parse("new@example.com").unwrap();
+        let id = create_unconfirmed_in(&conn, &vault, &hasher, &email, "$argon2id$x", 5).unwrap();
+        let row = find_by_email(&conn, &hasher, &email).unwrap().unwrap();
+        assert!(!row.confirmed);
+        assert_eq!(row.password_hash, None);
+        confirm(&conn, id, 6).unwrap();
+        let row = find_by_email(&conn, &hasher, &email).unwrap().unwrap();
+        assert!(row.confirmed);
+        assert_eq!(row.password_hash.as_deref(), Some("$argon2id$x"));
+    }
+
+    #[test]
+    fn an_oauth_confirmation_drops_the_sign_up_password() {
+        let (conn, vault, hasher) = setup();
+        let email = Email::parse("new@example.com").unwrap();
+        let id = create_unconfirmed_in(&conn, &vault, &hasher, &email, "$argon2id$x", 5).unwrap();
+        confirm_without_password(&conn, id, 6).unwrap();
+        let row = find_by_email(&conn, &hasher, &email).unwrap().unwrap();
+        assert!(row.confirmed);
+        assert_eq!(row.password_hash, None);
+    }
+
+    #[test]
+    fn a_lookalike_is_another_address_with_the_same_skeleton() {
+        let (conn, vault, hasher) = setup();
+        let ape = Email::parse("ape@example.com").unwrap();
+        create_confirmed_in(&conn, &vault, &hasher, &ape, None, 0).unwrap();
+        let cyrillic = Email::parse("\u{430}\u{440}\u{435}@example.com").unwrap();
+        assert!(lookalike_exists(&conn, &hasher, &cyrillic).unwrap());
+        assert!(!lookalike_exists(&conn, &hasher, &ape).unwrap(), "itself");
+        let other = Email::parse("\u{430}\u{440}@example.com").unwrap();
+        assert!(!lookalike_exists(&conn, &hasher, &other).unwrap());
+    }
+}

@@ -161,7 +161,7 @@ async fn backfill_accounts(
                 .map_err(|e| StartError::Task(format!("account backfill: {e}")))
         })
         .await?;
-    if done.filled > 0 || done.unparsable > 0 {
+    if done.filled > 0 {
         tracing::info!(
             filled = done.filled,
             rekeyed = done.rekeyed,
@@ -171,13 +171,13 @@ async fn backfill_accounts(
     if done.collisions > 0 {
         tracing::warn!(
             accounts = done.collisions,
-            "accounts: some addresses now normalise to another account's address; they keep their old key and sign in only with their old spelling"
+            "accounts: some addresses now normalise to another account's address; they keep their old key, and signing in with that address reaches the other account (merge or remove one)"
         );
     }
     if done.unparsable > 0 {
         tracing::warn!(
             accounts = done.unparsable,
-            "accounts: some stored addresses are no longer valid addresses (a quoted local part or a domain literal); they have no lookalike skeleton and cannot sign in by email"
+            "accounts: some stored addresses no longer parse (a quoted local part, a domain literal) or do not open; they have no lookalike skeleton and cannot sign in by email"
         );
     }
     Ok(())

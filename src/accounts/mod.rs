@@ -153,7 +153,7 @@ pub struct Backfill {
     pub rekeyed: usize,
     /// Rows whose new form is already another account's: left under the old key.
     pub collisions: usize,
-    /// Rows whose stored address no longer parses: left as they are.
+    /// Rows whose stored address no longer parses (or does not open): left as they are.
     pub unparsable: usize,
 }
 
@@ -175,7 +175,11 @@ pub fn backfill(
     };
     let mut done = Backfill::default();
     for (id, blob) in rows {
-        let plain = vault.open(&blob, &email_binding(id))?;
+        // A blob that does not open is `check`'s business; it must not stop the server starting.
+        let Ok(plain) = vault.open(&blob, &email_binding(id)) else {
+            done.unparsable += 1;
+            continue;
+        };
         let parsed = plain
             .expose_str()
             .and_then(|s| Email::parse(s).ok().map(|e| (e.as_str() == s, e)));
@@ -397,6 +401,29 @@ mod tests {
             }
         );
         assert_eq!(skeleton_of(&conn, id), None);
+    }
+
+    #[test]
+    fn backfill_skips_a_blob_that_does_not_open_instead_of_failing() {
+        let (mut conn, vault, hasher) = setup();
+        let broken = old_row(&conn, &vault, &hasher, "a@example.com");
+        conn.execute(
+            "UPDATE accounts SET email_blob = x'00' WHERE id = ?1",
+            [broken],
+        )
+        .unwrap();
+        let fine = old_row(&conn, &vault, &hasher, "b@example.com");
+        let done = backfill(&mut conn, &vault, &hasher).unwrap();
+        assert_eq!(
+            done,
+            Backfill {
+                filled: 1,
+                unparsable: 1,
+                ..Backfill::default()
+            }
+        );
+        assert_eq!(skeleton_of(&conn, broken), None);
+        assert!(skeleton_of(&conn, fine).is_some());
     }
 
     #[test]

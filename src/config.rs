@@ -590,6 +590,8 @@ pub struct ThrottleSettings {
     pub login: LimitPair,
     /// Password-reset requests (each may send a mail).
     pub reset: LimitPair,
+    /// Sign-ups (each sends a mail to the address).
+    pub signup: LimitPair,
 }
 
 impl Default for ThrottleSettings {
@@ -607,6 +609,10 @@ impl Default for ThrottleSettings {
                 per_account: limit(5, 60 * 60),
                 per_client: limit(20, 60 * 60),
             },
+            signup: LimitPair {
+                per_account: limit(5, 60 * 60),
+                per_client: limit(20, 60 * 60),
+            },
         }
     }
 }
@@ -614,7 +620,8 @@ impl Default for ThrottleSettings {
 impl ThrottleSettings {
     /// `KEYBROKER_LOGIN_ATTEMPTS_PER_ACCOUNT` (10), `KEYBROKER_LOGIN_ATTEMPTS_PER_CLIENT` (50),
     /// `KEYBROKER_LOGIN_WINDOW_SECS` (900), `KEYBROKER_RESET_REQUESTS_PER_ACCOUNT` (5),
-    /// `KEYBROKER_RESET_REQUESTS_PER_CLIENT` (20), `KEYBROKER_RESET_WINDOW_SECS` (3600). A value
+    /// `KEYBROKER_RESET_REQUESTS_PER_CLIENT` (20), `KEYBROKER_RESET_WINDOW_SECS` (3600), and the
+    /// same three for `SIGNUP` (5, 20, 3600). A value
     /// that is not a positive integer is ignored with a warning.
     pub fn from_env() -> Self {
         let d = Self::default();
@@ -658,6 +665,7 @@ impl ThrottleSettings {
         Self {
             login: pair("LOGIN", "ATTEMPTS", d.login),
             reset: pair("RESET", "REQUESTS", d.reset),
+            signup: pair("SIGNUP", "REQUESTS", d.signup),
         }
     }
 }

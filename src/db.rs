@@ -20,6 +20,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../migrations/0003_keys_tokens.sql"),
     include_str!("../migrations/0004_spend.sql"),
     include_str!("../migrations/0005_spend_journal.sql"),
+    include_str!("../migrations/0006_signup_confirmation.sql"),
 ];
 
 static MIGRATIONS: LazyLock<Migrations<'static>> =
@@ -281,6 +282,12 @@ impl Db {
                 .unwrap_or_else(PoisonError::into_inner)),
         }
     }
+}
+
+/// Brings an in-memory connection to the latest schema, for other modules' unit tests.
+#[cfg(test)]
+pub(crate) fn migrate_for_tests(conn: &mut Connection) {
+    MIGRATIONS.to_latest(conn).unwrap();
 }
 
 #[cfg(test)]

@@ -35,11 +35,13 @@ pub struct ErrorDetail {
 #[serde(rename_all = "snake_case")]
 #[allow(clippy::enum_variant_names)]
 pub enum ErrorType {
-    AccountExists,
     AuthenticationFailed,
     /// Only from the `--redirect-http` listener, when a request has no usable `Host`.
     BadHost,
     Csrf,
+    /// Sign-up refused: the address mixes scripts within one part (e.g. a Cyrillic letter among
+    /// Latin ones), the shape of an address made to look like another.
+    EmailLookalike,
     InternalError,
     InvalidAmount,
     InvalidBody,
@@ -54,6 +56,8 @@ pub enum ErrorType {
     InvalidName,
     InvalidPath,
     InvalidPeriod,
+    /// Token creation: `providers` was an empty list (leave it out for every provider).
+    InvalidProviders,
     InvalidQuery,
     InvalidTime,
     InvalidToken,
@@ -112,6 +116,13 @@ pub struct CurrentSession {
 pub struct ReauthUntil {
     /// RFC 3339.
     pub reauth_until: String,
+}
+
+/// Sign-up's one answer: `{"status": "accepted", "message": ...}`, the same bytes for every address.
+#[derive(Serialize, ToSchema)]
+pub struct SignupAccepted {
+    pub status: String,
+    pub message: String,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -347,6 +358,7 @@ fn proxy_root() {}
         routes::discovery::security_txt,
         routes::discovery::legacy_security_txt,
         routes::auth::signup,
+        routes::auth::confirm_signup,
         routes::auth::login,
         routes::auth::logout,
         routes::auth::current,

@@ -62,6 +62,8 @@ pub struct AppState {
     pub login_throttle: Throttle,
     /// Password-reset requests per email and per client address.
     pub reset_throttle: Throttle,
+    /// Sign-ups per email and per client address (each one sends a mail to the address).
+    pub signup_throttle: Throttle,
     pub oauth: OAuthSettings,
     /// Talks to OAuth providers: no redirects followed (SSRF), bounded time.
     pub http: reqwest::Client,
@@ -144,6 +146,43 @@ pub async fn open_storage(settings: &Settings) -> Result<(Db, Arc<Vault>), Start
     Ok((db, vault))
 }
 
+/// Gives accounts made before lookalike detection their skeleton hash (and re-keys those whose
+/// address normalises differently now); see `accounts::backfill`. Only rows still missing it are
+/// read, so after the first start this is one indexed query.
+async fn backfill_accounts(
+    db: &Db,
+    vault: &Arc<Vault>,
+    emails: &EmailHasher,
+) -> Result<(), StartError> {
+    let (vault, emails) = (vault.clone(), emails.clone());
+    let done = db
+        .write(move |conn| {
+            crate::accounts::backfill(conn, &vault, &emails)
+                .map_err(|e| StartError::Task(format!("account backfill: {e}")))
+        })
+        .await?;
+    if done.filled > 0 {
+        tracing::info!(
+            filled = done.filled,
+            rekeyed = done.rekeyed,
+            "accounts: lookalike skeletons filled in"
+        );
+    }
+    if done.collisions > 0 {
+        tracing::warn!(
+            accounts = done.collisions,
+            "accounts: some addresses now normalise to another account's address; they keep their old key, and signing in with that address reaches the other account (merge or remove one)"
+        );
+    }
+    if done.unparsable > 0 {
+        tracing::warn!(
+            accounts = done.unparsable,
+            "accounts: some stored addresses no longer parse (a quoted local part, a domain literal) or do not open; they have no lookalike skeleton and cannot sign in by email"
+        );
+    }
+    Ok(())
+}
+
 /// The spend ledger restored from the database (holds a crash left behind are charged in full
 /// first), its writer, and the price table.
 async fn build_proxy(
@@ -208,6 +247,8 @@ impl Application {
             &settings.data_dir,
             settings.missing_secrets,
         )?;
+        let emails = EmailHasher::new(secrets.email_pepper.clone());
+        backfill_accounts(&db, &vault, &emails).await?;
         let passwords = crate::accounts::password::HashingPool::new(settings.password_hashers)
             .map_err(|e| StartError::Task(e.to_string()))?;
         // The dummy hash makes unknown-email logins as slow as wrong-password ones; build it now
@@ -242,7 +283,7 @@ impl Application {
         let state = web::Data::new(AppState {
             db,
             vault,
-            emails: EmailHasher::new(secrets.email_pepper),
+            emails,
             session_secret: secrets.session_secret,
             fingerprint_secret: secrets.fingerprint_secret,
             clock: settings.clock.clone(),
@@ -260,6 +301,7 @@ impl Application {
             mail: outbox,
             login_throttle: Throttle::new(settings.throttle.login, &settings.clock),
             reset_throttle: Throttle::new(settings.throttle.reset, &settings.clock),
+            signup_throttle: Throttle::new(settings.throttle.signup, &settings.clock),
             oauth: settings.oauth.clone(),
             http,
             body_timeout: settings.body_timeout,

@@ -2,7 +2,7 @@
 //!
 //! A token is `kb_` + base64url(32 random bytes): 256 bits from the OS RNG, 46 characters. It is
 //! shown once, at creation; only its SHA-256 is stored. A token belongs to one account, may be
-//! limited to some providers (none listed = all), may expire, and is revoked at once.
+//! limited to some providers ([`ProviderScope`]; no provider rows = all), may expire, and is revoked at once.
 //!
 //! Lookup is one SHA-256 and an indexed equality query, not argon2: a password needs a slow hash
 //! because it is guessable, a 256-bit random token is not, and the proxy checks a token on every
@@ -92,12 +92,44 @@ impl ToolToken {
     }
 }
 
+/// Which providers a token may call. "Every provider" is said with [`ProviderScope::All`],
+/// never with an empty list: an empty list that arrives from a client is a mistake (a filter
+/// that matched nothing, a bug in a script), and reading it as "all" would turn that mistake into
+/// the widest token there is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderScope {
+    All,
+    /// Registry provider ids, at least one, without duplicates.
+    Only(Vec<&'static str>),
+}
+
+impl ProviderScope {
+    /// A scope limited to `ids`; `None` when `ids` is empty.
+    pub fn only(ids: impl IntoIterator<Item = &'static str>) -> Option<Self> {
+        let mut out: Vec<&'static str> = Vec::new();
+        for id in ids {
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
+        (!out.is_empty()).then_some(Self::Only(out))
+    }
+
+    /// The ids stored as the token's provider rows (none for [`ProviderScope::All`]).
+    fn listed(&self) -> &[&'static str] {
+        match self {
+            Self::All => &[],
+            Self::Only(ids) => ids,
+        }
+    }
+}
+
 /// A new token's settings, already validated.
 #[derive(Debug, Clone)]
 pub struct NewToken<'a> {
     pub account_id: i64,
     pub name: &'a str,
-    pub providers: &'a [&'static str],
+    pub providers: &'a ProviderScope,
     pub expires_at: Option<i64>,
     pub now: i64,
 }
@@ -118,8 +150,9 @@ pub fn create(conn: &Connection, new: &NewToken<'_>) -> rusqlite::Result<(ToolTo
             new.expires_at
         ],
     )?;
-    let mut providers: Vec<String> = Vec::with_capacity(new.providers.len());
-    for provider in new.providers {
+    let listed = new.providers.listed();
+    let mut providers: Vec<String> = Vec::with_capacity(listed.len());
+    for provider in listed {
         conn.execute(
             "INSERT OR IGNORE INTO tool_token_providers (token_id, provider) VALUES (?1, ?2)",
             params![id, provider],
@@ -402,7 +435,7 @@ mod tests {
         conn
     }
 
-    fn new(providers: &'static [&'static str], expires_at: Option<i64>) -> NewToken<'static> {
+    fn new(providers: &ProviderScope, expires_at: Option<i64>) -> NewToken<'_> {
         NewToken {
             account_id: 1,
             name: "ci",
@@ -410,6 +443,19 @@ mod tests {
             expires_at,
             now: 100,
         }
+    }
+
+    fn openai_only() -> ProviderScope {
+        ProviderScope::only(["openai"]).unwrap()
+    }
+
+    #[test]
+    fn an_empty_provider_list_is_no_scope_at_all() {
+        assert_eq!(ProviderScope::only([]), None);
+        assert_eq!(
+            ProviderScope::only(["openai", "anthropic", "openai"]),
+            Some(ProviderScope::Only(vec!["openai", "anthropic"]))
+        );
     }
 
     #[test]
@@ -427,7 +473,7 @@ mod tests {
     #[test]
     fn only_the_hash_is_stored_and_it_authenticates() {
         let conn = db();
-        let (token, issued) = create(&conn, &new(&["openai"], None)).unwrap();
+        let (token, issued) = create(&conn, &new(&openai_only(), None)).unwrap();
         let stored: Vec<u8> = conn
             .query_row("SELECT token_hash FROM tool_tokens", [], |r| r.get(0))
             .unwrap();
@@ -441,7 +487,7 @@ mod tests {
     #[test]
     fn revoked_expired_and_malformed_tokens_do_not_authenticate() {
         let conn = db();
-        let (token, issued) = create(&conn, &new(&[], Some(200))).unwrap();
+        let (token, issued) = create(&conn, &new(&ProviderScope::All, Some(200))).unwrap();
         assert!(authenticate(&conn, issued.expose(), 199).unwrap().is_some());
         assert!(authenticate(&conn, issued.expose(), 200).unwrap().is_none());
         assert!(revoke(&conn, 1, &token.id, 150).unwrap());
@@ -454,7 +500,7 @@ mod tests {
     #[test]
     fn an_unscoped_token_allows_every_provider() {
         let conn = db();
-        let (token, _) = create(&conn, &new(&[], None)).unwrap();
+        let (token, _) = create(&conn, &new(&ProviderScope::All, None)).unwrap();
         assert!(token.allows("openai") && token.allows("twilio"));
     }
 }

@@ -15,13 +15,14 @@
   window.addEventListener("unhandledrejection", (e) => note("js-errors", String(e.reason)));
 })();
 
-// A reset link's token leaves the URL before anything else can see it.
-const resetToken = (function takeResetToken() {
-  if (location.pathname !== "/reset/confirm") return "";
+// A reset or sign-up confirmation link's token leaves the URL before anything else can see it.
+const linkToken = (function takeLinkToken() {
+  if (location.pathname !== "/reset/confirm" && location.pathname !== "/signup/confirm") return "";
   const token = new URLSearchParams(location.search).get("token") || "";
-  history.replaceState(null, "", "/reset/confirm");
+  history.replaceState(null, "", location.pathname);
   return token;
 })();
+const resetToken = location.pathname === "/reset/confirm" ? linkToken : "";
 
 const REVEAL_SECONDS = 30;
 
@@ -170,6 +171,10 @@ async function copyText(text, button) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  // A sign-up confirmation link fills in its code; without a link the code is typed in.
+  const signupToken = document.getElementById("signup-token");
+  if (signupToken && location.pathname === "/signup/confirm" && linkToken) signupToken.value = linkToken;
+
   document.addEventListener("submit", (e) => {
     const form = e.target;
     let action = null;

@@ -53,6 +53,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/static/favicon.svg", get().to(favicon))
         .route("/login", get().to(login))
         .route("/signup", get().to(signup))
+        .route("/signup/confirm", get().to(signup_confirm))
         .route("/reset", get().to(reset))
         .route("/reset/confirm", get().to(reset_confirm))
         .route("/dashboard", get().to(overview))
@@ -69,8 +70,9 @@ enum Exposure {
     Public,
     /// Account data or secrets: never stored by a cache.
     Private,
-    /// Carries a reset token in its URL: no store, no referrer.
-    ResetLink,
+    /// Carries a mailed one-time token (reset, sign-up confirmation) in its URL: no store, no
+    /// referrer.
+    MailedLink,
 }
 
 fn page(html: Result<String, askama::Error>, exposure: Exposure) -> Result<HttpResponse, ApiError> {
@@ -83,7 +85,7 @@ fn page(html: Result<String, askama::Error>, exposure: Exposure) -> Result<HttpR
         Exposure::Private => {
             res.insert_header((header::CACHE_CONTROL, "no-store"));
         }
-        Exposure::ResetLink => {
+        Exposure::MailedLink => {
             res.insert_header((header::CACHE_CONTROL, "no-store"))
                 .insert_header(("Referrer-Policy", "no-referrer"));
         }
@@ -234,6 +236,21 @@ async fn signup(
 }
 
 #[derive(Template)]
+#[template(path = "signup_confirm.html")]
+struct SignupConfirmPage {
+    layout: Layout,
+}
+
+/// Like the reset page: the token stays in the query string only until `app.js` moves it into
+/// the form; it is never rendered, and the page sends no referrer.
+async fn signup_confirm() -> Result<HttpResponse, ApiError> {
+    let p = SignupConfirmPage {
+        layout: Layout::public("Confirm your account"),
+    };
+    page(p.render(), Exposure::MailedLink)
+}
+
+#[derive(Template)]
 #[template(path = "reset.html")]
 struct ResetPage {
     layout: Layout,
@@ -245,7 +262,7 @@ async fn reset() -> Result<HttpResponse, ApiError> {
         layout: Layout::public("Reset your password"),
         confirm: false,
     };
-    page(p.render(), Exposure::ResetLink)
+    page(p.render(), Exposure::MailedLink)
 }
 
 /// The token stays in the query string only until `app.js` moves it out; it is never rendered.
@@ -254,7 +271,7 @@ async fn reset_confirm() -> Result<HttpResponse, ApiError> {
         layout: Layout::public("Choose a new password"),
         confirm: true,
     };
-    page(p.render(), Exposure::ResetLink)
+    page(p.render(), Exposure::MailedLink)
 }
 
 struct SpendBar {

@@ -46,7 +46,7 @@ pub fn url_carries_key(path: &str, query: &str) -> bool {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let name = decode_fully(name, true);
         let value = decode_fully(value, true);
-        if our_reset_link(&path, &name, &value) {
+        if our_mailed_link(&path, &name, &value) {
             continue;
         }
         if pieces(&name)
@@ -62,13 +62,17 @@ pub fn url_carries_key(path: &str, query: &str) -> bool {
     false
 }
 
-/// The password-reset link we mail (`/reset/confirm?token=kbr_…`) carries our own one-time token
-/// in its query string by design; the page moves it out of the URL at once. Only a value shaped
-/// exactly like a reset token is let through, and only there.
-fn our_reset_link(path: &str, name: &str, value: &str) -> bool {
-    path == "/reset/confirm"
-        && name == "token"
-        && crate::accounts::reset::hash_presented(value).is_some()
+/// The password-reset and sign-up confirmation links we mail (`/reset/confirm?token=kbr_…`,
+/// `/signup/confirm?token=kbs_…`) carry our own one-time token in their query string by design;
+/// the page moves it out of the URL at once. Only a value shaped exactly like that page's token is
+/// let through, and only there.
+fn our_mailed_link(path: &str, name: &str, value: &str) -> bool {
+    name == "token"
+        && match path {
+            "/reset/confirm" => crate::accounts::reset::hash_presented(value).is_some(),
+            "/signup/confirm" => crate::accounts::signup::hash_presented(value).is_some(),
+            _ => false,
+        }
 }
 
 /// Splits text on everything that cannot be part of a prefixed key (`[A-Za-z0-9_:-]`).
@@ -175,6 +179,20 @@ mod tests {
         assert!(url_carries_key("/dashboard", &query));
         let key = format!("sk-proj-{}", "Ab3_x".repeat(10));
         assert!(url_carries_key("/reset/confirm", &format!("token={key}")));
+    }
+
+    #[test]
+    fn the_mailed_signup_link_passes_but_only_on_its_page_and_with_a_signup_token() {
+        let token = crate::accounts::signup::SignupToken::generate();
+        let query = format!("token={}", token.as_str());
+        assert!(!url_carries_key("/signup/confirm", &query));
+        assert!(url_carries_key("/reset/confirm", &query));
+        assert!(url_carries_key("/dashboard", &query));
+        let reset = crate::accounts::reset::ResetToken::generate();
+        assert!(url_carries_key(
+            "/signup/confirm",
+            &format!("token={}", reset.as_str())
+        ));
     }
 
     fn openai_key() -> String {

@@ -1,4 +1,4 @@
-//! Sign-up, sign-in, sign-out, the current session, re-authentication and password change
+//! Sign-up and its confirmation, sign-in, sign-out, the current session, re-authentication and password change
 //! (`/api/v1/auth/...`).
 
 use std::net::IpAddr;
@@ -6,13 +6,14 @@ use std::net::IpAddr;
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::accounts::password::{self, PasswordError, Verdict};
+use crate::accounts::signup::{self, SignupToken};
 use crate::accounts::throttle::RetryAfter;
-use crate::accounts::{self, oauth, reset, session, AccountError, Email};
+use crate::accounts::{self, oauth, reset, session, Email};
 use crate::audit::{self, Actor, Outcome};
 use crate::error::ApiError;
 use crate::http::auth::{check_origin, Authenticated, RequestContext};
@@ -142,56 +143,268 @@ async fn start_session(
         .json(json!({"email": email, "csrf_token": csrf})))
 }
 
+/// What every sign-up answers once its input is valid, whatever the address turned out to be:
+/// new, an account's already (confirmed or not), or a lookalike of one. Same status, headers and
+/// bytes; no cookie in any case. What happened is told only by mail, to the address itself.
+fn signup_accepted() -> HttpResponse {
+    HttpResponse::build(StatusCode::ACCEPTED)
+        .insert_header(("Cache-Control", "no-store"))
+        .json(json!({
+            "status": "accepted",
+            "message": "check your mail: the next step is in a message to this address",
+        }))
+}
+
+/// What a sign-up found, decided inside its one write transaction.
+enum Found {
+    /// A new, unconfirmed account; the confirmation token was stored.
+    Created,
+    /// The address has an account already.
+    Existing { confirmed: bool },
+    /// The address looks like another account's (same confusable skeleton, not the same address).
+    Lookalike,
+}
+
+fn confirmation_mail(to: String, public_url: Option<&str>, token: &SignupToken) -> Mail {
+    let how = match public_url {
+        Some(base) => format!(
+            "To confirm it, open this link within 24 hours and enter the password you chose:\n\n\
+             {base}/signup/confirm?token={}\n",
+            token.as_str()
+        ),
+        None => format!(
+            "To confirm it, open /signup/confirm on the keybroker you signed up at within 24 \
+             hours, and enter this code with the password you chose:\n\n{}\n",
+            token.as_str()
+        ),
+    };
+    Mail {
+        kind: "signup_confirm",
+        to,
+        subject: "Confirm your keybroker account",
+        body: format!(
+            "Someone (hopefully you) created a keybroker account for this address.\n\n{how}\n\
+             If it was not you, ignore this mail: the account cannot be used without it.\n"
+        ),
+    }
+}
+
+fn existing_account_mail(to: String, confirmed: bool) -> Mail {
+    let body = if confirmed {
+        "Someone just tried to create a keybroker account with this address, which already has \
+         one. No new account was created and nothing about yours changed.\n\n\
+         If it was you, sign in instead; if you forgot your password, reset it from the sign-in \
+         page. If it was not you, you can ignore this mail.\n"
+    } else {
+        "Someone just tried to create a keybroker account with this address, which already has \
+         one waiting for confirmation.\n\n\
+         If you started it, use the link in the first mail we sent. If that mail is lost or \
+         expired, or you did not start it, reset the password from the sign-in page: the reset \
+         link confirms the account with a password of your choosing.\n"
+    };
+    Mail {
+        kind: "signup_existing",
+        to,
+        subject: "Someone tried to sign up with your address",
+        body: body.to_owned(),
+    }
+}
+
+fn lookalike_mail(to: String) -> Mail {
+    Mail {
+        kind: "signup_lookalike",
+        to,
+        subject: "Your keybroker sign-up could not be completed",
+        body: "Someone (hopefully you) tried to create a keybroker account for this address. It \
+               could not be created: the address looks too much like the address of an existing \
+               account (some of its characters can be mistaken for others).\n\n\
+               If this address is really yours and you need an account, ask the operator of this \
+               keybroker.\n"
+            .to_owned(),
+    }
+}
+
 #[utoipa::path(
     post, path = "/api/v1/auth/signup", tag = "auth",
     request_body = Credentials,
     responses(
-        (status = 201, description = "Account created and signed in; sets the session cookie", body = crate::openapi::SignedIn),
-        (status = 400, description = "invalid_email, password_too_short, password_too_long, invalid_json", body = crate::openapi::ErrorBody),
-        (status = 409, description = "account_exists", body = crate::openapi::ErrorBody),
+        (status = 202, description = "Always this one answer (no cookie), whether the address is new, has an account already, or looks like an account's address. A new account must be confirmed with the mailed link (POST /api/v1/auth/signup/confirm); the owner of an existing address is told by mail", body = crate::openapi::SignupAccepted),
+        (status = 400, description = "invalid_email, email_lookalike (the address mixes scripts within one part), password_too_short, password_too_long, invalid_json", body = crate::openapi::ErrorBody),
+        (status = 429, description = "too_many_attempts (Retry-After)", body = crate::openapi::ErrorBody),
     )
 )]
+/// Signs an address up. The answer is the same whatever the address turns out to be, and so is
+/// the work behind it: one argon2 hash, one write transaction with an audit entry, one queued
+/// mail. See ARCHITECTURE.md, "Sign-up".
 pub async fn signup(
     req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state)?;
+    let ctx = RequestContext::of(&req);
     let Credentials {
         email,
         password: pw,
     } = body.into_inner();
     let email = parse_email(&email)?;
+    // Decided from the address alone, so it says nothing about other accounts.
+    if email.mixes_scripts() {
+        return Err(ApiError::bad_request(
+            "email_lookalike",
+            "the address mixes alphabets within one part (for example a Cyrillic letter among \
+             Latin ones); type it exactly as your mail provider spells it",
+        ));
+    }
     password::validate(&pw).map_err(password_error)?;
+    state
+        .signup_throttle
+        .check(&state.emails.hash(&email), client_ip(&ctx))
+        .map_err(throttled)?;
+    // Hashed whatever the address turns out to be, before it is looked up: an existing address
+    // costs the same argon2 run as a new one.
     let phc = state
         .passwords
         .run(move || password::hash(&pw))
         .await?
         .map_err(password_error)?;
+    let token = SignupToken::generate();
+    let token_hash = token.hash();
     let (vault, hasher, now) = (
         state.vault.clone(),
         state.emails.clone(),
         state.clock.unix(),
     );
-    let email_for_row = email.clone();
-    let account_id = state
+    let lookup = email.clone();
+    let found = state
         .db
-        .write(move |conn| {
-            match accounts::create(conn, &vault, &hasher, &email_for_row, Some(&phc), now) {
-                Ok(id) => Ok(id),
-                Err(AccountError::Exists) => Err(ApiError::conflict(
-                    "account_exists",
-                    "an account with this email already exists; sign in instead",
-                )),
-                Err(e) => Err(ApiError::internal(e)),
-            }
+        .write(move |conn| -> Result<Found, ApiError> {
+            let tx = conn.transaction()?;
+            let (found, account_id, action, outcome) =
+                match accounts::find_by_email(&tx, &hasher, &lookup)? {
+                    Some(a) => (
+                        Found::Existing {
+                            confirmed: a.confirmed,
+                        },
+                        Some(a.id),
+                        "signup.existing",
+                        Outcome::Failure,
+                    ),
+                    // An ASCII address is never refused as a lookalike: ASCII confusables
+                    // (`rn`/`m`, `1`/`l`) are distinct mailboxes people really have, and it is
+                    // the non-ASCII imitation of an ASCII address that is the attack.
+                    None if !lookup.is_ascii()
+                        && accounts::lookalike_exists(&tx, &hasher, &lookup)? =>
+                    {
+                        (Found::Lookalike, None, "signup.lookalike", Outcome::Failure)
+                    }
+                    None => {
+                        let id = accounts::create_unconfirmed_in(
+                            &tx, &vault, &hasher, &lookup, &phc, now,
+                        )
+                        .map_err(ApiError::internal)?;
+                        signup::issue(&tx, id, &token_hash, now)?;
+                        (Found::Created, None, "signup.request", Outcome::Success)
+                    }
+                };
+            audit::append(&tx, &event(account_id, action, &ctx, outcome, now))?;
+            tx.commit()?;
+            Ok(found)
         })
         .await?;
+    let to = email.as_str().to_owned();
+    state.mail.enqueue(match found {
+        Found::Created => confirmation_mail(to, state.public_url.as_deref(), &token),
+        Found::Existing { confirmed } => existing_account_mail(to, confirmed),
+        Found::Lookalike => lookalike_mail(to),
+    });
+    Ok(signup_accepted())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct SignupConfirm {
+    /// The `kbs_...` token from the confirmation mail.
+    #[schema(value_type = String, format = Password)]
+    token: SecretString,
+    /// The password chosen at sign-up.
+    #[schema(value_type = String, format = Password)]
+    password: SecretString,
+}
+
+fn invalid_confirmation() -> ApiError {
+    ApiError::bad_request(
+        "invalid_token",
+        "the confirmation link is invalid, already used or expired; reset your password from the \
+         sign-in page to confirm the account instead",
+    )
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/auth/signup/confirm", tag = "auth",
+    request_body = SignupConfirm,
+    responses(
+        (status = 201, description = "Account confirmed and signed in; sets the session cookie", body = crate::openapi::SignedIn),
+        (status = 400, description = "invalid_token, invalid_json", body = crate::openapi::ErrorBody),
+        (status = 401, description = "authentication_failed (not the password chosen at sign-up)", body = crate::openapi::ErrorBody),
+        (status = 429, description = "too_many_attempts (Retry-After)", body = crate::openapi::ErrorBody),
+    )
+)]
+/// Confirms a sign-up with the mailed token and the password chosen at sign-up, and signs in.
+/// The token proves the mailbox; the password proves the confirmer is who signed up, so the owner
+/// of an address can never be made to confirm a password someone else chose.
+pub async fn confirm_signup(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<SignupConfirm>,
+) -> Result<HttpResponse, ApiError> {
+    check_origin(&req, &state)?;
+    let ctx = RequestContext::of(&req);
+    let SignupConfirm {
+        token,
+        password: pw,
+    } = body.into_inner();
+    let token_hash =
+        signup::hash_presented(token.expose_secret()).ok_or_else(invalid_confirmation)?;
+    let now = state.clock.unix();
+    // A cheap look first, so a made-up token costs no argon2 run; the redemption below decides.
+    let (account_id, stored) = state
+        .db
+        .read(move |conn| signup::pending(conn, &token_hash, now).map_err(ApiError::from))
+        .await?
+        .ok_or_else(invalid_confirmation)?;
+    // Per token only: a valid token names one account, so there is no spraying across accounts
+    // for a per-client limit to stop.
+    state
+        .login_throttle
+        .check(&token_hash, None)
+        .map_err(throttled)?;
+    let verdict = state
+        .passwords
+        .run(move || password::verify(&pw, stored.as_deref()))
+        .await?;
+    if !matches!(verdict, Verdict::Valid { .. }) {
+        return Err(ApiError::authentication_failed());
+    }
+    let vault = state.vault.clone();
+    let email = state
+        .db
+        .write(move |conn| -> Result<Option<String>, ApiError> {
+            let tx = conn.transaction()?;
+            if signup::redeem(&tx, &token_hash, now)? != Some(account_id) {
+                return Ok(None);
+            }
+            accounts::confirm(&tx, account_id, now)?;
+            let email = accounts::email_of(&tx, &vault, account_id).map_err(ApiError::internal)?;
+            tx.commit()?;
+            Ok(email)
+        })
+        .await?
+        .ok_or_else(invalid_confirmation)?;
     start_session(
         &state,
         account_id,
-        email.as_str().to_owned(),
-        RequestContext::of(&req),
+        email,
+        ctx,
         "signup",
         StatusCode::CREATED,
     )

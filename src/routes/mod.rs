@@ -67,6 +67,7 @@ route_table! {
     GET "/.well-known/security.txt" => discovery::security_txt;
     GET "/security.txt" => discovery::legacy_security_txt;
     POST "/api/v1/auth/signup" => auth::signup;
+    POST "/api/v1/auth/signup/confirm" => auth::confirm_signup;
     POST "/api/v1/auth/login" => auth::login;
     POST "/api/v1/auth/logout" => auth::logout;
     GET "/api/v1/auth/session" => auth::current;

@@ -283,9 +283,16 @@ async fn callback_inner(
                 None => {
                     let (account_id, action) =
                         match accounts::find_by_email(&tx, &hasher, &identity.email)? {
-                            Some(a) => (a.id, "oauth.link"),
+                            Some(a) => {
+                                // The provider vouches for the address; a password someone
+                                // signed it up with never was, so it does not survive.
+                                if !a.confirmed {
+                                    accounts::confirm_without_password(&tx, a.id, now)?;
+                                }
+                                (a.id, "oauth.link")
+                            }
                             None => (
-                                accounts::create_in(
+                                accounts::create_confirmed_in(
                                     &tx,
                                     &vault,
                                     &hasher,

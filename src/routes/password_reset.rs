@@ -168,6 +168,9 @@ pub async fn confirm(
                     return Ok(None);
                 };
                 accounts::set_password(&tx, account_id, &phc)?;
+                // The link proved the mailbox: an account still waiting for its sign-up
+                // confirmation is confirmed, with the password chosen here.
+                accounts::confirm(&tx, account_id, now)?;
                 session::revoke_all(&tx, account_id)?;
                 reset::revoke_all(&tx, account_id)?;
                 audit::append(

@@ -12,7 +12,7 @@ use crate::http::auth::Authenticated;
 use crate::routes::keys::{provider_of, user_event};
 use crate::startup::AppState;
 use crate::timefmt::{parse_rfc3339, rfc3339, rfc3339_opt};
-use crate::tokens::{self, NewToken, ToolToken};
+use crate::tokens::{self, NewToken, ProviderScope, ToolToken};
 
 const MAX_NAME_CHARS: usize = 100;
 
@@ -20,6 +20,9 @@ const MAX_NAME_CHARS: usize = 100;
 pub struct CreateToken {
     #[schema(min_length = 1, max_length = 100)]
     name: String,
+    /// Provider ids the token may call; leave the field out for every provider. An empty list
+    /// is refused (`invalid_providers`), never read as "all".
+    #[schema(min_items = 1)]
     providers: Option<Vec<String>>,
     /// RFC 3339, in the future.
     #[schema(format = DateTime)]
@@ -52,12 +55,29 @@ fn parse_name(raw: &str) -> Result<String, ApiError> {
     Ok(name.to_owned())
 }
 
+/// The token's scope: absent means every provider; a list must name at least one known provider.
+fn parse_scope(state: &AppState, raw: Option<Vec<String>>) -> Result<ProviderScope, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(ProviderScope::All);
+    };
+    let ids: Vec<&'static str> = raw
+        .iter()
+        .map(|p| provider_of(&state.providers, p).map(|p| p.id))
+        .collect::<Result<_, _>>()?;
+    ProviderScope::only(ids).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_providers",
+            "providers must name at least one provider; leave the field out for every provider",
+        )
+    })
+}
+
 #[utoipa::path(
     post, path = "/api/v1/tokens", tag = "tokens", operation_id = "create_token",
     request_body = CreateToken,
     responses(
         (status = 201, description = "Issued; the token is in this answer only", body = crate::openapi::IssuedToken),
-        (status = 400, description = "invalid_name, unknown_provider, invalid_expires_at", body = crate::openapi::ErrorBody),
+        (status = 400, description = "invalid_name, invalid_providers (an empty list), unknown_provider, invalid_expires_at", body = crate::openapi::ErrorBody),
         (status = 403, description = "csrf", body = crate::openapi::ErrorBody),
     ),
     security(("session" = [], "csrf" = []))
@@ -73,11 +93,7 @@ pub async fn create(
         expires_at,
     } = body.into_inner();
     let name = parse_name(&name)?;
-    let providers: Vec<&'static str> = providers
-        .unwrap_or_default()
-        .iter()
-        .map(|p| provider_of(&state.providers, p).map(|p| p.id))
-        .collect::<Result<_, _>>()?;
+    let providers = parse_scope(&state, providers)?;
     let now = state.clock.unix();
     let expires_at = match expires_at {
         None => None,

@@ -3,21 +3,15 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{session_cookie, unique_email, Session, TestApp, PASSWORD};
+use crate::helpers::{session_cookie, take_signup_token, unique_email, Session, TestApp, PASSWORD};
 
 #[tokio::test]
-async fn signup_returns_201_with_a_host_prefixed_strict_http_only_secure_cookie() {
+async fn a_confirmed_signup_returns_201_with_a_host_prefixed_strict_http_only_secure_cookie() {
     let app = TestApp::spawn().await;
     let email = unique_email();
-    let res = app
-        .post_json(
-            "/api/v1/auth/signup",
-            None,
-            &json!({"email": email, "password": PASSWORD}),
-        )
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(app.signup_request(&email, PASSWORD).await.status(), 202);
+    let token = take_signup_token(&app.data_dir.path().join("data"), &email).await;
+    let res = app.confirm_signup(&token, PASSWORD).await;
     assert_eq!(res.status(), 201);
     let set_cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
     for attr in [

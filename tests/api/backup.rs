@@ -85,18 +85,20 @@ async fn a_backup_under_load_is_consistent_holds_no_plaintext_and_restores_every
     let upstream = FakeUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    // The per-token rate limit (1,000 a minute by default) would answer part of this load 429.
+    // The per-token rate limit (1,000 a minute by default) would answer part of this load 429,
+    // and the sign-up limit (20 an hour per client) part of the writer's sign-ups.
     let env = ServerEnv::random()
         .with("KEYBROKER_UPSTREAM_OPENAI", &upstream.url)
         .with("KEYBROKER_UPSTREAM_ANTHROPIC", &upstream.url)
-        .with("KEYBROKER_PROXY_RATE_PER_MINUTE", "1000000");
+        .with("KEYBROKER_PROXY_RATE_PER_MINUTE", "1000000")
+        .with("KEYBROKER_SIGNUP_REQUESTS_PER_CLIENT", "1000000");
     let running = serve(&data, &env.pairs()).unwrap();
     let base = format!("http://127.0.0.1:{}", running.port);
 
     let planted = Arc::new(Mutex::new(Vec::new()));
     let mut users = Vec::new();
     for _ in 0..3 {
-        let me = Remote::signup(&base).await;
+        let me = Remote::signup(&base, &data).await;
         let key = openai_key();
         planted.lock().unwrap().push(key.clone());
         let id = me.add_key("openai", &key).await;
@@ -133,7 +135,12 @@ async fn a_backup_under_load_is_consistent_holds_no_plaintext_and_restores_every
         }));
     }
     let writer = {
-        let (stop_flag, planted, base) = (stop_flag.clone(), planted.clone(), base.clone());
+        let (stop_flag, planted, base, data) = (
+            stop_flag.clone(),
+            planted.clone(),
+            base.clone(),
+            data.clone(),
+        );
         let (rotated_id, rotator) = (
             users[0].1.clone(),
             Remote::login(&base, &users[0].0.email).await,
@@ -141,7 +148,7 @@ async fn a_backup_under_load_is_consistent_holds_no_plaintext_and_restores_every
         tokio::spawn(async move {
             let mut writes = 0u32;
             while !stop_flag.load(Ordering::Relaxed) {
-                let other = Remote::signup(&base).await;
+                let other = Remote::signup(&base, &data).await;
                 let (k1, k2, k3) = (openai_key(), anthropic_key(), openai_key());
                 planted
                     .lock()
@@ -300,7 +307,11 @@ async fn a_server_with_one_key() -> (tempfile::TempDir, ServerEnv, Running) {
     let dir = tempfile::tempdir().unwrap();
     let env = ServerEnv::random();
     let running = serve(&dir.path().join("data"), &env.pairs()).unwrap();
-    let me = Remote::signup(&format!("http://127.0.0.1:{}", running.port)).await;
+    let me = Remote::signup(
+        &format!("http://127.0.0.1:{}", running.port),
+        &dir.path().join("data"),
+    )
+    .await;
     me.add_key("openai", &openai_key()).await;
     (dir, env, running)
 }

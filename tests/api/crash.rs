@@ -22,7 +22,7 @@ async fn sigkill_under_load_loses_no_key_and_no_settled_spend() {
     let running = serve(&data, &env).unwrap();
     let base = format!("http://127.0.0.1:{}", running.port);
 
-    let me = Remote::signup(&base).await;
+    let me = Remote::signup(&base, &data).await;
     assert_eq!(
         me.call(
             reqwest::Method::POST,
@@ -171,7 +171,7 @@ async fn calls_answered_while_the_database_is_locked_are_charged_after_a_crash()
     let env = [("KEYBROKER_UPSTREAM_OPENAI", upstream.url.as_str())];
     let running = serve(&data, &env).unwrap();
     let base = format!("http://127.0.0.1:{}", running.port);
-    let me = Remote::signup(&base).await;
+    let me = Remote::signup(&base, &data).await;
     let added = me
         .call(
             reqwest::Method::POST,

@@ -81,6 +81,7 @@ async fn login_and_signup_pages_are_public() {
     for (path, action) in [
         ("/login", "/api/v1/auth/login"),
         ("/signup", "/api/v1/auth/signup"),
+        ("/signup/confirm", "/api/v1/auth/signup/confirm"),
     ] {
         let res = app.get(path, None).send().await.unwrap();
         assert_eq!(res.status(), 200, "{path}");
@@ -303,10 +304,13 @@ async fn every_form_that_carries_a_secret_is_a_post() {
     let s = app.signed_up().await;
     crate::key_helpers::add_key(&app, &s, "openai", &openai_key()).await;
     let mut forms = 0;
-    for path in PAGES
-        .iter()
-        .chain(&["/login", "/signup", "/reset", "/reset/confirm"])
-    {
+    for path in PAGES.iter().chain(&[
+        "/login",
+        "/signup",
+        "/signup/confirm",
+        "/reset",
+        "/reset/confirm",
+    ]) {
         let session = path.starts_with("/dashboard").then_some(&s);
         let body = app
             .get(path, session)

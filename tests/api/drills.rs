@@ -581,7 +581,7 @@ async fn sigkill_under_ceiling_load_never_charges_less_than_clients_were_told() 
     let mut tokens = Vec::new();
     let mut reservation = [0i64; 2];
     for (a, account_limits) in limits.iter().enumerate() {
-        let me = Remote::signup(&base).await;
+        let me = Remote::signup(&base, &data).await;
         for (provider, key) in [("openai", OPENAI_KEY), ("resend", RESEND_KEY)] {
             let res = me
                 .call(

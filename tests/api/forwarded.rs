@@ -7,7 +7,7 @@ use std::time::Duration;
 use keybroker::config::{Limit, LimitPair};
 use serde_json::{json, Value};
 
-use crate::helpers::{unique_email, Session, TestApp, PASSWORD};
+use crate::helpers::{take_signup_token, unique_email, Session, TestApp, PASSWORD};
 
 fn per_client(attempts: u32) -> LimitPair {
     let window = Duration::from_secs(60);
@@ -20,12 +20,26 @@ fn per_client(attempts: u32) -> LimitPair {
     }
 }
 
+/// Signs up and confirms, both requests through a proxy that says the client is `xff`.
 async fn signup_from(app: &TestApp, xff: &str) -> Session {
+    let email = unique_email();
     let res = app
         .post_json(
             "/api/v1/auth/signup",
             None,
-            &json!({"email": unique_email(), "password": PASSWORD}),
+            &json!({"email": email, "password": PASSWORD}),
+        )
+        .header("x-forwarded-for", xff)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let token = take_signup_token(&app.data_dir.path().join("data"), &email).await;
+    let res = app
+        .post_json(
+            "/api/v1/auth/signup/confirm",
+            None,
+            &json!({"token": token, "password": PASSWORD}),
         )
         .header("x-forwarded-for", xff)
         .send()

@@ -165,18 +165,38 @@ impl TestApp {
         self.send(reqwest::Method::POST, path, session).json(body)
     }
 
+    /// Signs up and confirms through the mailed code, as a user would (file transport only).
     pub async fn signup(&self, email: &str, password: &str) -> Session {
-        let res = self
-            .post_json(
-                "/api/v1/auth/signup",
-                None,
-                &serde_json::json!({"email": email, "password": password}),
-            )
-            .send()
-            .await
-            .expect("signup request");
-        assert_eq!(res.status(), 201, "signup");
+        let res = self.signup_request(email, password).await;
+        assert_eq!(res.status(), 202, "signup");
+        let token = take_signup_token(&self.data_dir.path().join("data"), email).await;
+        let res = self.confirm_signup(&token, password).await;
+        assert_eq!(res.status(), 201, "signup confirmation");
         Self::session_from(res).await
+    }
+
+    /// `POST /api/v1/auth/signup` alone.
+    pub async fn signup_request(&self, email: &str, password: &str) -> reqwest::Response {
+        self.post_json(
+            "/api/v1/auth/signup",
+            None,
+            &serde_json::json!({"email": email, "password": password}),
+        )
+        .send()
+        .await
+        .expect("signup request")
+    }
+
+    /// `POST /api/v1/auth/signup/confirm`.
+    pub async fn confirm_signup(&self, token: &str, password: &str) -> reqwest::Response {
+        self.post_json(
+            "/api/v1/auth/signup/confirm",
+            None,
+            &serde_json::json!({"token": token, "password": password}),
+        )
+        .send()
+        .await
+        .expect("signup confirmation request")
     }
 
     pub async fn signed_up(&self) -> Session {
@@ -203,6 +223,45 @@ impl TestApp {
             email: body["email"].as_str().expect("email").to_owned(),
         }
     }
+}
+
+/// The sign-up confirmation token (`kbs_...`) in a mail, if any.
+pub fn signup_token_in(message: &str) -> Option<String> {
+    let text = crate::mail_support::decode(message);
+    let rest = &text[text.find("kbs_")?..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .unwrap_or(rest.len());
+    Some(rest[..end].to_owned())
+}
+
+/// Waits for the confirmation mail to `email` in `<data_dir>/outbox/` and returns its token. The
+/// mail is removed once read (as a user deletes a used link), so tests that count mails in the
+/// outbox see only the ones they caused.
+pub async fn take_signup_token(data_dir: &std::path::Path, email: &str) -> String {
+    let normalised = keybroker::accounts::Email::parse(email).expect("a valid address");
+    let to = format!("to: {}", normalised.as_str());
+    crate::mail_support::wait_until(|| {
+        let dir = std::fs::read_dir(data_dir.join("outbox")).ok()?;
+        for entry in dir.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.extension().is_none_or(|x| x != "eml") {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            if !text.to_lowercase().contains(&to) {
+                continue;
+            }
+            if let Some(token) = signup_token_in(&text) {
+                std::fs::remove_file(&path).expect("remove the used confirmation mail");
+                return Some(token);
+            }
+        }
+        None
+    })
+    .await
 }
 
 /// Reads a whole file, or nothing if it does not exist.

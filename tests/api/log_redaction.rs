@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{unique_email, TestApp, PASSWORD};
+use crate::helpers::{take_signup_token, unique_email, TestApp, PASSWORD};
 
 fn hex() -> String {
     uuid::Uuid::new_v4().simple().to_string()
@@ -172,14 +172,23 @@ fn log_files(data: &Path) -> Vec<PathBuf> {
 }
 
 /// Requests that carry secrets everywhere a client can put them. Returns the secrets.
-async fn requests_with_planted_secrets(base: &str) -> Vec<String> {
+async fn requests_with_planted_secrets(base: &str, data: &Path) -> Vec<String> {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
+    let email = unique_email();
     let res = client
         .post(format!("{base}/api/v1/auth/signup"))
-        .json(&json!({"email": unique_email(), "password": PASSWORD}))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let token = take_signup_token(data, &email).await;
+    let res = client
+        .post(format!("{base}/api/v1/auth/signup/confirm"))
+        .json(&json!({"token": token, "password": PASSWORD}))
         .send()
         .await
         .unwrap();
@@ -249,7 +258,8 @@ async fn the_server_at_debug_level_writes_no_planted_secret_to_stderr_or_its_log
         let stderr_path = dir.path().join("stderr");
         let mut child = serve_logging_to(&data, &stderr_path, format);
         let port = wait_for_port(&mut child, &stderr_path);
-        let secrets = requests_with_planted_secrets(&format!("http://127.0.0.1:{port}")).await;
+        let secrets =
+            requests_with_planted_secrets(&format!("http://127.0.0.1:{port}"), &data).await;
         stop(child);
 
         let stderr = std::fs::read_to_string(&stderr_path).unwrap();

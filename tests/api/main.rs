@@ -33,6 +33,7 @@ mod redact_cli;
 mod remote;
 mod response_headers;
 mod rotation;
+mod signup_uniform;
 mod throttling;
 mod tls;
 mod tokens;

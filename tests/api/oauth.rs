@@ -286,6 +286,25 @@ async fn a_google_sign_in_links_an_existing_account_by_its_verified_email() {
 }
 
 #[tokio::test]
+async fn an_oauth_sign_in_confirms_an_unconfirmed_account_and_drops_its_sign_up_password() {
+    let email = unique_email();
+    let fake = Fake::google(&email, "google-sub-2").await;
+    let app = spawn_google(&fake).await;
+    // Someone signed the address up with a password of their choosing and never confirmed it.
+    assert_eq!(app.signup_request(&email, PASSWORD).await.status(), 202);
+    let planted =
+        crate::helpers::take_signup_token(&app.data_dir.path().join("data"), &email).await;
+
+    let res = come_back(&app, "google", &start(&app, "google").await).await;
+    let (session, me) = signed_in(&app, res).await;
+    assert_eq!(session.email, email);
+    assert_eq!(me["oauth_providers"], json!(["google"]));
+    // The unproven password signs nobody in, and the mailed link is void.
+    assert_eq!(app.login(&email, PASSWORD).await.status(), 401);
+    assert_eq!(app.confirm_signup(&planted, PASSWORD).await.status(), 400);
+}
+
+#[tokio::test]
 async fn a_bad_state_is_refused_without_calling_the_provider() {
     let fake = Fake::github(&unique_email(), true).await;
     let app = spawn_github(&fake).await;

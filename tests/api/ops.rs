@@ -135,7 +135,7 @@ async fn the_smtp_url_and_oauth_client_secrets_can_come_from_files() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 201);
+    assert_eq!(res.status(), 202);
     let res = client
         .post(format!("{base}/api/v1/auth/password-reset"))
         .json(&serde_json::json!({ "email": email }))

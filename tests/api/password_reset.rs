@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use time::Duration;
 
-use crate::helpers::{session_cookie, unique_email, TestApp, PASSWORD};
+use crate::helpers::{session_cookie, signup_token_in, unique_email, TestApp, PASSWORD};
 use crate::mail_support::{
     decode, outbox_messages, reset_link, token_of, wait_for_outbox, SmtpSink,
 };
@@ -113,25 +113,31 @@ async fn the_smtp_transport_delivers_the_link_and_the_notification_to_a_real_lis
         s.mail.smtp_url = Some(url.into());
     })
     .await;
-    let s = app.signed_up().await;
-    assert_eq!(request_reset(&app, &s.email).await.status(), 202);
-    let first = sink.wait_for(1).await;
-    assert!(first[0].contains(&format!("To: {}", s.email)));
-    assert!(first[0].contains("Subject: Reset your keybroker password"));
-    let link = reset_link(&first[0]).unwrap();
+    // The sign-up's confirmation comes over SMTP too (message 1).
+    let email = unique_email();
+    assert_eq!(app.signup_request(&email, PASSWORD).await.status(), 202);
+    let confirmation = sink.wait_for(1).await;
+    let token = signup_token_in(&confirmation[0]).unwrap();
+    assert_eq!(app.confirm_signup(&token, PASSWORD).await.status(), 201);
+
+    assert_eq!(request_reset(&app, &email).await.status(), 202);
+    let mails = sink.wait_for(2).await;
+    assert!(mails[1].contains(&format!("To: {email}")));
+    assert!(mails[1].contains("Subject: Reset your keybroker password"));
+    let link = reset_link(&mails[1]).unwrap();
     assert!(link.starts_with("https://kb.example/reset/confirm?token="));
 
     assert_eq!(
         confirm(&app, &token_of(&link), NEW_PASSWORD).await.status(),
         204
     );
-    let both = sink.wait_for(2).await;
-    let notice = decode(&both[1]);
+    let all = sink.wait_for(3).await;
+    let notice = decode(&all[2]);
     assert!(
         notice.contains("Subject: Your keybroker password was reset"),
         "{notice}"
     );
-    assert!(reset_link(&both[1]).is_none());
+    assert!(reset_link(&all[2]).is_none());
     assert!(
         outbox_messages(&data_dir(&app)).is_empty(),
         "SMTP, not files"

@@ -7,7 +7,7 @@
 use reqwest::header::COOKIE;
 use serde_json::{json, Value};
 
-use crate::helpers::{random_b64, session_cookie, unique_email, PASSWORD};
+use crate::helpers::{random_b64, session_cookie, take_signup_token, unique_email, PASSWORD};
 
 /// Every secret a production set-up sets, as environment variables.
 #[derive(Clone, Debug)]
@@ -66,7 +66,8 @@ pub struct Remote {
 }
 
 impl Remote {
-    pub async fn signup(base: &str) -> Remote {
+    /// Signs up and confirms with the code the server mailed into `<data_dir>/outbox/`.
+    pub async fn signup(base: &str, data_dir: &std::path::Path) -> Remote {
         let client = reqwest::Client::new();
         let email = unique_email();
         let res = client
@@ -75,7 +76,15 @@ impl Remote {
             .send()
             .await
             .unwrap();
-        assert_eq!(res.status(), 201);
+        assert_eq!(res.status(), 202);
+        let token = take_signup_token(data_dir, &email).await;
+        let res = client
+            .post(format!("{base}/api/v1/auth/signup/confirm"))
+            .json(&json!({"token": token, "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201, "signup confirmation");
         Self::from_response(base, client, email, res).await
     }
 

@@ -85,7 +85,7 @@ async fn the_master_key_rotates_under_traffic_and_every_key_opens_without_the_ol
     let mut planted = BTreeSet::new();
     let mut users = Vec::new();
     for _ in 0..12 {
-        let me = Remote::signup(&base).await;
+        let me = Remote::signup(&base, &data).await;
         let (o, a) = (openai_key(), anthropic_key());
         me.add_key("openai", &o).await;
         me.add_key("anthropic", &a).await;
@@ -187,7 +187,7 @@ async fn the_master_key_rotates_under_traffic_and_every_key_opens_without_the_ol
     );
 
     // New data is sealed under k2 at once.
-    let newcomer = Remote::signup(&base).await;
+    let newcomer = Remote::signup(&base, &data).await;
     let k = openai_key();
     newcomer.add_key("openai", &k).await;
     planted.insert(k);

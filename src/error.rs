@@ -19,6 +19,7 @@ pub struct ApiError {
     message: Cow<'static, str>,
     extra: Map<String, Value>,
     retry_after: Option<u64>,
+    spend_remaining: Option<String>,
 }
 
 impl fmt::Display for ApiError {
@@ -47,12 +48,19 @@ impl ApiError {
             message: message.into(),
             extra: Map::new(),
             retry_after: None,
+            spend_remaining: None,
         }
     }
 
     /// Adds a field beside `type` and `message` (e.g. `provider`, `limit_usd`).
     pub fn with_field(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.extra.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Sends `X-Keybroker-Spend-Remaining` with the error, as a proxied answer would.
+    pub fn with_spend_remaining(mut self, remaining: crate::money::Money) -> Self {
+        self.spend_remaining = Some(remaining.to_string());
         self
     }
 
@@ -137,6 +145,9 @@ impl ResponseError for ApiError {
         res.insert_header((header::CACHE_CONTROL, "no-store"));
         if let Some(secs) = self.retry_after {
             res.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        if let Some(remaining) = &self.spend_remaining {
+            res.insert_header(("x-keybroker-spend-remaining", remaining.as_str()));
         }
         res.json(self.body())
     }

@@ -286,15 +286,39 @@ fn key_header(injection: Injection, key: &str) -> Result<(HeaderName, HeaderValu
     Ok((name, value))
 }
 
-fn refused(provider: &str, limit: crate::money::Money, spent: crate::money::Money) -> ApiError {
+/// The 402 for a call whose hold does not fit. Settled spend at or over the limit is "reached";
+/// below it, the hold is what did not fit, and the answer says how large it was, what is left,
+/// and how to ask for less. `remaining_usd` and `X-Keybroker-Spend-Remaining` mean what the
+/// ceilings API's `remaining_usd` means: limit − spent − held by calls in flight.
+fn refused(provider: &str, refusal: &crate::spend::ledger::Refused) -> ApiError {
+    use crate::money::Money;
+    let remaining = refusal
+        .limit
+        .saturating_sub(refusal.spent)
+        .saturating_sub(refusal.reserved)
+        .max(Money::ZERO);
+    let message = if refusal.spent >= refusal.limit {
+        "the spend ceiling for this provider is reached".to_owned()
+    } else {
+        format!(
+            "this call could cost up to ${} (its worst case: the whole prompt, and the most output \
+             it allows), and only ${remaining} of the ceiling is left; ask for less output \
+             (max_tokens or the provider's equivalent) or raise the ceiling",
+            refusal.requested
+        )
+    };
     ApiError::new(
         StatusCode::PAYMENT_REQUIRED,
         "spend_ceiling_reached",
-        "the spend ceiling for this provider is reached",
+        message,
     )
     .with_field("provider", provider)
-    .with_field("limit_usd", limit.to_string())
-    .with_field("spent_usd", spent.to_string())
+    .with_field("limit_usd", refusal.limit.to_string())
+    .with_field("spent_usd", refusal.spent.to_string())
+    .with_field("reserved_usd", refusal.reserved.to_string())
+    .with_field("remaining_usd", remaining.to_string())
+    .with_field("hold_usd", refusal.requested.to_string())
+    .with_spend_remaining(remaining)
 }
 
 pub async fn proxy(
@@ -443,7 +467,7 @@ pub async fn proxy(
             record.status = 402;
             record.outcome = "refused";
             proxy.writer.record_call(record);
-            return Err(refused(provider.id, refusal.limit, refusal.spent));
+            return Err(refused(provider.id, &refusal));
         }
         // The hold could not be journaled: without it a crash could lose this call's cost.
         Err(ReserveError::Unrecorded) => {

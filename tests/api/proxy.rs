@@ -306,6 +306,42 @@ async fn the_google_genai_sdk_works_and_is_metered_from_usage_metadata() {
 // ---- ceilings ----
 
 #[tokio::test]
+async fn a_hold_that_does_not_fit_is_refused_with_what_it_needed_and_what_is_left() {
+    let (app, upstream) = app_with_upstream().await;
+    let s = app.signed_up().await;
+    add_key(&app, &s, "openai", OPENAI_KEY).await;
+    let t = token(&app, &s, None).await;
+    set_ceiling(&app, &s, "openai", "0.01").await;
+    // gpt-4o with 100,000 output tokens allowed holds about $1: nothing is spent yet.
+    let mut body = chat("gpt-4o");
+    body["max_tokens"] = json!(100_000);
+    let res = app
+        .client
+        .post(app.url("/proxy/openai/v1/chat/completions"))
+        .bearer_auth(&t)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 402);
+    let header = res.headers()["x-keybroker-spend-remaining"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let err: Value = res.json().await.unwrap();
+    assert_eq!(err["error"]["type"], "spend_ceiling_reached");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(message.contains("max_tokens"), "{message}");
+    assert!(!message.contains("is reached"), "{message}");
+    assert!(micros(&err["error"]["hold_usd"]) > 10_000);
+    let c = ceiling(&app, &s, "openai").await;
+    assert_eq!(c["state"], "ok");
+    assert_eq!(err["error"]["remaining_usd"], c["remaining_usd"]);
+    assert_eq!(header, c["remaining_usd"].as_str().unwrap());
+    assert_eq!(upstream.recorder.count(), 0);
+}
+
+#[tokio::test]
 async fn a_hundred_concurrent_calls_never_push_settled_spend_past_the_ceiling() {
     let (app, upstream) = app_with_upstream().await;
     let s = app.signed_up().await;

@@ -9,6 +9,7 @@ pub mod client_addr;
 pub mod compact_head;
 pub mod download;
 pub mod every_response;
+pub mod json;
 pub mod key_in_url;
 pub mod request_id;
 pub mod tls;

@@ -239,7 +239,7 @@ fn lookalike_mail(to: String) -> Mail {
 pub async fn signup(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Json<Credentials>,
+    body: crate::http::json::ApiJson<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state)?;
     let ctx = RequestContext::of(&req);
@@ -355,7 +355,7 @@ fn invalid_confirmation() -> ApiError {
 pub async fn confirm_signup(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Json<SignupConfirm>,
+    body: crate::http::json::ApiJson<SignupConfirm>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state)?;
     let ctx = RequestContext::of(&req);
@@ -424,7 +424,7 @@ pub async fn confirm_signup(
 pub async fn login(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Json<Credentials>,
+    body: crate::http::json::ApiJson<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state)?;
     let ctx = RequestContext::of(&req);
@@ -590,7 +590,7 @@ pub struct ReauthBody {
 pub async fn reauth(
     auth: Authenticated,
     state: web::Data<AppState>,
-    body: web::Json<ReauthBody>,
+    body: crate::http::json::ApiJson<ReauthBody>,
 ) -> Result<HttpResponse, ApiError> {
     let pw = body.into_inner().password;
     let account_id = auth.account_id;
@@ -662,7 +662,7 @@ pub struct ChangePassword {
 pub async fn change_password(
     auth: Authenticated,
     state: web::Data<AppState>,
-    body: web::Json<ChangePassword>,
+    body: crate::http::json::ApiJson<ChangePassword>,
 ) -> Result<HttpResponse, ApiError> {
     let now = state.clock.unix();
     auth.require_recent_auth(now)?;

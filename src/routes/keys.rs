@@ -139,7 +139,7 @@ fn no_store(status: StatusCode) -> actix_web::HttpResponseBuilder {
 pub async fn add(
     auth: Authenticated,
     state: web::Data<AppState>,
-    body: web::Json<AddKey>,
+    body: crate::http::json::ApiJson<AddKey>,
 ) -> Result<HttpResponse, ApiError> {
     let AddKey {
         provider,
@@ -236,7 +236,7 @@ pub async fn rotate(
     auth: Authenticated,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    body: web::Json<RotateKey>,
+    body: crate::http::json::ApiJson<RotateKey>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
     let RotateKey { key, label } = body.into_inner();

@@ -69,7 +69,7 @@ fn reset_mail(to: String, public_url: &str, token: &ResetToken) -> Mail {
 pub async fn request(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Json<ResetRequest>,
+    body: crate::http::json::ApiJson<ResetRequest>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state)?;
     let ctx = RequestContext::of(&req);
@@ -133,7 +133,7 @@ pub async fn request(
 pub async fn confirm(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Json<ResetConfirm>,
+    body: crate::http::json::ApiJson<ResetConfirm>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state)?;
     let ctx = RequestContext::of(&req);

@@ -95,7 +95,7 @@ pub async fn put_ceiling(
     auth: Authenticated,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    body: web::Json<CeilingBody>,
+    body: crate::http::json::ApiJson<CeilingBody>,
 ) -> Result<HttpResponse, ApiError> {
     let provider = provider_id(&state, &path)?;
     let limit = Money::parse_non_negative(body.limit_usd.trim()).map_err(|_| {

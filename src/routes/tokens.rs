@@ -85,7 +85,7 @@ fn parse_scope(state: &AppState, raw: Option<Vec<String>>) -> Result<ProviderSco
 pub async fn create(
     auth: Authenticated,
     state: web::Data<AppState>,
-    body: web::Json<CreateToken>,
+    body: crate::http::json::ApiJson<CreateToken>,
 ) -> Result<HttpResponse, ApiError> {
     let CreateToken {
         name,

@@ -14,6 +14,7 @@ mod discovery;
 mod docs;
 mod drills;
 mod fake_upstream;
+mod first_hour;
 mod forwarded;
 mod health;
 mod helpers;

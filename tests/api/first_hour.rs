@@ -1,0 +1,59 @@
+//! Issue 26, "clear answers": what a newcomer meets when a request is not quite right.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::TestApp;
+
+async fn error(res: reqwest::Response) -> (u16, Value) {
+    let status = res.status().as_u16();
+    (status, res.json::<Value>().await.unwrap()["error"].clone())
+}
+
+#[tokio::test]
+async fn a_field_of_the_wrong_type_is_named_with_what_it_must_be_on_every_json_route() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    let res = app
+        .send(Method::PUT, "/api/v1/ceilings/openai", Some(&s))
+        .json(&json!({"limit_usd": 5}))
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = error(res).await;
+    assert_eq!(status, 400);
+    assert_eq!(e["field"], "limit_usd");
+    assert_eq!(
+        e["message"],
+        "limit_usd must be a decimal string like \"5.00\""
+    );
+
+    let res = app
+        .post_json(
+            "/api/v1/tokens",
+            Some(&s),
+            &json!({"name": "t", "providers": ["openai", 7]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = error(res).await;
+    assert_eq!(status, 400);
+    assert_eq!(e["field"], "providers[1]");
+    assert_eq!(e["message"], "providers[1] must be a string");
+
+    let secret = "sk-proj-NOT-TO-BE-ECHOED-0123456789";
+    let res = app
+        .post_json(
+            "/api/v1/keys",
+            Some(&s),
+            &json!({"provider": "openai", "key": [secret]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = error(res).await;
+    assert_eq!(status, 400);
+    assert_eq!(e["field"], "key");
+    assert!(!e.to_string().contains(secret));
+}

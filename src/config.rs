@@ -128,18 +128,20 @@ pub enum Missing {
 
 const MIN_SECRET_LEN: usize = 32;
 
-const DEV_WARNING: &str = "DEVELOPMENT SET-UP: a secret was generated into the data directory. Anyone who can read \
+const DEV_WARNING: &str = "DEVELOPMENT SET-UP: secrets are kept in the data directory. Anyone who can read \
     that directory can decrypt every stored key. For production set KEYBROKER_MASTER_KEY, KEYBROKER_EMAIL_PEPPER, \
     KEYBROKER_SESSION_SECRET and KEYBROKER_FINGERPRINT_SECRET from a secret store";
 
-/// Says loudly, once per process, that secrets were generated; later files get a short line.
-fn dev_warning(file: &Path) {
+/// Says loudly, once per process and on every start (not only the first), that secrets come from
+/// the data directory; later files get a short line when they were just generated.
+fn dev_warning(file: &Path, generated: bool) {
     static WARNED: std::sync::Once = std::sync::Once::new();
     let mut first = false;
     WARNED.call_once(|| first = true);
     if first {
-        tracing::warn!(file = %file.display(), "{DEV_WARNING}");
-    } else {
+        let how = if generated { "generated" } else { "read" };
+        tracing::warn!(file = %file.display(), secret = how, "{DEV_WARNING}");
+    } else if generated {
         tracing::warn!(file = %file.display(), "development secret generated");
     }
 }
@@ -165,8 +167,8 @@ pub fn resolve_keyring(
         crate::vault::generate_master_key_b64,
     )?
     .ok_or(ConfigError::NoMasterKey)?;
-    if generated {
-        dev_warning(&data_dir.join("master.key"));
+    if missing == Missing::Generate {
+        dev_warning(&data_dir.join("master.key"), generated);
     }
     Keyring::from_config(Some(&b64), None, Some(MasterKeyId::DEFAULT))?
         .ok_or(ConfigError::NoMasterKey)
@@ -189,8 +191,8 @@ impl ServerSecrets {
                 None => {
                     let (b64, generated) = file_secret(data_dir, file, missing, random_secret_b64)?
                         .ok_or(ConfigError::MissingSecret { what })?;
-                    if generated {
-                        dev_warning(&data_dir.join(file));
+                    if missing == Missing::Generate {
+                        dev_warning(&data_dir.join(file), generated);
                     }
                     b64
                 }

@@ -267,6 +267,7 @@ impl Application {
             }
             None => crate::providers::Registry::builtin(),
         });
+        log_provider_overrides(&providers, &settings);
         let metrics = Arc::new(crate::metrics::Metrics::new(providers.ids()));
         let proxy = build_proxy(&settings, &db, &metrics).await?;
         let mailer = Mailer::new(&settings.mail, &settings.data_dir)?;
@@ -374,7 +375,21 @@ impl Application {
             None => None,
         };
         let metrics_port = metrics_server.as_ref().map(|(_, p)| *p);
-        tracing::info!(port, https = transport.reloader.is_some(), ?metrics_port, data_dir = %settings.data_dir.display(), "keybroker listening");
+        let scheme = if transport.reloader.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let host = match settings.bind.ip() {
+            ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        let url = format!("{scheme}://{host}:{port}/");
+        tracing::info!(port, %url, data_dir = %settings.data_dir.display(), "keybroker listening: open {url}");
+        if let Some(metrics_port) = metrics_port {
+            tracing::info!(metrics_port, "metrics listening");
+        }
         Ok(Self {
             port,
             server: server.run(),
@@ -461,5 +476,30 @@ impl Transport {
             None => None,
         };
         Ok(Self { reloader, redirect })
+    }
+}
+
+/// Says once at start where each provider whose base URL differs from the built-in table points,
+/// and why (the providers file, or `KEYBROKER_UPSTREAM_<PROVIDER>`): a call that goes somewhere
+/// unexpected is then explained by the first lines of the log.
+fn log_provider_overrides(providers: &crate::providers::Registry, settings: &Settings) {
+    let builtin = crate::providers::Registry::builtin();
+    for p in providers.all() {
+        match builtin.lookup(p.id) {
+            Some(b) if b.base_url == p.base_url => {}
+            Some(_) => tracing::info!(
+                provider = p.id,
+                base_url = p.base_url,
+                "provider base URL changed by the providers file"
+            ),
+            None => tracing::info!(
+                provider = p.id,
+                base_url = p.base_url,
+                "provider added by the providers file"
+            ),
+        }
+    }
+    for (provider, base) in &settings.proxy.upstreams {
+        tracing::info!(%provider, base_url = %base, "provider base URL overridden by KEYBROKER_UPSTREAM_{}", provider.to_ascii_uppercase().replace('-', "_"));
     }
 }

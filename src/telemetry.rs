@@ -247,7 +247,11 @@ pub fn init(format: LogFormat, data_dir: Option<&Path>) -> io::Result<LogGuard> 
     }
     let pipe = Arc::new(LogPipe::new());
     tracing_subscriber::registry()
-        .with(filter("info"))
+        // The framework's own start-up lines (workers started, runtime found) mean nothing to
+        // a user: they are shown from `KEYBROKER_LOG=debug` or a per-target directive.
+        .with(filter(
+            "info,actix_server=warn,actix_web=warn,actix_http=warn",
+        ))
         .with(layer(format, Sink::Pipe(pipe.clone())))
         .try_init()
         .map_err(io::Error::other)?;

@@ -38,6 +38,8 @@ pub enum BackupError {
     NoDatabase(String),
     #[error("{0} exists; pass --force to overwrite it")]
     Exists(String),
+    #[error("the folder {0} does not exist; create it first")]
+    NoFolder(String),
     #[error("{path}: {source}")]
     Io { path: String, source: io::Error },
     #[error("database: {0}")]
@@ -178,6 +180,9 @@ pub fn backup(db: &Path, dest: &Path, force: bool) -> Result<BackupReport, Backu
         return Err(BackupError::Exists(dest.display().to_string()));
     }
     let dir = parent_dir(dest);
+    if !dir.is_dir() {
+        return Err(BackupError::NoFolder(dir.display().to_string()));
+    }
     let stem = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -382,5 +387,24 @@ pub fn restore_command(
             Err(BackupError::Refused { lines }.into())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backup_into_a_missing_folder_names_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("keybroker.db");
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x INTEGER);")
+            .unwrap();
+        let missing = dir.path().join("no-such-folder");
+        let err = backup(&db, &missing.join("copy.db"), false).unwrap_err();
+        assert!(matches!(err, BackupError::NoFolder(_)), "{err}");
+        assert!(err.to_string().contains("no-such-folder"), "{err}");
     }
 }

@@ -23,16 +23,52 @@ pub async fn probe(url: &str, timeout: Duration) -> anyhow::Result<u16> {
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
-    let status = client.get(url).send().await?.status();
+    let status = match client.get(url).send().await {
+        Ok(res) => res.status(),
+        Err(e) => anyhow::bail!("{}", why(url, timeout, &e)),
+    };
     if !status.is_success() {
-        anyhow::bail!("{url} answered {status}");
+        anyhow::bail!("{url} answered HTTP {status}");
     }
     Ok(status.as_u16())
+}
+
+/// What went wrong, in words an operator can act on: refused, timed out, or the root cause.
+fn why(url: &str, timeout: Duration, e: &reqwest::Error) -> String {
+    let mut root: &dyn std::error::Error = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    let io = std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source())
+        .find_map(|e| e.downcast_ref::<std::io::Error>());
+    if e.is_timeout() {
+        format!("{url} did not answer within {} s", timeout.as_secs())
+    } else if io.is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
+        format!("connection to {url} refused: is keybroker running and bound to that address?")
+    } else if e.is_connect() {
+        format!("could not connect to {url}: {root}")
+    } else {
+        format!("{url}: {root}")
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connection_and_a_bad_status_say_what_failed() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let url = format!("http://127.0.0.1:{port}/healthz");
+        let err = probe(&url, Duration::from_secs(2))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("refused"), "{err}");
+        assert!(err.contains(&url), "{err}");
+    }
 
     #[test]
     fn an_unspecified_bind_address_is_probed_on_loopback() {

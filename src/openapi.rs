@@ -84,6 +84,9 @@ pub enum ErrorType {
     TooManyInFlight,
     UnknownProvider,
     UnsupportedMediaType,
+    /// The provider's answer could not be passed on faithfully (an interim head as the final
+    /// answer, or a compressed body keybroker did not ask for); the call is charged its hold.
+    UpstreamBadResponse,
     UpstreamTimeout,
     UpstreamUnreachable,
 }
@@ -310,13 +313,13 @@ impl Modify for Security {
         (status = 200, description = "The provider's answer, streamed back; headers include x-keybroker-spend-remaining when a ceiling is set", body = Object),
         (status = 400, description = "invalid_path or invalid_body", body = ErrorBody),
         (status = 401, description = "authentication_failed", body = ErrorBody),
-        (status = 402, description = "spend_ceiling_reached", body = ErrorBody),
+        (status = 402, description = "spend_ceiling_reached (with limit_usd, spent_usd, reserved_usd, remaining_usd, hold_usd and x-keybroker-spend-remaining)", body = ErrorBody),
         (status = 403, description = "provider_not_allowed", body = ErrorBody),
         (status = 404, description = "unknown_provider", body = ErrorBody),
         (status = 413, description = "payload_too_large", body = ErrorBody),
         (status = 424, description = "no_key", body = ErrorBody),
         (status = 429, description = "rate_limited or too_many_in_flight (Retry-After)", body = ErrorBody),
-        (status = 502, description = "upstream_unreachable, or the provider's error rebuilt", body = ErrorBody),
+        (status = 502, description = "upstream_unreachable, upstream_bad_response, or the provider's error rebuilt", body = ErrorBody),
         (status = 503, description = "spend_unavailable: the call's spend hold could not be recorded, so it was not sent", body = ErrorBody),
         (status = 504, description = "upstream_timeout", body = ErrorBody),
     ),

@@ -108,7 +108,7 @@ pub async fn create(
         },
     };
     let account_id = auth.account_id;
-    let (token, issued) = state
+    let ((token, issued), keyed) = state
         .db
         .write(move |conn| -> Result<_, ApiError> {
             let tx = conn.transaction()?;
@@ -120,6 +120,10 @@ pub async fn create(
                 now,
             };
             let created = tokens::create(&tx, &new)?;
+            let keyed: Vec<String> = crate::keys::store::list(&tx, account_id)?
+                .into_iter()
+                .map(|k| k.provider)
+                .collect();
             audit::append(
                 &tx,
                 &user_event(
@@ -132,12 +136,34 @@ pub async fn create(
                 ),
             )?;
             tx.commit()?;
-            Ok(created)
+            Ok((created, keyed))
         })
         .await?;
     let mut body = view(&token, now);
     if let Some(obj) = body.as_object_mut() {
         obj.insert("token".into(), Value::from(issued.expose()));
+        // A token named for a provider the account has no key for is allowed (the key may come
+        // later), but said: its calls get 424 `no_key` until then.
+        // An empty list is the "every provider" scope.
+        let missing: Vec<&str> = token
+            .providers
+            .iter()
+            .map(String::as_str)
+            .filter(|id| !keyed.iter().any(|k| k == id))
+            .collect();
+        if !missing.is_empty() {
+            obj.insert(
+                "warnings".into(),
+                Value::from(
+                    missing
+                        .iter()
+                        .map(|id| {
+                            format!("this account has no {id} key yet: calls through this token to {id} are refused with 424 no_key until one is added")
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            );
+        }
     }
     Ok(HttpResponse::build(StatusCode::CREATED)
         .insert_header((header::CACHE_CONTROL, "no-store"))

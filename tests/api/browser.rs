@@ -256,6 +256,13 @@ async fn assert_fits_360(c: &Client, page: &str) {
     assert_eq!(overflowing, json!([]), "{page} overflows at 360 px");
 }
 
+/// `assert_fits_360` on the page as it stands (no reload), then back to the desktop size.
+async fn at_360(c: &Client, page: &str) {
+    c.set_window_size(360, 800).await.unwrap();
+    assert_fits_360(c, page).await;
+    c.set_window_size(1280, 900).await.unwrap();
+}
+
 /// Clicks `button` (a destructive one), checks it asks first, and confirms.
 async fn click_and_confirm(c: &Client, button: &str, password: Option<&str>) {
     click(c, button).await;
@@ -511,6 +518,7 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
     fill(&c, "#confirm-password", PASSWORD).await;
     click(&c, "#confirm-ok").await;
     until(&c, "ceiling raised", "return document.readyState === 'complete' && document.getElementById('ceilings').textContent.includes('OpenAI: $0.00 of $10.00 (monthly)')").await;
+    at_360(&c, "keys, with a ceiling").await;
     open(&c, &base, "/dashboard").await;
     assert_eq!(
         js(&c, "return document.querySelectorAll('.bars meter').length").await,
@@ -573,8 +581,7 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
         "listed by id"
     );
     assert!(api_tokens["tokens"][0]["expires_at"].is_string());
-    c.set_window_size(360, 800).await.unwrap();
-    assert_fits_360(&c, "tokens, just created").await;
+    at_360(&c, "tokens, just created").await;
     whole_page_screenshots(&c, "tokens-created").await;
     let token = js(
         &c,
@@ -665,6 +672,7 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
         js(&c, "return document.querySelectorAll('tbody tr').length").await,
         json!(2)
     );
+    at_360(&c, "sessions, two of them").await;
     click_and_confirm(&c, "tbody tr:not(.current) button[data-call]", None).await;
     until(
         &c,

@@ -45,9 +45,50 @@ async function api(method, url, body) {
   }
   if (!res.ok) {
     const msg = data && data.error && data.error.message ? data.error.message : "request failed (" + res.status + ")";
-    throw new Error(msg);
+    const err = new Error(msg);
+    err.type = data && data.error ? data.error.type : "";
+    throw err;
   }
   return data;
+}
+
+// A time as the server renders it (dashboard::shown): RFC 3339 with a space for the "T".
+function shown(rfc3339) {
+  return rfc3339 ? rfc3339.replace("T", " ") : "never";
+}
+
+// The confirmation dialog (base.html): destructive actions run only after it is confirmed, and
+// with data-reauth only after the password re-opens the re-auth window (POST /api/v1/auth/reauth).
+let pendingConfirm = null;
+
+function confirmAction({ message, ok, reauth, run }) {
+  const dialog = document.getElementById("confirm");
+  const form = document.getElementById("confirm-form");
+  const password = document.getElementById("confirm-password");
+  document.getElementById("confirm-message").textContent = message;
+  document.getElementById("confirm-ok").textContent = ok || "Confirm";
+  document.getElementById("confirm-reauth").hidden = !reauth;
+  password.required = Boolean(reauth);
+  password.value = "";
+  showError(form, null);
+  pendingConfirm = { run, reauth: Boolean(reauth) };
+  dialog.showModal();
+  // The safe choice has the focus unless a password is asked for.
+  (reauth ? password : document.getElementById("confirm-cancel")).focus();
+}
+
+function closeConfirm() {
+  pendingConfirm = null;
+  const dialog = document.getElementById("confirm");
+  if (dialog.open) dialog.close();
+}
+
+async function runConfirmed(form) {
+  const p = pendingConfirm;
+  if (!p) return;
+  if (p.reauth) await reauth(document.getElementById("confirm-password").value);
+  await p.run();
+  closeConfirm();
 }
 
 function showError(form, err) {
@@ -66,6 +107,7 @@ function fields(form) {
 }
 
 // <form data-api="/api/v1/..." [data-method] [data-next|data-reload|data-done]>: fields as JSON.
+// With data-reauth-message, an answer of reauth_required asks for the password and sends again.
 async function submitApiForm(form) {
   const body = fields(form);
   let url = form.dataset.api;
@@ -74,7 +116,17 @@ async function submitApiForm(form) {
     delete body.provider;
   }
   if (form.id === "reset-confirm") body.token = resetToken;
-  await api(form.dataset.method || "POST", url, body);
+  const method = form.dataset.method || "POST";
+  const send = async () => { await api(method, url, body); afterApiForm(form); };
+  try {
+    await send();
+  } catch (err) {
+    if (err.type !== "reauth_required" || !form.dataset.reauthMessage) throw err;
+    confirmAction({ message: form.dataset.reauthMessage, ok: "Confirm", reauth: true, run: send });
+  }
+}
+
+function afterApiForm(form) {
   if (form.dataset.next) location.assign(form.dataset.next);
   else if (form.hasAttribute("data-reload") || form.dataset.method === "PUT") location.reload();
   else if (form.dataset.done) {
@@ -143,6 +195,9 @@ async function removeKey(form) {
 }
 
 function snippet(provider, base, token) {
+  if (!provider) {
+    return "# Every provider: put its id in the path (openai, anthropic, ...)\n" + snippet("{provider}", base, token);
+  }
   const url = base + "/proxy/" + provider;
   if (provider === "openai")
     return 'from openai import OpenAI\n\nclient = OpenAI(\n    base_url="' + url + '/v1",\n    api_key="' + token + '",\n)';
@@ -151,13 +206,46 @@ function snippet(provider, base, token) {
   return 'curl ' + url + '/... \\\n  -H "Authorization: Bearer ' + token + '"';
 }
 
+// The name a token form's checkbox gives provider `id`.
+function providerName(form, id) {
+  const box = Array.from(form.querySelectorAll('input[name="providers"]')).find((b) => b.value === id);
+  return box ? box.parentElement.textContent.trim() : id;
+}
+
 async function createToken(form) {
-  const provider = form.elements.provider.value;
-  const data = await api("POST", "/api/v1/tokens", { name: form.elements.name.value, providers: [provider] });
+  const providers = Array.from(form.querySelectorAll('input[name="providers"]:checked')).map((b) => b.value);
+  const body = { name: form.elements.name.value, providers };
+  const days = Number(form.elements.expires.value);
+  if (days > 0) body.expires_at = new Date(Date.now() + days * 86400000).toISOString().replace(/\.\d+Z$/, "Z");
+  const data = await api("POST", "/api/v1/tokens", body);
+  const base = form.dataset.baseUrl;
+  const snippets = providers.length
+    ? providers.map((p) => "# " + providerName(form, p) + "\n" + snippet(p, base, data.token))
+    : [snippet("", base, data.token)];
   document.getElementById("new-token-value").textContent = data.token;
-  document.getElementById("new-token-snippet").textContent = snippet(provider, form.dataset.baseUrl, data.token);
+  document.getElementById("new-token-snippet").textContent = snippets.join("\n\n");
   document.getElementById("new-token").hidden = false;
+  addTokenRow(form, data);
   form.reset();
+}
+
+// The new token joins the list at once, built from the page's <template> (text only, no markup).
+function addTokenRow(form, t) {
+  const row = document.getElementById("token-row").content.firstElementChild.cloneNode(true);
+  const cells = row.querySelectorAll("td");
+  cells[0].textContent = t.name;
+  // In the form's (the registry's) order, as the server lists them.
+  const chosen = Array.from(form.querySelectorAll('input[name="providers"]')).filter((b) => t.providers.includes(b.value));
+  cells[1].textContent = chosen.length ? chosen.map((b) => b.parentElement.textContent.trim()).join(", ") : "all providers";
+  cells[2].textContent = shown(t.created_at);
+  cells[3].textContent = shown(t.expires_at);
+  row.dataset.tokenId = t.id;
+  const revoke = row.querySelector("button");
+  revoke.dataset.call = "DELETE /api/v1/tokens/" + encodeURIComponent(t.id);
+  revoke.dataset.confirm = "Revoke the token \u201c" + t.name + "\u201d? Tools using it stop working at once.";
+  document.getElementById("token-list").appendChild(row);
+  document.getElementById("token-table").hidden = false;
+  document.getElementById("no-tokens").hidden = true;
 }
 
 async function copyText(text, button) {
@@ -174,9 +262,25 @@ document.addEventListener("DOMContentLoaded", () => {
   // A sign-up confirmation link fills in its code; without a link the code is typed in.
   const signupToken = document.getElementById("signup-token");
   if (signupToken && location.pathname === "/signup/confirm" && linkToken) signupToken.value = linkToken;
+  const confirmForm = document.getElementById("confirm-form");
+  if (confirmForm) {
+    confirmForm.addEventListener("submit", (e) => {
+      e.preventDefault();
+      const ok = document.getElementById("confirm-ok");
+      ok.disabled = true;
+      showError(confirmForm, null);
+      runConfirmed(confirmForm)
+        .catch((err) => showError(confirmForm, err))
+        .finally(() => { ok.disabled = false; });
+    });
+    document.getElementById("confirm-cancel").addEventListener("click", closeConfirm);
+    // Escape closes the dialog too; nothing pending may run after that.
+    document.getElementById("confirm").addEventListener("close", () => { pendingConfirm = null; });
+  }
 
   document.addEventListener("submit", (e) => {
     const form = e.target;
+    if (form === confirmForm) return;
     let action = null;
     if (form.classList.contains("reveal")) action = reveal;
     else if (form.classList.contains("remove")) action = removeKey;
@@ -208,9 +312,14 @@ document.addEventListener("DOMContentLoaded", () => {
       if (!target.hidden) { const first = target.querySelector("input"); if (first) first.focus(); }
     } else if (t.dataset.call) {
       const [method, url] = t.dataset.call.split(" ");
-      api(method, url).then(() => {
+      const run = () => api(method, url).then(() => {
         if (t.dataset.next) location.assign(t.dataset.next); else location.reload();
-      }).catch((err) => alertNear(t, err));
+      });
+      if (t.dataset.confirm) {
+        confirmAction({ message: t.dataset.confirm, ok: t.dataset.ok, reauth: t.hasAttribute("data-reauth"), run });
+      } else {
+        run().catch((err) => alertNear(t, err));
+      }
     } else if (t.dataset.copy) {
       copyText(document.getElementById(t.dataset.copy).textContent, t);
     } else if (t.hasAttribute("data-logout")) {

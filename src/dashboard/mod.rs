@@ -8,27 +8,42 @@
 //! URL into memory and replaces the URL with the bare `/reset/confirm` (`history.replaceState`)
 //! before anything else runs, so it leaves the address bar and history at once.
 
+mod chart;
+
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpResponse};
 use askama::Template;
 use serde::Deserialize;
 
-use crate::accounts::{self, session};
+use crate::accounts::{self, password, session};
 use crate::audit;
 use crate::error::ApiError;
 use crate::http::auth::Authenticated;
 use crate::keys::store as key_store;
 use crate::money::Money;
 use crate::providers::PROVIDERS;
-use crate::spend::store::{self as spend_store, RecentCall};
+use crate::spend::store::{self as spend_store, RecentCall, UsageRow};
 use crate::spend::writer::period_name;
 use crate::spend::CeilingState;
 use crate::startup::AppState;
 use crate::timefmt::rfc3339;
 
 /// A time as pages show it: RFC 3339 with a space for the `T`, which reads (and wraps) better.
+/// Every time on every page goes through here (and `app.js`'s `shown` for rows it adds).
 fn shown(unix: i64) -> String {
     rfc3339(unix).replacen('T', " ", 1)
+}
+
+/// `shown`, or "never" for a time that has not happened.
+fn shown_or_never(unix: Option<i64>) -> String {
+    unix.map(shown).unwrap_or_else(|| "never".into())
+}
+
+/// A UTC day as pages show it: the date part of `shown`.
+fn shown_day(unix: i64) -> String {
+    let mut s = shown(unix);
+    s.truncate(10);
+    s
 }
 
 /// The page CSP: only our own files, no inline script or style, no framing, no plugins.
@@ -39,6 +54,8 @@ const APP_JS: &str = include_str!("../../static/app.js");
 const FAVICON: &str = include_str!("../../static/favicon.svg");
 
 const RECENT_CALLS: u32 = 20;
+/// Days the spend page's chart and totals cover, today (UTC) included.
+const SPEND_DAYS: i64 = 30;
 const AUDIT_PAGE: u32 = 100;
 
 /// A page route: `GET`, and `HEAD` (the same headers, no body).
@@ -57,6 +74,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/reset", get().to(reset))
         .route("/reset/confirm", get().to(reset_confirm))
         .route("/dashboard", get().to(overview))
+        .route("/dashboard/spend", get().to(spend_page))
         .route("/dashboard/settings/keys", get().to(keys))
         .route("/dashboard/settings/tokens", get().to(tokens))
         .route("/dashboard/settings/sessions", get().to(sessions))
@@ -255,22 +273,30 @@ async fn signup_confirm() -> Result<HttpResponse, ApiError> {
 struct ResetPage {
     layout: Layout,
     confirm: bool,
+    /// The password rule, as `accounts::password::validate` applies it.
+    min_chars: usize,
+    max_chars: usize,
+}
+
+impl ResetPage {
+    fn new(title: &'static str, confirm: bool) -> Self {
+        Self {
+            layout: Layout::public(title),
+            confirm,
+            min_chars: password::MIN_CHARS,
+            max_chars: password::MAX_CHARS,
+        }
+    }
 }
 
 async fn reset() -> Result<HttpResponse, ApiError> {
-    let p = ResetPage {
-        layout: Layout::public("Reset your password"),
-        confirm: false,
-    };
+    let p = ResetPage::new("Reset your password", false);
     page(p.render(), Exposure::MailedLink)
 }
 
 /// The token stays in the query string only until `app.js` moves it out; it is never rendered.
 async fn reset_confirm() -> Result<HttpResponse, ApiError> {
-    let p = ResetPage {
-        layout: Layout::public("Choose a new password"),
-        confirm: true,
-    };
+    let p = ResetPage::new("Choose a new password", true);
     page(p.render(), Exposure::MailedLink)
 }
 
@@ -278,11 +304,41 @@ struct SpendBar {
     provider: String,
     name: &'static str,
     spent: String,
+    /// Empty without a ceiling.
     limit: String,
     period: &'static str,
     /// 0–100, for `<meter>`.
     percent: i64,
     reached: bool,
+}
+
+impl SpendBar {
+    fn has_limit(&self) -> bool {
+        !self.limit.is_empty()
+    }
+}
+
+/// This period's spend of every provider the account has a ceiling for or has spent on, in the
+/// registry's order.
+fn spend_bars(state: &AppState, account_id: i64) -> Vec<SpendBar> {
+    let mut bars: Vec<SpendBar> = state
+        .proxy
+        .ledger
+        .snapshots(account_id)
+        .into_iter()
+        .filter(|(_, s)| s.limit.is_some() || s.spent > Money::ZERO)
+        .map(|(provider, s)| SpendBar {
+            name: display_name(&provider),
+            provider,
+            spent: s.spent.to_string(),
+            limit: s.limit.map(|l| l.to_string()).unwrap_or_default(),
+            period: period_name(s.period),
+            percent: s.limit.map_or(0, |l| percent(s.spent, l)),
+            reached: s.state == CeilingState::Reached,
+        })
+        .collect();
+    bars.sort_by_key(|b| chart::Providers::index(&Registry, &b.provider));
+    bars
 }
 
 fn percent(spent: Money, limit: Money) -> i64 {
@@ -295,9 +351,11 @@ fn percent(spent: Money, limit: Money) -> i64 {
 
 struct CallRow {
     at: String,
-    provider: String,
+    provider: &'static str,
     request: String,
     model: String,
+    /// Input and output tokens, e.g. `1200 → 350`.
+    tokens: String,
     status: i64,
     outcome: String,
     cost: String,
@@ -307,14 +365,26 @@ impl From<RecentCall> for CallRow {
     fn from(c: RecentCall) -> Self {
         Self {
             at: shown(c.at),
-            provider: c.provider,
+            provider: display_name(&c.provider),
             request: format!("{} {}", c.method, c.route),
             model: c.model,
+            tokens: format!("{} → {}", c.input_tokens, c.output_tokens),
             status: c.status,
             outcome: c.outcome,
             cost: c.cost.to_string(),
         }
     }
+}
+
+async fn recent_calls(state: &AppState, account_id: i64) -> Result<Vec<RecentCall>, ApiError> {
+    // What the proxy has settled but the writer not yet written belongs on the page too.
+    state.proxy.writer.flush().await;
+    state
+        .db
+        .read(move |conn| {
+            spend_store::recent_calls(conn, account_id, RECENT_CALLS).map_err(ApiError::from)
+        })
+        .await
 }
 
 #[derive(Template)]
@@ -335,32 +405,11 @@ async fn overview(
         return Ok(redirect("/login"));
     };
     let layout = Layout::of(&state, &auth, "Dashboard", "dashboard").await?;
-    let bars = state
-        .proxy
-        .ledger
-        .snapshots(auth.account_id)
+    let bars = spend_bars(&state, auth.account_id)
         .into_iter()
-        .filter_map(|(provider, s)| {
-            let limit = s.limit?;
-            Some(SpendBar {
-                name: display_name(&provider),
-                provider,
-                spent: s.spent.to_string(),
-                limit: limit.to_string(),
-                period: period_name(s.period),
-                percent: percent(s.spent, limit),
-                reached: s.state == CeilingState::Reached,
-            })
-        })
+        .filter(SpendBar::has_limit)
         .collect();
-    state.proxy.writer.flush().await;
-    let account_id = auth.account_id;
-    let recent = state
-        .db
-        .read(move |conn| {
-            spend_store::recent_calls(conn, account_id, RECENT_CALLS).map_err(ApiError::from)
-        })
-        .await?;
+    let recent = recent_calls(&state, auth.account_id).await?;
     let refusals = recent
         .iter()
         .filter(|c| c.outcome == "refused")
@@ -379,6 +428,93 @@ async fn overview(
 /// "OpenAI" for `openai`; an id the registry no longer has is shown as "unknown provider".
 fn display_name(id: &str) -> &'static str {
     crate::providers::lookup(id).map_or("unknown provider", |p| p.display_name)
+}
+
+/// Provider names and colours for the chart: the registry's, in its order.
+struct Registry;
+
+impl chart::Providers for Registry {
+    fn name(&self, id: &str) -> &'static str {
+        display_name(id)
+    }
+
+    fn index(&self, id: &str) -> usize {
+        PROVIDERS
+            .iter()
+            .position(|p| p.id == id)
+            .unwrap_or(PROVIDERS.len())
+    }
+}
+
+struct UsageView {
+    name: &'static str,
+    calls: i64,
+    refused: i64,
+    input_tokens: i64,
+    output_tokens: i64,
+    spend: String,
+}
+
+impl From<UsageRow> for UsageView {
+    fn from(u: UsageRow) -> Self {
+        Self {
+            name: display_name(&u.provider),
+            calls: u.calls,
+            refused: u.refused,
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            spend: u.spend_usd.to_string(),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "spend.html")]
+struct SpendPage {
+    layout: Layout,
+    bars: Vec<SpendBar>,
+    chart: chart::Chart,
+    /// Totals per provider over the chart's days.
+    usage: Vec<UsageView>,
+    calls: Vec<CallRow>,
+    days: i64,
+}
+
+async fn spend_page(
+    auth: Result<Authenticated, ApiError>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    // Pages are for signed-in users: anyone else goes to `/login`.
+    let Ok(auth) = auth else {
+        return Ok(redirect("/login"));
+    };
+    let layout = Layout::of(&state, &auth, "Spend", "spend").await?;
+    let account_id = auth.account_id;
+    let bars = spend_bars(&state, account_id);
+    let calls = recent_calls(&state, account_id).await?;
+    let now = state.clock.unix();
+    let first_day = now - now.rem_euclid(chart::DAY_SECS) - (SPEND_DAYS - 1) * chart::DAY_SECS;
+    let until = first_day + SPEND_DAYS * chart::DAY_SECS;
+    let (daily, usage) = state
+        .db
+        .read(move |conn| -> Result<_, ApiError> {
+            Ok((
+                spend_store::daily_spend(conn, account_id, first_day, until)?,
+                spend_store::usage(conn, account_id, first_day, until)?,
+            ))
+        })
+        .await?;
+    let mut usage = usage;
+    usage.sort_by_key(|u| chart::Providers::index(&Registry, &u.provider));
+    let p = SpendPage {
+        layout,
+        bars,
+        chart: chart::layout(&daily, first_day, SPEND_DAYS, &Registry, shown_day),
+        usage: usage.into_iter().map(UsageView::from).collect(),
+        calls: calls.into_iter().map(CallRow::from).collect(),
+        days: SPEND_DAYS,
+    };
+    page(p.render(), Exposure::Private)
 }
 
 struct ProviderOption {
@@ -413,6 +549,7 @@ struct KeyView {
 
 struct CeilingView {
     provider: String,
+    name: &'static str,
     limit: String,
     spent: String,
     period: &'static str,
@@ -453,10 +590,7 @@ async fn keys(
             label: r.label,
             masked: r.masked,
             created_at: shown(r.created_at),
-            last_used_at: r
-                .last_used_at
-                .map(rfc3339)
-                .unwrap_or_else(|| "never".into()),
+            last_used_at: shown_or_never(r.last_used_at),
         })
         .collect();
     let ceilings = state
@@ -466,6 +600,7 @@ async fn keys(
         .into_iter()
         .filter_map(|(provider, s)| {
             Some(CeilingView {
+                name: display_name(&provider),
                 provider,
                 limit: s.limit?.to_string(),
                 spent: s.spent.to_string(),
@@ -480,6 +615,20 @@ async fn keys(
         ceilings,
     };
     page(p.render(), Exposure::Private)
+}
+
+/// A token's providers by name, in the registry's order (as the form lists them); none listed
+/// means every provider.
+fn provider_names(ids: &[String]) -> String {
+    if ids.is_empty() {
+        return "all providers".into();
+    }
+    let mut ids: Vec<&String> = ids.iter().collect();
+    ids.sort_by_key(|id| chart::Providers::index(&Registry, id));
+    ids.into_iter()
+        .map(|id| display_name(id))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 struct TokenView {
@@ -522,17 +671,10 @@ async fn tokens(
         .map(|t| TokenView {
             id: t.id,
             name: t.name,
-            providers: if t.providers.is_empty() {
-                "all".into()
-            } else {
-                t.providers.join(", ")
-            },
+            providers: provider_names(&t.providers),
             created_at: shown(t.created_at),
-            expires_at: t.expires_at.map(shown).unwrap_or_else(|| "never".into()),
-            last_used_at: t
-                .last_used_at
-                .map(rfc3339)
-                .unwrap_or_else(|| "never".into()),
+            expires_at: shown_or_never(t.expires_at),
+            last_used_at: shown_or_never(t.last_used_at),
         })
         .collect();
     let base_url = state

@@ -10,7 +10,7 @@ use crate::error::ApiError;
 use crate::http::auth::Authenticated;
 use crate::money::Money;
 use crate::spend::writer::{parse_period, period_name, CeilingRow};
-use crate::spend::{CeilingState, Snapshot};
+use crate::spend::{CeilingState, Period, Snapshot};
 use crate::startup::AppState;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -42,6 +42,65 @@ fn view(provider: &str, s: &Snapshot) -> Value {
     })
 }
 
+/// How much a period lets through for the same limit: one that starts over more often lets more
+/// through in the end (`none` never starts over by itself).
+fn period_reach(p: Period) -> u8 {
+    match p {
+        Period::None => 0,
+        Period::Monthly => 1,
+        Period::Daily => 2,
+    }
+}
+
+/// Whether setting `limit` per `period` would let more through than the ceiling `current` holds:
+/// a higher limit, or a period that starts over more often. A first ceiling only tightens.
+fn loosens(current: &Snapshot, limit: Money, period: Period) -> bool {
+    current
+        .limit
+        .is_some_and(|old| limit > old || period_reach(period) > period_reach(current.period))
+}
+
+/// The refusal of a loosening without a recent re-auth, recorded as denied (as for keys).
+async fn refuse_without_reauth(
+    state: &AppState,
+    auth: &Authenticated,
+    provider: &'static str,
+    action: &'static str,
+    refused: ApiError,
+) -> Result<HttpResponse, ApiError> {
+    audit_outcome(state, auth, provider, action, Outcome::Denied).await?;
+    Err(refused)
+}
+
+async fn audit_outcome(
+    state: &AppState,
+    auth: &Authenticated,
+    provider: &'static str,
+    action: &'static str,
+    outcome: Outcome,
+) -> Result<(), ApiError> {
+    let (account, ctx, now) = (auth.account_id, auth.ctx.clone(), state.clock.unix());
+    state
+        .db
+        .write(move |conn| {
+            audit::append(
+                conn,
+                &audit::Event {
+                    account_id: Some(account),
+                    actor: Actor::User,
+                    action,
+                    resource: provider,
+                    request_id: &ctx.request_id,
+                    client_addr: &ctx.client_addr,
+                    outcome,
+                    at: now,
+                },
+            )
+            .map_err(ApiError::from)
+        })
+        .await
+}
+
 async fn persist_and_audit(
     state: &AppState,
     auth: &Authenticated,
@@ -58,26 +117,7 @@ async fn persist_and_audit(
         spent: snap.spent,
     });
     state.proxy.writer.flush().await;
-    let (account, ctx, now) = (auth.account_id, auth.ctx.clone(), state.clock.unix());
-    state
-        .db
-        .write(move |conn| {
-            audit::append(
-                conn,
-                &audit::Event {
-                    account_id: Some(account),
-                    actor: Actor::User,
-                    action,
-                    resource: provider,
-                    request_id: &ctx.request_id,
-                    client_addr: &ctx.client_addr,
-                    outcome: Outcome::Success,
-                    at: now,
-                },
-            )
-            .map_err(ApiError::from)
-        })
-        .await
+    audit_outcome(state, auth, provider, action, Outcome::Success).await
 }
 
 #[utoipa::path(
@@ -87,10 +127,13 @@ async fn persist_and_audit(
     responses(
         (status = 200, description = "The ceiling as set", body = crate::openapi::CeilingView),
         (status = 400, description = "unknown_provider, invalid_amount, invalid_period", body = crate::openapi::ErrorBody),
-        (status = 403, description = "csrf", body = crate::openapi::ErrorBody),
+        (status = 403, description = "reauth_required (raising a limit or shortening the period of an existing ceiling), csrf", body = crate::openapi::ErrorBody),
     ),
     security(("session" = [], "csrf" = []))
 )]
+/// Setting a first ceiling or lowering one needs only the session; raising a limit or making an
+/// existing ceiling start over more often needs a recent re-auth, like removing a key: a stolen
+/// session alone must not lift the promise a ceiling makes.
 pub async fn put_ceiling(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -110,10 +153,21 @@ pub async fn put_ceiling(
             ApiError::bad_request("invalid_period", "period is one of none, daily, monthly")
         })?,
     };
-    let snap = state
-        .proxy
-        .ledger
-        .set_ceiling(auth.account_id, provider, limit, period);
+    let recent = auth.require_recent_auth(state.clock.unix());
+    let set = state.proxy.ledger.set_ceiling_unless(
+        auth.account_id,
+        provider,
+        limit,
+        period,
+        |current| recent.is_err() && loosens(current, limit, period),
+    );
+    let snap = match (set, recent) {
+        (Ok(snap), _) => snap,
+        (Err(_), Err(refused)) => {
+            return refuse_without_reauth(&state, &auth, provider, "ceiling.set", refused).await
+        }
+        (Err(_), Ok(())) => return Err(ApiError::internal("ceiling refused after a re-auth")),
+    };
     persist_and_audit(&state, &auth, provider, &snap, "ceiling.set").await?;
     Ok(HttpResponse::Ok().json(view(provider, &snap)))
 }
@@ -151,12 +205,16 @@ pub async fn list_ceilings(
     ),
     security(("session" = [], "csrf" = []))
 )]
+/// Forgiving spend lets a ceiling's whole limit through again, so it needs a recent re-auth.
 pub async fn reset_ceiling(
     auth: Authenticated,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let provider = provider_id(&state, &path)?;
+    if let Err(refused) = auth.require_recent_auth(state.clock.unix()) {
+        return refuse_without_reauth(&state, &auth, provider, "ceiling.reset", refused).await;
+    }
     let snap = state.proxy.ledger.reset(auth.account_id, provider);
     persist_and_audit(&state, &auth, provider, &snap, "ceiling.reset").await?;
     Ok(HttpResponse::Ok().json(view(provider, &snap)))
@@ -168,16 +226,20 @@ pub async fn reset_ceiling(
     responses(
         (status = 204, description = "No ceiling any more"),
         (status = 400, description = "unknown_provider", body = crate::openapi::ErrorBody),
-        (status = 403, description = "csrf", body = crate::openapi::ErrorBody),
+        (status = 403, description = "reauth_required, csrf", body = crate::openapi::ErrorBody),
     ),
     security(("session" = [], "csrf" = []))
 )]
+/// Removing a ceiling needs a recent re-auth, like removing a key.
 pub async fn delete_ceiling(
     auth: Authenticated,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let provider = provider_id(&state, &path)?;
+    if let Err(refused) = auth.require_recent_auth(state.clock.unix()) {
+        return refuse_without_reauth(&state, &auth, provider, "ceiling.delete", refused).await;
+    }
     let snap = state.proxy.ledger.remove_ceiling(auth.account_id, provider);
     persist_and_audit(&state, &auth, provider, &snap, "ceiling.delete").await?;
     Ok(HttpResponse::NoContent().finish())

@@ -330,9 +330,30 @@ impl Ledger {
         limit: Money,
         period: Period,
     ) -> Snapshot {
+        match self.set_ceiling_unless(account, provider, limit, period, |_| false) {
+            Ok(s) | Err(s) => s,
+        }
+    }
+
+    /// [`Ledger::set_ceiling`], unless `refuse` says no to the entry as it stands (then nothing
+    /// changes and that entry is the `Err`). The check runs under the entry's lock, so no other
+    /// change can land between what `refuse` saw and the update.
+    pub fn set_ceiling_unless(
+        &self,
+        account: i64,
+        provider: &str,
+        limit: Money,
+        period: Period,
+        refuse: impl FnOnce(&Snapshot) -> bool,
+    ) -> Result<Snapshot, Snapshot> {
         let entry = self.entry(account, provider);
         let mut e = lock(&entry);
         let now = self.inner.clock.now();
+        // Only the limit and the period are compared, so the entry need not be rolled first.
+        let current = e.snapshot();
+        if refuse(&current) {
+            return Err(current);
+        }
         if e.period == period {
             e.roll(now);
         } else {
@@ -340,7 +361,7 @@ impl Ledger {
             e.period_start = period.start(now);
         }
         e.limit = Some(limit.max(Money::ZERO));
-        e.snapshot()
+        Ok(e.snapshot())
     }
 
     /// Removes the ceiling; spend is still tracked.

@@ -198,6 +198,8 @@ pub struct RecentCall {
     pub status: i64,
     pub outcome: String,
     pub model: String,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
     pub cost: Money,
 }
 
@@ -208,7 +210,7 @@ pub fn recent_calls(
     limit: u32,
 ) -> rusqlite::Result<Vec<RecentCall>> {
     conn.prepare_cached(
-        "SELECT provider, at, method, route, status, outcome, model, cost_micros FROM recent_calls
+        "SELECT provider, at, method, route, status, outcome, model, input_tokens, output_tokens, cost_micros FROM recent_calls
          WHERE account_id = ?1 ORDER BY id DESC LIMIT ?2",
     )?
     .query_map(params![account, limit], |r| {
@@ -220,7 +222,41 @@ pub fn recent_calls(
             status: r.get(4)?,
             outcome: r.get(5)?,
             model: r.get(6)?,
-            cost: Money::from_micros(r.get(7)?),
+            input_tokens: r.get(7)?,
+            output_tokens: r.get(8)?,
+            cost: Money::from_micros(r.get(9)?),
+        })
+    })?
+    .collect()
+}
+
+/// One provider's spend on one UTC day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DailySpend {
+    /// Unix seconds of the day's start (UTC).
+    pub day: i64,
+    pub provider: String,
+    pub spend: Money,
+}
+
+/// Spend per UTC day and provider, for hours starting in `[since, until)`; days without spend are
+/// absent. Ordered by day, then provider.
+pub fn daily_spend(
+    conn: &Connection,
+    account: i64,
+    since: i64,
+    until: i64,
+) -> rusqlite::Result<Vec<DailySpend>> {
+    conn.prepare_cached(
+        "SELECT hour - (hour % 86400) AS day, provider, SUM(spend_micros) FROM usage_hourly
+         WHERE account_id = ?1 AND hour >= ?2 AND hour < ?3
+         GROUP BY day, provider HAVING SUM(spend_micros) > 0 ORDER BY day, provider",
+    )?
+    .query_map(params![account, since, until], |r| {
+        Ok(DailySpend {
+            day: r.get(0)?,
+            provider: r.get(1)?,
+            spend: Money::from_micros(r.get(2)?),
         })
     })?
     .collect()

@@ -219,6 +219,83 @@ async fn screenshots(c: &Client, base: &str, path: &str, name: &str) {
     c.set_window_size(1280, 900).await.unwrap();
 }
 
+/// What widens the page: the document's own overflow, and every element reaching past the
+/// viewport that no scroll box holds. An element is held only by an overflow box on its
+/// containing-block chain (an absolutely positioned one escapes a static scroll box).
+const OVERFLOWING: &str = r#"
+const doc = document.documentElement, vw = doc.clientWidth, out = [];
+if (doc.scrollWidth > window.innerWidth) out.push('page scrollWidth ' + doc.scrollWidth);
+const held = (el) => {
+  let pos = getComputedStyle(el).position;
+  for (let p = el.parentElement; p && p !== doc; p = p.parentElement) {
+    if (pos === 'fixed') return false;
+    const cs = getComputedStyle(p);
+    if (pos === 'absolute' && cs.position === 'static') continue;
+    if (cs.overflowX !== 'visible') return true;
+    pos = cs.position;
+  }
+  return false;
+};
+for (const el of document.body.querySelectorAll('*')) {
+  const r = el.getBoundingClientRect();
+  if (r.width === 0 || r.height === 0 || (r.left >= -1 && r.right <= vw + 1) || held(el)) continue;
+  out.push(el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') + ' ' + (el.getAttribute('class') || '')
+    + ' ' + Math.round(r.left) + '..' + Math.round(r.right));
+}
+return out;
+"#;
+
+/// The page open in `c` fits a 360 px wide window: nothing scrolls sideways but scroll boxes.
+async fn assert_fits_360(c: &Client, page: &str) {
+    assert_eq!(
+        js(c, "return window.innerWidth").await,
+        json!(360),
+        "{page}"
+    );
+    let overflowing = js(c, OVERFLOWING).await;
+    assert_eq!(overflowing, json!([]), "{page} overflows at 360 px");
+}
+
+/// `assert_fits_360` on the page as it stands (no reload), then back to the desktop size.
+async fn at_360(c: &Client, page: &str) {
+    c.set_window_size(360, 800).await.unwrap();
+    assert_fits_360(c, page).await;
+    c.set_window_size(1280, 900).await.unwrap();
+}
+
+/// Clicks `button` (a destructive one), checks it asks first, and confirms.
+async fn click_and_confirm(c: &Client, button: &str, password: Option<&str>) {
+    click(c, button).await;
+    until(
+        c,
+        "confirmation dialog open",
+        "return document.getElementById('confirm').open",
+    )
+    .await;
+    let asks_password = js(
+        c,
+        "return !document.getElementById('confirm-reauth').hidden",
+    )
+    .await;
+    assert_eq!(asks_password, json!(password.is_some()), "{button}");
+    if let Some(pw) = password {
+        fill(c, "#confirm-password", pw).await;
+    }
+    click(c, "#confirm-ok").await;
+}
+
+/// The page as it stands (no reload), whole, at 1280 and 360 px wide.
+async fn whole_page_screenshots(c: &Client, name: &str) {
+    for (width, suffix) in [(1280, "desktop"), (360, "360px")] {
+        c.set_window_size(width, 900).await.unwrap();
+        let height = js(c, "return document.documentElement.scrollHeight").await;
+        let height = u32::try_from(height.as_u64().unwrap()).unwrap();
+        c.set_window_size(width, height + 100).await.unwrap();
+        screenshot(c, &format!("{name}-{suffix}.png")).await;
+    }
+    c.set_window_size(1280, 900).await.unwrap();
+}
+
 fn secret_texts() -> &'static str {
     "return Array.from(document.querySelectorAll('.key .secret')).map(e => e.textContent);"
 }
@@ -435,17 +512,46 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
     fill(&c, "#ceil-limit", "5.00").await;
     select(&c, "#ceil-period", "monthly").await;
     click(&c, "#set-ceiling button[type=submit]").await;
-    until(&c, "ceiling listed", "return document.getElementById('ceilings').textContent.includes('openai: $0.00 of $5.00 (monthly)')").await;
+    until(&c, "ceiling listed", "return document.getElementById('ceilings').textContent.includes('OpenAI: $0.00 of $5.00 (monthly)')").await;
+
+    // Raising it asks for the password: the API refuses without a fresh re-auth, the page asks.
+    // (The reveal above opened a re-auth window; let it close.)
+    app.clock.advance(time::Duration::minutes(11));
+    select(&c, "#ceil-provider", "openai").await;
+    fill(&c, "#ceil-limit", "10.00").await;
+    click(&c, "#set-ceiling button[type=submit]").await;
+    until(
+        &c,
+        "password asked to raise the ceiling",
+        "return document.getElementById('confirm').open && !document.getElementById('confirm-reauth').hidden",
+    )
+    .await;
+    screenshot(&c, "confirm-reauth.png").await;
+    let errors = console_errors(&c).await;
+    assert!(
+        errors.len() == 1
+            && errors[0].contains("/api/v1/ceilings/openai")
+            && errors[0].contains("403"),
+        "the refused raise is the one console error: {errors:?}"
+    );
+    fill(&c, "#confirm-password", PASSWORD).await;
+    click(&c, "#confirm-ok").await;
+    until(&c, "ceiling raised", "return document.readyState === 'complete' && document.getElementById('ceilings').textContent.includes('OpenAI: $0.00 of $10.00 (monthly)')").await;
+    at_360(&c, "keys, with a ceiling").await;
     open(&c, &base, "/dashboard").await;
     assert_eq!(
         js(&c, "return document.querySelectorAll('.bars meter').length").await,
         json!(1)
     );
 
-    // Create a token: shown once, with the SDK snippet for its provider.
+    // Create a token for two providers that expires in a week: shown once, with the SDK snippet
+    // for each provider, and listed at once (the page does not reload).
     open(&c, &base, "/dashboard/settings/tokens").await;
+    js(&c, "window.sameDocument = true; return null").await;
     fill(&c, "#token-name", "ci agent").await;
-    select(&c, "#token-provider", "anthropic").await;
+    click(&c, "#create-token input[value=openai]").await;
+    click(&c, "#create-token input[value=anthropic]").await;
+    select(&c, "#token-expires", "7").await;
     click(&c, "#create-token button[type=submit]").await;
     until(
         &c,
@@ -453,7 +559,49 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
         "return !document.getElementById('new-token').hidden",
     )
     .await;
-    screenshot(&c, "tokens-created.png").await;
+    until(
+        &c,
+        "token listed",
+        "return document.querySelectorAll('#token-list tr').length === 1",
+    )
+    .await;
+    assert_eq!(
+        js(&c, "return window.sameDocument === true").await,
+        json!(true),
+        "listed without a reload"
+    );
+    let row = js(
+        &c,
+        "return Array.from(document.querySelectorAll('#token-list td')).map(e => e.textContent)",
+    )
+    .await;
+    assert_eq!(row[0], json!("ci agent"));
+    assert_eq!(row[1], json!("OpenAI, Anthropic"));
+    let api_tokens: Value = app
+        .get("/api/v1/tokens", None)
+        .header("Cookie", browser_session(&c).await)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        api_tokens["tokens"][0]["providers"],
+        json!(["anthropic", "openai"]),
+        "listed by id"
+    );
+    // A week from the browser's clock (the test server's stands 11 minutes ahead of it), and
+    // listed the way the server shows times.
+    let expires_at = api_tokens["tokens"][0]["expires_at"].as_str().unwrap();
+    let in_a_week = keybroker::timefmt::parse_rfc3339(expires_at).unwrap() - app.clock.unix();
+    assert!(
+        (7 * 86_400 - 15 * 60..7 * 86_400).contains(&in_a_week),
+        "expires in a week: {expires_at}"
+    );
+    assert_eq!(row[3], json!(expires_at.replacen('T', " ", 1)));
+    at_360(&c, "tokens, just created").await;
+    whole_page_screenshots(&c, "tokens-created").await;
     let token = js(
         &c,
         "return document.getElementById('new-token-value').textContent",
@@ -467,10 +615,12 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
     )
     .await;
     assert!(snippet.as_str().unwrap().contains(&token));
-    assert!(snippet
-        .as_str()
-        .unwrap()
-        .contains(&format!("{base}/proxy/anthropic")));
+    for provider in ["openai", "anthropic"] {
+        assert!(snippet
+            .as_str()
+            .unwrap()
+            .contains(&format!("{base}/proxy/{provider}")));
+    }
     open(&c, &base, "/dashboard/settings/tokens").await;
     let listed = js(
         &c,
@@ -482,8 +632,49 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
         !listed.as_str().unwrap().contains(&token),
         "the token is shown only once"
     );
-    click(&c, "tbody button[data-call^='DELETE /api/v1/tokens/']").await;
-    until(&c, "token revoked", "return document.readyState === 'complete' && document.querySelector('main table') === null").await;
+    // Revoking asks first; cancelling changes nothing.
+    let revoke = "tbody button[data-call^='DELETE /api/v1/tokens/']";
+    assert_eq!(
+        js(
+            &c,
+            &format!("return document.querySelector(\"{revoke}\").classList.contains('danger')")
+        )
+        .await,
+        json!(true),
+        "a destructive button looks destructive"
+    );
+    click(&c, revoke).await;
+    until(
+        &c,
+        "revoke asks first",
+        "return document.getElementById('confirm').open",
+    )
+    .await;
+    screenshot(&c, "confirm-revoke.png").await;
+    let message = js(
+        &c,
+        "return document.getElementById('confirm-message').textContent",
+    )
+    .await;
+    assert!(message.as_str().unwrap().contains("ci agent"), "{message}");
+    click(&c, "#confirm-cancel").await;
+    until(
+        &c,
+        "dialog closed",
+        "return !document.getElementById('confirm').open",
+    )
+    .await;
+    assert_eq!(
+        js(
+            &c,
+            "return document.querySelectorAll('#token-list tr').length"
+        )
+        .await,
+        json!(1),
+        "cancelled: still listed"
+    );
+    click_and_confirm(&c, revoke, None).await;
+    until(&c, "token revoked", "return document.readyState === 'complete' && document.getElementById('token-table').hidden && document.querySelectorAll('#token-list tr').length === 0").await;
 
     // Export CSV: a file is downloaded, with the masks and no key.
     open(&c, &base, "/dashboard/settings/keys").await;
@@ -500,7 +691,8 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
         js(&c, "return document.querySelectorAll('tbody tr').length").await,
         json!(2)
     );
-    click(&c, "tbody tr:not(.current) button[data-call]").await;
+    at_360(&c, "sessions, two of them").await;
+    click_and_confirm(&c, "tbody tr:not(.current) button[data-call]", None).await;
     until(
         &c,
         "one session left",
@@ -553,7 +745,7 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
     open(&c, &base, "/dashboard").await;
     assert_eq!(
         js(&c, "return document.querySelector('.bars meter').value").await,
-        json!(64)
+        json!(32)
     );
     assert_eq!(
         js(
@@ -571,6 +763,66 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
         .await,
         json!(1)
     );
+
+    // The spend page: every provider's spend this period, a bar segment per provider and day,
+    // and the recent calls with their model and tokens.
+    open(&c, &base, "/dashboard/spend").await;
+    let period = js(&c, "return document.getElementById('period').textContent").await;
+    let period = period.as_str().unwrap();
+    assert!(
+        period.contains("OpenAI: $3.20 of $10.00 (monthly)"),
+        "{period}"
+    );
+    assert!(
+        period.contains("Anthropic: $0.50 spent, no ceiling"),
+        "{period}"
+    );
+    assert_eq!(
+        js(
+            &c,
+            "return document.querySelectorAll('#over-time svg rect.bar').length"
+        )
+        .await,
+        json!(3)
+    );
+    assert_eq!(
+        js(
+            &c,
+            "return Array.from(document.querySelectorAll('.legend li')).map(e => e.textContent)"
+        )
+        .await,
+        json!(["OpenAI", "Anthropic"])
+    );
+    let calls = js(
+        &c,
+        "return Array.from(document.querySelectorAll('#calls tbody tr')).map(e => e.textContent)",
+    )
+    .await;
+    assert_eq!(calls.as_array().unwrap().len(), 2);
+    assert!(
+        calls[0].as_str().unwrap().contains("gpt-4o-mini"),
+        "{calls}"
+    );
+    assert!(calls[0].as_str().unwrap().contains("1200 → 350"), "{calls}");
+    assert!(calls[0].as_str().unwrap().contains("OpenAI"), "{calls}");
+    whole_page_screenshots(&c, "spend").await;
+
+    // Resetting spend and removing the ceiling both ask first, and for the password.
+    open(&c, &base, "/dashboard/settings/keys").await;
+    click_and_confirm(
+        &c,
+        "#ceilings li[data-provider=openai] button[data-call$='/reset']",
+        Some(PASSWORD),
+    )
+    .await;
+    until(&c, "spend reset", "return document.readyState === 'complete' && document.getElementById('ceilings').textContent.includes('OpenAI: $0.00 of $10.00 (monthly)')").await;
+    click_and_confirm(
+        &c,
+        "#ceilings li[data-provider=openai] button[data-call^='DELETE']",
+        Some(PASSWORD),
+    )
+    .await;
+    until(&c, "ceiling removed", "return document.readyState === 'complete' && !document.getElementById('ceilings').textContent.includes('OpenAI: $')").await;
 
     // Remove asks for the password; the key is gone after it.
     open(&c, &base, "/dashboard/settings/keys").await;
@@ -638,8 +890,39 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
     )
     .await;
 
+    // Every page fits a 360 px wide screen: signed in, then signed out.
+    c.set_window_size(360, 800).await.unwrap();
+    for path in [
+        "/dashboard",
+        "/dashboard/spend",
+        "/dashboard/settings/keys",
+        "/dashboard/settings/tokens",
+        "/dashboard/settings/sessions",
+        "/dashboard/audit",
+    ] {
+        open(&c, &base, path).await;
+        assert_fits_360(&c, path).await;
+    }
+    click(&c, "[data-logout]").await;
+    until(
+        &c,
+        "signed out",
+        "return location.pathname === '/login' && document.readyState === 'complete'",
+    )
+    .await;
+    for path in ["/login", "/reset", "/reset/confirm"] {
+        open(&c, &base, path).await;
+        assert_fits_360(&c, path).await;
+    }
+
     assert_clean(&c, "end").await;
     c.close().await.unwrap();
+}
+
+/// The browser's session cookie, as `name=value`, for API calls beside it.
+async fn browser_session(c: &Client) -> String {
+    let cookie = c.get_named_cookie("__Host-kb_session").await.unwrap();
+    format!("{}={}", cookie.name(), cookie.value())
 }
 
 /// The id of the listed key for `provider`.
@@ -664,12 +947,35 @@ fn seed_spend(app: &TestApp) {
         .unwrap()
         .settle(spent);
     let now = app.clock.unix();
-    for (status, outcome, cost) in [(200, "ok", 3_200_000), (429, "refused", 0)] {
+    // Oldest first: the list shows the newest (the successful call) on top.
+    for (status, outcome, cost, input, output) in
+        [(429, "refused", 0, 0, 0), (200, "ok", 3_200_000, 1200, 350)]
+    {
         conn.execute(
-            "INSERT INTO recent_calls (account_id, provider, at, method, route, status, outcome, model, cost_micros)
-             VALUES (?1, 'openai', ?2, 'POST', '/v1/chat/completions', ?3, ?4, 'gpt-4o-mini', ?5)",
-            rusqlite::params![account, now, status, outcome, cost],
+            "INSERT INTO recent_calls (account_id, provider, at, method, route, status, outcome, model, input_tokens, output_tokens, cost_micros)
+             VALUES (?1, 'openai', ?2, 'POST', '/v1/chat/completions', ?3, ?4, 'gpt-4o-mini', ?5, ?6, ?7)",
+            rusqlite::params![account, now, status, outcome, input, output, cost],
         )
         .unwrap();
     }
+    // Spend per day for the chart: OpenAI today and two days ago, Anthropic yesterday.
+    let today = now - now.rem_euclid(86_400);
+    for (provider, day, micros) in [
+        ("openai", today, 3_200_000),
+        ("openai", today - 2 * 86_400, 1_000_000),
+        ("anthropic", today - 86_400, 500_000),
+    ] {
+        conn.execute(
+            "INSERT INTO usage_hourly (account_id, provider, hour, calls, spend_micros) VALUES (?1, ?2, ?3, 1, ?4)",
+            rusqlite::params![account, provider, day, micros],
+        )
+        .unwrap();
+    }
+    let anthropic = keybroker::money::Money::from_micros(500_000);
+    app.state
+        .proxy
+        .ledger
+        .reserve(account, "anthropic", anthropic)
+        .unwrap()
+        .settle(anthropic);
 }

@@ -11,6 +11,7 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 
 const PAGES: &[&str] = &[
     "/dashboard",
+    "/dashboard/spend",
     "/dashboard/settings/keys",
     "/dashboard/settings/tokens",
     "/dashboard/settings/sessions",
@@ -330,4 +331,195 @@ async fn every_form_that_carries_a_secret_is_a_post() {
         }
     }
     assert!(forms >= 10, "{forms} forms seen");
+}
+
+/// A moment with an unambiguous rendering: 2023-11-14 22:13:20 UTC.
+const MOMENT: i64 = 1_700_000_000;
+
+#[tokio::test]
+async fn times_are_shown_one_way_on_every_page() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    crate::key_helpers::add_key(&app, &s, "openai", &openai_key()).await;
+    crate::key_helpers::create_token(&app, &s, json!({"name": "used"})).await;
+    let conn = rusqlite::Connection::open(app.db_path()).unwrap();
+    conn.execute("UPDATE provider_keys SET last_used_at = ?1", [MOMENT])
+        .unwrap();
+    conn.execute("UPDATE tool_tokens SET last_used_at = ?1", [MOMENT])
+        .unwrap();
+    drop(conn);
+    for path in ["/dashboard/settings/keys", "/dashboard/settings/tokens"] {
+        let body = page_text(&app, &s, path).await;
+        assert!(body.contains("2023-11-14 22:13:20Z"), "{path}");
+        assert!(!body.contains("2023-11-14T22:13:20Z"), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn providers_are_shown_by_their_display_names() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    crate::key_helpers::create_token(
+        &app,
+        &s,
+        json!({"name": "two", "providers": ["openai", "anthropic"]}),
+    )
+    .await;
+    crate::key_helpers::create_token(&app, &s, json!({"name": "any"})).await;
+    crate::proxy::set_ceiling(&app, &s, "openai", "5.00").await;
+    let tokens = page_text(&app, &s, "/dashboard/settings/tokens").await;
+    assert!(tokens.contains(">OpenAI, Anthropic</td>"));
+    assert!(tokens.contains(">all providers</td>"));
+    let keys = page_text(&app, &s, "/dashboard/settings/keys").await;
+    assert!(keys.contains("OpenAI: $0.00 of $5.00 (none)"));
+    seed_calls(&app, &s);
+    let overview = page_text(&app, &s, "/dashboard").await;
+    assert!(overview.contains(r#"<td data-label="Provider">OpenAI</td>"#));
+    assert!(!overview.contains(">openai</td>"));
+}
+
+#[tokio::test]
+async fn the_new_password_form_states_the_password_rule() {
+    let app = TestApp::spawn().await;
+    let body = app
+        .get("/reset/confirm", None)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains(r#"minlength="12" maxlength="128""#));
+    assert!(body.contains(r#"aria-describedby="password-rule""#));
+    assert!(body.contains("At least 12 characters (at most 128)."));
+}
+
+#[tokio::test]
+async fn destructive_buttons_look_destructive_and_ask_first() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    crate::key_helpers::create_token(&app, &s, json!({"name": "t"})).await;
+    crate::proxy::set_ceiling(&app, &s, "openai", "5.00").await;
+    let mut seen = 0;
+    for path in [
+        "/dashboard/settings/tokens",
+        "/dashboard/settings/sessions",
+        "/dashboard/settings/keys",
+    ] {
+        let body = page_text(&app, &s, path).await;
+        for button in body.split("<button").skip(1) {
+            let tag = button.split('>').next().unwrap();
+            let destructive = tag.contains(r#"data-call="DELETE"#) || tag.contains(r#"/reset""#);
+            if !destructive {
+                continue;
+            }
+            seen += 1;
+            assert!(tag.contains(r#"class="danger""#), "{path}: <button{tag}>");
+            assert!(tag.contains("data-confirm=\""), "{path}: <button{tag}>");
+            let loosens_ceiling = tag.contains("/api/v1/ceilings/");
+            assert_eq!(
+                tag.contains("data-reauth"),
+                loosens_ceiling,
+                "{path}: <button{tag}>"
+            );
+        }
+    }
+    assert_eq!(
+        seen, 4,
+        "token revoke, session revoke, ceiling reset and removal"
+    );
+}
+
+/// One OpenAI call in the recent-calls list.
+fn seed_calls(app: &TestApp, s: &crate::helpers::Session) {
+    let account = crate::key_helpers::account_id(app, s);
+    let conn = rusqlite::Connection::open(app.db_path()).unwrap();
+    conn.execute(
+        "INSERT INTO recent_calls (account_id, provider, at, method, route, status, outcome, model, input_tokens, output_tokens, cost_micros)
+         VALUES (?1, 'openai', ?2, 'POST', '/v1/chat/completions', 200, 'ok', 'gpt-4o-mini', 1200, 350, 4200)",
+        rusqlite::params![account, MOMENT],
+    )
+    .unwrap();
+}
+
+/// Spend on `day` (days before today, UTC) for the chart.
+fn seed_day(app: &TestApp, account: i64, provider: &str, days_ago: i64, micros: i64) {
+    let now = keybroker::clock::Clock::unix(&app.clock);
+    let hour = now - now.rem_euclid(86_400) - days_ago * 86_400 + 3600;
+    let conn = rusqlite::Connection::open(app.db_path()).unwrap();
+    conn.execute(
+        "INSERT INTO usage_hourly (account_id, provider, hour, calls, input_tokens, output_tokens, spend_micros)
+         VALUES (?1, ?2, ?3, 2, 100, 40, ?4)",
+        rusqlite::params![account, provider, hour, micros],
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn the_spend_page_draws_a_bar_per_provider_and_day_of_the_last_30_days() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    let account = crate::key_helpers::account_id(&app, &s);
+    seed_day(&app, account, "openai", 0, 2_500_000);
+    seed_day(&app, account, "openai", 3, 500_000);
+    seed_day(&app, account, "anthropic", 3, 1_500_000);
+    seed_day(&app, account, "openai", 29, 100_000);
+    seed_day(&app, account, "openai", 30, 9_000_000);
+    let body = page_text(&app, &s, "/dashboard/spend").await;
+    assert_eq!(
+        body.matches("<rect class=\"bar ").count(),
+        4,
+        "day 30 is out of range"
+    );
+    assert_eq!(
+        body.matches("<rect class=\"bar s0\"").count(),
+        3,
+        "OpenAI's colour"
+    );
+    assert_eq!(
+        body.matches("<rect class=\"bar s1\"").count(),
+        1,
+        "Anthropic's colour"
+    );
+    assert!(body.contains(r#"<li><span class="swatch s0"></span>OpenAI</li><li><span class="swatch s1"></span>Anthropic</li>"#));
+    assert!(
+        body.contains("Highest day: $2.50"),
+        "the highest day in range"
+    );
+    assert!(
+        body.contains(r#"height="1000""#),
+        "the highest day fills the chart"
+    );
+    assert!(
+        body.contains(r#">Anthropic</td><td data-label="Calls">2</td><td data-label="Refused">0</td><td data-label="Tokens in">100</td><td data-label="Tokens out">40</td><td data-label="Spend (USD)">1.50</td>"#)
+    );
+    assert!(!body.contains("style="), "no inline style");
+    assert!(!body.contains("<script>"), "no inline script");
+}
+
+#[tokio::test]
+async fn the_spend_page_lists_each_providers_period_and_recent_calls() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    let account = crate::key_helpers::account_id(&app, &s);
+    crate::proxy::set_ceiling(&app, &s, "openai", "5.00").await;
+    let spent = keybroker::money::Money::from_micros(1_250_000);
+    app.state
+        .proxy
+        .ledger
+        .reserve(account, "anthropic", spent)
+        .unwrap()
+        .settle(spent);
+    seed_calls(&app, &s);
+    let body = page_text(&app, &s, "/dashboard/spend").await;
+    assert!(body.contains("OpenAI: $0.00 of $5.00 (none)"));
+    assert!(body.contains("Anthropic: $1.25 spent, no ceiling"));
+    assert_eq!(
+        body.matches("<meter").count(),
+        1,
+        "a meter only under a ceiling"
+    );
+    assert!(body.contains("No spend in the last 30 days."));
+    assert!(body.contains(r#">OpenAI</td><td data-label="Model">gpt-4o-mini</td><td class="t" data-label="Tokens in → out">1200 → 350</td>"#));
+    assert!(body.contains("2023-11-14 22:13:20Z"));
 }

@@ -7,6 +7,7 @@ mod auth_basic;
 mod auth_sessions;
 mod backup;
 mod browser;
+mod ceilings;
 mod cli;
 mod crash;
 mod dashboard_pages;

@@ -411,6 +411,8 @@ async fn a_refused_call_never_reaches_the_upstream_and_reset_lets_calls_flow_aga
     let res = openai_chat(&app, &t).await;
     assert_eq!(res.status(), 402);
     assert_eq!(upstream.recorder.count(), 0);
+    // Raising the ceiling and forgiving spend both need the password again.
+    crate::key_helpers::grant_reauth(&app, &s).await;
     set_ceiling(&app, &s, "openai", "1.00").await;
     let res = openai_chat(&app, &t).await;
     assert_eq!(res.status(), 200);

@@ -386,10 +386,7 @@ impl Application {
             ip => ip.to_string(),
         };
         let url = format!("{scheme}://{host}:{port}/");
-        tracing::info!(port, %url, data_dir = %settings.data_dir.display(), "keybroker listening: open {url}");
-        if let Some(metrics_port) = metrics_port {
-            tracing::info!(metrics_port, "metrics listening");
-        }
+        tracing::info!(port, %url, ?metrics_port, data_dir = %settings.data_dir.display(), "keybroker listening: open {url}");
         Ok(Self {
             port,
             server: server.run(),

@@ -345,6 +345,16 @@ pub async fn proxy(
     // Who is calling: one answer for every authentication failure.
     let presented =
         headers::presented_token(req.headers()).ok_or_else(ApiError::authentication_failed)?;
+    // A provider's own key (or anything else) where the keybroker token belongs: the same 401,
+    // saying what is expected. The shape alone decides it, so it tells nothing about accounts.
+    if !presented.starts_with("kb_") {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_failed",
+            "authentication failed: send a keybroker tool token (kb_...) where the provider's key \
+             would go; the provider's own key stays in keybroker",
+        ));
+    }
     let now = state.clock.unix();
     let token = state
         .tokens

@@ -57,3 +57,43 @@ async fn a_field_of_the_wrong_type_is_named_with_what_it_must_be_on_every_json_r
     assert_eq!(e["field"], "key");
     assert!(!e.to_string().contains(secret));
 }
+
+#[tokio::test]
+async fn a_provider_key_sent_where_the_token_belongs_is_told_a_kb_token_is_expected() {
+    let app = TestApp::spawn().await;
+    let res = app
+        .client
+        .post(app.url("/proxy/openai/v1/chat/completions"))
+        .bearer_auth("sk-proj-abcdefghijklmnopqrstuvwxyz0123456789")
+        .json(&json!({"model": "gpt-4o-mini", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = error(res).await;
+    assert_eq!(status, 401);
+    assert_eq!(e["type"], "authentication_failed");
+    assert!(e["message"].as_str().unwrap().contains("kb_"), "{e}");
+    assert!(!e.to_string().contains("abcdefghijklmnop"));
+}
+
+#[tokio::test]
+async fn a_token_for_a_provider_without_a_key_says_so_when_it_is_made() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    let res = app
+        .post_json(
+            "/api/v1/tokens",
+            Some(&s),
+            &json!({"name": "t", "providers": ["anthropic"]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let v: Value = res.json().await.unwrap();
+    let warnings = v["warnings"].as_array().expect("a warning");
+    assert!(
+        warnings[0].as_str().unwrap().contains("no anthropic key"),
+        "{v}"
+    );
+}

@@ -235,6 +235,29 @@ impl PriceTable {
         }
     }
 
+    /// Every model the table prices for a provider, by name.
+    pub fn models_of(&self, provider: &str) -> impl Iterator<Item = (&str, &ModelPrices)> {
+        self.models
+            .get(provider)
+            .into_iter()
+            .flat_map(|models| models.iter().map(|(name, prices)| (name.as_str(), prices)))
+    }
+
+    /// The prices charged for a model the table does not know.
+    pub fn fallback(&self) -> &ModelPrices {
+        &self.fallback
+    }
+
+    /// The price of a call the table prices by an endpoint entry of its provider, if one matches
+    /// (a provider's default price is not an entry: it prices what the table does not know).
+    pub fn explicit_request_cost(&self, provider: &str, method: &str, path: &str) -> Option<Cost> {
+        let endpoint = self.per_request.get(provider)?.endpoint(method, path)?;
+        Some(Cost {
+            micros: endpoint.price,
+            priced_by_fallback: false,
+        })
+    }
+
     /// The cost of metered token usage.
     pub fn token_cost(&self, provider: &str, usage: &Usage) -> Cost {
         let (prices, priced_by_fallback) = self.prices_for(provider, usage.model.as_deref());
@@ -355,7 +378,8 @@ pub fn is_version_suffix(suffix: &str) -> bool {
 }
 
 /// Matches a request path against an endpoint pattern (see [`EndpointPrice::path`]). A query string
-/// on the request path is ignored.
+/// on the request path is ignored. Literal segments match in any ASCII case: providers route some
+/// paths case-insensitively, and `/v2/INSTANCES` must cost what `/v2/instances` costs.
 fn path_matches(pattern: &str, path: &str) -> bool {
     let path = path.split(['?', '#']).next().unwrap_or(path);
     let mut wanted: Vec<&str> = pattern.split('/').collect();
@@ -365,12 +389,17 @@ fn path_matches(pattern: &str, path: &str) -> bool {
     let mut actual = path.split('/');
     for segment in wanted {
         match actual.next() {
-            Some(got) if segment == "*" || segment == got => {}
+            Some(got) if segment == "*" || segment.eq_ignore_ascii_case(got) => {}
             _ => return false,
         }
     }
     match actual.next() {
-        Some(got) => last == "*" || got.starts_with(last),
+        Some(got) => {
+            last == "*"
+                || got
+                    .get(..last.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(last))
+        }
         None => false,
     }
 }
@@ -922,6 +951,32 @@ mod tests {
         assert!(!path_matches("/v2/instances", "/v1/instances"));
         assert!(path_matches("/a/*/c", "/a/b/c.json"));
         assert!(!path_matches("/a/*/c", "/a/c"));
+        assert!(path_matches("/v2/instances", "/V2/Instances"));
+        assert!(path_matches("/a/*/Messages", "/A/x/messages.json"));
+        assert!(!path_matches("/v2/instances", "/v2/instanc\u{e9}s"));
+    }
+
+    #[test]
+    fn only_an_endpoint_entry_is_an_explicit_price() {
+        let table = table();
+        let calls = table.explicit_request_cost("vultr", "POST", "/v2/Instances");
+        assert_eq!(calls.map(|c| c.micros), Some(usd("5.00")));
+        assert_eq!(
+            table.explicit_request_cost("vultr", "GET", "/v2/account"),
+            None
+        );
+        assert_eq!(
+            table.explicit_request_cost("openai", "POST", "/v1/files"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_providers_models_are_listed_and_the_fallback_is_reachable() {
+        let table = table();
+        assert!(table.models_of("openai").any(|(name, _)| name == "o1"));
+        assert_eq!(table.models_of("acme").count(), 0);
+        assert_eq!(table.fallback().base.output, usd("75.00"));
     }
 
     #[test]

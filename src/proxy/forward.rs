@@ -46,6 +46,10 @@ pub struct ProxySettings {
     pub max_in_flight_per_account: u32,
     pub requests_per_minute_per_token: u32,
     pub estimate: EstimateConfig,
+    /// Request header names forwarded besides the built-in allow-list
+    /// (`KEYBROKER_PROXY_FORWARD_HEADERS`, comma-separated), held to the same credential checks
+    /// (see `proxy::headers`).
+    pub forward_headers: Vec<String>,
 }
 
 impl Default for ProxySettings {
@@ -59,6 +63,7 @@ impl Default for ProxySettings {
             max_in_flight_per_account: 256,
             requests_per_minute_per_token: 1000,
             estimate: EstimateConfig::default(),
+            forward_headers: Vec::new(),
         }
     }
 }
@@ -409,15 +414,16 @@ pub async fn proxy(
         .map_err(|e| ApiError::bad_request("invalid_path", e.to_string()))?;
 
     // Who is calling: one answer for every authentication failure.
-    let presented =
-        headers::presented_token(req.headers()).ok_or_else(ApiError::authentication_failed)?;
+    // Kept (wiped on drop) until the forwarded headers are chosen: none may carry it.
+    let presented = Zeroizing::new(
+        headers::presented_token(req.headers()).ok_or_else(ApiError::authentication_failed)?,
+    );
     let now = state.clock.unix();
     let token = state
         .tokens
         .authenticate(&state.db, &presented, now)
         .await?
         .ok_or_else(ApiError::authentication_failed)?;
-    drop(presented);
     if !token.allows(provider.id) {
         return Err(ApiError::forbidden(
             "provider_not_allowed",
@@ -619,9 +625,12 @@ pub async fn proxy(
     let url = upstream_path.join(proxy.base_url(provider));
     let client = crate::proxy::UpstreamClient::checkout(&upstream_client);
     let mut upstream = client.request(req.method().clone(), url.as_str());
-    for (name, value) in headers::request_headers(req.headers()) {
+    for (name, value) in
+        headers::request_headers(req.headers(), &presented, &proxy.settings.forward_headers)
+    {
         upstream = upstream.insert_header((name, value));
     }
+    drop(presented);
     upstream = upstream
         .insert_header((auth_name, auth_value))
         .insert_header(("accept-encoding", "identity"))

@@ -17,6 +17,7 @@ mod fake_upstream;
 mod forwarded;
 mod health;
 mod helpers;
+mod hostile_request;
 mod isolation;
 mod key_helpers;
 mod keys;

@@ -39,6 +39,8 @@ pub enum ErrorType {
     AuthenticationFailed,
     /// Only from the `--redirect-http` listener, when a request has no usable `Host`.
     BadHost,
+    /// A GET or HEAD proxied with a body.
+    BodyNotAllowed,
     Csrf,
     InternalError,
     InvalidAmount,
@@ -55,6 +57,9 @@ pub enum ErrorType {
     InvalidPath,
     InvalidPeriod,
     InvalidQuery,
+    /// A proxied body the provider could read otherwise than keybroker: not a JSON object where
+    /// one is needed, a repeated key, or a count that is not a positive integer (`field`).
+    InvalidRequestBody,
     InvalidTime,
     InvalidToken,
     KeyExists,
@@ -79,6 +84,8 @@ pub enum ErrorType {
     TooManyAttempts,
     TooManyInFlight,
     UnknownProvider,
+    /// A proxied request body sent compressed (415).
+    UnsupportedContentEncoding,
     UnsupportedMediaType,
     UpstreamTimeout,
     UpstreamUnreachable,

@@ -198,9 +198,14 @@ fn usage_object(value: Option<&Value>) -> Result<Option<&Value>, NonsenseUsage> 
     }
 }
 
-/// The number of characters ElevenLabs billed, from its `character-cost` response header.
+/// The number of characters ElevenLabs billed, from its `character-cost` response header; `None`
+/// when it is missing or makes no sense (not digits, above [`MAX_REPORTED_TOKENS`]).
 pub fn elevenlabs_character_cost(header: Option<&str>) -> Option<u64> {
-    header?.trim().parse().ok()
+    header?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| *n <= MAX_REPORTED_TOKENS)
 }
 
 /// Asks OpenAI to report usage at the end of a streamed chat completion, by setting
@@ -1335,6 +1340,8 @@ mod tests {
     fn elevenlabs_header_parses() {
         assert_eq!(elevenlabs_character_cost(Some(" 42 ")), Some(42));
         assert_eq!(elevenlabs_character_cost(Some("n/a")), None);
+        assert_eq!(elevenlabs_character_cost(Some("-5")), None);
+        assert_eq!(elevenlabs_character_cost(Some("99999999999")), None);
         assert_eq!(elevenlabs_character_cost(None), None);
     }
 }

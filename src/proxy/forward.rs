@@ -725,12 +725,17 @@ pub async fn proxy(
                     .get("character-cost")
                     .and_then(|v| v.to_str().ok()),
             );
-            Meter::Fixed(
+            let cost =
                 proxy
                     .prices
-                    .request_cost(provider.id, &method, upstream_path.path(), characters)
-                    .micros,
-            )
+                    .request_cost(provider.id, &method, upstream_path.path(), characters);
+            // A price the answer did not confirm (a per-character provider without a sensible
+            // `character-cost`) is never below the reservation: fail closed.
+            Meter::Fixed(if cost.priced_by_fallback {
+                cost.micros.max(estimate.micros)
+            } else {
+                cost.micros
+            })
         }
     };
     // The call's hold survives a crash already: `reserve` journaled it before the call was sent

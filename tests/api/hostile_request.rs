@@ -565,11 +565,27 @@ async fn the_token_cookies_and_csrf_headers_never_reach_the_upstream() {
 
 /// An upstream that answers every call with the same body.
 async fn answering(content_type: &'static str, body: String) -> String {
+    answering_with(content_type, &[], body).await
+}
+
+/// An upstream that answers every call with the same headers and body.
+async fn answering_with(
+    content_type: &'static str,
+    headers: &[(&'static str, &'static str)],
+    body: String,
+) -> String {
+    let headers = headers.to_vec();
     let server = HttpServer::new(move || {
-        let body = body.clone();
+        let (body, headers) = (body.clone(), headers.clone());
         App::new().default_service(web::to(move || {
-            let body = body.clone();
-            async move { HttpResponse::Ok().content_type(content_type).body(body) }
+            let (body, headers) = (body.clone(), headers.clone());
+            async move {
+                let mut res = HttpResponse::Ok();
+                for header in headers {
+                    res.insert_header(header);
+                }
+                res.content_type(content_type).body(body)
+            }
         }))
     })
     .workers(1)
@@ -653,5 +669,39 @@ async fn usage_that_makes_no_sense_settles_at_the_reservation() {
                 }
             }
         }
+    }
+}
+
+#[tokio::test]
+async fn a_per_character_call_without_a_sensible_character_count_settles_at_the_reservation() {
+    // 11 characters of text at 0.0003 USD each.
+    let held = 11 * 300;
+    for headers in [
+        &[][..],
+        &[("character-cost", "-5")][..],
+        &[("character-cost", "lots")][..],
+        &[("character-cost", "99999999999")][..],
+    ] {
+        let url = answering_with("audio/mpeg", headers, "ID3-audio".to_owned()).await;
+        let app = TestApp::spawn_with(move |s| {
+            s.proxy.upstreams.insert("elevenlabs".to_owned(), url);
+        })
+        .await;
+        let s = app.signed_up().await;
+        let key = format!("sk_{}", "ab12".repeat(12));
+        add_key(&app, &s, "elevenlabs", &key).await;
+        set_ceiling(&app, &s, "elevenlabs", "10.00").await;
+        let t = token(&app, &s, None).await;
+        let res = app
+            .client
+            .post(app.url("/proxy/elevenlabs/v1/text-to-speech/voice1"))
+            .header("xi-api-key", &t)
+            .json(&json!({"text": "hello world", "model_id": "eleven_multilingual_v2"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.bytes().await.unwrap();
+        assert_eq!(spent(&app, &s, "elevenlabs").await, held, "{headers:?}");
     }
 }

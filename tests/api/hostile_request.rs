@@ -500,6 +500,7 @@ async fn the_token_cookies_and_csrf_headers_never_reach_the_upstream() {
         ("x-goog-user-project", t.to_uppercase()),
         ("user-agent", format!("tool/1.0 ({t})")),
         ("x-api-token", t.clone()),
+        ("x-stainless-raw", t["kb_".len()..].to_owned()),
         ("cookie", format!("kb={t}")),
         ("cookie2", "$Version=1".to_owned()),
         ("x-csrf-token", "csrf-abc".to_owned()),

@@ -215,13 +215,14 @@ impl PriceTable {
         if let Some((name, prices)) = models.get_key_value(model) {
             return Some((name, prices));
         }
+        // Model ids are matched in any ASCII case: a provider that accepts `GPT-4O` bills gpt-4o,
+        // and the call must not fall to a price (and output bound) meant for unknown models.
         models
             .iter()
             .filter(|(name, _)| {
-                model
-                    .strip_prefix(name.as_str())
-                    .and_then(|rest| rest.strip_prefix('-'))
-                    .is_some_and(is_version_suffix)
+                strip_prefix_ci(model, name).is_some_and(|rest| {
+                    rest.is_empty() || rest.strip_prefix('-').is_some_and(is_version_suffix)
+                })
             })
             .max_by_key(|(name, _)| name.len())
             .map(|(name, prices)| (name.as_str(), prices))
@@ -365,12 +366,19 @@ pub(crate) fn price_tokens(terms: &[(u64, Money)]) -> Money {
     i64::try_from(micros).map_or(Money::MAX, Money::from_micros)
 }
 
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| s.get(prefix.len()..))
+        .flatten()
+}
+
 /// A suffix that names a dated or pinned release of the same model, never a different model:
 /// `2024-08-06`, `20250514`, `latest`, `001`. `mini-2024-07-18` is not one, so `gpt-4o-mini-2024-07-18`
 /// never falls back to `gpt-4o`.
 pub fn is_version_suffix(suffix: &str) -> bool {
     let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
-    if suffix == "latest" || digits(suffix, 8) || digits(suffix, 3) {
+    if suffix.eq_ignore_ascii_case("latest") || digits(suffix, 8) || digits(suffix, 3) {
         return true;
     }
     let parts: Vec<&str> = suffix.split('-').collect();
@@ -714,6 +722,18 @@ mod tests {
             matched(&table, "google", "models/gemini-2.0-flash-001"),
             Some("gemini-2.0-flash")
         );
+    }
+
+    #[test]
+    fn model_names_match_in_any_case() {
+        let table = table();
+        assert_eq!(matched(&table, "openai", "GPT-4o"), Some("gpt-4o"));
+        assert_eq!(matched(&table, "openai", "O1-2024-12-17"), Some("o1"));
+        assert_eq!(
+            matched(&table, "anthropic", "Claude-Opus-4-1-LATEST"),
+            Some("claude-opus-4-1")
+        );
+        assert_eq!(matched(&table, "openai", "GPT-4o-Mini-TTS"), None);
     }
 
     #[test]

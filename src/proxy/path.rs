@@ -14,8 +14,9 @@
 //! decoding turns them into path syntax), encoded slashes and backslashes, and escapes that do
 //! not decode to valid UTF-8 (overlong forms such as `%c0%ae` are other spellings of `.`).
 //!
-//! [`UpstreamPath::folded`] is the normalised path in ASCII lower case, for classifying a call:
-//! providers route some paths case-insensitively, and a case variant must not look unpriced.
+//! [`UpstreamPath::folded`] is the path as the provider routes it, every escape decoded, in ASCII
+//! lower case, for classifying a call: providers decode `%3A` to the `:` Google routes on, route
+//! some paths case-insensitively, and no such variant may look unpriced.
 
 /// A checked, normalised path (always starting with `/`) plus the raw query, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,9 +67,9 @@ fn escape_at(bytes: &[u8], i: usize) -> Result<u8, PathError> {
     hex_pair(bytes, i + 1).ok_or(PathError::BadEscape)
 }
 
-/// Normalises one raw segment onto `out`, refusing what would change the path's shape once the
-/// provider decodes it.
-fn normalise_segment(raw: &str, out: &mut String) -> Result<(), PathError> {
+/// Normalises one raw segment onto `out`, and its fully decoded, case-folded form onto `folded`,
+/// refusing what would change the path's shape once the provider decodes it.
+fn normalise_segment(raw: &str, out: &mut String, folded: &mut String) -> Result<(), PathError> {
     // `;params` go first: servers split them off before decoding, and they are not forwarded.
     let raw = raw.split(';').next().unwrap_or_default();
     if raw.is_empty() {
@@ -123,9 +124,10 @@ fn normalise_segment(raw: &str, out: &mut String) -> Result<(), PathError> {
     }
     // Overlong and surrogate forms are refused by the UTF-8 check: `%c0%ae` is a `.` to a lax
     // decoder.
-    if std::str::from_utf8(&decoded).is_err() {
+    let Ok(text) = std::str::from_utf8(&decoded) else {
         return Err(PathError::InvalidUtf8);
-    }
+    };
+    folded.push_str(&text.to_ascii_lowercase());
     Ok(())
 }
 
@@ -152,12 +154,14 @@ impl UpstreamPath {
             return Err(PathError::ForbiddenCharacter);
         }
         let mut path = String::with_capacity(tail.len());
+        let mut folded = String::with_capacity(tail.len());
         for segment in tail.split('/').skip(1) {
             path.push('/');
-            normalise_segment(segment, &mut path)?;
+            folded.push('/');
+            normalise_segment(segment, &mut path, &mut folded)?;
         }
         Ok(Self {
-            folded: path.to_ascii_lowercase(),
+            folded,
             path,
             query: clean_query(query)?,
         })
@@ -168,7 +172,7 @@ impl UpstreamPath {
         &self.path
     }
 
-    /// The normalised path in ASCII lower case: what a call is classified and priced by.
+    /// The path fully decoded, in ASCII lower case: what a call is classified and priced by.
     pub fn folded(&self) -> &str {
         &self.folded
     }
@@ -263,10 +267,16 @@ mod tests {
     }
 
     #[test]
-    fn the_folded_path_is_the_normalised_path_in_lower_case() {
+    fn the_folded_path_is_the_decoded_path_in_lower_case() {
         let p = UpstreamPath::parse("/v1/Chat/Complet%69ons;x", None).unwrap();
         assert_eq!(p.path(), "/v1/Chat/Completions");
         assert_eq!(p.folded(), "/v1/chat/completions");
+        let p =
+            UpstreamPath::parse("/v1beta/models/Gemini-2.5-Pro%3AgenerateContent", None).unwrap();
+        assert_eq!(p.path(), "/v1beta/models/Gemini-2.5-Pro%3AgenerateContent");
+        assert_eq!(p.folded(), "/v1beta/models/gemini-2.5-pro:generatecontent");
+        let p = UpstreamPath::parse("/v1/files/caf%C3%89%20x", None).unwrap();
+        assert_eq!(p.folded(), "/v1/files/caf\u{c9} x");
     }
 
     #[test]

@@ -41,7 +41,8 @@
 //! worst case: for every model the table prices for that provider, and for the fallback prices,
 //! the input bound above (body bytes, media parts and stored context when the body is JSON, the
 //! overhead) at that model's dearest input price and the model's `max_output_tokens` (the default
-//! output tokens where the table has none) at its dearest output price; the dearest of these is
+//! output tokens where the table has none), times the choices the body asks for (`n`,
+//! `candidateCount`, read as above), at its dearest output price; the dearest of these is
 //! reserved. The call is settled by the usage in its answer when there is one, else at that
 //! reservation (fail closed). An operator who wants such an endpoint priced otherwise gives it an
 //! endpoint entry in the price table.
@@ -320,16 +321,22 @@ fn input_bound(config: &EstimateConfig, body_len: usize, json: Option<&Value>) -
 
 /// The worst case of a state-changing call to a token-metered provider at an endpoint keybroker
 /// does not know (see the module doc): the dearest of the provider's models and the fallback, at
-/// the input bound and each model's maximum output. Always marked `priced_by_fallback`: it is a
-/// hold, not a price.
+/// the input bound and each model's maximum output times the choices the body asks for (read as
+/// for a token endpoint of `dialect`, in case it is one in a spelling keybroker does not know).
+/// Always marked `priced_by_fallback`: it is a hold, not a price.
 pub fn worst_case(
     table: &PriceTable,
     config: &EstimateConfig,
     provider: &str,
+    dialect: Dialect,
     body_len: usize,
     json: Option<&Value>,
-) -> Estimate {
+) -> Result<Estimate, InvalidCount> {
     let (input_tokens, media_parts) = input_bound(config, body_len, json);
+    let choices = match json {
+        Some(json) => choices(dialect, json)?,
+        None => 1,
+    };
     let candidates = table
         .models_of(provider)
         .map(|(_, prices)| prices)
@@ -345,10 +352,11 @@ pub fn worst_case(
         media_parts,
     };
     for prices in candidates {
-        let (output_tokens, output_bound) = match prices.max_output_tokens {
+        let (per_choice, output_bound) = match prices.max_output_tokens {
             Some(max) => (max, OutputBound::ModelMaximum),
             None => (config.default_output_tokens, OutputBound::Default),
         };
+        let output_tokens = per_choice.saturating_mul(choices);
         let tier = prices.tier(input_tokens);
         let micros = price_tokens(&[
             (input_tokens, tier.max_input()),
@@ -360,7 +368,7 @@ pub fn worst_case(
             worst.output_bound = output_bound;
         }
     }
-    worst
+    Ok(worst)
 }
 
 /// Estimates a call to a provider priced per request. For a provider priced per character
@@ -919,7 +927,15 @@ mod tests {
 
     #[test]
     fn the_worst_case_is_the_dearest_model_at_its_maximum_output() {
-        let e = worst_case(&table(), &no_overhead(), "openai", 1_000, None);
+        let e = worst_case(
+            &table(),
+            &no_overhead(),
+            "openai",
+            Dialect::OpenAi,
+            1_000,
+            None,
+        )
+        .unwrap();
         // o1: 15.00 input, 60.00 output per Mtok, 100,000 output tokens.
         let expected = (1_000 * 15_000_000 + 100_000 * 60_000_000u64).div_ceil(1_000_000);
         assert_eq!(e.cost.micros, Money::from_micros(expected as i64));
@@ -933,11 +949,58 @@ mod tests {
             assert!(cost <= e.cost.micros, "{name}");
         }
         // A provider the table has no models for is held at the fallback prices.
-        let unknown = worst_case(&table(), &no_overhead(), "acme-llm", 0, None);
+        let unknown = worst_case(
+            &table(),
+            &no_overhead(),
+            "acme-llm",
+            Dialect::OpenAi,
+            0,
+            None,
+        )
+        .unwrap();
         assert_eq!(unknown.cost.micros, Money::from_micros(4_096 * 75));
         // Media parts and stored context in a JSON body raise the input bound.
         let body = json!({"previous_response_id": "resp_1", "input": [{"type": "input_image"}]});
-        let stateful = worst_case(&table(), &no_overhead(), "openai", 10, Some(&body));
+        let stateful = worst_case(
+            &table(),
+            &no_overhead(),
+            "openai",
+            Dialect::OpenAi,
+            10,
+            Some(&body),
+        )
+        .unwrap();
         assert_eq!(stateful.input_tokens, 10 + 40_000 + 1_048_576);
+    }
+
+    #[test]
+    fn the_worst_case_multiplies_by_the_choices_the_body_asks_for() {
+        let body = json!({"generation_config": {"candidate_count": "8"}});
+        let e = worst_case(
+            &table(),
+            &no_overhead(),
+            "google",
+            Dialect::Google,
+            10,
+            Some(&body),
+        )
+        .unwrap();
+        // gemini-2.5-pro and -flash both allow 65,536 output tokens.
+        assert_eq!(e.output_tokens, 8 * 65_536);
+        let bad = json!({"n": 2.5});
+        assert_eq!(
+            worst_case(
+                &table(),
+                &no_overhead(),
+                "openai",
+                Dialect::OpenAi,
+                10,
+                Some(&bad)
+            ),
+            Err(InvalidCount {
+                field: "n".to_owned(),
+                rule: CountRule::Positive
+            })
+        );
     }
 }

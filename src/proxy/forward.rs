@@ -295,6 +295,12 @@ fn invalid_body(message: impl Into<std::borrow::Cow<'static, str>>) -> ApiError 
     ApiError::bad_request("invalid_request_body", message)
 }
 
+/// `{"type": "invalid_request_body", "message": "n must be a positive integer", "field": "n"}`.
+fn invalid_count(invalid: estimate::InvalidCount) -> ApiError {
+    let message = invalid.to_string();
+    invalid_body(message).with_field("field", invalid.field)
+}
+
 fn dialect_of(metering: Metering) -> Option<Dialect> {
     match metering {
         Metering::OpenAi => Some(Dialect::OpenAi),
@@ -511,10 +517,7 @@ pub async fn proxy(
                 request_model.as_deref(),
             )
             .map_err(|e| match e {
-                estimate::EstimateError::InvalidCount(invalid) => {
-                    let field = invalid.field.clone();
-                    invalid_body(invalid.to_string()).with_field("field", field)
-                }
+                estimate::EstimateError::InvalidCount(invalid) => invalid_count(invalid),
                 estimate::EstimateError::NotAnObject => invalid_body(e.to_string()),
             })?
             .cost
@@ -530,14 +533,16 @@ pub async fn proxy(
             upstream_path.path(),
             json.as_ref(),
         ),
-        Pricing::WorstCase(_) => {
+        Pricing::WorstCase(d) => {
             estimate::worst_case(
                 &proxy.prices,
                 &proxy.settings.estimate,
                 provider.id,
+                d,
                 body.len(),
                 json.as_ref(),
             )
+            .map_err(invalid_count)?
             .cost
         }
     };

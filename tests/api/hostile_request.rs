@@ -242,16 +242,23 @@ async fn google_is_reserved_for_the_path_model_and_every_spelling_of_its_config(
         for (k, v) in config.as_object().unwrap() {
             body[k] = v.clone();
         }
-        let res = app
-            .client
-            .post(app.url("/proxy/google/v1beta/models/gemini-2.5-pro:generateContent"))
-            .header("x-goog-api-key", &t)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let (status, error) = error_of(res).await;
-        assert_eq!(status, 402, "{body}: {error}");
+        // Google decodes `%3A` to the `:` it routes on.
+        for path in [
+            "/proxy/google/v1beta/models/gemini-2.5-pro:generateContent",
+            "/proxy/google/v1beta/models/gemini-2.5-pro%3AgenerateContent",
+            "/proxy/google/v1beta/models/Gemini-2.5-Pro%3agenerateCONTENT",
+        ] {
+            let res = app
+                .client
+                .post(app.url(path))
+                .header("x-goog-api-key", &t)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let (status, error) = error_of(res).await;
+            assert_eq!(status, 402, "{path} {body}: {error}");
+        }
     }
     assert_eq!(upstream.recorder.count(), 0);
 }
@@ -346,9 +353,11 @@ async fn an_unknown_state_changing_call_is_held_at_the_providers_worst_case() {
         &table,
         &EstimateConfig::default(),
         "anthropic",
+        Dialect::Anthropic,
         body_len,
         Some(&json!({"requests": []})),
-    );
+    )
+    .unwrap();
     assert_eq!(
         spent(&app, &s, "anthropic").await,
         held.cost.micros.micros()

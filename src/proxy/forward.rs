@@ -245,9 +245,10 @@ fn token_endpoint(dialect: Dialect, method: &str, folded: &str) -> bool {
     }
 }
 
-/// Calls to a token-metered provider that cost nothing: reads and deletes without a body, and
-/// counting tokens. Any other method (PUT, PATCH: Gemini's cache TTL update bills storage) is not
-/// free.
+/// Calls to a token-metered provider that cost nothing: reads and deletes without a body (OpenAI,
+/// Anthropic and Google bill no delete: it frees a file, batch, cache or stored response), and
+/// counting tokens. Any other method is not free (PATCH included: extending a Gemini cache's TTL
+/// bills storage), and neither is a read or delete that carries a body.
 fn free_call(method: &str, folded: &str, bodiless: bool) -> bool {
     match method {
         "GET" | "HEAD" | "OPTIONS" | "DELETE" => bodiless,

@@ -45,7 +45,9 @@
 //! `candidateCount`, read as above), at its dearest output price; the dearest of these is
 //! reserved. The call is settled by the usage in its answer when there is one, else at that
 //! reservation (fail closed). An operator who wants such an endpoint priced otherwise gives it an
-//! endpoint entry in the price table.
+//! endpoint entry in the price table. Not bounded by this hold: work a call starts on input stored
+//! at the provider (an OpenAI batch over an uploaded file, an assistant run over a thread), whose
+//! size the body does not show and whose answer reports no usage.
 
 use serde_json::Value;
 

@@ -17,9 +17,11 @@
 //! - **Output**: the request's own limit (`max_completion_tokens`, `max_tokens`, `max_output_tokens`,
 //!   `generationConfig.maxOutputTokens`, plus a Gemini `thinkingBudget`), capped at the model's
 //!   `max_output_tokens`, times the number of choices (`n` or `best_of`, `candidateCount`). With no
-//!   limit in the request, the model's `max_output_tokens` from the price table is the true bound;
-//!   for a model the table does not know, [`EstimateConfig::default_output_tokens`] is used and the
-//!   estimate is marked as not a bound.
+//!   limit in the request, the model's `max_output_tokens` from the price table is the true bound.
+//!   A model the table does not know is held at the dearest of its provider's known models for the
+//!   same request (an unknown name may be an alias or a new release of any of them), and never
+//!   below the fallback prices with [`EstimateConfig::default_output_tokens`]; it is flagged
+//!   `priced_by_fallback`, since a model dearer than every known one is not bounded.
 //!
 //! Every input token is priced at the dearest input bucket and every output token at the dearest
 //! output bucket of the tier the input bound falls in.
@@ -51,7 +53,7 @@
 
 use serde_json::Value;
 
-use super::prices::{price_tokens, Cost, PriceTable};
+use super::prices::{price_tokens, Cost, ModelPrices, PriceTable};
 use super::usage::Dialect;
 
 /// Knobs for the worst-case estimate.
@@ -274,25 +276,25 @@ pub fn estimate_tokens_parsed(
             json.get("model").and_then(Value::as_str).or(request_model)
         }
     };
+    let requested = requested_output(dialect, json)?;
+    let choices = choices(dialect, json)?;
     let (prices, priced_by_fallback) = table.prices_for(provider, model);
     let (input_tokens, media_parts) = input_bound(config, body_len, Some(json));
-
-    let (per_choice, output_bound) =
-        match (requested_output(dialect, json)?, prices.max_output_tokens) {
-            (Some(Count::Value(requested)), Some(max)) => {
-                (requested.min(max), OutputBound::Requested)
+    let one = |prices: &ModelPrices, known: bool| {
+        model_bound(config, prices, known, requested, choices, input_tokens)
+    };
+    let mut worst = one(prices, !priced_by_fallback);
+    // A name the table does not know may be an alias or a new release of any model the provider
+    // serves: the hold is the dearest of them, never less than the fallback's.
+    if priced_by_fallback {
+        for (_, known) in table.models_of(provider) {
+            let bound = one(known, true);
+            if bound.0 > worst.0 {
+                worst = bound;
             }
-            (Some(Count::Value(requested)), None) => (requested, OutputBound::Requested),
-            (_, Some(max)) if !priced_by_fallback => (max, OutputBound::ModelMaximum),
-            (_, _) => (config.default_output_tokens, OutputBound::Default),
-        };
-    let output_tokens = per_choice.saturating_mul(choices(dialect, json)?);
-
-    let tier = prices.tier(input_tokens);
-    let micros = price_tokens(&[
-        (input_tokens, tier.max_input()),
-        (output_tokens, tier.max_output()),
-    ]);
+        }
+    }
+    let (micros, output_tokens, output_bound) = worst;
     Ok(Estimate {
         cost: Cost {
             micros,
@@ -303,6 +305,31 @@ pub fn estimate_tokens_parsed(
         output_bound,
         media_parts,
     })
+}
+
+/// One model's bound for a request: its cost, output tokens and where their bound came from.
+/// `known` is false for the fallback prices, whose output limit is no model's.
+fn model_bound(
+    config: &EstimateConfig,
+    prices: &ModelPrices,
+    known: bool,
+    requested: Option<Count>,
+    choices: u64,
+    input_tokens: u64,
+) -> (crate::money::Money, u64, OutputBound) {
+    let (per_choice, output_bound) = match (requested, prices.max_output_tokens) {
+        (Some(Count::Value(requested)), Some(max)) => (requested.min(max), OutputBound::Requested),
+        (Some(Count::Value(requested)), None) => (requested, OutputBound::Requested),
+        (_, Some(max)) if known => (max, OutputBound::ModelMaximum),
+        (_, _) => (config.default_output_tokens, OutputBound::Default),
+    };
+    let output_tokens = per_choice.saturating_mul(choices);
+    let tier = prices.tier(input_tokens);
+    let micros = price_tokens(&[
+        (input_tokens, tier.max_input()),
+        (output_tokens, tier.max_output()),
+    ]);
+    (micros, output_tokens, output_bound)
 }
 
 /// The input bound of a call (see the module doc) and the media parts counted in it.
@@ -594,14 +621,35 @@ mod tests {
     }
 
     #[test]
-    fn unknown_model_holds_default_output_at_fallback_price() {
+    fn an_unknown_model_is_held_at_the_dearest_known_model_of_its_provider() {
+        // o1: 15.00 input, 60.00 output per Mtok, up to 100,000 output tokens.
         let body = json!({"model": "mystery-1", "messages": []});
+        let bytes = body.to_string().len() as u64;
         let e = estimate("openai", Dialect::OpenAi, &body);
+        assert_eq!(
+            (e.output_tokens, e.output_bound),
+            (100_000, OutputBound::ModelMaximum)
+        );
+        assert!(e.cost.priced_by_fallback);
+        let o1 = (bytes * 15_000_000 + 100_000 * 60_000_000).div_ceil(1_000_000);
+        assert_eq!(e.cost.micros, Money::from_micros(o1 as i64));
+        // With a limit, the limit at the dearest output price: the fallback's 75.00.
+        let body = json!({"model": "O1-Pro", "max_tokens": 10, "messages": []});
+        let bytes = body.to_string().len() as u64;
+        let e = estimate("openai", Dialect::OpenAi, &body);
+        assert_eq!(
+            (e.output_tokens, e.output_bound),
+            (10, OutputBound::Requested)
+        );
+        let fallback = (bytes * 15_000_000 + 10 * 75_000_000).div_ceil(1_000_000);
+        assert_eq!(e.cost.micros, Money::from_micros(fallback as i64));
+        // A provider with no models in the table falls to the default output.
+        let body = json!({"model": "mistral-large", "messages": []});
+        let e = estimate("mistral", Dialect::OpenAi, &body);
         assert_eq!(
             (e.output_tokens, e.output_bound),
             (4_096, OutputBound::Default)
         );
-        assert!(e.cost.priced_by_fallback);
     }
 
     #[test]

@@ -986,9 +986,23 @@ mod tests {
             None
         );
         assert_eq!(
-            table.explicit_request_cost("openai", "POST", "/v1/files"),
+            table.explicit_request_cost("openai", "POST", "/v1/batches"),
             None
         );
+        // The uploads the token-metered providers do not bill are priced, at zero.
+        for (provider, path) in [
+            ("openai", "/v1/files"),
+            ("openai", "/v1/moderations"),
+            ("anthropic", "/v1/files"),
+            ("google", "/upload/v1beta/files"),
+        ] {
+            let cost = table.explicit_request_cost(provider, "POST", path);
+            assert_eq!(
+                cost.map(|c| c.micros),
+                Some(Money::ZERO),
+                "{provider} {path}"
+            );
+        }
     }
 
     #[test]

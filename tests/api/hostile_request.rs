@@ -362,6 +362,18 @@ async fn an_unknown_state_changing_call_is_held_at_the_providers_worst_case() {
         spent(&app, &s, "anthropic").await,
         held.cost.micros.micros()
     );
+    // What the table prices explicitly is not held at the worst case: uploads are free.
+    let res = app
+        .client
+        .post(app.url("/proxy/openai/v1/Files"))
+        .bearer_auth(&t)
+        .header("content-type", "multipart/form-data; boundary=x")
+        .body("--x\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--x--\r\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.bytes().await.unwrap();
     // Reads and bodiless deletes stay free.
     for method in [Method::GET, Method::DELETE] {
         let res = app

@@ -430,6 +430,16 @@ impl Settings {
         if let Some(v) = num("KEYBROKER_PROXY_RATE_PER_MINUTE")? {
             self.proxy.requests_per_minute_per_token = u32::try_from(v).unwrap_or(u32::MAX).max(1);
         }
+        if let Some(names) = env_var("KEYBROKER_PROXY_FORWARD_HEADERS") {
+            for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if actix_web::http::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err(ConfigError::Invalid(format!(
+                        "KEYBROKER_PROXY_FORWARD_HEADERS: {name:?} is not a header name"
+                    )));
+                }
+                self.proxy.forward_headers.push(name.to_ascii_lowercase());
+            }
+        }
         Ok(())
     }
 

@@ -228,7 +228,11 @@ impl ProxyOutcome {
             "authentication_failed" => Self::Auth,
             "provider_not_allowed" => Self::Forbidden,
             "invalid_path" => Self::BadPath,
-            "invalid_body" | "payload_too_large" => Self::BadBody,
+            "invalid_body"
+            | "invalid_request_body"
+            | "body_not_allowed"
+            | "unsupported_content_encoding"
+            | "payload_too_large" => Self::BadBody,
             "no_key" => Self::NoKey,
             "unknown_provider" => Self::UnknownProvider,
             "upstream_timeout" => Self::Timeout,

@@ -38,6 +38,8 @@ pub enum ErrorType {
     AuthenticationFailed,
     /// Only from the `--redirect-http` listener, when a request has no usable `Host`.
     BadHost,
+    /// A GET or HEAD proxied with a body.
+    BodyNotAllowed,
     Csrf,
     /// Sign-up refused: the address mixes scripts within one part (e.g. a Cyrillic letter among
     /// Latin ones), the shape of an address made to look like another.
@@ -59,6 +61,9 @@ pub enum ErrorType {
     /// Token creation: `providers` was an empty list (leave it out for every provider).
     InvalidProviders,
     InvalidQuery,
+    /// A proxied body the provider could read otherwise than keybroker: not a JSON object where
+    /// one is needed, a repeated key, or a count that is not a positive integer (`field`).
+    InvalidRequestBody,
     InvalidTime,
     InvalidToken,
     KeyExists,
@@ -83,6 +88,8 @@ pub enum ErrorType {
     TooManyAttempts,
     TooManyInFlight,
     UnknownProvider,
+    /// A proxied request body sent compressed (415).
+    UnsupportedContentEncoding,
     UnsupportedMediaType,
     /// The provider's answer could not be passed on faithfully (an interim head as the final
     /// answer, or a compressed body keybroker did not ask for); the call is charged its hold.
@@ -311,12 +318,13 @@ impl Modify for Security {
     request_body(content = Object, description = "Sent to the provider as is (bounded in size)", content_type = "application/json"),
     responses(
         (status = 200, description = "The provider's answer, streamed back; headers include x-keybroker-spend-remaining when a ceiling is set", body = Object),
-        (status = 400, description = "invalid_path or invalid_body", body = ErrorBody),
+        (status = 400, description = "invalid_path, invalid_body, invalid_request_body (a token endpoint's body is not a JSON object, repeats a key, or has a count that is not a positive integer: `field` names it) or body_not_allowed (a GET or HEAD with a body)", body = ErrorBody),
         (status = 401, description = "authentication_failed", body = ErrorBody),
         (status = 402, description = "spend_ceiling_reached (with limit_usd, spent_usd, reserved_usd, remaining_usd, hold_usd and x-keybroker-spend-remaining)", body = ErrorBody),
         (status = 403, description = "provider_not_allowed", body = ErrorBody),
         (status = 404, description = "unknown_provider", body = ErrorBody),
         (status = 413, description = "payload_too_large", body = ErrorBody),
+        (status = 415, description = "unsupported_content_encoding: request bodies are not accepted compressed", body = ErrorBody),
         (status = 424, description = "no_key", body = ErrorBody),
         (status = 429, description = "rate_limited or too_many_in_flight (Retry-After)", body = ErrorBody),
         (status = 502, description = "upstream_unreachable, upstream_bad_response, or the provider's error rebuilt", body = ErrorBody),

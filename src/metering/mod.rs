@@ -5,6 +5,7 @@
 pub mod estimate;
 pub mod prices;
 pub mod sse;
+pub mod unique_json;
 pub mod usage;
 
 pub use estimate::{estimate_request, estimate_tokens, Estimate, EstimateConfig, OutputBound};

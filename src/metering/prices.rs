@@ -215,13 +215,14 @@ impl PriceTable {
         if let Some((name, prices)) = models.get_key_value(model) {
             return Some((name, prices));
         }
+        // Model ids are matched in any ASCII case: a provider that accepts `GPT-4O` bills gpt-4o,
+        // and the call must not fall to a price (and output bound) meant for unknown models.
         models
             .iter()
             .filter(|(name, _)| {
-                model
-                    .strip_prefix(name.as_str())
-                    .and_then(|rest| rest.strip_prefix('-'))
-                    .is_some_and(is_version_suffix)
+                strip_prefix_ci(model, name).is_some_and(|rest| {
+                    rest.is_empty() || rest.strip_prefix('-').is_some_and(is_version_suffix)
+                })
             })
             .max_by_key(|(name, _)| name.len())
             .map(|(name, prices)| (name.as_str(), prices))
@@ -233,6 +234,29 @@ impl PriceTable {
             Some((_, prices)) => (prices, false),
             None => (&self.fallback, true),
         }
+    }
+
+    /// Every model the table prices for a provider, by name.
+    pub fn models_of(&self, provider: &str) -> impl Iterator<Item = (&str, &ModelPrices)> {
+        self.models
+            .get(provider)
+            .into_iter()
+            .flat_map(|models| models.iter().map(|(name, prices)| (name.as_str(), prices)))
+    }
+
+    /// The prices charged for a model the table does not know.
+    pub fn fallback(&self) -> &ModelPrices {
+        &self.fallback
+    }
+
+    /// The price of a call the table prices by an endpoint entry of its provider, if one matches
+    /// (a provider's default price is not an entry: it prices what the table does not know).
+    pub fn explicit_request_cost(&self, provider: &str, method: &str, path: &str) -> Option<Cost> {
+        let endpoint = self.per_request.get(provider)?.endpoint(method, path)?;
+        Some(Cost {
+            micros: endpoint.price,
+            priced_by_fallback: false,
+        })
     }
 
     /// The cost of metered token usage.
@@ -342,12 +366,19 @@ pub(crate) fn price_tokens(terms: &[(u64, Money)]) -> Money {
     i64::try_from(micros).map_or(Money::MAX, Money::from_micros)
 }
 
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| s.get(prefix.len()..))
+        .flatten()
+}
+
 /// A suffix that names a dated or pinned release of the same model, never a different model:
 /// `2024-08-06`, `20250514`, `latest`, `001`. `mini-2024-07-18` is not one, so `gpt-4o-mini-2024-07-18`
 /// never falls back to `gpt-4o`.
 pub fn is_version_suffix(suffix: &str) -> bool {
     let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
-    if suffix == "latest" || digits(suffix, 8) || digits(suffix, 3) {
+    if suffix.eq_ignore_ascii_case("latest") || digits(suffix, 8) || digits(suffix, 3) {
         return true;
     }
     let parts: Vec<&str> = suffix.split('-').collect();
@@ -355,7 +386,8 @@ pub fn is_version_suffix(suffix: &str) -> bool {
 }
 
 /// Matches a request path against an endpoint pattern (see [`EndpointPrice::path`]). A query string
-/// on the request path is ignored.
+/// on the request path is ignored. Literal segments match in any ASCII case: providers route some
+/// paths case-insensitively, and `/v2/INSTANCES` must cost what `/v2/instances` costs.
 fn path_matches(pattern: &str, path: &str) -> bool {
     let path = path.split(['?', '#']).next().unwrap_or(path);
     let mut wanted: Vec<&str> = pattern.split('/').collect();
@@ -365,12 +397,17 @@ fn path_matches(pattern: &str, path: &str) -> bool {
     let mut actual = path.split('/');
     for segment in wanted {
         match actual.next() {
-            Some(got) if segment == "*" || segment == got => {}
+            Some(got) if segment == "*" || segment.eq_ignore_ascii_case(got) => {}
             _ => return false,
         }
     }
     match actual.next() {
-        Some(got) => last == "*" || got.starts_with(last),
+        Some(got) => {
+            last == "*"
+                || got
+                    .get(..last.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(last))
+        }
         None => false,
     }
 }
@@ -688,6 +725,18 @@ mod tests {
     }
 
     #[test]
+    fn model_names_match_in_any_case() {
+        let table = table();
+        assert_eq!(matched(&table, "openai", "GPT-4o"), Some("gpt-4o"));
+        assert_eq!(matched(&table, "openai", "O1-2024-12-17"), Some("o1"));
+        assert_eq!(
+            matched(&table, "anthropic", "Claude-Opus-4-1-LATEST"),
+            Some("claude-opus-4-1")
+        );
+        assert_eq!(matched(&table, "openai", "GPT-4o-Mini-TTS"), None);
+    }
+
+    #[test]
     fn longest_dated_prefix_wins() {
         let table = table();
         assert_eq!(
@@ -922,6 +971,46 @@ mod tests {
         assert!(!path_matches("/v2/instances", "/v1/instances"));
         assert!(path_matches("/a/*/c", "/a/b/c.json"));
         assert!(!path_matches("/a/*/c", "/a/c"));
+        assert!(path_matches("/v2/instances", "/V2/Instances"));
+        assert!(path_matches("/a/*/Messages", "/A/x/messages.json"));
+        assert!(!path_matches("/v2/instances", "/v2/instanc\u{e9}s"));
+    }
+
+    #[test]
+    fn only_an_endpoint_entry_is_an_explicit_price() {
+        let table = table();
+        let calls = table.explicit_request_cost("vultr", "POST", "/v2/Instances");
+        assert_eq!(calls.map(|c| c.micros), Some(usd("5.00")));
+        assert_eq!(
+            table.explicit_request_cost("vultr", "GET", "/v2/account"),
+            None
+        );
+        assert_eq!(
+            table.explicit_request_cost("openai", "POST", "/v1/batches"),
+            None
+        );
+        // The uploads the token-metered providers do not bill are priced, at zero.
+        for (provider, path) in [
+            ("openai", "/v1/files"),
+            ("openai", "/v1/moderations"),
+            ("anthropic", "/v1/files"),
+            ("google", "/upload/v1beta/files"),
+        ] {
+            let cost = table.explicit_request_cost(provider, "POST", path);
+            assert_eq!(
+                cost.map(|c| c.micros),
+                Some(Money::ZERO),
+                "{provider} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_providers_models_are_listed_and_the_fallback_is_reachable() {
+        let table = table();
+        assert!(table.models_of("openai").any(|(name, _)| name == "o1"));
+        assert_eq!(table.models_of("acme").count(), 0);
+        assert_eq!(table.fallback().base.output, usd("75.00"));
     }
 
     #[test]

@@ -11,6 +11,12 @@
 //!   `cache_creation`); thinking tokens are inside `output_tokens` and not reported apart.
 //! - **Google**: `promptTokenCount` includes `cachedContentTokenCount`; `thoughtsTokenCount` is *not*
 //!   inside `candidatesTokenCount` and is billed as output; `toolUsePromptTokenCount` is billed as input.
+//!
+//! A report that makes no sense is not believed ([`NonsenseUsage`]): a count that is negative, not
+//! a JSON integer (the providers send integers, so `"12"` or `12.5` is not one), above
+//! [`MAX_REPORTED_TOKENS`], or a usage object that is not an object. The call is then settled at
+//! its reservation, as if no usage had come (fail closed). A count that is absent or `null` is 0
+//! (Anthropic's `message_delta` sends `null` for what it does not update).
 
 use serde::Serialize;
 use serde_json::Value;
@@ -60,18 +66,40 @@ impl Usage {
     }
 }
 
-/// Usage from a whole (non-streamed) JSON response body. `None` when the body carries no usage.
+/// The most tokens one count of one call may report: far above any context window and output
+/// limit. A larger figure is a broken report, not a bill.
+pub const MAX_REPORTED_TOKENS: u64 = 1_000_000_000;
+
+/// A usage report that makes no sense (see the module doc): the call settles at its reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the provider's usage report makes no sense")]
+pub struct NonsenseUsage;
+
+/// Usage from a whole (non-streamed) JSON response body. `None` when the body carries no usage,
+/// or usage that makes no sense (see [`read_usage_body`] to tell the two apart).
 pub fn usage_from_body(
     dialect: Dialect,
     body: &[u8],
     request_model: Option<&str>,
 ) -> Option<Usage> {
+    read_usage_body(dialect, body, request_model).ok().flatten()
+}
+
+/// Usage from a whole JSON response body: `Ok(None)` when it carries none (or is not JSON).
+pub fn read_usage_body(
+    dialect: Dialect,
+    body: &[u8],
+    request_model: Option<&str>,
+) -> Result<Option<Usage>, NonsenseUsage> {
     let value = if body.trim_ascii_start().starts_with(b"[") {
-        serde_json::from_slice::<Value>(body).ok()?
+        serde_json::from_slice::<Value>(body).ok()
     } else {
-        serde_json::from_slice::<Metered>(body).ok()?.0
+        serde_json::from_slice::<Metered>(body).ok().map(|m| m.0)
     };
-    usage_from_json(dialect, &value, request_model)
+    match value {
+        Some(value) => read_usage_json(dialect, &value, request_model),
+        None => Ok(None),
+    }
 }
 
 /// The members of a response object that usage and the model are read from.
@@ -122,25 +150,62 @@ pub fn usage_from_json(
     body: &Value,
     request_model: Option<&str>,
 ) -> Option<Usage> {
-    let mut usage = match dialect {
+    read_usage_json(dialect, body, request_model).ok().flatten()
+}
+
+/// [`usage_from_json`], telling a report that makes no sense apart from a missing one.
+pub fn read_usage_json(
+    dialect: Dialect,
+    body: &Value,
+    request_model: Option<&str>,
+) -> Result<Option<Usage>, NonsenseUsage> {
+    let usage = match dialect {
         Dialect::OpenAi => openai_usage(body)?,
-        Dialect::Anthropic => {
-            let mut state = AnthropicState::default();
-            state.apply(body.get("usage")?);
-            state.usage()
-        }
+        Dialect::Anthropic => match usage_object(body.get("usage"))? {
+            Some(reported) => {
+                let mut state = AnthropicState::default();
+                state.apply(reported)?;
+                Some(state.usage())
+            }
+            None => None,
+        },
         Dialect::Google => match body {
-            Value::Array(items) => items.iter().rev().find_map(google_usage)?,
+            Value::Array(items) => {
+                let mut last = None;
+                // Every element is checked: a nonsense report anywhere makes the whole suspect.
+                for item in items {
+                    if let Some(usage) = google_usage(item)? {
+                        last = Some(usage);
+                    }
+                }
+                last
+            }
             _ => google_usage(body)?,
         },
     };
-    usage.model = response_model(dialect, body).or_else(|| request_model.map(str::to_owned));
-    Some(usage)
+    Ok(usage.map(|mut usage| {
+        usage.model = response_model(dialect, body).or_else(|| request_model.map(str::to_owned));
+        usage
+    }))
 }
 
-/// The number of characters ElevenLabs billed, from its `character-cost` response header.
+/// A usage member: absent or `null` is none, an object is one, anything else is nonsense.
+fn usage_object(value: Option<&Value>) -> Result<Option<&Value>, NonsenseUsage> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) if v.is_object() => Ok(Some(v)),
+        Some(_) => Err(NonsenseUsage),
+    }
+}
+
+/// The number of characters ElevenLabs billed, from its `character-cost` response header; `None`
+/// when it is missing or makes no sense (not digits, above [`MAX_REPORTED_TOKENS`]).
 pub fn elevenlabs_character_cost(header: Option<&str>) -> Option<u64> {
-    header?.trim().parse().ok()
+    header?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| *n <= MAX_REPORTED_TOKENS)
 }
 
 /// Asks OpenAI to report usage at the end of a streamed chat completion, by setting
@@ -207,13 +272,15 @@ pub struct StreamUsage {
     pub complete: bool,
     /// Events discarded for exceeding the size cap; any makes the usage suspect.
     pub dropped_events: u32,
+    /// Some event reported usage that makes no sense: `usage` is then `None` (fail closed).
+    pub nonsense: bool,
 }
 
 impl StreamUsage {
     /// Whether the usage can be trusted as the whole bill. When not, the caller should settle the
     /// call at its reservation (fail closed) rather than at a partial count.
     pub fn is_trustworthy(&self) -> bool {
-        self.complete && self.dropped_events == 0 && self.usage.is_some()
+        self.complete && self.dropped_events == 0 && !self.nonsense && self.usage.is_some()
     }
 }
 
@@ -232,6 +299,7 @@ pub struct StreamMeter {
     google: Option<Usage>,
     complete: bool,
     dropped_events: u32,
+    nonsense: bool,
 }
 
 impl StreamMeter {
@@ -249,6 +317,7 @@ impl StreamMeter {
             google: None,
             complete: false,
             dropped_events: 0,
+            nonsense: false,
         }
     }
 
@@ -301,9 +370,12 @@ impl StreamMeter {
         };
         let model = self.response_model.take().or(self.request_model.take());
         StreamUsage {
-            usage: usage.map(|u| Usage { model, ..u }),
-            complete: self.complete,
+            usage: usage
+                .filter(|_| !self.nonsense)
+                .map(|u| Usage { model, ..u }),
+            complete: self.complete && !self.nonsense,
             dropped_events: self.dropped_events,
+            nonsense: self.nonsense,
         }
     }
 
@@ -321,42 +393,40 @@ impl StreamMeter {
         if let Some(model) = response_model(self.dialect, &value) {
             self.response_model = Some(model);
         }
-        match self.dialect {
-            Dialect::OpenAi => {
-                if let Some(usage) = openai_usage(&value) {
+        let observed = match self.dialect {
+            Dialect::OpenAi => openai_usage(&value).map(|usage| {
+                if let Some(usage) = usage {
                     self.openai = Some(usage);
                     self.complete = true;
                 }
-            }
+            }),
             Dialect::Anthropic => self.observe_anthropic(&value),
-            Dialect::Google => {
-                if let Some(usage) = google_usage(&value) {
+            Dialect::Google => google_usage(&value).map(|usage| {
+                if let Some(usage) = usage {
                     self.google = Some(usage);
                 }
                 if self.google.is_some() && google_finished(&value) {
                     self.complete = true;
                 }
-            }
+            }),
+        };
+        if observed.is_err() {
+            self.nonsense = true;
         }
     }
 
-    fn observe_anthropic(&mut self, value: &Value) {
-        match value.get("type").and_then(Value::as_str) {
-            Some("message_start") => {
-                if let Some(usage) = value.pointer("/message/usage") {
-                    self.anthropic.apply(usage);
-                    self.anthropic_seen = true;
-                }
-            }
-            Some("message_delta") => {
-                if let Some(usage) = value.get("usage") {
-                    self.anthropic.apply(usage);
-                    self.anthropic_seen = true;
-                    self.complete = true;
-                }
-            }
-            _ => {}
+    fn observe_anthropic(&mut self, value: &Value) -> Result<(), NonsenseUsage> {
+        let (usage, last) = match value.get("type").and_then(Value::as_str) {
+            Some("message_start") => (value.pointer("/message/usage"), false),
+            Some("message_delta") => (value.get("usage"), true),
+            _ => return Ok(()),
+        };
+        if let Some(usage) = usage_object(usage)? {
+            self.anthropic.apply(usage)?;
+            self.anthropic_seen = true;
+            self.complete |= last;
         }
+        Ok(())
     }
 }
 
@@ -380,32 +450,44 @@ fn response_model(dialect: Dialect, value: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn count(value: &Value, pointer: &str) -> u64 {
-    value.pointer(pointer).and_then(Value::as_u64).unwrap_or(0)
+/// One reported count: absent or `null` is 0; a JSON integer from 0 to [`MAX_REPORTED_TOKENS`]
+/// is itself; anything else makes the report nonsense.
+fn count(value: &Value, pointer: &str) -> Result<u64, NonsenseUsage> {
+    match value.pointer(pointer) {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .filter(|n| *n <= MAX_REPORTED_TOKENS)
+            .ok_or(NonsenseUsage),
+        Some(_) => Err(NonsenseUsage),
+    }
 }
 
 /// OpenAI usage from a body, a chat chunk, or a Responses stream event (`response.usage`).
-fn openai_usage(value: &Value) -> Option<Usage> {
-    let usage = value
-        .get("usage")
-        .filter(|u| u.is_object())
-        .or_else(|| value.pointer("/response/usage").filter(|u| u.is_object()))?;
+fn openai_usage(value: &Value) -> Result<Option<Usage>, NonsenseUsage> {
+    let usage = match usage_object(value.get("usage"))? {
+        Some(usage) => usage,
+        None => match usage_object(value.pointer("/response/usage"))? {
+            Some(usage) => usage,
+            None => return Ok(None),
+        },
+    };
     let (prompt, cached, completion, reasoning) = if usage.get("prompt_tokens").is_some() {
         (
-            count(usage, "/prompt_tokens"),
-            count(usage, "/prompt_tokens_details/cached_tokens"),
-            count(usage, "/completion_tokens"),
-            count(usage, "/completion_tokens_details/reasoning_tokens"),
+            count(usage, "/prompt_tokens")?,
+            count(usage, "/prompt_tokens_details/cached_tokens")?,
+            count(usage, "/completion_tokens")?,
+            count(usage, "/completion_tokens_details/reasoning_tokens")?,
         )
     } else {
         (
-            count(usage, "/input_tokens"),
-            count(usage, "/input_tokens_details/cached_tokens"),
-            count(usage, "/output_tokens"),
-            count(usage, "/output_tokens_details/reasoning_tokens"),
+            count(usage, "/input_tokens")?,
+            count(usage, "/input_tokens_details/cached_tokens")?,
+            count(usage, "/output_tokens")?,
+            count(usage, "/output_tokens_details/reasoning_tokens")?,
         )
     };
-    Some(Usage {
+    Ok(Some(Usage {
         model: None,
         // Saturating: if a malformed report has a subset larger than its total, every reported
         // token is still billed once.
@@ -414,7 +496,7 @@ fn openai_usage(value: &Value) -> Option<Usage> {
         output_tokens: completion.saturating_sub(reasoning),
         reasoning_tokens: reasoning,
         ..Usage::default()
-    })
+    }))
 }
 
 /// Anthropic's usage fields, each overwritten by the latest report: `message_delta` figures are
@@ -429,20 +511,29 @@ struct AnthropicState {
 }
 
 impl AnthropicState {
-    fn apply(&mut self, usage: &Value) {
-        let set = |field: &mut u64, pointer: &str| {
-            if let Some(n) = usage.pointer(pointer).and_then(Value::as_u64) {
+    /// Takes the fields a report sets; absent and `null` fields keep their last value. Nothing
+    /// is taken from a report with any field that makes no sense.
+    fn apply(&mut self, usage: &Value) -> Result<(), NonsenseUsage> {
+        let read = |pointer: &str| match usage.pointer(pointer) {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => count(usage, pointer).map(Some),
+        };
+        let input = read("/input_tokens")?;
+        let cache_read = read("/cache_read_input_tokens")?;
+        let cache_creation = read("/cache_creation_input_tokens")?;
+        let cache_creation_1h = read("/cache_creation/ephemeral_1h_input_tokens")?;
+        let output = read("/output_tokens")?;
+        let set = |field: &mut u64, value: Option<u64>| {
+            if let Some(n) = value {
                 *field = n;
             }
         };
-        set(&mut self.input, "/input_tokens");
-        set(&mut self.cache_read, "/cache_read_input_tokens");
-        set(&mut self.cache_creation, "/cache_creation_input_tokens");
-        set(
-            &mut self.cache_creation_1h,
-            "/cache_creation/ephemeral_1h_input_tokens",
-        );
-        set(&mut self.output, "/output_tokens");
+        set(&mut self.input, input);
+        set(&mut self.cache_read, cache_read);
+        set(&mut self.cache_creation, cache_creation);
+        set(&mut self.cache_creation_1h, cache_creation_1h);
+        set(&mut self.output, output);
+        Ok(())
     }
 
     fn usage(&self) -> Usage {
@@ -460,37 +551,39 @@ impl AnthropicState {
 }
 
 /// Google usage from one `GenerateContentResponse` (a body or a stream chunk).
-fn google_usage(value: &Value) -> Option<Usage> {
-    let meta = value.get("usageMetadata").filter(|m| m.is_object())?;
+fn google_usage(value: &Value) -> Result<Option<Usage>, NonsenseUsage> {
+    let Some(meta) = usage_object(value.get("usageMetadata"))? else {
+        return Ok(None);
+    };
     let prompt =
-        count(meta, "/promptTokenCount").saturating_add(count(meta, "/toolUsePromptTokenCount"));
-    let cached = count(meta, "/cachedContentTokenCount");
+        count(meta, "/promptTokenCount")?.saturating_add(count(meta, "/toolUsePromptTokenCount")?);
+    let cached = count(meta, "/cachedContentTokenCount")?;
     let uncached = prompt.saturating_sub(cached);
-    let audio = modality_tokens(meta.get("promptTokensDetails"), "AUDIO")
-        .saturating_sub(modality_tokens(meta.get("cacheTokensDetails"), "AUDIO"))
+    let audio = modality_tokens(meta.get("promptTokensDetails"), "AUDIO")?
+        .saturating_sub(modality_tokens(meta.get("cacheTokensDetails"), "AUDIO")?)
         .min(uncached);
-    Some(Usage {
+    Ok(Some(Usage {
         model: None,
         input_tokens: uncached - audio,
         cached_input_tokens: cached,
         audio_input_tokens: audio,
-        output_tokens: count(meta, "/candidatesTokenCount"),
-        reasoning_tokens: count(meta, "/thoughtsTokenCount"),
+        output_tokens: count(meta, "/candidatesTokenCount")?,
+        reasoning_tokens: count(meta, "/thoughtsTokenCount")?,
         ..Usage::default()
-    })
+    }))
 }
 
-fn modality_tokens(details: Option<&Value>, modality: &str) -> u64 {
-    details
-        .and_then(Value::as_array)
-        .map(|entries| {
-            entries
-                .iter()
-                .filter(|e| e.get("modality").and_then(Value::as_str) == Some(modality))
-                .map(|e| count(e, "/tokenCount"))
-                .fold(0, u64::saturating_add)
-        })
-        .unwrap_or(0)
+fn modality_tokens(details: Option<&Value>, modality: &str) -> Result<u64, NonsenseUsage> {
+    let Some(entries) = details.and_then(Value::as_array) else {
+        return Ok(0);
+    };
+    let mut total = 0u64;
+    for entry in entries {
+        if entry.get("modality").and_then(Value::as_str) == Some(modality) {
+            total = total.saturating_add(count(entry, "/tokenCount")?);
+        }
+    }
+    Ok(total)
 }
 
 fn google_finished(value: &Value) -> bool {
@@ -1118,9 +1211,137 @@ mod tests {
     }
 
     #[test]
+    fn usage_that_makes_no_sense_is_nonsense_in_every_dialect() {
+        let cases = [
+            (
+                Dialect::OpenAi,
+                json!({"usage": {"prompt_tokens": -5, "completion_tokens": 3}}),
+            ),
+            (
+                Dialect::OpenAi,
+                json!({"usage": {"prompt_tokens": 5, "completion_tokens": "3"}}),
+            ),
+            (
+                Dialect::OpenAi,
+                json!({"usage": {"prompt_tokens": 5, "completion_tokens": 3.5}}),
+            ),
+            (
+                Dialect::OpenAi,
+                json!({"usage": {"prompt_tokens": 5, "completion_tokens": 2_000_000_000u64}}),
+            ),
+            (
+                Dialect::OpenAi,
+                json!({"usage": {"input_tokens": 5, "output_tokens": true}}),
+            ),
+            (
+                Dialect::OpenAi,
+                json!({"usage": {"prompt_tokens": 5,
+                "prompt_tokens_details": {"cached_tokens": -1}}}),
+            ),
+            (Dialect::OpenAi, json!({"usage": "lots"})),
+            (
+                Dialect::Anthropic,
+                json!({"usage": {"input_tokens": 5, "output_tokens": -15}}),
+            ),
+            (
+                Dialect::Anthropic,
+                json!({"usage": {"input_tokens": "5", "output_tokens": 15}}),
+            ),
+            (
+                Dialect::Anthropic,
+                json!({"usage": {"input_tokens": 5, "cache_read_input_tokens": [1]}}),
+            ),
+            (
+                Dialect::Google,
+                json!({"usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": -3}}),
+            ),
+            (
+                Dialect::Google,
+                json!({"usageMetadata": {"promptTokenCount": 5,
+                "promptTokensDetails": [{"modality": "AUDIO", "tokenCount": "4"}]}}),
+            ),
+            (
+                Dialect::Google,
+                json!([{"usageMetadata": {"promptTokenCount": -1}},
+                {"usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 3}}]),
+            ),
+        ];
+        for (dialect, body) in cases {
+            assert_eq!(
+                read_usage_json(dialect, &body, None),
+                Err(NonsenseUsage),
+                "{body}"
+            );
+            assert_eq!(usage_from_json(dialect, &body, None), None, "{body}");
+            let bytes = serde_json::to_vec(&body).unwrap();
+            assert_eq!(
+                read_usage_body(dialect, &bytes, None),
+                Err(NonsenseUsage),
+                "{body}"
+            );
+        }
+        // Missing and null counts are zero, not nonsense.
+        let body = json!({"usage": {"input_tokens": 5, "output_tokens": 2,
+            "cache_read_input_tokens": null}});
+        assert_eq!(
+            read_usage_json(Dialect::Anthropic, &body, None).map(|u| u.map(|u| u.input_tokens)),
+            Ok(Some(5))
+        );
+        assert_eq!(
+            read_usage_json(Dialect::OpenAi, &json!({"usage": null}), None),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn a_stream_with_a_nonsense_report_has_no_usage_and_is_not_trustworthy() {
+        let openai = sse(&[
+            (
+                "",
+                json!({"choices": [{"delta": {"content": "Hi"}}], "usage": null}),
+            ),
+            (
+                "",
+                json!({"choices": [], "usage": {"prompt_tokens": -100, "completion_tokens": -5}}),
+            ),
+        ]);
+        let anthropic = anthropic_stream(&[json!({"type": "message_delta",
+            "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": "15"}})]);
+        let google = sse(&[
+            ("", gemini_chunk("a", None, 2, None)),
+            (
+                "",
+                json!({"candidates": [{"finishReason": "STOP"}],
+                "usageMetadata": {"promptTokenCount": 8, "candidatesTokenCount": 1e12}}),
+            ),
+        ]);
+        for (dialect, bytes) in [
+            (Dialect::OpenAi, openai),
+            (Dialect::Anthropic, anthropic),
+            (Dialect::Google, google),
+        ] {
+            let result = meter_in_chunks(dialect, Framing::Sse, &bytes, 11);
+            assert!(result.nonsense, "{dialect:?}");
+            assert_eq!(result.usage, None, "{dialect:?}");
+            assert!(!result.is_trustworthy(), "{dialect:?}");
+        }
+        // Anthropic's message_delta may send null for what it does not update.
+        let nulls = anthropic_stream(&[json!({"type": "message_delta", "delta": {},
+            "usage": {"input_tokens": null, "cache_read_input_tokens": null, "output_tokens": 15}})]);
+        let result = meter_in_chunks(Dialect::Anthropic, Framing::Sse, &nulls, 11);
+        assert!(result.is_trustworthy());
+        assert_eq!(
+            result.usage.map(|u| (u.input_tokens, u.output_tokens)),
+            Some((472, 15))
+        );
+    }
+
+    #[test]
     fn elevenlabs_header_parses() {
         assert_eq!(elevenlabs_character_cost(Some(" 42 ")), Some(42));
         assert_eq!(elevenlabs_character_cost(Some("n/a")), None);
+        assert_eq!(elevenlabs_character_cost(Some("-5")), None);
+        assert_eq!(elevenlabs_character_cost(Some("99999999999")), None);
         assert_eq!(elevenlabs_character_cost(None), None);
     }
 }

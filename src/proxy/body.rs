@@ -87,6 +87,9 @@ impl Settlement {
         let metered: Option<(Usage, Money, bool)> = match self.meter.take() {
             Some(Meter::Stream(m)) => {
                 let su = m.finish();
+                if su.nonsense {
+                    warn_nonsense(self.provider);
+                }
                 let trustworthy = su.is_trustworthy();
                 su.usage.map(|u| {
                     let cost = self.prices.token_cost(self.provider, &u);
@@ -98,10 +101,15 @@ impl Settlement {
                 kept,
                 overflow,
             }) if !overflow => {
-                usage::usage_from_body(dialect, &kept, self.request_model.as_deref()).map(|u| {
-                    let cost = self.prices.token_cost(self.provider, &u);
-                    (u, cost.micros, cost.priced_by_fallback)
-                })
+                usage::read_usage_body(dialect, &kept, self.request_model.as_deref())
+                    .unwrap_or_else(|_| {
+                        warn_nonsense(self.provider);
+                        None
+                    })
+                    .map(|u| {
+                        let cost = self.prices.token_cost(self.provider, &u);
+                        (u, cost.micros, cost.priced_by_fallback)
+                    })
             }
             Some(Meter::Fixed(price)) => Some((Usage::default(), price, false)),
             _ => None,
@@ -135,6 +143,15 @@ impl Settlement {
         }
         self.writer.record_call(std::mem::take(record));
     }
+}
+
+/// A usage report that makes no sense is settled at the reservation, like a missing one; this
+/// says so, without any figure from the body.
+fn warn_nonsense(provider: &str) {
+    tracing::warn!(
+        provider,
+        "the provider's usage report makes no sense; settled at the reservation"
+    );
 }
 
 impl Drop for Settlement {

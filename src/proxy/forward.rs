@@ -46,6 +46,10 @@ pub struct ProxySettings {
     pub max_in_flight_per_account: u32,
     pub requests_per_minute_per_token: u32,
     pub estimate: EstimateConfig,
+    /// Request header names forwarded besides the built-in allow-list
+    /// (`KEYBROKER_PROXY_FORWARD_HEADERS`, comma-separated), held to the same credential checks
+    /// (see `proxy::headers`).
+    pub forward_headers: Vec<String>,
 }
 
 impl Default for ProxySettings {
@@ -59,6 +63,7 @@ impl Default for ProxySettings {
             max_in_flight_per_account: 256,
             requests_per_minute_per_token: 1000,
             estimate: EstimateConfig::default(),
+            forward_headers: Vec::new(),
         }
     }
 }
@@ -167,8 +172,61 @@ pub fn upstream_client(settings: &ProxySettings) -> awc::Client {
         .finish()
 }
 
+/// How a call is reserved and settled, decided on the normalised path in lower case
+/// ([`UpstreamPath::folded`]), so no spelling of a path the provider serves the same way is priced
+/// differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pricing {
+    /// A generation endpoint: estimated from the body, settled by the usage reported.
+    Tokens(Dialect),
+    /// A read, a delete or a token count at a token-metered provider: costs nothing.
+    Free,
+    /// Priced per call by the price table: every call to a per-request provider, and an endpoint
+    /// entry of a token-metered one.
+    PerRequest,
+    /// Any other call to a token-metered provider: reserved at the provider's worst case
+    /// (`estimate::worst_case`), settled by the usage in its answer if any, else at the
+    /// reservation. Unknown means expensive, never free.
+    WorstCase(Dialect),
+}
+
+impl Pricing {
+    fn of(
+        provider: &Provider,
+        prices: &PriceTable,
+        method: &str,
+        folded: &str,
+        bodiless: bool,
+    ) -> Self {
+        let Some(dialect) = dialect_of(provider.metering) else {
+            return Pricing::PerRequest;
+        };
+        if token_endpoint(dialect, method, folded) {
+            Pricing::Tokens(dialect)
+        } else if prices
+            .explicit_request_cost(provider.id, method, folded)
+            .is_some()
+        {
+            Pricing::PerRequest
+        } else if free_call(method, folded, bodiless) {
+            Pricing::Free
+        } else {
+            Pricing::WorstCase(dialect)
+        }
+    }
+
+    /// The dialect a response is metered in, if it is metered by tokens.
+    fn dialect(self) -> Option<Dialect> {
+        match self {
+            Pricing::Tokens(d) | Pricing::WorstCase(d) => Some(d),
+            Pricing::Free | Pricing::PerRequest => None,
+        }
+    }
+}
+
 /// Whether a call is billed by the tokens its provider reports: the generation endpoints.
-fn token_endpoint(dialect: Dialect, method: &str, path: &str) -> bool {
+/// `folded` is the normalised path in lower case.
+fn token_endpoint(dialect: Dialect, method: &str, folded: &str) -> bool {
     if method != "POST" {
         return false;
     }
@@ -180,24 +238,74 @@ fn token_endpoint(dialect: Dialect, method: &str, path: &str) -> bool {
             "/embeddings",
         ]
         .iter()
-        .any(|e| path.ends_with(e)),
-        Dialect::Anthropic => path.ends_with("/messages"),
+        .any(|e| folded.ends_with(e)),
+        Dialect::Anthropic => folded.ends_with("/messages"),
         Dialect::Google => [
-            ":generateContent",
-            ":streamGenerateContent",
-            ":embedContent",
-            ":batchEmbedContents",
+            ":generatecontent",
+            ":streamgeneratecontent",
+            ":embedcontent",
+            ":batchembedcontents",
         ]
         .iter()
-        .any(|e| path.ends_with(e)),
+        .any(|e| folded.ends_with(e)),
     }
 }
 
-/// Calls to a token-metered provider that cost nothing: reads, and counting tokens.
-fn free_call(method: &str, path: &str) -> bool {
-    matches!(method, "GET" | "HEAD" | "OPTIONS")
-        || path.ends_with("/count_tokens")
-        || path.ends_with(":countTokens")
+/// Calls to a token-metered provider that cost nothing: reads and deletes without a body (OpenAI,
+/// Anthropic and Google bill no delete: it frees a file, batch, cache or stored response), and
+/// counting tokens. Any other method is not free (PATCH included: extending a Gemini cache's TTL
+/// bills storage), and neither is a read or delete that carries a body.
+fn free_call(method: &str, folded: &str, bodiless: bool) -> bool {
+    match method {
+        "GET" | "HEAD" | "OPTIONS" | "DELETE" => bodiless,
+        "POST" => {
+            folded.ends_with("/count_tokens")
+                || folded.ends_with(":counttokens")
+                || folded.ends_with("/responses/input_tokens")
+        }
+        _ => false,
+    }
+}
+
+/// Refuses what would carry a body past the estimate: a body on GET or HEAD (a provider may read
+/// it, or a front end may route the call by an override), or a compressed body (the provider
+/// decompresses what keybroker measured compressed). `body_len` is the body read so far, if any.
+fn refuse_body_tricks(req: &HttpRequest, body_len: Option<usize>) -> Result<(), ApiError> {
+    let method = req.method();
+    if method == actix_web::http::Method::GET || method == actix_web::http::Method::HEAD {
+        let declared = req
+            .headers()
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes().iter().any(|b| *b != b'0'));
+        if declared || body_len.is_some_and(|n| n > 0) {
+            return Err(ApiError::bad_request(
+                "body_not_allowed",
+                "a GET or HEAD request may not have a body",
+            ));
+        }
+    }
+    let encoded = req
+        .headers()
+        .get_all(actix_web::http::header::CONTENT_ENCODING)
+        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_content_encoding",
+            "request bodies must not be compressed: send them without Content-Encoding",
+        ));
+    }
+    Ok(())
+}
+
+fn invalid_body(message: impl Into<std::borrow::Cow<'static, str>>) -> ApiError {
+    ApiError::bad_request("invalid_request_body", message)
+}
+
+/// `{"type": "invalid_request_body", "message": "n must be a positive integer", "field": "n"}`.
+fn invalid_count(invalid: estimate::InvalidCount) -> ApiError {
+    let message = invalid.to_string();
+    invalid_body(message).with_field("field", invalid.field)
 }
 
 fn dialect_of(metering: Metering) -> Option<Dialect> {
@@ -343,8 +451,10 @@ pub async fn proxy(
         .map_err(|e| ApiError::bad_request("invalid_path", e.to_string()))?;
 
     // Who is calling: one answer for every authentication failure.
-    let presented =
-        headers::presented_token(req.headers()).ok_or_else(ApiError::authentication_failed)?;
+    // Kept (wiped on drop) until the forwarded headers are chosen: none may carry it.
+    let presented = Zeroizing::new(
+        headers::presented_token(req.headers()).ok_or_else(ApiError::authentication_failed)?,
+    );
     // A provider's own key (or anything else) where the keybroker token belongs: the same 401,
     // saying what is expected. The shape alone decides it, so it tells nothing about accounts.
     if !presented.starts_with("kb_") {
@@ -361,7 +471,6 @@ pub async fn proxy(
         .authenticate(&state.db, &presented, now)
         .await?
         .ok_or_else(ApiError::authentication_failed)?;
-    drop(presented);
     if !token.allows(provider.id) {
         return Err(ApiError::forbidden(
             "provider_not_allowed",
@@ -393,60 +502,90 @@ pub async fn proxy(
         .with_retry_after(1)
     })?;
 
+    refuse_body_tricks(&req, None)?;
     let mut body = read_body(&req, payload, proxy.settings.max_body_bytes).await?;
+    refuse_body_tricks(&req, Some(body.len()))?;
     let method = req.method().as_str().to_owned();
-    // Token usage is reported (and billed) only by the generation endpoints; everything else a
-    // token-metered provider serves is priced per request, and reads cost nothing.
-    let llm = provider.metering != Metering::PerRequest;
-    let dialect =
-        dialect_of(provider.metering).filter(|d| token_endpoint(*d, &method, upstream_path.path()));
-    let free = llm && dialect.is_none() && free_call(&method, upstream_path.path());
-    // The body as JSON, parsed once (`Null` when it is not JSON).
-    let mut json: serde_json::Value =
-        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    let request_model = match dialect {
-        Some(Dialect::Google) => {
-            estimate::google_model_from_path(upstream_path.path()).map(str::to_owned)
+    let folded = upstream_path.folded();
+    let pricing = Pricing::of(provider, &proxy.prices, &method, folded, body.is_empty());
+    // The response is metered by tokens for token endpoints and for unknown calls (their answer
+    // may report usage); reads cost nothing.
+    let dialect = pricing.dialect();
+    let free = pricing == Pricing::Free;
+    // The body as JSON, parsed once, duplicate keys refused (`None` when it is not JSON).
+    let mut json = if body.is_empty() {
+        None
+    } else {
+        match crate::metering::unique_json::parse(&body) {
+            Ok(value) => Some(value),
+            Err(crate::metering::unique_json::JsonError::NotJson) => None,
+            Err(e @ crate::metering::unique_json::JsonError::DuplicateKey) => {
+                return Err(invalid_body(e.to_string()));
+            }
         }
+    };
+    if matches!(pricing, Pricing::Tokens(_)) && !json.as_ref().is_some_and(|j| j.is_object()) {
+        return Err(invalid_body("the request body must be a JSON object"));
+    }
+    let request_model = match dialect {
+        Some(Dialect::Google) => estimate::google_model_from_path(folded).map(str::to_owned),
         _ => json
-            .get("model")
+            .as_ref()
+            .and_then(|j| j.get("model"))
             .and_then(|m| m.as_str())
             .map(str::to_owned),
     };
     // OpenAI streams report usage only when asked: ask, and hide the extra chunk from a client
     // that did not.
     let mut strip_usage_chunk = false;
-    if dialect == Some(Dialect::OpenAi) && usage::openai_prepare_stream_request(&mut json) {
-        strip_usage_chunk = true;
-        body = serde_json::to_vec(&json)
-            .map_err(ApiError::internal)?
-            .into();
+    if let (Pricing::Tokens(Dialect::OpenAi), Some(j)) = (pricing, json.as_mut()) {
+        if usage::openai_prepare_stream_request(j) {
+            strip_usage_chunk = true;
+            body = serde_json::to_vec(j).map_err(ApiError::internal)?.into();
+        }
     }
 
-    let estimate = match dialect {
-        Some(d) => {
+    let estimate = match pricing {
+        Pricing::Tokens(d) => {
+            let parsed = json.as_ref().unwrap_or(&serde_json::Value::Null);
             estimate::estimate_tokens_parsed(
                 &proxy.prices,
                 &proxy.settings.estimate,
                 provider.id,
                 d,
                 body.len(),
-                &json,
+                parsed,
                 request_model.as_deref(),
             )
+            .map_err(|e| match e {
+                estimate::EstimateError::InvalidCount(invalid) => invalid_count(invalid),
+                estimate::EstimateError::NotAnObject => invalid_body(e.to_string()),
+            })?
             .cost
         }
-        None if free => crate::metering::prices::Cost {
+        Pricing::Free => crate::metering::prices::Cost {
             micros: crate::money::Money::ZERO,
             priced_by_fallback: false,
         },
-        None => estimate::estimate_request(
+        Pricing::PerRequest => estimate::estimate_request(
             &proxy.prices,
             provider.id,
             &method,
             upstream_path.path(),
-            &body,
+            json.as_ref(),
         ),
+        Pricing::WorstCase(d) => {
+            estimate::worst_case(
+                &proxy.prices,
+                &proxy.settings.estimate,
+                provider.id,
+                d,
+                body.len(),
+                json.as_ref(),
+            )
+            .map_err(invalid_count)?
+            .cost
+        }
     };
     drop(json);
     let request_id = req
@@ -533,9 +672,12 @@ pub async fn proxy(
     let url = upstream_path.join(proxy.base_url(provider));
     let client = crate::proxy::UpstreamClient::checkout(&upstream_client);
     let mut upstream = client.request(req.method().clone(), url.as_str());
-    for (name, value) in headers::request_headers(req.headers()) {
+    for (name, value) in
+        headers::request_headers(req.headers(), &presented, &proxy.settings.forward_headers)
+    {
         upstream = upstream.insert_header((name, value));
     }
+    drop(presented);
     upstream = upstream
         .insert_header((auth_name, auth_value))
         .insert_header(("accept-encoding", "identity"))
@@ -653,12 +795,17 @@ pub async fn proxy(
                     .get("character-cost")
                     .and_then(|v| v.to_str().ok()),
             );
-            Meter::Fixed(
+            let cost =
                 proxy
                     .prices
-                    .request_cost(provider.id, &method, upstream_path.path(), characters)
-                    .micros,
-            )
+                    .request_cost(provider.id, &method, upstream_path.path(), characters);
+            // A price the answer did not confirm (a per-character provider without a sensible
+            // `character-cost`) is never below the reservation: fail closed.
+            Meter::Fixed(if cost.priced_by_fallback {
+                cost.micros.max(estimate.micros)
+            } else {
+                cost.micros
+            })
         }
     };
     // The call's hold survives a crash already: `reserve` journaled it before the call was sent

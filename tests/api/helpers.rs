@@ -58,6 +58,12 @@ pub fn test_settings(data_dir: PathBuf, master_key_b64: &str, clock: &ManualCloc
     settings.public_url = None;
     settings.missing_secrets = Missing::Refuse;
     settings.clock = Arc::new(clock.clone());
+    // The fake upstream's switch into hostile behaviours, and the rotation test's phase marker:
+    // not on the built-in allow-list.
+    settings
+        .proxy
+        .forward_headers
+        .extend(["x-fake-mode".to_owned(), "x-test-phase".to_owned()]);
     settings.secrets = SecretSources {
         master_key: Some(SecretString::from(master_key_b64.to_owned())),
         master_keys: None,

@@ -19,6 +19,7 @@ mod first_hour;
 mod forwarded;
 mod health;
 mod helpers;
+mod hostile_request;
 mod hostile_upstream;
 mod isolation;
 mod key_helpers;

@@ -251,6 +251,8 @@ pub struct CeilingList {
 pub struct Usage {
     pub since: String,
     pub until: String,
+    /// Which window this is, in words: the last 30 days unless since/until were given.
+    pub window: String,
     pub providers: Vec<crate::spend::store::UsageRow>,
 }
 

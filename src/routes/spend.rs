@@ -308,9 +308,16 @@ pub async fn usage(
             crate::spend::store::usage(conn, account, since, until).map_err(ApiError::from)
         })
         .await?;
+    // Ceilings count per period (calendar day or month, UTC); usage without dates is the last 30
+    // days, and says so, so the two are never read as the same figure by mistake.
+    let window = match (&q.since, &q.until) {
+        (None, None) => "the last 30 days (since/until choose another window; ceilings count per period: see /api/v1/ceilings)",
+        _ => "as requested: [since, until)",
+    };
     Ok(HttpResponse::Ok().json(json!({
         "since": crate::timefmt::rfc3339(since),
         "until": crate::timefmt::rfc3339(until),
+        "window": window,
         "providers": rows,
     })))
 }

@@ -71,6 +71,8 @@ pub struct Entry {
     pub request_id: String,
     pub client_addr: String,
     pub outcome: String,
+    /// What changed, when the action has figures worth keeping (a ceiling's old and new limit).
+    pub detail: String,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -84,6 +86,7 @@ fn entry_hash(
     request_id: &str,
     client_addr: &str,
     outcome: &str,
+    detail: &str,
     prev: &[u8],
 ) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -95,6 +98,12 @@ fn entry_hash(
         h.update((field.len() as u64).to_be_bytes());
         h.update(field.as_bytes());
     }
+    // Only when present, so entries from before the column existed hash as they always did.
+    if !detail.is_empty() {
+        h.update(b"detail");
+        h.update((detail.len() as u64).to_be_bytes());
+        h.update(detail.as_bytes());
+    }
     h.update(prev);
     h.finalize().into()
 }
@@ -102,6 +111,16 @@ fn entry_hash(
 /// Appends an event to its account's chain. Call it inside the same write transaction as the
 /// change it records, so the record and the change commit together.
 pub fn append(conn: &Connection, event: &Event<'_>) -> rusqlite::Result<()> {
+    append_with_detail(conn, event, "")
+}
+
+/// [`append`], with the figures the change moved (`detail`, written by keybroker, never by a
+/// client: it is shown and exported as it is).
+pub fn append_with_detail(
+    conn: &Connection,
+    event: &Event<'_>,
+    detail: &str,
+) -> rusqlite::Result<()> {
     let chain = event.account_id.unwrap_or(NO_ACCOUNT_CHAIN);
     let last: Option<(i64, Vec<u8>)> = conn
         .query_row(
@@ -126,11 +145,12 @@ pub fn append(conn: &Connection, event: &Event<'_>) -> rusqlite::Result<()> {
         event.request_id,
         event.client_addr,
         outcome,
+        detail,
         &prev,
     );
     conn.execute(
-        "INSERT INTO audit_log (chain, seq, at, actor, action, resource, request_id, client_addr, outcome, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        "INSERT INTO audit_log (chain, seq, at, actor, action, resource, request_id, client_addr, outcome, prev_hash, hash, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             chain,
             seq,
@@ -142,7 +162,8 @@ pub fn append(conn: &Connection, event: &Event<'_>) -> rusqlite::Result<()> {
             event.client_addr,
             outcome,
             prev,
-            hash.as_slice()
+            hash.as_slice(),
+            detail
         ],
     )?;
     Ok(())
@@ -182,7 +203,7 @@ pub struct VerifyReport {
 /// Walks every chain from its start and reports the first broken link.
 pub fn verify(conn: &Connection) -> rusqlite::Result<VerifyReport> {
     let mut stmt = conn.prepare(
-        "SELECT id, chain, seq, at, actor, action, resource, request_id, client_addr, outcome, prev_hash, hash
+        "SELECT id, chain, seq, at, actor, action, resource, request_id, client_addr, outcome, prev_hash, hash, detail
          FROM audit_log ORDER BY chain, seq",
     )?;
     let mut rows = stmt.query([])?;
@@ -220,6 +241,7 @@ pub fn verify(conn: &Connection) -> rusqlite::Result<VerifyReport> {
             &r.get::<_, String>(7)?,
             &r.get::<_, String>(8)?,
             &r.get::<_, String>(9)?,
+            &r.get::<_, String>(12)?,
             &prev_hash,
         );
         let problem = if seq != expected_seq {
@@ -254,7 +276,7 @@ pub struct Query<'a> {
 
 pub fn list(conn: &Connection, account_id: i64, q: &Query<'_>) -> rusqlite::Result<Vec<Entry>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, seq, at, actor, action, resource, request_id, client_addr, outcome FROM audit_log
+        "SELECT id, seq, at, actor, action, resource, request_id, client_addr, outcome, detail FROM audit_log
          WHERE chain = ?1
            AND (?2 IS NULL OR at >= ?2) AND (?3 IS NULL OR at < ?3)
            AND (?4 IS NULL OR action = ?4) AND (?5 IS NULL OR id < ?5)
@@ -273,6 +295,7 @@ pub fn list(conn: &Connection, account_id: i64, q: &Query<'_>) -> rusqlite::Resu
                 request_id: r.get(6)?,
                 client_addr: r.get(7)?,
                 outcome: r.get(8)?,
+                detail: r.get(9)?,
             })
         },
     )?;

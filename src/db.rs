@@ -21,6 +21,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../migrations/0004_spend.sql"),
     include_str!("../migrations/0005_spend_journal.sql"),
     include_str!("../migrations/0006_signup_confirmation.sql"),
+    include_str!("../migrations/0008_audit_detail.sql"),
 ];
 
 static MIGRATIONS: LazyLock<Migrations<'static>> =

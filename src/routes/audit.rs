@@ -66,6 +66,7 @@ const CSV_COLUMNS: &[&str] = &[
     "request_id",
     "client_addr",
     "outcome",
+    "detail",
 ];
 
 #[utoipa::path(
@@ -148,6 +149,7 @@ fn entry_json(e: &Entry) -> serde_json::Value {
         "request_id": e.request_id,
         "client_addr": e.client_addr,
         "outcome": e.outcome,
+        "detail": e.detail,
     })
 }
 
@@ -162,5 +164,6 @@ fn entry_cells(e: Entry) -> Vec<String> {
         e.request_id,
         e.client_addr,
         e.outcome,
+        e.detail,
     ]
 }

@@ -68,7 +68,15 @@ async fn refuse_without_reauth(
     action: &'static str,
     refused: ApiError,
 ) -> Result<HttpResponse, ApiError> {
-    audit_outcome(state, auth, provider, action, Outcome::Denied).await?;
+    audit_outcome(
+        state,
+        auth,
+        provider,
+        action,
+        Outcome::Denied,
+        String::new(),
+    )
+    .await?;
     Err(refused)
 }
 
@@ -78,12 +86,13 @@ async fn audit_outcome(
     provider: &'static str,
     action: &'static str,
     outcome: Outcome,
+    detail: String,
 ) -> Result<(), ApiError> {
     let (account, ctx, now) = (auth.account_id, auth.ctx.clone(), state.clock.unix());
     state
         .db
         .write(move |conn| {
-            audit::append(
+            audit::append_with_detail(
                 conn,
                 &audit::Event {
                     account_id: Some(account),
@@ -95,16 +104,39 @@ async fn audit_outcome(
                     outcome,
                     at: now,
                 },
+                &detail,
             )
             .map_err(ApiError::from)
         })
         .await
 }
 
+/// The figures a ceiling change moved, for its audit entry: `limit 5.00 -> 10.00; period monthly
+/// -> daily; spent 3.20 -> 0.00`, each part only when it changed.
+fn ceiling_change(before: &Snapshot, after: &Snapshot) -> String {
+    let limit = |s: &Snapshot| s.limit.map_or_else(|| "none".to_owned(), |m| m.to_string());
+    let mut parts = Vec::new();
+    if before.limit != after.limit {
+        parts.push(format!("limit {} -> {}", limit(before), limit(after)));
+    }
+    if before.period != after.period {
+        parts.push(format!(
+            "period {} -> {}",
+            period_name(before.period),
+            period_name(after.period)
+        ));
+    }
+    if before.spent != after.spent {
+        parts.push(format!("spent {} -> {}", before.spent, after.spent));
+    }
+    parts.join("; ")
+}
+
 async fn persist_and_audit(
     state: &AppState,
     auth: &Authenticated,
     provider: &'static str,
+    before: &Snapshot,
     snap: &Snapshot,
     action: &'static str,
 ) -> Result<(), ApiError> {
@@ -117,7 +149,8 @@ async fn persist_and_audit(
         spent: snap.spent,
     });
     state.proxy.writer.flush().await;
-    audit_outcome(state, auth, provider, action, Outcome::Success).await
+    let detail = ceiling_change(before, snap);
+    audit_outcome(state, auth, provider, action, Outcome::Success, detail).await
 }
 
 #[utoipa::path(
@@ -154,6 +187,7 @@ pub async fn put_ceiling(
         })?,
     };
     let recent = auth.require_recent_auth(state.clock.unix());
+    let before = state.proxy.ledger.snapshot(auth.account_id, provider);
     let set = state.proxy.ledger.set_ceiling_unless(
         auth.account_id,
         provider,
@@ -168,7 +202,7 @@ pub async fn put_ceiling(
         }
         (Err(_), Ok(())) => return Err(ApiError::internal("ceiling refused after a re-auth")),
     };
-    persist_and_audit(&state, &auth, provider, &snap, "ceiling.set").await?;
+    persist_and_audit(&state, &auth, provider, &before, &snap, "ceiling.set").await?;
     Ok(HttpResponse::Ok().json(view(provider, &snap)))
 }
 
@@ -215,8 +249,9 @@ pub async fn reset_ceiling(
     if let Err(refused) = auth.require_recent_auth(state.clock.unix()) {
         return refuse_without_reauth(&state, &auth, provider, "ceiling.reset", refused).await;
     }
+    let before = state.proxy.ledger.snapshot(auth.account_id, provider);
     let snap = state.proxy.ledger.reset(auth.account_id, provider);
-    persist_and_audit(&state, &auth, provider, &snap, "ceiling.reset").await?;
+    persist_and_audit(&state, &auth, provider, &before, &snap, "ceiling.reset").await?;
     Ok(HttpResponse::Ok().json(view(provider, &snap)))
 }
 
@@ -240,8 +275,9 @@ pub async fn delete_ceiling(
     if let Err(refused) = auth.require_recent_auth(state.clock.unix()) {
         return refuse_without_reauth(&state, &auth, provider, "ceiling.delete", refused).await;
     }
+    let before = state.proxy.ledger.snapshot(auth.account_id, provider);
     let snap = state.proxy.ledger.remove_ceiling(auth.account_id, provider);
-    persist_and_audit(&state, &auth, provider, &snap, "ceiling.delete").await?;
+    persist_and_audit(&state, &auth, provider, &before, &snap, "ceiling.delete").await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

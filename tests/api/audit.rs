@@ -245,7 +245,7 @@ async fn the_audit_list_as_csv_is_an_attachment_with_a_header_row() {
     let mut lines = text.split("\r\n");
     assert_eq!(
         lines.next(),
-        Some("id,seq,at,actor,action,resource,request_id,client_addr,outcome")
+        Some("id,seq,at,actor,action,resource,request_id,client_addr,outcome,detail")
     );
     assert!(lines.next().unwrap().contains(",key.add,"));
 }

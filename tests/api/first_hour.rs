@@ -97,3 +97,46 @@ async fn a_token_for_a_provider_without_a_key_says_so_when_it_is_made() {
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn changing_a_ceiling_records_its_old_and_new_figures_in_the_audit_log() {
+    let app = TestApp::spawn().await;
+    let s = app.signed_up().await;
+    for (limit, period) in [("5.00", "monthly"), ("2.50", "monthly")] {
+        let res = app
+            .send(Method::PUT, "/api/v1/ceilings/openai", Some(&s))
+            .json(&json!({"limit_usd": limit, "period": period}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    let page: Value = app
+        .get("/api/v1/audit?action=ceiling.set", Some(&s))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let details: Vec<&str> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        details,
+        [
+            "limit 5.00 -> 2.50",
+            "limit none -> 5.00; period none -> monthly"
+        ]
+    );
+    let report = app
+        .state
+        .db
+        .read(|conn| keybroker::audit::verify(conn).map_err(keybroker::db::DbError::from))
+        .await
+        .unwrap();
+    assert!(report.first_broken.is_none(), "{report:?}");
+}

@@ -84,6 +84,10 @@ impl Settlement {
             return;
         };
         let reserved = reservation.amount();
+        // (usage, its cost, whether it is the whole bill). A stream's report is the whole bill
+        // only once its final usage report arrived (`StreamUsage::is_trustworthy`): a stream that
+        // ends cleanly after a partial report (an Anthropic `message_start` and no
+        // `message_delta`) is not charged the part alone.
         let metered: Option<(Usage, Money, bool)> = match self.meter.take() {
             Some(Meter::Stream(m)) => {
                 let su = m.finish();
@@ -93,7 +97,7 @@ impl Settlement {
                 let trustworthy = su.is_trustworthy();
                 su.usage.map(|u| {
                     let cost = self.prices.token_cost(self.provider, &u);
-                    (u, cost.micros, cost.priced_by_fallback || !trustworthy)
+                    (u, cost.micros, trustworthy)
                 })
             }
             Some(Meter::Json {
@@ -108,17 +112,17 @@ impl Settlement {
                     })
                     .map(|u| {
                         let cost = self.prices.token_cost(self.provider, &u);
-                        (u, cost.micros, cost.priced_by_fallback)
+                        (u, cost.micros, true)
                     })
             }
-            Some(Meter::Fixed(price)) => Some((Usage::default(), price, false)),
+            Some(Meter::Fixed(price)) => Some((Usage::default(), price, true)),
             _ => None,
         };
         let (usage, charge) = match metered {
-            // A whole body with a usage report: charge what it says.
-            Some((u, cost, _)) if complete => (u, cost),
-            // Cut short but some usage was reported: charge at least that, and never less than
-            // what the provider may already have billed for the prompt.
+            // A whole body with its whole usage report: charge what it says.
+            Some((u, cost, true)) if complete => (u, cost),
+            // Cut short, or only part of the bill reported: charge at least that, and never less
+            // than what the provider may already have billed for the prompt.
             Some((u, cost, _)) => (u, cost.max(reserved)),
             // Nothing to go by: the full reservation (fail closed).
             None => (Usage::default(), reserved),

@@ -489,3 +489,62 @@ async fn an_error_body_hiding_the_key_in_any_field_is_rebuilt_clean() {
     assert_headers_clean(&headers);
     h.app.assert_not_logged(OPENAI_KEY);
 }
+
+#[tokio::test]
+async fn a_stream_that_ends_cleanly_after_a_partial_usage_report_is_charged_its_hold() {
+    use crate::proxy::ANTHROPIC_KEY;
+    let upstream = RawUpstream::start(|mut s, _| async move {
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await;
+        // message_start reports the input; the output's message_delta never comes.
+        chunk(
+            &mut s,
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"claude-sonnet-4-20250514\",\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n",
+        )
+        .await;
+        chunk(
+            &mut s,
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"a long answer\"}}\n\n",
+        )
+        .await;
+        let _ = s.write_all(b"0\r\n\r\n").await;
+        let _ = s.shutdown().await;
+    })
+    .await;
+    let url = upstream.url.clone();
+    let app = TestApp::spawn_with(move |s| {
+        s.proxy.upstreams.insert("anthropic".into(), url);
+    })
+    .await;
+    let s = app.signed_up().await;
+    add_key(&app, &s, "anthropic", ANTHROPIC_KEY).await;
+    set_ceiling(&app, &s, "anthropic", "5.00").await;
+    let t = token(&app, &s, None).await;
+    let res = app
+        .client
+        .post(app.url("/proxy/anthropic/v1/messages"))
+        .header("x-api-key", &t)
+        .header("anthropic-version", "2023-06-01")
+        .json(
+            &json!({"model": "claude-sonnet-4-20250514", "max_tokens": 1000, "stream": true,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.bytes().await.unwrap();
+    let mut spent = 0;
+    for _ in 0..100 {
+        let c = ceiling(&app, &s, "anthropic").await;
+        if micros(&c["reserved_usd"]) == 0 {
+            spent = micros(&c["spent_usd"]);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // 1,000 output tokens at $15/M alone is $0.015: far above the one-token report ($0.000018).
+    assert!(spent >= 15_000, "charged {spent} µ$, not its hold");
+    drop(upstream);
+}

@@ -21,6 +21,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../migrations/0004_spend.sql"),
     include_str!("../migrations/0005_spend_journal.sql"),
     include_str!("../migrations/0006_signup_confirmation.sql"),
+    include_str!("../migrations/0007_operator_accounts.sql"),
 ];
 
 static MIGRATIONS: LazyLock<Migrations<'static>> =

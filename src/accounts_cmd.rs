@@ -56,6 +56,13 @@ struct Ctx {
 }
 
 pub fn run(command: AccountsCommand, settings: Settings) -> anyhow::Result<()> {
+    // A mistyped --data-dir must not quietly become a new, empty database.
+    if !settings.database_path().exists() {
+        anyhow::bail!(
+            "no database at {} (start `keybroker serve` once, or pass --data-dir)",
+            settings.database_path().display()
+        );
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -224,6 +224,15 @@ async fn disable_refuses_sign_in_ends_sessions_and_the_proxy_within_a_second_and
     assert_eq!(app.login(&s.email, PASSWORD).await.status(), 200);
     assert_eq!(call().await, 200, "its token works again");
     assert_eq!(operator_audits(&app, "account.enable"), 1);
+    let verify = keybroker()
+        .args(["audit", "verify", "--data-dir"])
+        .arg(app.data_dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "the operator's entries chain like any other"
+    );
 }
 
 async fn app_with_upstream_and(

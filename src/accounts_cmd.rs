@@ -19,7 +19,9 @@ use crate::vault::Vault;
 pub enum AccountsCommand {
     /// List every account: id, created, confirmed, disabled, last sign-in, operator, email.
     List,
-    /// Confirm an account without its confirmation mail (it can then sign in with its password).
+    /// Confirm an account without its confirmation mail (it can then sign in with its sign-up
+    /// password). Only for an address you know is the signer's: that password was never proven
+    /// to belong to the mailbox's owner (use reset-password when in doubt).
     Confirm {
         /// The account's email address or id.
         account: String,
@@ -155,11 +157,7 @@ fn confirm(ctx: &Ctx, which: &str) -> anyhow::Result<()> {
     let changed = ctx.db.write_blocking(|conn| -> anyhow::Result<_> {
         let tx = conn.transaction()?;
         let id = resolve(&tx, &ctx.emails, which)?;
-        let changed = tx.execute(
-            "UPDATE accounts SET confirmed_at = ?2 WHERE id = ?1 AND confirmed_at IS NULL",
-            rusqlite::params![id, ctx.now],
-        )? == 1;
-        accounts::signup::revoke_all(&tx, id)?;
+        let changed = operator::confirm(&tx, id, ctx.now)?;
         if changed {
             audit::append(
                 &tx,

@@ -93,6 +93,17 @@ pub fn enable(conn: &Connection, account_id: i64) -> rusqlite::Result<bool> {
     Ok(n == 1)
 }
 
+/// Confirms an account without its mail (the operator vouches for the address) and voids its
+/// sign-up links. False when it was confirmed already.
+pub fn confirm(conn: &Connection, account_id: i64, now: i64) -> rusqlite::Result<bool> {
+    let n = conn.execute(
+        "UPDATE accounts SET confirmed_at = ?2 WHERE id = ?1 AND confirmed_at IS NULL",
+        params![account_id, now],
+    )?;
+    signup::revoke_all(conn, account_id)?;
+    Ok(n == 1)
+}
+
 /// Records that a session was just started for the account.
 pub fn record_sign_in(conn: &Connection, account_id: i64, now: i64) -> rusqlite::Result<()> {
     conn.execute(

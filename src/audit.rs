@@ -16,6 +16,8 @@ pub enum Actor {
     Token(String),
     System,
     Anonymous,
+    /// The operator, through a `keybroker accounts ...` command on the data directory.
+    Operator,
 }
 
 impl Actor {
@@ -25,6 +27,7 @@ impl Actor {
             Actor::Token(id) => format!("token:{id}"),
             Actor::System => "system".into(),
             Actor::Anonymous => "anonymous".into(),
+            Actor::Operator => "operator".into(),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The command line: `serve`, `rewrap`, `master-key generate|retire`, `audit verify`, `redact`,
-//! `backup`, `restore`, `check`, `healthcheck`. Each command's result goes
+//! `backup`, `restore`, `check`, `healthcheck`, `accounts ...` (`accounts_cmd`). Each command's result goes
 //! to stdout; diagnostics go through the redacting logger; a failure is one line and a non-zero
 //! exit status.
 
@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Missing, Settings};
+use crate::config::{Missing, Settings, SignupPolicy};
 use crate::startup::{self, Application};
 use crate::telemetry::{self, LogFormat};
 use crate::vault_store;
@@ -66,6 +66,13 @@ enum Command {
         #[command(flatten)]
         data: DataDir,
     },
+    /// Operate on accounts: list, confirm, invite, disable, enable, reset-password (audited).
+    Accounts {
+        #[command(subcommand)]
+        command: crate::accounts_cmd::AccountsCommand,
+        #[command(flatten)]
+        data: DataDir,
+    },
     /// GET /healthz of the local server and exit 0 on a 2xx answer (for container health checks).
     Healthcheck {
         /// The address `serve` binds (an unspecified address is probed on loopback).
@@ -92,7 +99,12 @@ enum AuditCommand {
 #[derive(Debug, Args)]
 struct DataDir {
     /// Directory holding the database, logs and (for development only) generated secrets.
-    #[arg(long, env = "KEYBROKER_DATA_DIR", default_value = "./data")]
+    #[arg(
+        long,
+        env = "KEYBROKER_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
     data_dir: PathBuf,
 }
 
@@ -109,6 +121,9 @@ struct ServeArgs {
     /// Worker threads (default: one per CPU core).
     #[arg(long, env = "KEYBROKER_WORKERS")]
     workers: Option<usize>,
+    /// Who may sign up: open (default; warned about off loopback), invite, closed.
+    #[arg(long, env = "KEYBROKER_SIGNUP", value_enum, default_value_t = SignupPolicy::Open)]
+    signup: SignupPolicy,
     #[command(flatten)]
     transport: crate::transport::TransportArgs,
     #[command(flatten)]
@@ -176,6 +191,10 @@ pub fn main() -> ExitCode {
             offline_settings(data)
                 .and_then(|s| crate::check::check_command(&s.data_dir, &s.secrets))
         }
+        Command::Accounts { command, data } => {
+            telemetry::init_cli();
+            offline_settings(data).and_then(|s| crate::accounts_cmd::run(command, s))
+        }
         Command::Healthcheck { bind, url, timeout } => {
             let url = url.unwrap_or_else(|| crate::healthcheck::local_url(bind));
             runtime()
@@ -217,6 +236,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     crate::secret_files::apply(&mut settings.secrets)?;
     crate::secret_files::apply_services(&mut settings)?;
     settings.workers = args.workers;
+    settings.signup = args.signup;
     args.transport.apply(&mut settings);
     settings.proxy_from_env()?;
     args.ops.apply(&mut settings)?;

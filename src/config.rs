@@ -340,6 +340,31 @@ pub struct Settings {
     pub body_timeout: std::time::Duration,
     /// Password hashes computed at once (`KEYBROKER_PASSWORD_HASHERS`, default cores − 1).
     pub password_hashers: usize,
+    /// Who may sign up (`KEYBROKER_SIGNUP`, `serve --signup`); default [`SignupPolicy::Open`].
+    pub signup: SignupPolicy,
+}
+
+/// Who may create an account with a password (`KEYBROKER_SIGNUP`). Existing accounts sign in
+/// whatever it says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SignupPolicy {
+    /// Anyone who can reach the server (a loud start-up warning when bound off loopback).
+    #[default]
+    Open,
+    /// Only an address the operator invited (`keybroker accounts invite EMAIL`).
+    Invite,
+    /// Nobody: every sign-up is refused with `signup_closed`.
+    Closed,
+}
+
+impl SignupPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignupPolicy::Open => "open",
+            SignupPolicy::Invite => "invite",
+            SignupPolicy::Closed => "closed",
+        }
+    }
 }
 
 impl fmt::Debug for Settings {
@@ -355,6 +380,7 @@ impl fmt::Debug for Settings {
             .field("tls", &self.tls)
             .field("redirect_http", &self.redirect_http)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("signup", &self.signup)
             .finish_non_exhaustive()
     }
 }
@@ -383,6 +409,7 @@ impl Settings {
             metrics_bind: None,
             body_timeout: crate::http::body_deadline::DEFAULT,
             password_hashers: crate::accounts::password::HashingPool::default_size(),
+            signup: SignupPolicy::default(),
         }
     }
 

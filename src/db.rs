@@ -21,6 +21,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../migrations/0004_spend.sql"),
     include_str!("../migrations/0005_spend_journal.sql"),
     include_str!("../migrations/0006_signup_confirmation.sql"),
+    include_str!("../migrations/0007_operator_accounts.sql"),
     include_str!("../migrations/0008_audit_detail.sql"),
 ];
 
@@ -294,6 +295,36 @@ pub(crate) fn migrate_for_tests(conn: &mut Connection) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn migration_7_marks_the_oldest_existing_account_as_the_operators() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        MIGRATIONS.to_version(&mut conn, 6).unwrap();
+        for (hash, at) in [([2u8], 20), ([1u8], 10)] {
+            conn.execute(
+                "INSERT INTO accounts (email_hash, email_blob, master_key_id, created_at, confirmed_at)
+                 VALUES (?1, x'', 'k', ?2, ?2)",
+                rusqlite::params![hash.as_slice(), at],
+            )
+            .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO sessions (id_hash, public_id, account_id, created_at, last_seen_at,
+                                   user_agent, client_addr)
+             VALUES (x'aa', 'p', 2, 30, 30, '', '')",
+        )
+        .unwrap();
+        MIGRATIONS.to_latest(&mut conn).unwrap();
+        let rows: Vec<(i64, bool, Option<i64>)> = conn
+            .prepare("SELECT id, is_operator, last_login_at FROM accounts ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        // The lowest id is the first row made, whatever its created_at says.
+        assert_eq!(rows, vec![(1, true, None), (2, false, Some(30))]);
+    }
 
     #[test]
     fn migration_count_matches_the_list() {

@@ -1,6 +1,7 @@
 //! keybroker: a self-hosted BYOK key broker. See `ARCHITECTURE.md` for the map.
 
 pub mod accounts;
+pub mod accounts_cmd;
 pub mod audit;
 pub mod backup;
 pub mod check;

@@ -60,6 +60,8 @@ pub enum ErrorType {
     InvalidPeriod,
     /// Token creation: `providers` was an empty list (leave it out for every provider).
     InvalidProviders,
+    /// Sign-up under `KEYBROKER_SIGNUP=invite` without a valid invite for the address.
+    InviteRequired,
     InvalidQuery,
     /// A proxied body the provider could read otherwise than keybroker: not a JSON object where
     /// one is needed, a repeated key, or a count that is not a positive integer (`field`).
@@ -82,6 +84,8 @@ pub enum ErrorType {
     ReauthRequired,
     /// The request body did not arrive within `KEYBROKER_BODY_TIMEOUT_SECS` (408).
     RequestTimeout,
+    /// Sign-up under `KEYBROKER_SIGNUP=closed`.
+    SignupClosed,
     SpendCeilingReached,
     /// The call's spend hold could not be recorded (the hold journal could not be written).
     SpendUnavailable,
@@ -110,6 +114,10 @@ pub struct SignedIn {
     pub email: String,
     /// Send it as `X-CSRF-Token` on every state-changing call.
     pub csrf_token: String,
+    /// Present only when the request came over plain HTTP from another machine: the browser will
+    /// drop the (Secure) session cookie, and this says why and what the operator must do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -133,8 +141,13 @@ pub struct ReauthUntil {
 pub struct SignupAccepted {
     pub status: String,
     pub message: String,
+    /// Only when no SMTP server is configured: the server folder mail is written to instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<String>,
 }
 
+/// `status` is `accepted` (a link is mailed if the account exists) or, when the server has no
+/// `KEYBROKER_PUBLIC_URL` to build a link from, `unavailable` with a message that says so.
 #[derive(Serialize, ToSchema)]
 pub struct ResetAccepted {
     pub status: String,

@@ -12,7 +12,9 @@ use actix_web::{web, App, HttpServer};
 use crate::accounts::throttle::Throttle;
 use crate::accounts::EmailHasher;
 use crate::clock::SharedClock;
-use crate::config::{self, ConfigError, OAuthSettings, ServerSecret, ServerSecrets, Settings};
+use crate::config::{
+    self, ConfigError, OAuthSettings, ServerSecret, ServerSecrets, Settings, SignupPolicy,
+};
 use crate::db::{Db, DbError};
 use crate::error::extractors;
 use crate::http::client_addr::{self, TrustedProxies};
@@ -67,6 +69,11 @@ pub struct AppState {
     pub oauth: OAuthSettings,
     /// Talks to OAuth providers: no redirects followed (SSRF), bounded time.
     pub http: reqwest::Client,
+    /// Who may sign up (`KEYBROKER_SIGNUP`).
+    pub signup_policy: SignupPolicy,
+    /// The outbox folder mail is written to when no SMTP server is configured (`None` with
+    /// SMTP). A configuration fact, said on the sign-up page and in its answer.
+    pub mail_outbox: Option<String>,
     /// Where password hashes and checks run, a bounded number at a time.
     pub passwords: crate::accounts::password::HashingPool,
     /// Longest time to receive a request body (`http::body_deadline`).
@@ -181,6 +188,30 @@ async fn backfill_accounts(
         );
     }
     Ok(())
+}
+
+/// What a newcomer or an operator would otherwise find out the hard way, said once at start-up
+/// (one line each, before the "listening" line).
+fn start_up_warnings(settings: &Settings, outbox: Option<&str>) {
+    let public = !settings.bind.ip().is_loopback();
+    if public && settings.tls.is_none() && settings.trusted_proxies.is_empty() {
+        tracing::warn!(
+            bind = %settings.bind,
+            "serving plain HTTP on a non-loopback address: browsers drop the Secure session cookie, so signing in from another machine fails; serve HTTPS with --tls-cert and --tls-key, or put a TLS reverse proxy in front and name it with --trusted-proxy"
+        );
+    }
+    if public && settings.signup == SignupPolicy::Open {
+        tracing::warn!(
+            bind = %settings.bind,
+            "sign-up is open to anyone who can reach this address; set KEYBROKER_SIGNUP=invite (then keybroker accounts invite EMAIL) or KEYBROKER_SIGNUP=closed"
+        );
+    }
+    if let Some(dir) = outbox {
+        tracing::info!(
+            outbox = %dir,
+            "no KEYBROKER_SMTP_URL: mail (sign-up confirmations included) is written to the outbox folder; keybroker accounts confirm EMAIL confirms an account without it"
+        );
+    }
 }
 
 /// The spend ledger restored from the database (holds a crash left behind are charged in full
@@ -306,6 +337,12 @@ impl Application {
             oauth: settings.oauth.clone(),
             http,
             body_timeout: settings.body_timeout,
+            signup_policy: settings.signup,
+            mail_outbox: settings
+                .mail
+                .smtp_url
+                .is_none()
+                .then(|| mail::outbox_dir(&settings.data_dir).display().to_string()),
             passwords,
         });
 
@@ -375,6 +412,7 @@ impl Application {
             None => None,
         };
         let metrics_port = metrics_server.as_ref().map(|(_, p)| *p);
+        start_up_warnings(&settings, state.mail_outbox.as_deref());
         let scheme = if transport.reloader.is_some() {
             "https"
         } else {

@@ -232,8 +232,10 @@ pub fn authenticate(
     }
     let token = conn
         .prepare_cached(
-            "SELECT id, account_id, name, created_at, expires_at, last_used_at FROM tool_tokens
-             WHERE token_hash = ?1 AND revoked_at IS NULL",
+            // A disabled account's tokens are refused (the cache holds an answer ≤ 1 s).
+            "SELECT t.id, t.account_id, t.name, t.created_at, t.expires_at, t.last_used_at
+             FROM tool_tokens t JOIN accounts a ON a.id = t.account_id
+             WHERE t.token_hash = ?1 AND t.revoked_at IS NULL AND a.disabled_at IS NULL",
         )?
         .query_row([hash(presented)], token_row)
         .optional()?;
@@ -418,12 +420,7 @@ mod tests {
 
     fn db() -> Connection {
         let mut conn = Connection::open_in_memory().unwrap();
-        for sql in [
-            include_str!("../migrations/0001_init.sql"),
-            include_str!("../migrations/0003_keys_tokens.sql"),
-        ] {
-            conn.execute_batch(sql).unwrap();
-        }
+        crate::db::migrate_for_tests(&mut conn);
         let tx = conn.transaction().unwrap();
         tx.execute(
             "INSERT INTO accounts (id, email_hash, email_blob, master_key_id, created_at)

@@ -3,7 +3,9 @@
 //! in) until the owner of the address confirms it.
 
 pub mod email;
+pub mod invite;
 pub mod oauth;
+pub mod operator;
 pub mod password;
 pub mod reset;
 pub mod session;
@@ -34,6 +36,8 @@ pub struct AccountRow {
     /// was chosen by whoever signed the address up, and nobody signs in with it.
     pub password_hash: Option<String>,
     pub confirmed: bool,
+    /// Disabled by the operator (`keybroker accounts disable`): no password, no sign-in.
+    pub disabled: bool,
 }
 
 /// Creates an account that cannot sign in until it is confirmed (`signup::redeem` with the
@@ -73,9 +77,12 @@ fn insert(
     confirmed_at: Option<i64>,
 ) -> Result<i64, AccountError> {
     let inserted = tx.execute(
+        // The first account of a fresh database is marked as the operator's (shown by
+        // `accounts list`; it grants nothing).
         "INSERT INTO accounts (email_hash, email_skeleton_hash, email_blob, master_key_id,
-                               password_hash, created_at, confirmed_at)
-         VALUES (?1, ?2, x'', ?3, ?4, ?5, ?6) ON CONFLICT (email_hash) DO NOTHING",
+                               password_hash, created_at, confirmed_at, is_operator)
+         VALUES (?1, ?2, x'', ?3, ?4, ?5, ?6, NOT EXISTS (SELECT 1 FROM accounts))
+         ON CONFLICT (email_hash) DO NOTHING",
         params![
             hasher.hash(email).as_slice(),
             hasher.skeleton_hash(email).as_slice(),
@@ -221,8 +228,10 @@ pub fn find_by_email(
     email: &Email,
 ) -> rusqlite::Result<Option<AccountRow>> {
     conn.query_row(
-        "SELECT id, CASE WHEN confirmed_at IS NULL THEN NULL ELSE password_hash END,
-                confirmed_at IS NOT NULL
+        "SELECT id,
+                CASE WHEN confirmed_at IS NULL OR disabled_at IS NOT NULL THEN NULL
+                     ELSE password_hash END,
+                confirmed_at IS NOT NULL, disabled_at IS NOT NULL
          FROM accounts WHERE email_hash = ?1",
         [hasher.hash(email).as_slice()],
         |r| {
@@ -230,6 +239,7 @@ pub fn find_by_email(
                 id: r.get(0)?,
                 password_hash: r.get(1)?,
                 confirmed: r.get(2)?,
+                disabled: r.get(3)?,
             })
         },
     )

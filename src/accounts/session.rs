@@ -128,7 +128,11 @@ pub fn create(
 
 pub fn load(conn: &Connection, id_hash: &[u8; 32]) -> rusqlite::Result<Option<SessionRow>> {
     conn.prepare_cached(
-        "SELECT public_id, account_id, created_at, last_seen_at, reauth_until FROM sessions WHERE id_hash = ?1",
+        // A disabled account's sessions are deleted when it is disabled; the join also covers a
+        // session started in the moment between.
+        "SELECT s.public_id, s.account_id, s.created_at, s.last_seen_at, s.reauth_until
+         FROM sessions s JOIN accounts a ON a.id = s.account_id
+         WHERE s.id_hash = ?1 AND a.disabled_at IS NULL",
     )?
     .query_row([id_hash.as_slice()], |r| {
         Ok(SessionRow {

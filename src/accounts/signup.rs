@@ -78,7 +78,7 @@ pub fn pending(
     conn.query_row(
         "SELECT a.id, a.password_hash FROM signup_tokens t JOIN accounts a ON a.id = t.account_id
          WHERE t.token_hash = ?1 AND t.used_at IS NULL AND t.expires_at > ?2
-           AND a.confirmed_at IS NULL",
+           AND a.confirmed_at IS NULL AND a.disabled_at IS NULL",
         params![token_hash.as_slice(), now],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )

@@ -11,7 +11,7 @@
 mod chart;
 
 use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use askama::Template;
 use serde::Deserialize;
 
@@ -22,6 +22,8 @@ use crate::http::auth::Authenticated;
 use crate::keys::store as key_store;
 use crate::money::Money;
 use crate::providers::PROVIDERS;
+use crate::routes::auth::{insecure_transport_warning, signup_outbox_message};
+use crate::routes::password_reset::RESET_UNAVAILABLE;
 use crate::spend::store::{self as spend_store, RecentCall, UsageRow};
 use crate::spend::writer::period_name;
 use crate::spend::CeilingState;
@@ -220,10 +222,16 @@ struct LoginPage {
     layout: Layout,
     signup: bool,
     oauth: Vec<OAuthButton>,
+    /// Why signing in will not stick (plain HTTP from another machine), when it applies.
+    transport_warning: Option<&'static str>,
+    /// `/signup` only: who may sign up here, and what "check your mail" means on this server.
+    policy: &'static str,
+    done: String,
 }
 
 /// Someone already signed in has nothing to do on `/login` or `/signup`.
 async fn login(
+    req: HttpRequest,
     auth: Option<Authenticated>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -234,21 +242,35 @@ async fn login(
         layout: Layout::public("Sign in"),
         signup: false,
         oauth: oauth_buttons(&state),
+        transport_warning: insecure_transport_warning(&req),
+        policy: state.signup_policy.as_str(),
+        done: String::new(),
     };
     page(p.render(), Exposure::Public)
 }
 
 async fn signup(
+    req: HttpRequest,
     auth: Option<Authenticated>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     if auth.is_some() {
         return Ok(redirect("/dashboard"));
     }
+    // Configuration facts only, the same for every visitor and every address.
+    let done = match state.mail_outbox.as_deref() {
+        Some(dir) => signup_outbox_message(dir),
+        None => "Check your mail: the next step is in a message to this address. A new account \
+                 is confirmed with the link in it."
+            .to_owned(),
+    };
     let p = LoginPage {
         layout: Layout::public("Create an account"),
         signup: true,
         oauth: oauth_buttons(&state),
+        transport_warning: insecure_transport_warning(&req),
+        policy: state.signup_policy.as_str(),
+        done,
     };
     page(p.render(), Exposure::Public)
 }
@@ -276,27 +298,35 @@ struct ResetPage {
     /// The password rule, as `accounts::password::validate` applies it.
     min_chars: usize,
     max_chars: usize,
+    /// Said instead of offering the form when no link can be built (no public URL).
+    unavailable: Option<&'static str>,
 }
 
 impl ResetPage {
-    fn new(title: &'static str, confirm: bool) -> Self {
+    fn new(title: &'static str, confirm: bool, unavailable: Option<&'static str>) -> Self {
         Self {
             layout: Layout::public(title),
             confirm,
             min_chars: password::MIN_CHARS,
             max_chars: password::MAX_CHARS,
+            unavailable,
         }
     }
 }
 
-async fn reset() -> Result<HttpResponse, ApiError> {
-    let p = ResetPage::new("Reset your password", false);
+async fn reset(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let p = ResetPage::new(
+        "Reset your password",
+        false,
+        state.public_url.is_none().then_some(RESET_UNAVAILABLE),
+    );
     page(p.render(), Exposure::MailedLink)
 }
 
 /// The token stays in the query string only until `app.js` moves it out; it is never rendered.
+/// (An operator's `accounts reset-password` link works here with or without a public URL.)
 async fn reset_confirm() -> Result<HttpResponse, ApiError> {
-    let p = ResetPage::new("Choose a new password", true);
+    let p = ResetPage::new("Choose a new password", true, None);
     page(p.render(), Exposure::MailedLink)
 }
 

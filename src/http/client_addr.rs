@@ -51,6 +51,14 @@ impl ClientAddr {
         }
     }
 
+    /// Whether a browser will drop our `__Host-`/`Secure` session cookie on this request: it
+    /// came over plain HTTP from a client that is not on loopback (browsers accept secure
+    /// cookies over plain HTTP from `localhost` only). The cookie is never weakened for it; the
+    /// login page and answer say why signing in will not stick.
+    pub fn drops_secure_cookies(&self) -> bool {
+        !self.https && self.ip.is_some_and(|ip| !ip.is_loopback())
+    }
+
     /// The address as text, empty when unknown (the audit log's and sessions' column).
     pub fn ip_string(&self) -> String {
         self.ip.map(|ip| ip.to_string()).unwrap_or_default()
@@ -242,6 +250,24 @@ mod tests {
             HeaderValue::from_bytes(b"\xff\xfe").unwrap_or(HeaderValue::from_static("")),
         );
         assert_eq!(resolve(ip("127.0.0.1"), false, &h, &t).ip, ip("127.0.0.1"));
+    }
+
+    #[test]
+    fn only_plain_http_from_off_loopback_drops_secure_cookies() {
+        let at = |addr: &str, https| ClientAddr {
+            ip: ip(addr),
+            https,
+        };
+        assert!(at("203.0.113.7", false).drops_secure_cookies());
+        assert!(at("::ffff:192.0.2.1", false).drops_secure_cookies());
+        assert!(!at("203.0.113.7", true).drops_secure_cookies());
+        assert!(!at("127.0.0.1", false).drops_secure_cookies());
+        assert!(!at("::1", false).drops_secure_cookies());
+        assert!(!ClientAddr {
+            ip: None,
+            https: false
+        }
+        .drops_secure_cookies());
     }
 
     #[test]

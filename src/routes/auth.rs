@@ -13,8 +13,9 @@ use serde_json::json;
 use crate::accounts::password::{self, PasswordError, Verdict};
 use crate::accounts::signup::{self, SignupToken};
 use crate::accounts::throttle::RetryAfter;
-use crate::accounts::{self, oauth, reset, session, Email};
+use crate::accounts::{self, invite, oauth, reset, session, Email};
 use crate::audit::{self, Actor, Outcome};
+use crate::config::SignupPolicy;
 use crate::error::ApiError;
 use crate::http::auth::{check_origin, Authenticated, RequestContext};
 use crate::mail::Mail;
@@ -25,6 +26,28 @@ pub struct Credentials {
     email: String,
     #[schema(value_type = String, format = Password)]
     password: SecretString,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct SignupBody {
+    email: String,
+    #[schema(value_type = String, format = Password)]
+    password: SecretString,
+    /// The `kbi_...` invite the operator made for this address (`KEYBROKER_SIGNUP=invite` only).
+    #[schema(value_type = Option<String>, format = Password)]
+    #[serde(default)]
+    invite: Option<SecretString>,
+}
+
+/// What the login page and a session-starting answer say when the browser will drop the
+/// session cookie (plain HTTP from off loopback; see `ClientAddr::drops_secure_cookies`).
+pub const INSECURE_TRANSPORT_WARNING: &str = "this request reached keybroker over plain HTTP from     another machine, so your browser will drop the session cookie (it is Secure, as it must be)     and signing in will not stick; the operator must serve HTTPS (serve --tls-cert/--tls-key) or     put a TLS reverse proxy in front (serve --trusted-proxy)";
+
+/// [`INSECURE_TRANSPORT_WARNING`] when it applies to this request.
+pub fn insecure_transport_warning(req: &HttpRequest) -> Option<&'static str> {
+    crate::http::client_addr::ClientAddr::of(req)
+        .drops_secure_cookies()
+        .then_some(INSECURE_TRANSPORT_WARNING)
 }
 
 pub fn session_cookie(value: String) -> Cookie<'static> {
@@ -110,7 +133,7 @@ pub fn event<'a>(
 }
 
 /// Starts a session for `account_id` (recording `action` in the same transaction) and answers
-/// with the cookie and the CSRF token.
+/// with the cookie and the CSRF token, and a `warning` when the browser will drop the cookie.
 async fn start_session(
     state: &AppState,
     account_id: i64,
@@ -118,6 +141,7 @@ async fn start_session(
     ctx: RequestContext,
     action: &'static str,
     status: StatusCode,
+    warning: Option<&'static str>,
 ) -> Result<HttpResponse, ApiError> {
     let now = state.clock.unix();
     let (id, _) = state
@@ -125,6 +149,7 @@ async fn start_session(
         .write(move |conn| -> Result<_, ApiError> {
             let tx = conn.transaction()?;
             let created = session::create(&tx, account_id, now, &ctx.user_agent, &ctx.client_addr)?;
+            accounts::operator::record_sign_in(&tx, account_id, now)?;
             audit::append(
                 &tx,
                 &event(Some(account_id), action, &ctx, Outcome::Success, now),
@@ -140,19 +165,59 @@ async fn start_session(
             &id,
         )))
         .insert_header(("Cache-Control", "no-store"))
-        .json(json!({"email": email, "csrf_token": csrf})))
+        .json(match warning {
+            Some(w) => json!({"email": email, "csrf_token": csrf, "warning": w}),
+            None => json!({"email": email, "csrf_token": csrf}),
+        }))
 }
 
 /// What every sign-up answers once its input is valid, whatever the address turned out to be:
 /// new, an account's already (confirmed or not), or a lookalike of one. Same status, headers and
 /// bytes; no cookie in any case. What happened is told only by mail, to the address itself.
-fn signup_accepted() -> HttpResponse {
-    HttpResponse::build(StatusCode::ACCEPTED)
-        .insert_header(("Cache-Control", "no-store"))
-        .json(json!({
+/// Without SMTP the answer also names the outbox folder: that depends on configuration only.
+fn signup_accepted(outbox: Option<&str>) -> HttpResponse {
+    let body = match outbox {
+        None => json!({
             "status": "accepted",
             "message": "check your mail: the next step is in a message to this address",
-        }))
+        }),
+        Some(dir) => json!({
+            "status": "accepted",
+            "message": signup_outbox_message(dir),
+            "outbox": dir,
+        }),
+    };
+    HttpResponse::build(StatusCode::ACCEPTED)
+        .insert_header(("Cache-Control", "no-store"))
+        .json(body)
+}
+
+/// What the sign-up answer and page say when this server has no SMTP transport.
+pub fn signup_outbox_message(dir: &str) -> String {
+    format!(
+        "check your mail: the next step is in a message to this address. This keybroker has no \
+         SMTP server configured, so its mail is written to the outbox folder {dir} on the \
+         server instead of being sent; its operator can open the message there, or confirm the \
+         account with `keybroker accounts confirm EMAIL`"
+    )
+}
+
+fn signup_closed() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "signup_closed",
+        "sign-up is closed on this keybroker; ask its operator for an account",
+    )
+}
+
+fn invite_required() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "invite_required",
+        "sign-up on this keybroker needs an invite for this address from its operator \
+         (keybroker accounts invite EMAIL); the invite is missing, for another address, used or \
+         expired",
+    )
 }
 
 /// What a sign-up found, decided inside its one write transaction.
@@ -226,10 +291,11 @@ fn lookalike_mail(to: String) -> Mail {
 
 #[utoipa::path(
     post, path = "/api/v1/auth/signup", tag = "auth",
-    request_body = Credentials,
+    request_body = SignupBody,
     responses(
-        (status = 202, description = "Always this one answer (no cookie), whether the address is new, has an account already, or looks like an account's address. A new account must be confirmed with the mailed link (POST /api/v1/auth/signup/confirm); the owner of an existing address is told by mail", body = crate::openapi::SignupAccepted),
+        (status = 202, description = "Always this one answer (no cookie), whether the address is new, has an account already, or looks like an account's address. A new account must be confirmed with the mailed link (POST /api/v1/auth/signup/confirm); the owner of an existing address is told by mail. Without SMTP, `outbox` names the server folder mail is written to", body = crate::openapi::SignupAccepted),
         (status = 400, description = "invalid_email, email_lookalike (the address mixes scripts within one part), password_too_short, password_too_long, invalid_json", body = crate::openapi::ErrorBody),
+        (status = 403, description = "signup_closed (KEYBROKER_SIGNUP=closed), invite_required (KEYBROKER_SIGNUP=invite and no valid invite for this address)", body = crate::openapi::ErrorBody),
         (status = 429, description = "too_many_attempts (Retry-After)", body = crate::openapi::ErrorBody),
     )
 )]
@@ -239,15 +305,30 @@ fn lookalike_mail(to: String) -> Mail {
 pub async fn signup(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: crate::http::json::ApiJson<Credentials>,
+    body: crate::http::json::ApiJson<SignupBody>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state)?;
+    // Configuration alone decides this, so the refusal says nothing about any account.
+    if state.signup_policy == SignupPolicy::Closed {
+        return Err(signup_closed());
+    }
     let ctx = RequestContext::of(&req);
-    let Credentials {
+    let SignupBody {
         email,
         password: pw,
+        invite,
     } = body.into_inner();
     let email = parse_email(&email)?;
+    // Under `invite`: the invite and the address decide, never whether an account exists.
+    let invite_hash = match state.signup_policy {
+        SignupPolicy::Invite => Some(
+            invite
+                .as_ref()
+                .and_then(|i| invite::hash_presented(i.expose_secret()))
+                .ok_or_else(invite_required)?,
+        ),
+        _ => None,
+    };
     // Decided from the address alone, so it says nothing about other accounts.
     if email.mixes_scripts() {
         return Err(ApiError::bad_request(
@@ -257,10 +338,24 @@ pub async fn signup(
         ));
     }
     password::validate(&pw).map_err(password_error)?;
+    let email_hash = state.emails.hash(&email);
     state
         .signup_throttle
-        .check(&state.emails.hash(&email), client_ip(&ctx))
+        .check(&email_hash, client_ip(&ctx))
         .map_err(throttled)?;
+    if let Some(invite_hash) = invite_hash {
+        // A cheap look before the argon2 run; the redemption in the transaction decides.
+        let now = state.clock.unix();
+        let ok = state
+            .db
+            .read(move |conn| {
+                invite::is_redeemable(conn, &invite_hash, &email_hash, now).map_err(ApiError::from)
+            })
+            .await?;
+        if !ok {
+            return Err(invite_required());
+        }
+    }
     // Hashed whatever the address turns out to be, before it is looked up: an existing address
     // costs the same argon2 run as a new one.
     let phc = state
@@ -280,6 +375,11 @@ pub async fn signup(
         .db
         .write(move |conn| -> Result<Found, ApiError> {
             let tx = conn.transaction()?;
+            if let Some(invite_hash) = invite_hash {
+                if !invite::redeem(&tx, &invite_hash, &email_hash, now)? {
+                    return Err(invite_required());
+                }
+            }
             let (found, account_id, action, outcome) =
                 match accounts::find_by_email(&tx, &hasher, &lookup)? {
                     Some(a) => (
@@ -318,7 +418,7 @@ pub async fn signup(
         Found::Existing { confirmed } => existing_account_mail(to, confirmed),
         Found::Lookalike => lookalike_mail(to),
     });
-    Ok(signup_accepted())
+    Ok(signup_accepted(state.mail_outbox.as_deref()))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -407,6 +507,7 @@ pub async fn confirm_signup(
         ctx,
         "signup",
         StatusCode::CREATED,
+        insecure_transport_warning(&req),
     )
     .await
 }
@@ -415,9 +516,9 @@ pub async fn confirm_signup(
     post, path = "/api/v1/auth/login", tag = "auth",
     request_body = Credentials,
     responses(
-        (status = 200, description = "Signed in; sets the session cookie", body = crate::openapi::SignedIn),
+        (status = 200, description = "Signed in; sets the session cookie. `warning` says why the browser will drop it when the request came over plain HTTP from another machine", body = crate::openapi::SignedIn),
         (status = 400, description = "invalid_json", body = crate::openapi::ErrorBody),
-        (status = 401, description = "authentication_failed", body = crate::openapi::ErrorBody),
+        (status = 401, description = "authentication_failed (a disabled or unconfirmed account answers exactly as an unknown address)", body = crate::openapi::ErrorBody),
         (status = 429, description = "too_many_attempts (Retry-After)", body = crate::openapi::ErrorBody),
     )
 )]
@@ -492,6 +593,7 @@ pub async fn login(
         ctx,
         "login",
         StatusCode::OK,
+        insecure_transport_warning(&req),
     )
     .await
 }

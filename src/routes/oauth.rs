@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::accounts::oauth::{self, OAuthError, Prelogin, Provider, PRELOGIN_COOKIE};
 use crate::accounts::{self, session};
 use crate::audit::{self, Outcome};
+use crate::config::SignupPolicy;
 use crate::error::ApiError;
 use crate::http::auth::{Authenticated, RequestContext};
 use crate::routes::auth::{event, session_cookie};
@@ -274,6 +275,7 @@ async fn callback_inner(
 
     let ctx = RequestContext::of(req);
     let (vault, hasher) = (state.vault.clone(), state.emails.clone());
+    let signup = state.signup_policy;
     let (id, _) = state
         .db
         .write(move |conn| -> Result<_, Failure> {
@@ -290,6 +292,15 @@ async fn callback_inner(
                                     accounts::confirm_without_password(&tx, a.id, now)?;
                                 }
                                 (a.id, "oauth.link")
+                            }
+                            // A new account through OAuth is a sign-up: only `open` allows
+                            // it (an invite is redeemed with a password sign-up).
+                            None if signup != SignupPolicy::Open => {
+                                return Err(fail(
+                                    StatusCode::FORBIDDEN,
+                                    "This keybroker does not let new accounts sign up this way; \
+                                     ask its operator for an account.",
+                                ));
                             }
                             None => (
                                 accounts::create_confirmed_in(
@@ -321,7 +332,14 @@ async fn callback_inner(
                     account_id
                 }
             };
+            if accounts::operator::is_disabled(&tx, account_id)? {
+                return Err(fail(
+                    StatusCode::FORBIDDEN,
+                    "This keybroker account is disabled; ask its operator.",
+                ));
+            }
             let created = session::create(&tx, account_id, now, &ctx.user_agent, &ctx.client_addr)?;
+            accounts::operator::record_sign_in(&tx, account_id, now)?;
             audit::append(
                 &tx,
                 &audit::Event {

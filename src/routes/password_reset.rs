@@ -61,7 +61,7 @@ fn reset_mail(to: String, public_url: &str, token: &ResetToken) -> Mail {
     post, path = "/api/v1/auth/password-reset", tag = "auth",
     request_body = ResetRequest,
     responses(
-        (status = 202, description = "Always the same answer, whether or not the account exists", body = crate::openapi::ResetAccepted),
+        (status = 202, description = "Always the same answer, whether or not the account exists: `accepted`, or `unavailable` (no mail sent) when the server has no KEYBROKER_PUBLIC_URL", body = crate::openapi::ResetAccepted),
         (status = 400, description = "invalid_email", body = crate::openapi::ErrorBody),
         (status = 429, description = "too_many_attempts", body = crate::openapi::ErrorBody),
     )
@@ -105,22 +105,36 @@ pub async fn request(
             Ok(account.is_some())
         })
         .await?;
-    match state.public_url.as_deref() {
-        Some(base) if found => state
-            .mail
-            .enqueue(reset_mail(email.as_str().to_owned(), base, &token)),
-        Some(_) => {}
-        None => tracing::warn!(
-            "a password reset was requested, but KEYBROKER_PUBLIC_URL is not set, so no link can be mailed"
-        ),
-    }
+    let body = match state.public_url.as_deref() {
+        Some(base) => {
+            if found {
+                state
+                    .mail
+                    .enqueue(reset_mail(email.as_str().to_owned(), base, &token));
+            }
+            json!({
+                "status": "accepted",
+                "message": "if an account exists for this address, a reset link is on its way",
+            })
+        }
+        None => {
+            tracing::warn!(
+                "a password reset was requested, but KEYBROKER_PUBLIC_URL is not set, so no link can be mailed"
+            );
+            // A fact about the configuration, the same for every address: say it.
+            json!({"status": "unavailable", "message": RESET_UNAVAILABLE})
+        }
+    };
     Ok(HttpResponse::build(StatusCode::ACCEPTED)
         .insert_header(("Cache-Control", "no-store"))
-        .json(json!({
-            "status": "accepted",
-            "message": "if an account exists for this address, a reset link is on its way",
-        })))
+        .json(body))
 }
+
+/// What the reset page and answer say when no link can be built (no `KEYBROKER_PUBLIC_URL`).
+pub const RESET_UNAVAILABLE: &str = "this keybroker cannot mail reset links: it has no public \
+    URL configured (KEYBROKER_PUBLIC_URL), and links are never built from a request's Host. \
+    No mail was sent. Ask its operator to run `keybroker accounts reset-password EMAIL`, which \
+    prints a one-time reset link for you";
 
 #[utoipa::path(
     post, path = "/api/v1/auth/password-reset/confirm", tag = "auth",

@@ -28,6 +28,7 @@ mod log_redaction;
 mod mail_support;
 mod metrics;
 mod oauth;
+mod operator_accounts;
 mod ops;
 mod password_reset;
 mod providers_file;

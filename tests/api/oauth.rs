@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use keybroker::config::OAuthClientSettings;
+use keybroker::config::{OAuthClientSettings, SignupPolicy};
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use reqwest::{Method, Url};
 use secrecy::SecretString;
@@ -452,4 +452,43 @@ async fn the_last_way_to_sign_in_cannot_be_unlinked() {
         res.json::<Value>().await.unwrap()["error"]["type"],
         "last_sign_in_method"
     );
+}
+
+#[tokio::test]
+async fn oauth_creates_no_account_unless_sign_up_is_open() {
+    let email = unique_email();
+    let fake = Fake::github(&email, true).await;
+    let github = fake.settings(true);
+    for policy in [SignupPolicy::Invite, SignupPolicy::Closed] {
+        let github = github.clone();
+        let app = TestApp::spawn_with(move |s| {
+            s.public_url = Some(PUBLIC_URL.to_owned());
+            s.oauth.github = Some(github);
+            s.signup = policy;
+        })
+        .await;
+        let res = come_back(&app, "github", &start(&app, "github").await).await;
+        assert_eq!(res.status(), 403, "{policy:?}");
+        assert!(session_cookie(res.headers()).is_none());
+        let accounts: i64 = rusqlite::Connection::open(app.db_path())
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM accounts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(accounts, 0, "{policy:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_disabled_account_cannot_sign_in_with_oauth() {
+    let email = unique_email();
+    let fake = Fake::github(&email, true).await;
+    let app = spawn_github(&fake).await;
+    app.signup(&email, PASSWORD).await;
+    rusqlite::Connection::open(app.db_path())
+        .unwrap()
+        .execute("UPDATE accounts SET disabled_at = 1", [])
+        .unwrap();
+    let res = come_back(&app, "github", &start(&app, "github").await).await;
+    assert_eq!(res.status(), 403);
+    assert!(session_cookie(res.headers()).is_none());
 }

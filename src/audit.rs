@@ -313,6 +313,8 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(include_str!("../migrations/0001_init.sql"))
             .unwrap();
+        conn.execute_batch(include_str!("../migrations/0008_audit_detail.sql"))
+            .unwrap();
         conn
     }
 
@@ -327,6 +329,23 @@ mod tests {
             outcome: Outcome::Success,
             at: 1_700_000_000,
         }
+    }
+
+    #[test]
+    fn a_detail_is_covered_by_the_hash() {
+        let conn = db();
+        append_with_detail(&conn, &event(Some(1), "ceiling.set"), "limit none -> 5.00").unwrap();
+        append(&conn, &event(Some(1), "login")).unwrap();
+        assert!(verify(&conn).unwrap().first_broken.is_none());
+        conn.execute_batch("DROP TRIGGER IF EXISTS audit_log_no_update;")
+            .unwrap();
+        conn.execute(
+            "UPDATE audit_log SET detail = 'limit none -> 500.00' WHERE action = 'ceiling.set'",
+            [],
+        )
+        .unwrap();
+        let broken = verify(&conn).unwrap().first_broken.unwrap();
+        assert_eq!(broken.reason, "entry contents do not match its hash");
     }
 
     #[test]

@@ -23,6 +23,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../migrations/0006_signup_confirmation.sql"),
     include_str!("../migrations/0007_operator_accounts.sql"),
     include_str!("../migrations/0008_audit_detail.sql"),
+    include_str!("../migrations/0009_recent_calls_token_latency.sql"),
 ];
 
 static MIGRATIONS: LazyLock<Migrations<'static>> =

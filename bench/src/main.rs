@@ -229,7 +229,18 @@ async fn run(opts: Options, pin: Pinning) -> Result<()> {
     ] {
         let (kb, port) = procs::start_keybroker(&opts.keybroker, name, up_port, workers, cores)?;
         let base = format!("http://127.0.0.1:{port}");
-        let token = setup::account(&base, "bench@example.com", "a long bench password").await?;
+        let data_dir = kb
+            .dir
+            .as_ref()
+            .map(|d| d.join("data"))
+            .ok_or_else(|| anyhow::anyhow!("keybroker has no data directory"))?;
+        let token = setup::account(
+            &base,
+            &data_dir,
+            "bench@example.com",
+            "a long bench password",
+        )
+        .await?;
         arms.push(Arm {
             name,
             label: label.into(),

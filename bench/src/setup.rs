@@ -1,12 +1,39 @@
 //! Makes a fresh keybroker ready for proxied calls through its public API: an account, a stored
 //! OpenAI key, a ceiling far above anything the benchmark spends, and a tool token.
 
+use std::path::Path;
+use std::time::{Duration, Instant};
+
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 
-/// Signs up as `email`, stores an OpenAI key, sets a generous ceiling and returns a tool token.
-/// Used by both `proxy-bench` and `proxy-drills` (whose login storm signs in as `email`).
-pub async fn account(base: &str, email: &str, password: &str) -> Result<String> {
+/// The `kbs_` confirmation code in the sign-up mail, waited for (bounded) in the outbox.
+async fn mailed_code(outbox: &Path) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(entries) = std::fs::read_dir(outbox) {
+            for entry in entries.flatten() {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                if let Some(at) = text.find("kbs_") {
+                    let code: String = text[at..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                        .collect();
+                    return Ok(code);
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no sign-up mail in {}", outbox.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Signs up as `email` (confirming through the mail keybroker writes to `<data_dir>/outbox/`,
+/// as it does without SMTP), stores an OpenAI key, sets a generous ceiling and returns a tool
+/// token. Used by both `proxy-bench` and `proxy-drills` (whose login storm signs in as `email`).
+pub async fn account(base: &str, data_dir: &Path, email: &str, password: &str) -> Result<String> {
     let client = reqwest::Client::new();
     let res = client
         .post(format!("{base}/api/v1/auth/signup"))
@@ -15,6 +42,15 @@ pub async fn account(base: &str, email: &str, password: &str) -> Result<String> 
         .await?;
     if !res.status().is_success() {
         bail!("sign-up failed: {}", res.status());
+    }
+    let code = mailed_code(&data_dir.join("outbox")).await?;
+    let res = client
+        .post(format!("{base}/api/v1/auth/signup/confirm"))
+        .json(&json!({"token": code, "password": password}))
+        .send()
+        .await?;
+    if !res.status().is_success() {
+        bail!("confirming the sign-up failed: {}", res.status());
     }
     let cookie = res
         .headers()

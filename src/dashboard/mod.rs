@@ -227,6 +227,9 @@ struct LoginPage {
     /// `/signup` only: who may sign up here, and what "check your mail" means on this server.
     policy: &'static str,
     done: String,
+    /// The password rule on `/signup`, as `accounts::password::validate` applies it.
+    min_chars: usize,
+    max_chars: usize,
 }
 
 /// Someone already signed in has nothing to do on `/login` or `/signup`.
@@ -245,6 +248,8 @@ async fn login(
         transport_warning: insecure_transport_warning(&req),
         policy: state.signup_policy.as_str(),
         done: String::new(),
+        min_chars: password::MIN_CHARS,
+        max_chars: password::MAX_CHARS,
     };
     page(p.render(), Exposure::Public)
 }
@@ -271,6 +276,8 @@ async fn signup(
         transport_warning: insecure_transport_warning(&req),
         policy: state.signup_policy.as_str(),
         done,
+        min_chars: password::MIN_CHARS,
+        max_chars: password::MAX_CHARS,
     };
     page(p.render(), Exposure::Public)
 }
@@ -389,6 +396,9 @@ struct CallRow {
     status: i64,
     outcome: String,
     cost: String,
+    token: String,
+    /// `420 ms`; empty for calls recorded before latency was.
+    latency: String,
 }
 
 impl From<RecentCall> for CallRow {
@@ -402,6 +412,12 @@ impl From<RecentCall> for CallRow {
             status: c.status,
             outcome: c.outcome,
             cost: c.cost.to_string(),
+            token: c.token,
+            latency: if c.latency_ms > 0 {
+                format!("{} ms", c.latency_ms)
+            } else {
+                String::new()
+            },
         }
     }
 }

@@ -42,6 +42,8 @@ pub enum Meter {
 
 /// Everything that must outlive the response headers and be finished when the body ends.
 pub struct Settlement {
+    /// When the call arrived: its latency, recorded with it, runs to the settlement.
+    pub started: std::time::Instant,
     pub reservation: Option<Reservation>,
     pub meter: Option<Meter>,
     pub prices: Arc<PriceTable>,
@@ -145,6 +147,7 @@ impl Settlement {
         if !complete {
             record.outcome = "failed";
         }
+        record.latency_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.writer.record_call(std::mem::take(record));
     }
 }

@@ -201,6 +201,9 @@ pub struct RecentCall {
     pub input_tokens: i64,
     pub output_tokens: i64,
     pub cost: Money,
+    /// The name of the tool token that made the call (empty if it is gone).
+    pub token: String,
+    pub latency_ms: i64,
 }
 
 /// The account's latest proxied calls (refusals included), newest first.
@@ -210,8 +213,10 @@ pub fn recent_calls(
     limit: u32,
 ) -> rusqlite::Result<Vec<RecentCall>> {
     conn.prepare_cached(
-        "SELECT provider, at, method, route, status, outcome, model, input_tokens, output_tokens, cost_micros FROM recent_calls
-         WHERE account_id = ?1 ORDER BY id DESC LIMIT ?2",
+        "SELECT c.provider, c.at, c.method, c.route, c.status, c.outcome, c.model, c.input_tokens,
+                c.output_tokens, c.cost_micros, COALESCE(t.name, ''), c.latency_ms
+         FROM recent_calls c LEFT JOIN tool_tokens t ON t.id = c.token_id AND t.account_id = c.account_id
+         WHERE c.account_id = ?1 ORDER BY c.id DESC LIMIT ?2",
     )?
     .query_map(params![account, limit], |r| {
         Ok(RecentCall {
@@ -225,6 +230,8 @@ pub fn recent_calls(
             input_tokens: r.get(7)?,
             output_tokens: r.get(8)?,
             cost: Money::from_micros(r.get(9)?),
+            token: r.get(10)?,
+            latency_ms: r.get(11)?,
         })
     })?
     .collect()

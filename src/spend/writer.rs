@@ -65,6 +65,8 @@ pub struct CallRecord {
     pub request_id: String,
     /// The tool token that made the call (its `last_used_at` is bumped).
     pub token_id: String,
+    /// From the call's arrival to its settlement (the whole answer, streamed or not).
+    pub latency_ms: u64,
 }
 
 /// A ceiling as configured, written in order with the spend events around it.
@@ -579,8 +581,8 @@ impl RecentCalls {
         }
         let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let mut insert = conn.prepare_cached(
-            "INSERT INTO recent_calls (account_id, provider, at, method, route, status, outcome, model, input_tokens, output_tokens, cost_micros, request_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            "INSERT INTO recent_calls (account_id, provider, at, method, route, status, outcome, model, input_tokens, output_tokens, cost_micros, request_id, token_id, latency_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?;
         let mut trim = conn.prepare_cached(
             "DELETE FROM recent_calls WHERE account_id = ?1 AND id <= (
@@ -602,7 +604,9 @@ impl RecentCalls {
                             clamp(c.input_tokens),
                             clamp(c.output_tokens),
                             c.cost.micros(),
-                            c.request_id
+                            c.request_id,
+                            c.token_id,
+                            clamp(c.latency_ms)
                         ])
                         .map(drop),
                 );

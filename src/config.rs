@@ -390,7 +390,11 @@ impl Settings {
     /// README's table).
     pub fn proxy_from_env(&mut self) -> Result<(), ConfigError> {
         for provider in crate::providers::ids() {
-            let var = format!("KEYBROKER_UPSTREAM_{}", provider.to_ascii_uppercase());
+            // `azure-openai` is read from `KEYBROKER_UPSTREAM_AZURE_OPENAI`.
+            let var = format!(
+                "KEYBROKER_UPSTREAM_{}",
+                provider.to_ascii_uppercase().replace('-', "_")
+            );
             if let Some(url) = env_var(&var) {
                 self.proxy
                     .upstreams

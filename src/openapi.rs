@@ -328,7 +328,7 @@ impl Modify for Security {
         (status = 424, description = "no_key", body = ErrorBody),
         (status = 429, description = "rate_limited or too_many_in_flight (Retry-After)", body = ErrorBody),
         (status = 502, description = "upstream_unreachable, upstream_bad_response, or the provider's error rebuilt", body = ErrorBody),
-        (status = 503, description = "spend_unavailable: the call's spend hold could not be recorded, so it was not sent", body = ErrorBody),
+        (status = 503, description = "spend_unavailable: the call's spend hold could not be recorded, so it was not sent; or provider_not_configured: the provider has no base URL on this server (Azure OpenAI until the operator sets KEYBROKER_UPSTREAM_AZURE_OPENAI)", body = ErrorBody),
         (status = 504, description = "upstream_timeout", body = ErrorBody),
     ),
     security(("token" = []), ("token_header" = []))

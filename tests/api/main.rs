@@ -31,6 +31,7 @@ mod oauth;
 mod ops;
 mod password_reset;
 mod providers_file;
+mod providers_more;
 mod proxy;
 mod redact_cli;
 mod remote;

@@ -29,8 +29,9 @@
 //! does, and an OpenAI SDK is pointed at `http://keybroker/proxy/{id}/v1` (Perplexity:
 //! `/proxy/perplexity`). All are metered in the OpenAI dialect. Streaming usage: where the
 //! provider needs `stream_options.include_usage` (as OpenAI does) the proxy adds it
-//! ([`StreamUsage::Ask`]); where it sends usage in the last chunk anyway and its request
-//! validation is strict, nothing is added ([`StreamUsage::Sent`]).
+//! ([`StreamUsage::Ask`]); where it sends usage in the last chunk anyway, nothing is added
+//! ([`StreamUsage::Sent`]): a field a provider does not know may be refused, while a stream
+//! without usage only settles at its reservation.
 //!
 //! # Azure OpenAI
 //!
@@ -259,7 +260,10 @@ pub static PROVIDERS: &[Provider] = &[
         format: Format::Free,
     },
     Provider {
-        // OpenAI SDK base_url `…/proxy/mistral/v1`. Usage comes in the last chunk of every stream, and its request validation refuses fields it does not know, so nothing is added. Keys: 32 characters, no prefix.
+        // OpenAI SDK base_url `…/proxy/mistral/v1`. Usage comes in the last chunk of every
+        // stream (mistralai/client-python#40, langchain_dart#795); whether Mistral accepts
+        // OpenAI's `stream_options` was not confirmed, so nothing is added. Keys: 32
+        // characters, no prefix.
         id: "mistral",
         display_name: "Mistral",
         base_url: "https://api.mistral.ai",
@@ -269,7 +273,9 @@ pub static PROVIDERS: &[Provider] = &[
         format: Format::Free,
     },
     Provider {
-        // Groq serves OpenAI's API under `/openai/v1`: SDK base_url `…/proxy/groq/v1`. Usage in a stream when `stream_options.include_usage` is set (it also sends `x_groq.usage`, which the OpenAI dialect does not read).
+        // Groq serves OpenAI's API under `/openai/v1`: SDK base_url `…/proxy/groq/v1`. Usage in a
+        // stream when `stream_options.include_usage` is set (it also sends `x_groq.usage`, which
+        // the OpenAI dialect does not read).
         id: "groq",
         display_name: "Groq",
         base_url: "https://api.groq.com/openai",
@@ -283,7 +289,8 @@ pub static PROVIDERS: &[Provider] = &[
         },
     },
     Provider {
-        // SDK base_url `…/proxy/together/v1`. Keys: 64 hex, or newer `tgp_v1_…`; no one shape, so the free format.
+        // SDK base_url `…/proxy/together/v1`. Keys: 64 hex, or newer `tgp_v1_…`; no one shape, so
+        // the free format.
         id: "together",
         display_name: "Together AI",
         base_url: "https://api.together.xyz",
@@ -293,7 +300,9 @@ pub static PROVIDERS: &[Provider] = &[
         format: Format::Free,
     },
     Provider {
-        // SDK base_url `…/proxy/deepseek/v1` (DeepSeek serves `/v1` for OpenAI compatibility). Keys are `sk-` + 32 hex, which the redactor's legacy OpenAI shape also takes (it would redact one as `openai`), so the free format rather than a kind of its own.
+        // SDK base_url `…/proxy/deepseek/v1` (DeepSeek serves `/v1` for OpenAI compatibility). Keys
+        // are `sk-` + 32 hex, which the redactor's legacy OpenAI shape also takes (it would redact
+        // one as `openai`), so the free format rather than a kind of its own.
         id: "deepseek",
         display_name: "DeepSeek",
         base_url: "https://api.deepseek.com",
@@ -317,7 +326,10 @@ pub static PROVIDERS: &[Provider] = &[
         },
     },
     Provider {
-        // OpenRouter's API lives under `/api/v1`: SDK base_url `…/proxy/openrouter/v1`. Usage (and its own `cost`) is in the last SSE message of every stream; `stream_options.include_usage` is deprecated there and has no effect.
+        // OpenRouter's API lives under `/api/v1`: SDK base_url `…/proxy/openrouter/v1`. Usage
+        // (and its own `cost`) is in the last SSE message of every stream;
+        // `stream_options.include_usage` is deprecated there and has no effect
+        // (openrouter.ai/docs/use-cases/usage-accounting).
         id: "openrouter",
         display_name: "OpenRouter",
         base_url: "https://openrouter.ai/api",
@@ -331,7 +343,9 @@ pub static PROVIDERS: &[Provider] = &[
         },
     },
     Provider {
-        // Fireworks serves OpenAI's API under `/inference/v1`: SDK base_url `…/proxy/fireworks/v1`. Model ids are `accounts/fireworks/models/…`. Keys have no published shape (`fw_…` for newer ones).
+        // Fireworks serves OpenAI's API under `/inference/v1`: SDK base_url `…/proxy/fireworks/v1`.
+        // Model ids are `accounts/fireworks/models/…`. Keys have no published shape (`fw_…` for
+        // newer ones).
         id: "fireworks",
         display_name: "Fireworks AI",
         base_url: "https://api.fireworks.ai/inference",
@@ -341,7 +355,9 @@ pub static PROVIDERS: &[Provider] = &[
         format: Format::Free,
     },
     Provider {
-        // SDK base_url `…/proxy/cerebras/v1`. Usage is in the last chunk of a stream.
+        // SDK base_url `…/proxy/cerebras/v1`. Usage in the last chunk of a stream, asked or not:
+        // believed, not confirmed by a source read here (if it is missing, the stream settles
+        // at its reservation, never below).
         id: "cerebras",
         display_name: "Cerebras",
         base_url: "https://api.cerebras.ai",
@@ -355,7 +371,10 @@ pub static PROVIDERS: &[Provider] = &[
         },
     },
     Provider {
-        // Perplexity's chat completions are at the root (`/chat/completions`, no `/v1`): SDK base_url `…/proxy/perplexity`. Usage is in the final chunk of a stream. Its per-request search fee is not metered (see default_prices.toml).
+        // Perplexity's chat completions are at the root (`/chat/completions`, no `/v1`): SDK
+        // base_url `…/proxy/perplexity`. Usage in the final chunk of a stream: believed, not
+        // confirmed (as for Cerebras). Its per-request search fee is not metered (see
+        // default_prices.toml).
         id: "perplexity",
         display_name: "Perplexity",
         base_url: "https://api.perplexity.ai",
@@ -1078,7 +1097,7 @@ mod tests {
     }
 
     /// Streamed usage is asked for where the provider needs `stream_options.include_usage`, and
-    /// not added where usage comes anyway (Mistral's validation refuses unknown fields).
+    /// not added where usage comes anyway.
     #[test]
     fn streamed_usage_is_asked_for_only_where_it_must_be() {
         for id in [

@@ -166,7 +166,7 @@ async fn every_new_provider_gets_its_key_in_its_header_and_costs_its_priced_usag
 }
 
 /// Where the provider needs `stream_options.include_usage` keybroker adds it; where usage comes
-/// anyway and unknown fields are refused (Mistral) the client's body goes as it was.
+/// anyway (Mistral) the client's body goes as it was.
 #[tokio::test]
 async fn streamed_usage_is_asked_for_only_from_providers_that_need_asking() {
     let (app, upstream) = app_with_upstream().await;

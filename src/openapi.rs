@@ -78,6 +78,9 @@ pub enum ErrorType {
     PasswordTooShort,
     PayloadTooLarge,
     ProviderNotAllowed,
+    /// A proxied call to a provider with no base URL on this server (Azure OpenAI until the
+    /// operator sets `KEYBROKER_UPSTREAM_AZURE_OPENAI`); nothing was reserved or sent (503).
+    ProviderNotConfigured,
     RateLimited,
     ReauthRequired,
     /// The request body did not arrive within `KEYBROKER_BODY_TIMEOUT_SECS` (408).

@@ -581,6 +581,15 @@ fn parse_auth(raw: &str) -> Option<Injection> {
     }
 }
 
+/// The environment variable that overrides a built-in provider's base URL:
+/// `KEYBROKER_UPSTREAM_` + the id in upper case, `-` as `_` (`KEYBROKER_UPSTREAM_AZURE_OPENAI`).
+pub fn upstream_env_var(id: &str) -> String {
+    format!(
+        "KEYBROKER_UPSTREAM_{}",
+        id.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
 /// An operator's upstream base URL: `http(s)://host[:port][/path]` with no credentials, query or
 /// fragment, returned without a trailing slash. The one check for the providers file and the
 /// `KEYBROKER_UPSTREAM_<PROVIDER>` variables alike.
@@ -1087,6 +1096,11 @@ mod tests {
     #[test]
     fn azure_openai_has_no_built_in_base_url() {
         assert_eq!(p("azure-openai").base_url, "");
+        assert_eq!(
+            upstream_env_var("azure-openai"),
+            "KEYBROKER_UPSTREAM_AZURE_OPENAI"
+        );
+        assert_eq!(upstream_env_var("openai"), "KEYBROKER_UPSTREAM_OPENAI");
         let r = Registry::load(
             "[providers.azure-openai]\nbase_url = \"https://contoso.openai.azure.com/\"\n",
         )

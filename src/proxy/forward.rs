@@ -484,10 +484,10 @@ pub async fn proxy(
             StatusCode::SERVICE_UNAVAILABLE,
             "provider_not_configured",
             format!(
-                "{} has no base URL on this server: the operator sets \
-                 KEYBROKER_UPSTREAM_{} or base_url in the providers file",
+                "{} has no base URL on this server: the operator sets {} or base_url in the \
+                 providers file",
                 provider.display_name,
-                provider.id.to_ascii_uppercase().replace('-', "_")
+                crate::providers::upstream_env_var(provider.id)
             ),
         ));
     }

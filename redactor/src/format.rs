@@ -30,7 +30,7 @@ use std::sync::OnceLock;
 /// | `Xai` | `xai-` + 70–90 of `[A-Za-z0-9_]` |
 /// | `OpenRouter` | `sk-or-v1-` + 64 hex |
 /// | `Perplexity` | `pplx-` + 40–56 alphanumerics |
-/// | `Cerebras` | `csk-` + 40–56 lower-case letters and digits |
+/// | `Cerebras` | `csk-` + 40–64 lower-case letters and digits |
 /// | `Jwt` | `eyJ….eyJ….signature` |
 /// | `PrivateKey` | a PEM block from `-----BEGIN … PRIVATE KEY-----` to its END line |
 /// | `KeybrokerToken` | `kb_` + 43+ base64url |

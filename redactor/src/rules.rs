@@ -53,13 +53,15 @@ pub(crate) const ANTHROPIC_LEGACY_STRIP: &[&str] = &["sk-ant-api03-"];
 pub(crate) const RESEND_LEGACY_STRIP: &[&str] = &["re_"];
 pub(crate) const ANTHROPIC_LEGACY: &str = r"sk-ant-api03-[A-Za-z0-9_\-]{32,200}";
 pub(crate) const RESEND_LEGACY: &str = r"re_[A-Za-z0-9_]{16,100}";
-// OpenAI-compatible inference providers with a distinctive key start (lengths as the providers
-// issue them, with a little slack where the published length is not certain).
+// OpenAI-compatible inference providers with a distinctive key start. Lengths as the public
+// scanners' rules have them (gitleaks, trufflehog, kingfisher: gsk_ + 52, xai- + 80, sk-or-v1- +
+// 64 hex, pplx- + 48, csk- + 48), with slack where the scanners disagree or a provider may lengthen
+// its keys (a key refused at the API is worse than a generous shape with a distinctive start).
 pub(crate) const GROQ: &str = r"gsk_[A-Za-z0-9]{52}";
 pub(crate) const XAI: &str = r"xai-[A-Za-z0-9_]{70,90}";
 pub(crate) const OPENROUTER: &str = r"sk-or-v1-[0-9a-f]{64}";
 pub(crate) const PERPLEXITY: &str = r"pplx-[A-Za-z0-9]{40,56}";
-pub(crate) const CEREBRAS: &str = r"csk-[a-z0-9]{40,56}";
+pub(crate) const CEREBRAS: &str = r"csk-[a-z0-9]{40,64}";
 pub(crate) const JWT: &str =
     r"ey[A-Za-z0-9_\-]{10,}\.ey[A-Za-z0-9_\-/\\]{10,}\.[A-Za-z0-9_\-/\\+]*={0,2}";
 pub(crate) const PEM_BEGIN: &str = r"-----BEGIN[ A-Z0-9_\-]{0,100}PRIVATE KEY(?: BLOCK)?-----";

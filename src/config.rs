@@ -417,7 +417,7 @@ impl Settings {
     /// README's table).
     pub fn proxy_from_env(&mut self) -> Result<(), ConfigError> {
         for provider in crate::providers::ids() {
-            let var = format!("KEYBROKER_UPSTREAM_{}", provider.to_ascii_uppercase());
+            let var = crate::providers::upstream_env_var(provider);
             if let Some(url) = env_var(&var) {
                 self.proxy
                     .upstreams

@@ -80,6 +80,9 @@ pub enum ErrorType {
     PasswordTooShort,
     PayloadTooLarge,
     ProviderNotAllowed,
+    /// A proxied call to a provider with no base URL on this server (Azure OpenAI until the
+    /// operator sets `KEYBROKER_UPSTREAM_AZURE_OPENAI`); nothing was reserved or sent (503).
+    ProviderNotConfigured,
     RateLimited,
     ReauthRequired,
     /// The request body did not arrive within `KEYBROKER_BODY_TIMEOUT_SECS` (408).
@@ -343,7 +346,7 @@ impl Modify for Security {
         (status = 424, description = "no_key", body = ErrorBody),
         (status = 429, description = "rate_limited or too_many_in_flight (Retry-After)", body = ErrorBody),
         (status = 502, description = "upstream_unreachable, upstream_bad_response, or the provider's error rebuilt", body = ErrorBody),
-        (status = 503, description = "spend_unavailable: the call's spend hold could not be recorded, so it was not sent", body = ErrorBody),
+        (status = 503, description = "spend_unavailable: the call's spend hold could not be recorded, so it was not sent; or provider_not_configured: the provider has no base URL on this server (Azure OpenAI until the operator sets KEYBROKER_UPSTREAM_AZURE_OPENAI)", body = ErrorBody),
         (status = 504, description = "upstream_timeout", body = ErrorBody),
     ),
     security(("token" = []), ("token_header" = []))

@@ -535,6 +535,6 @@ fn log_provider_overrides(providers: &crate::providers::Registry, settings: &Set
         }
     }
     for (provider, base) in &settings.proxy.upstreams {
-        tracing::info!(%provider, base_url = %base, "provider base URL overridden by KEYBROKER_UPSTREAM_{}", provider.to_ascii_uppercase().replace('-', "_"));
+        tracing::info!(%provider, base_url = %base, "provider base URL overridden by {}", crate::providers::upstream_env_var(provider));
     }
 }

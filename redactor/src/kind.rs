@@ -29,6 +29,16 @@ pub enum Kind {
     Vultr,
     /// Railway tokens beside a Railway keyword.
     Railway,
+    /// Groq API keys (`gsk_…`).
+    Groq,
+    /// xAI API keys (`xai-…`).
+    Xai,
+    /// OpenRouter API keys (`sk-or-v1-…`).
+    OpenRouter,
+    /// Perplexity API keys (`pplx-…`).
+    Perplexity,
+    /// Cerebras API keys (`csk-…`).
+    Cerebras,
     /// JSON Web Tokens, also base64-wrapped.
     Jwt,
     /// PEM / OpenSSH / PGP private-key blocks.
@@ -54,7 +64,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in declaration order.
-    pub const ALL: [Kind; 22] = [
+    pub const ALL: [Kind; 27] = [
         Kind::OpenAi,
         Kind::Anthropic,
         Kind::Google,
@@ -67,6 +77,11 @@ impl Kind {
         Kind::Resend,
         Kind::Vultr,
         Kind::Railway,
+        Kind::Groq,
+        Kind::Xai,
+        Kind::OpenRouter,
+        Kind::Perplexity,
+        Kind::Cerebras,
         Kind::Jwt,
         Kind::PrivateKey,
         Kind::Bearer,
@@ -94,6 +109,11 @@ impl Kind {
             Kind::Resend => "resend",
             Kind::Vultr => "vultr",
             Kind::Railway => "railway",
+            Kind::Groq => "groq",
+            Kind::Xai => "xai",
+            Kind::OpenRouter => "openrouter",
+            Kind::Perplexity => "perplexity",
+            Kind::Cerebras => "cerebras",
             Kind::Jwt => "jwt",
             Kind::PrivateKey => "private-key",
             Kind::Bearer => "bearer",
@@ -151,6 +171,11 @@ pub fn marker(kind: Kind) -> &'static str {
         Kind::Resend => "[REDACTED:resend]",
         Kind::Vultr => "[REDACTED:vultr]",
         Kind::Railway => "[REDACTED:railway]",
+        Kind::Groq => "[REDACTED:groq]",
+        Kind::Xai => "[REDACTED:xai]",
+        Kind::OpenRouter => "[REDACTED:openrouter]",
+        Kind::Perplexity => "[REDACTED:perplexity]",
+        Kind::Cerebras => "[REDACTED:cerebras]",
         Kind::Jwt => "[REDACTED:jwt]",
         Kind::PrivateKey => "[REDACTED:private-key]",
         Kind::Bearer => "[REDACTED:bearer]",

@@ -38,6 +38,30 @@ pub(crate) const SLACK_WEBHOOK: &str =
     r"https?://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_\-/+]{16,}";
 pub(crate) const ELEVENLABS: &str = r"sk_[0-9a-f]{32,64}";
 pub(crate) const RESEND: &str = r"re_[A-Za-z0-9]{6,12}_[A-Za-z0-9]{16,40}";
+// Looser shapes keybroker's registry accepted before its key check delegated here, and that it
+// still accepts (stored keys, scripts and tests use them). Scanned too, so a key the API takes is
+// a key the redactor finds, but only through [`Check::Legacy`]: two of lower case, upper case and
+// digits (so `sk-learn-compatible-estimators` and `re_compile_pattern_for_x` stay), not another
+// provider's start (`sk-ant-` is Anthropic's, `sk-or-` OpenRouter's), and for OpenAI without a
+// marker other than `T3BlbkFJ` (`…T4BlbkFJ…` is a damaged or made-up key, and a key with the real
+// marker is taken by `OPENAI` already).
+pub(crate) const OPENAI_LEGACY: &str = r"sk-(?:(?:proj|svcacct|admin)-)?[A-Za-z0-9_\-]{20,250}";
+pub(crate) const OPENAI_LEGACY_EXCEPT: &[&str] = &["sk-ant-", "sk-or-"];
+pub(crate) const OPENAI_LEGACY_WITHOUT: &[&str] = &["BlbkFJ"];
+pub(crate) const OPENAI_LEGACY_STRIP: &[&str] = &["sk-proj-", "sk-svcacct-", "sk-admin-", "sk-"];
+pub(crate) const ANTHROPIC_LEGACY_STRIP: &[&str] = &["sk-ant-api03-"];
+pub(crate) const RESEND_LEGACY_STRIP: &[&str] = &["re_"];
+pub(crate) const ANTHROPIC_LEGACY: &str = r"sk-ant-api03-[A-Za-z0-9_\-]{32,200}";
+pub(crate) const RESEND_LEGACY: &str = r"re_[A-Za-z0-9_]{16,100}";
+// OpenAI-compatible inference providers with a distinctive key start. Lengths as the public
+// scanners' rules have them (gitleaks, trufflehog, kingfisher: gsk_ + 52, xai- + 80, sk-or-v1- +
+// 64 hex, pplx- + 48, csk- + 48), with slack where the scanners disagree or a provider may lengthen
+// its keys (a key refused at the API is worse than a generous shape with a distinctive start).
+pub(crate) const GROQ: &str = r"gsk_[A-Za-z0-9]{52}";
+pub(crate) const XAI: &str = r"xai-[A-Za-z0-9_]{70,90}";
+pub(crate) const OPENROUTER: &str = r"sk-or-v1-[0-9a-f]{64}";
+pub(crate) const PERPLEXITY: &str = r"pplx-[A-Za-z0-9]{40,56}";
+pub(crate) const CEREBRAS: &str = r"csk-[a-z0-9]{40,64}";
 pub(crate) const JWT: &str =
     r"ey[A-Za-z0-9_\-]{10,}\.ey[A-Za-z0-9_\-/\\]{10,}\.[A-Za-z0-9_\-/\\+]*={0,2}";
 pub(crate) const PEM_BEGIN: &str = r"-----BEGIN[ A-Z0-9_\-]{0,100}PRIVATE KEY(?: BLOCK)?-----";
@@ -68,6 +92,13 @@ pub(crate) enum Check {
     UrlUserinfo,
     /// A private-key body: at least 64 bytes besides any markers already in it.
     PemBody,
+    /// A legacy key shape (see [`OPENAI_LEGACY`]): after the first of `strip` it starts with,
+    /// two of lower case, upper case and digits; no start in `except`; none of `without`.
+    Legacy {
+        strip: &'static [&'static str],
+        except: &'static [&'static str],
+        without: &'static [&'static str],
+    },
 }
 
 pub(crate) struct RuleSpec {
@@ -160,11 +191,45 @@ pub(crate) fn specs() -> Vec<RuleSpec> {
         lit(&["sk-"]),
     );
     add(
+        Kind::OpenAi,
+        format!(r"{LB}(?P<s>{OPENAI_LEGACY}){RB}"),
+        Check::Legacy {
+            strip: OPENAI_LEGACY_STRIP,
+            except: OPENAI_LEGACY_EXCEPT,
+            without: OPENAI_LEGACY_WITHOUT,
+        },
+        lit(&["sk-"]),
+    );
+    add(
         Kind::Anthropic,
         format!(r"{LB}(?P<s>{ANTHROPIC}){RB}"),
         Check::None,
         lit(&["sk-ant-"]),
     );
+    add(
+        Kind::Anthropic,
+        format!(r"{LB}(?P<s>{ANTHROPIC_LEGACY}){RB}"),
+        Check::Legacy {
+            strip: ANTHROPIC_LEGACY_STRIP,
+            except: &[],
+            without: &[],
+        },
+        lit(&["sk-ant-api03-"]),
+    );
+    for (kind, shape, anchor) in [
+        (Kind::Groq, GROQ, "gsk_"),
+        (Kind::Xai, XAI, "xai-"),
+        (Kind::OpenRouter, OPENROUTER, "sk-or-v1-"),
+        (Kind::Perplexity, PERPLEXITY, "pplx-"),
+        (Kind::Cerebras, CEREBRAS, "csk-"),
+    ] {
+        add(
+            kind,
+            format!(r"{LB}(?P<s>{shape}){RB}"),
+            Check::None,
+            lit(&[anchor]),
+        );
+    }
     add(
         Kind::Google,
         format!(r"{LB}(?P<s>{GOOGLE}){RB}"),
@@ -202,6 +267,16 @@ pub(crate) fn specs() -> Vec<RuleSpec> {
         lit(&["re_"]),
     );
     add(
+        Kind::Resend,
+        format!(r"{LB}(?P<s>{RESEND_LEGACY}){RB}"),
+        Check::Legacy {
+            strip: RESEND_LEGACY_STRIP,
+            except: &[],
+            without: &[],
+        },
+        lit(&["re_"]),
+    );
+    add(
         Kind::Twilio,
         format!(r"{LB}(?P<s>{TWILIO_SID}){RB}"),
         Check::None,
@@ -210,14 +285,20 @@ pub(crate) fn specs() -> Vec<RuleSpec> {
         Vec::new(),
     );
     // Auth tokens are bare 32-hex strings: only taken beside a Twilio name or right after an
-    // account SID (`AC…:token`, the Basic-auth pair).
+    // account SID (`AC…:token`, the Basic-auth pair, which is also how keybroker stores a
+    // Twilio key). Two rules, because the pair has no literal long enough for the shared
+    // prefilter (as for the SIDs above, its own regex's prefilter finds `AC` quickly).
     add(
         Kind::Twilio,
-        format!(
-            r#"(?:(?i:twilio)[A-Za-z0-9_.\-]*{SEP}|AC[0-9a-fA-F]{{32}}["']?[ \t]*[:,][ \t]*["']?)(?P<s>[0-9a-fA-F]{{32}}){RB}"#
-        ),
+        format!(r#"(?i:twilio)[A-Za-z0-9_.\-]*{SEP}(?P<s>[0-9a-fA-F]{{32}}){RB}"#),
         Check::None,
-        lit(&["wilio", "WILIO", "ACCA"]),
+        lit(&["wilio", "WILIO"]),
+    );
+    add(
+        Kind::Twilio,
+        format!(r#"AC[0-9a-fA-F]{{32}}["']?[ \t]*[:,][ \t]*["']?(?P<s>[0-9a-fA-F]{{32}}){RB}"#),
+        Check::None,
+        Vec::new(),
     );
     add(
         Kind::Aws,
@@ -726,7 +807,28 @@ pub(crate) fn check(check: Check, name: Option<&[u8]>, value: &[u8]) -> bool {
         Check::CurlUser => curl_user_ok(value),
         Check::UrlUserinfo => url_userinfo_ok(value),
         Check::PemBody => value.len() >= 64,
+        Check::Legacy {
+            strip,
+            except,
+            without,
+        } => legacy_ok(value, strip, except, without),
     }
+}
+
+/// See [`Check::Legacy`].
+fn legacy_ok(value: &[u8], strip: &[&str], except: &[&str], without: &[&str]) -> bool {
+    let body = strip
+        .iter()
+        .find_map(|p| value.strip_prefix(p.as_bytes()))
+        .unwrap_or(value);
+    let lower = body.iter().any(u8::is_ascii_lowercase);
+    let upper = body.iter().any(u8::is_ascii_uppercase);
+    let digit = body.iter().any(u8::is_ascii_digit);
+    usize::from(lower) + usize::from(upper) + usize::from(digit) >= 2
+        && !except.iter().any(|e| value.starts_with(e.as_bytes()))
+        && !without
+            .iter()
+            .any(|w| memchr::memmem::find(value, w.as_bytes()).is_some())
 }
 
 #[cfg(test)]

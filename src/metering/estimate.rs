@@ -644,8 +644,8 @@ mod tests {
         let fallback = (bytes * 15_000_000 + 10 * 75_000_000).div_ceil(1_000_000);
         assert_eq!(e.cost.micros, Money::from_micros(fallback as i64));
         // A provider with no models in the table falls to the default output.
-        let body = json!({"model": "mistral-large", "messages": []});
-        let e = estimate("mistral", Dialect::OpenAi, &body);
+        let body = json!({"model": "acme-large", "messages": []});
+        let e = estimate("acme-llm", Dialect::OpenAi, &body);
         assert_eq!(
             (e.output_tokens, e.output_bound),
             (4_096, OutputBound::Default)

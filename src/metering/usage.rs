@@ -475,7 +475,10 @@ fn openai_usage(value: &Value) -> Result<Option<Usage>, NonsenseUsage> {
     let (prompt, cached, completion, reasoning) = if usage.get("prompt_tokens").is_some() {
         (
             count(usage, "/prompt_tokens")?,
-            count(usage, "/prompt_tokens_details/cached_tokens")?,
+            // DeepSeek reports its cache hits as `prompt_cache_hit_tokens` (the rest of the
+            // prompt as `prompt_cache_miss_tokens`); the two spellings mean the same tokens.
+            count(usage, "/prompt_tokens_details/cached_tokens")?
+                .max(count(usage, "/prompt_cache_hit_tokens")?),
             count(usage, "/completion_tokens")?,
             count(usage, "/completion_tokens_details/reasoning_tokens")?,
         )
@@ -781,6 +784,19 @@ mod tests {
                 ..Usage::default()
             }
         );
+    }
+
+    #[test]
+    fn deepseek_cache_hits_are_read_from_its_own_field() {
+        let body = json!({"model": "deepseek-chat", "usage": {"prompt_tokens": 100,
+            "prompt_cache_hit_tokens": 60, "prompt_cache_miss_tokens": 40,
+            "completion_tokens": 7, "total_tokens": 107}});
+        let usage = usage_from_json(Dialect::OpenAi, &body, None).unwrap();
+        assert_eq!((usage.input_tokens, usage.cached_input_tokens), (40, 60));
+        assert_eq!(usage.output_tokens, 7);
+        // A report of it that makes no sense is refused like any other field.
+        let bad = json!({"usage": {"prompt_tokens": 1, "prompt_cache_hit_tokens": "many"}});
+        assert_eq!(usage_from_json(Dialect::OpenAi, &bad, None), None);
     }
 
     #[test]

@@ -477,6 +477,20 @@ pub async fn proxy(
             "this token is not allowed to use this provider",
         ));
     }
+    // A provider without a base URL (Azure OpenAI until the operator names the resource) is
+    // refused before anything is reserved or sent: there is no host to guess.
+    if proxy.base_url(provider).is_empty() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "provider_not_configured",
+            format!(
+                "{} has no base URL on this server: the operator sets {} or base_url in the \
+                 providers file",
+                provider.display_name,
+                crate::providers::upstream_env_var(provider.id)
+            ),
+        ));
+    }
     if let Err(not_until) = proxy.rate.check_key(&token.id) {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(
             &governor::clock::DefaultClock::default(),
@@ -538,7 +552,8 @@ pub async fn proxy(
     // OpenAI streams report usage only when asked: ask, and hide the extra chunk from a client
     // that did not.
     let mut strip_usage_chunk = false;
-    if let (Pricing::Tokens(Dialect::OpenAi), Some(j)) = (pricing, json.as_mut()) {
+    let ask_usage = provider.stream_usage == crate::providers::StreamUsage::Ask;
+    if let (Pricing::Tokens(Dialect::OpenAi), Some(j), true) = (pricing, json.as_mut(), ask_usage) {
         if usage::openai_prepare_stream_request(j) {
             strip_usage_chunk = true;
             body = serde_json::to_vec(j).map_err(ApiError::internal)?.into();

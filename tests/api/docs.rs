@@ -39,7 +39,26 @@ fn the_readme_providers_file_example_loads() {
         .expect("the providers section");
     let block = after.split("```\n").nth(1).expect("an example block");
     let registry = keybroker::providers::Registry::load(block).unwrap();
-    assert!(registry.lookup("mistral").is_some());
+    assert!(registry.lookup("acme-llm").is_some());
+}
+
+/// The README's example key is one the API accepts (not a masked key, in OpenAI's format) and
+/// is obviously not a real key.
+#[test]
+fn the_readme_example_key_is_accepted_and_obviously_fake() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let key = readme
+        .split(r#"{"provider": "openai", "key": ""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the README adds an OpenAI key");
+    let openai = keybroker::providers::lookup("openai").unwrap();
+    assert!(
+        keybroker::keys::material::KeyMaterial::parse(openai, key).is_ok(),
+        "{key}"
+    );
+    assert!(key.contains("EXAMPLE"), "{key}");
 }
 
 fn repo_file(path: &str) -> String {

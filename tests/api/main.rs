@@ -32,6 +32,7 @@ mod operator_accounts;
 mod ops;
 mod password_reset;
 mod providers_file;
+mod providers_more;
 mod proxy;
 mod redact_cli;
 mod remote;

@@ -15,23 +15,23 @@ async fn a_providers_file_adds_a_provider_and_changes_how_a_built_in_one_is_call
         &file,
         format!(
             "[providers.anthropic]\nbase_url = \"{url}\"\nauth = \"header:api-key\"\n\n\
-             [providers.mistral]\ndisplay_name = \"Mistral\"\nbase_url = \"{url}\"\nauth = \"bearer\"\nmetering = \"openai\"\n",
+             [providers.acme-llm]\ndisplay_name = \"Acme LLM\"\nbase_url = \"{url}\"\nauth = \"bearer\"\nmetering = \"openai\"\n",
             url = upstream.url
         ),
     )
     .unwrap();
     let app = TestApp::spawn_with(|s| s.providers_file = Some(file.clone())).await;
     let s = app.signed_up().await;
-    let mistral_key = "mistral-free-form-key-0123456789";
-    add_key(&app, &s, "mistral", mistral_key).await;
+    let acme_key = "acme-free-form-key-0123456789ab";
+    add_key(&app, &s, "acme-llm", acme_key).await;
     add_key(&app, &s, "anthropic", ANTHROPIC_KEY).await;
-    let t = token(&app, &s, Some(&["mistral", "anthropic"])).await;
+    let t = token(&app, &s, Some(&["acme-llm", "anthropic"])).await;
 
     let res = app
         .client
-        .post(app.url("/proxy/mistral/v1/chat/completions"))
+        .post(app.url("/proxy/acme-llm/v1/chat/completions"))
         .bearer_auth(&t)
-        .json(&chat("mistral-large"))
+        .json(&chat("acme-large"))
         .send()
         .await
         .unwrap();
@@ -51,7 +51,7 @@ async fn a_providers_file_adds_a_provider_and_changes_how_a_built_in_one_is_call
     let calls = upstream.recorder.calls();
     assert_eq!(
         calls[0].credentials,
-        [format!("authorization: Bearer {mistral_key}")]
+        [format!("authorization: Bearer {acme_key}")]
     );
     assert_eq!(calls[1].credentials, [format!("api-key: {ANTHROPIC_KEY}")]);
 
@@ -65,15 +65,15 @@ async fn a_providers_file_adds_a_provider_and_changes_how_a_built_in_one_is_call
         .json()
         .await
         .unwrap();
-    let mistral = usage["providers"]
+    let acme = usage["providers"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["provider"] == "mistral")
+        .find(|p| p["provider"] == "acme-llm")
         .unwrap()
         .clone();
-    assert_eq!(mistral["input_tokens"], 12);
-    assert_eq!(mistral["fallback_priced_calls"], 1);
+    assert_eq!(acme["input_tokens"], 12);
+    assert_eq!(acme["fallback_priced_calls"], 1);
 }
 
 #[tokio::test]

@@ -29,6 +29,16 @@ pub async fn app_with_upstream() -> (TestApp, FakeUpstream) {
             "resend",
             "vultr",
             "railway",
+            "mistral",
+            "groq",
+            "together",
+            "deepseek",
+            "xai",
+            "openrouter",
+            "fireworks",
+            "cerebras",
+            "perplexity",
+            "azure-openai",
         ] {
             s.proxy.upstreams.insert(p.to_owned(), url.clone());
         }

@@ -212,11 +212,11 @@ mod tests {
         // Encoded once and twice.
         assert!(url_carries_key(
             "/x",
-            "a=%73k-proj-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+            "a=%73k-proj-aB3aaaaaaaaaaaaaaaaaaaaaaaaaaa"
         ));
         assert!(url_carries_key(
             "/x",
-            "a=%2573k-proj-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+            "a=%2573k-proj-aB3aaaaaaaaaaaaaaaaaaaaaaaaaaa"
         ));
     }
 

@@ -147,7 +147,10 @@ impl Settlement {
         if !complete {
             record.outcome = "failed";
         }
-        record.latency_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // At least 1 ms: 0 is what rows from before latency was recorded hold.
+        record.latency_ms = u64::try_from(self.started.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         self.writer.record_call(std::mem::take(record));
     }
 }

@@ -630,7 +630,7 @@ pub async fn proxy(
         Err(ReserveError::Ceiling(refusal)) => {
             record.status = 402;
             record.outcome = "refused";
-            record.latency_ms = started.elapsed().as_millis() as u64;
+            record.latency_ms = (started.elapsed().as_millis() as u64).max(1);
             proxy.writer.record_call(record);
             return Err(refused(provider.id, &refusal));
         }
@@ -725,7 +725,7 @@ pub async fn proxy(
                 ),
             };
             record.status = status.as_u16();
-            record.latency_ms = started.elapsed().as_millis() as u64;
+            record.latency_ms = (started.elapsed().as_millis() as u64).max(1);
             proxy.writer.record_call(record);
             tracing::warn!(provider = provider.id, error = %e, "upstream request failed");
             return Err(ApiError::new(status, kind, message).with_field("provider", provider.id));
@@ -742,7 +742,7 @@ pub async fn proxy(
         let settled = reservation.settle(estimate.micros);
         record.outcome = "upstream_error";
         record.cost = settled.charged;
-        record.latency_ms = started.elapsed().as_millis() as u64;
+        record.latency_ms = (started.elapsed().as_millis() as u64).max(1);
         proxy.writer.record_call(record);
         tracing::warn!(
             provider = provider.id,
@@ -764,7 +764,7 @@ pub async fn proxy(
         let upstream_body = response.body().limit(256 * 1024).await.unwrap_or_default();
         reservation.release();
         record.outcome = "upstream_error";
-        record.latency_ms = started.elapsed().as_millis() as u64;
+        record.latency_ms = (started.elapsed().as_millis() as u64).max(1);
         proxy.writer.record_call(record);
         let rebuilt = crate::proxy::upstream_error::rebuild(
             provider.id,

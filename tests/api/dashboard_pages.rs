@@ -520,6 +520,48 @@ async fn the_spend_page_lists_each_providers_period_and_recent_calls() {
         "a meter only under a ceiling"
     );
     assert!(body.contains("No spend in the last 30 days."));
-    assert!(body.contains(r#">OpenAI</td><td data-label="Model">gpt-4o-mini</td><td class="t" data-label="Tokens in → out">1200 → 350</td>"#));
+    // Seeded rows carry no token or latency: those cells are empty.
+    assert!(body.contains(r#">OpenAI</td><td data-label="Token"></td><td data-label="Model">gpt-4o-mini</td><td class="t" data-label="Tokens in → out">1200 → 350</td><td class="t" data-label="Latency"></td>"#));
     assert!(body.contains("2023-11-14 22:13:20Z"));
+}
+
+#[tokio::test]
+async fn the_spend_page_shows_the_token_and_latency_of_a_proxied_call() {
+    let (app, _upstream) = crate::proxy::app_with_upstream().await;
+    let s = app.signed_up().await;
+    crate::proxy::add_key(&app, &s, "openai", crate::proxy::OPENAI_KEY).await;
+    let res = app
+        .post_json(
+            "/api/v1/tokens",
+            Some(&s),
+            &serde_json::json!({"name": "night-agent"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let t = res.json::<serde_json::Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .client
+        .post(app.url("/proxy/openai/v1/chat/completions"))
+        .bearer_auth(&t)
+        .json(&crate::proxy::chat("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.bytes().await.unwrap();
+    let body = page_text(&app, &s, "/dashboard/spend").await;
+    assert!(
+        body.contains(r#"<td data-label="Token">night-agent</td>"#),
+        "{body}"
+    );
+    let latency = body
+        .split(r#"<td class="t" data-label="Latency">"#)
+        .nth(1)
+        .and_then(|rest| rest.split(" ms</td>").next())
+        .and_then(|ms| ms.parse::<u64>().ok());
+    assert!(latency.is_some(), "a latency in ms: {body}");
 }

@@ -3,50 +3,27 @@
 //! peppered hash of the one address they admit, valid 7 days, redeemed once by a single atomic
 //! `UPDATE` inside the sign-up's transaction.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use base64::Engine as _;
-use rand::RngCore;
 use rusqlite::{params, Connection, OptionalExtension};
-use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
+
+use super::one_time;
 
 pub const TOKEN_PREFIX: &str = "kbi_";
 pub const TOKEN_TTL_SECS: i64 = 7 * 24 * 60 * 60;
 
-/// A freshly made invite. Only the operator's terminal ever sees [`InviteToken::as_str`].
-pub struct InviteToken(Zeroizing<String>);
+/// Marks invite tokens (`kbi_`).
+pub struct Invite;
 
-impl std::fmt::Debug for InviteToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("InviteToken(<redacted>)")
-    }
+impl one_time::Kind for Invite {
+    const PREFIX: &'static str = TOKEN_PREFIX;
+    const NAME: &'static str = "InviteToken";
 }
 
-impl InviteToken {
-    pub fn generate() -> Self {
-        let mut bytes = Zeroizing::new([0u8; 32]);
-        rand::rngs::OsRng.fill_bytes(bytes.as_mut());
-        Self(Zeroizing::new(format!(
-            "{TOKEN_PREFIX}{}",
-            B64.encode(bytes.as_ref())
-        )))
-    }
+/// A freshly issued invite token.
+pub type InviteToken = one_time::OneTimeToken<Invite>;
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn hash(&self) -> [u8; 32] {
-        Sha256::digest(self.0.as_bytes()).into()
-    }
-}
-
-/// The stored hash of a presented invite, or `None` when it is not shaped like one of ours.
+/// The stored hash of a presented token, or `None` when it is not shaped like one of ours.
 pub fn hash_presented(raw: &str) -> Option<[u8; 32]> {
-    let raw = raw.trim();
-    let body = raw.strip_prefix(TOKEN_PREFIX)?;
-    let decoded = Zeroizing::new(B64.decode(body).ok()?);
-    (decoded.len() == 32).then(|| Sha256::digest(raw.as_bytes()).into())
+    one_time::hash_presented::<Invite>(raw)
 }
 
 /// Stores an invite for the address whose peppered hash is `email_hash`, dropping expired ones.

@@ -5,6 +5,7 @@
 pub mod email;
 pub mod invite;
 pub mod oauth;
+pub mod one_time;
 pub mod operator;
 pub mod password;
 pub mod reset;

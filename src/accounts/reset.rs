@@ -1,49 +1,27 @@
 //! Password-reset tokens: `kbr_` + 256 random bits (base64url), stored only as their SHA-256,
 //! bound to one account, valid 24 hours, redeemed once by a single atomic `UPDATE`.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use base64::Engine as _;
-use rand::RngCore;
 use rusqlite::{params, Connection, OptionalExtension};
-use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
+
+use super::one_time;
 
 pub const TOKEN_PREFIX: &str = "kbr_";
 pub const TOKEN_TTL_SECS: i64 = 24 * 60 * 60;
 
-/// A freshly issued token. Only the mail ever sees [`ResetToken::as_str`].
-pub struct ResetToken(Zeroizing<String>);
+/// Marks reset tokens (`kbr_`).
+pub struct Reset;
 
-impl std::fmt::Debug for ResetToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ResetToken(<redacted>)")
-    }
+impl one_time::Kind for Reset {
+    const PREFIX: &'static str = TOKEN_PREFIX;
+    const NAME: &'static str = "ResetToken";
 }
 
-impl ResetToken {
-    pub fn generate() -> Self {
-        let mut bytes = Zeroizing::new([0u8; 32]);
-        rand::rngs::OsRng.fill_bytes(bytes.as_mut());
-        Self(Zeroizing::new(format!(
-            "{TOKEN_PREFIX}{}",
-            B64.encode(bytes.as_ref())
-        )))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn hash(&self) -> [u8; 32] {
-        Sha256::digest(self.0.as_bytes()).into()
-    }
-}
+/// A freshly issued reset token.
+pub type ResetToken = one_time::OneTimeToken<Reset>;
 
 /// The stored hash of a presented token, or `None` when it is not shaped like one of ours.
 pub fn hash_presented(raw: &str) -> Option<[u8; 32]> {
-    let body = raw.strip_prefix(TOKEN_PREFIX)?;
-    let decoded = Zeroizing::new(B64.decode(body).ok()?);
-    (decoded.len() == 32).then(|| Sha256::digest(raw.as_bytes()).into())
+    one_time::hash_presented::<Reset>(raw)
 }
 
 /// Stores a new token for the account, voiding any older one.

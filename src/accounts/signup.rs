@@ -7,49 +7,27 @@
 //! that check, whoever signed an address up first could have its owner confirm *their* password
 //! by clicking the mail (account pre-hijacking).
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use base64::Engine as _;
-use rand::RngCore;
 use rusqlite::{params, Connection, OptionalExtension};
-use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
+
+use super::one_time;
 
 pub const TOKEN_PREFIX: &str = "kbs_";
 pub const TOKEN_TTL_SECS: i64 = 24 * 60 * 60;
 
-/// A freshly issued token. Only the mail ever sees [`SignupToken::as_str`].
-pub struct SignupToken(Zeroizing<String>);
+/// Marks signup tokens (`kbs_`).
+pub struct Signup;
 
-impl std::fmt::Debug for SignupToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SignupToken(<redacted>)")
-    }
+impl one_time::Kind for Signup {
+    const PREFIX: &'static str = TOKEN_PREFIX;
+    const NAME: &'static str = "SignupToken";
 }
 
-impl SignupToken {
-    pub fn generate() -> Self {
-        let mut bytes = Zeroizing::new([0u8; 32]);
-        rand::rngs::OsRng.fill_bytes(bytes.as_mut());
-        Self(Zeroizing::new(format!(
-            "{TOKEN_PREFIX}{}",
-            B64.encode(bytes.as_ref())
-        )))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn hash(&self) -> [u8; 32] {
-        Sha256::digest(self.0.as_bytes()).into()
-    }
-}
+/// A freshly issued signup token.
+pub type SignupToken = one_time::OneTimeToken<Signup>;
 
 /// The stored hash of a presented token, or `None` when it is not shaped like one of ours.
 pub fn hash_presented(raw: &str) -> Option<[u8; 32]> {
-    let body = raw.trim().strip_prefix(TOKEN_PREFIX)?;
-    let decoded = Zeroizing::new(B64.decode(body).ok()?);
-    (decoded.len() == 32).then(|| Sha256::digest(raw.trim().as_bytes()).into())
+    one_time::hash_presented::<Signup>(raw)
 }
 
 /// Stores a token for the (unconfirmed) account, dropping expired ones on the way.

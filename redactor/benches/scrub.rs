@@ -45,6 +45,28 @@ fn scrub(c: &mut Criterion) {
             n + s.finish().len()
         })
     });
+    // What `proxy::headers::response_headers` asks of each forwarded response header.
+    let headers = [
+        "application/json",
+        "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
+        "req_0123456789abcdef0123456789abcdef",
+        "312",
+        "2024-06-01",
+        "no-cache, must-revalidate",
+        "Fri, 06 Dec 2026 22:00:00 GMT",
+        "9999",
+        "29999987",
+        "6ms",
+    ];
+    g.throughput(Throughput::Elements(headers.len() as u64));
+    g.bench_function("ten_header_values", |b| {
+        b.iter(|| {
+            headers
+                .iter()
+                .filter(|v| scrubber.finds(black_box(v.as_bytes())))
+                .count()
+        })
+    });
     let block = ANSWER.repeat(80);
     g.throughput(Throughput::Bytes(block.len() as u64));
     g.bench_function("body_64k", |b| {

@@ -209,29 +209,36 @@ impl Scrubber {
 
     /// Whether any form of the key, or a run of one, can be read out of `text`.
     pub fn finds(&self, text: &[u8]) -> bool {
-        let mut canon = Canonical::default();
-        canon.read(text, true);
-        let mut spans = Vec::new();
-        self.runs(&canon, &mut spans);
-        !spans.is_empty()
+        !self.spans_of(text).is_empty()
     }
 
     /// `text` with every run of the key's forms masked (same length). Borrowed when nothing was
     /// found.
     pub fn scrub<'a>(&self, text: &'a [u8]) -> Cow<'a, [u8]> {
-        if self.forms.is_empty() || text.len() < MIN_RUN.min(crate::MIN_SECRET_LEN) {
-            return Cow::Borrowed(text);
-        }
-        let mut canon = Canonical::default();
-        canon.read(text, true);
-        let mut spans = Vec::new();
-        self.runs(&canon, &mut spans);
+        let spans = self.spans_of(text);
         if spans.is_empty() {
             return Cow::Borrowed(text);
         }
         let mut out = text.to_vec();
         mask(&mut out, &spans);
         Cow::Owned(out)
+    }
+
+    /// Original-byte spans of every run in a whole `text`. Text with nothing to decode or skip
+    /// (most header values, most bodies) is scanned as it is, without a canonical copy.
+    fn spans_of(&self, text: &[u8]) -> Vec<(usize, usize)> {
+        let mut spans = Vec::new();
+        if self.forms.is_empty() || text.len() < crate::MIN_SECRET_LEN {
+            return spans;
+        }
+        if plain(text) {
+            self.runs_in(text, |a, e| (a, e), &mut spans);
+        } else {
+            let mut canon = Canonical::default();
+            canon.read(text, true);
+            self.runs(&canon, &mut spans);
+        }
+        spans
     }
 
     /// [`Scrubber::scrub`] for text.
@@ -246,7 +253,17 @@ impl Scrubber {
 
     /// Original-byte spans of every run found in `canon`, sorted and merged.
     fn runs(&self, canon: &Canonical, out: &mut Vec<(usize, usize)>) {
-        let c = canon.bytes.as_slice();
+        self.runs_in(&canon.bytes, |a, e| canon.original(a, e), out);
+    }
+
+    /// [`Scrubber::runs`] over canonical bytes `c`, with `original` mapping a canonical span back
+    /// to the text's.
+    fn runs_in(
+        &self,
+        c: &[u8],
+        original: impl Fn(usize, usize) -> (usize, usize),
+        out: &mut Vec<(usize, usize)>,
+    ) {
         let mut found: Vec<(usize, usize)> = Vec::new();
         if self.short.len() < self.forms.len() && c.len() >= MIN_RUN {
             let mask_bits = (1usize << self.table_bits) - 1;
@@ -290,7 +307,7 @@ impl Scrubber {
         }
         found.sort_unstable();
         for (a, e) in found {
-            let (start, end) = canon.original(a, e);
+            let (start, end) = original(a, e);
             match out.last_mut() {
                 Some(last) if start <= last.1 => last.1 = last.1.max(end),
                 _ => out.push((start, end)),
@@ -360,6 +377,12 @@ fn mask(out: &mut [u8], spans: &[(usize, usize)]) {
             };
         }
     }
+}
+
+/// Text with nothing to decode or skip: ASCII without `%`, `\` or `&`. Its canonical view is
+/// itself.
+fn plain(text: &[u8]) -> bool {
+    text.is_ascii() && memchr::memchr3(b'%', b'\\', b'&', text).is_none()
 }
 
 /// The canonical (decoded) view of a text, with where each canonical byte came from.
@@ -535,7 +558,7 @@ impl Canonical {
         self.bytes.clear();
         self.from.clear();
         // Fast path: nothing to decode, nothing to skip.
-        if text.is_ascii() && memchr::memchr3(b'%', b'\\', b'&', text).is_none() {
+        if plain(text) {
             self.bytes.extend_from_slice(text);
             self.identity = true;
             self.consumed = text.len();

@@ -147,10 +147,7 @@ impl Settlement {
         if !complete {
             record.outcome = "failed";
         }
-        // At least 1 ms: 0 is what rows from before latency was recorded hold.
-        record.latency_ms = u64::try_from(self.started.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        record.took_since(self.started);
         self.writer.record_call(std::mem::take(record));
     }
 }

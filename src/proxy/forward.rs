@@ -267,22 +267,17 @@ fn free_call(method: &str, folded: &str, bodiless: bool) -> bool {
     }
 }
 
-/// Refuses what would carry a body past the estimate: a body on GET or HEAD (a provider may read
-/// it, or a front end may route the call by an override), or a compressed body (the provider
-/// decompresses what keybroker measured compressed). `body_len` is the body read so far, if any.
-fn refuse_body_tricks(req: &HttpRequest, body_len: Option<usize>) -> Result<(), ApiError> {
-    let method = req.method();
-    if method == actix_web::http::Method::GET || method == actix_web::http::Method::HEAD {
-        let declared = req
-            .headers()
-            .get(actix_web::http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes().iter().any(|b| *b != b'0'));
-        if declared || body_len.is_some_and(|n| n > 0) {
-            return Err(ApiError::bad_request(
-                "body_not_allowed",
-                "a GET or HEAD request may not have a body",
-            ));
-        }
+/// Refuses, before the body is read, what would carry a body past the estimate: a GET or HEAD
+/// that declares a body (a provider may read it, or a front end may route the call by an
+/// override), or a compressed body (the provider decompresses what keybroker measured
+/// compressed). A GET or HEAD body that arrives undeclared (chunked) is [`refuse_read_body`]'s.
+fn refuse_body_tricks(req: &HttpRequest) -> Result<(), ApiError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes().iter().any(|b| *b != b'0'));
+    if declared {
+        refuse_read_body(req, 1)?;
     }
     let encoded = req
         .headers()
@@ -293,6 +288,20 @@ fn refuse_body_tricks(req: &HttpRequest, body_len: Option<usize>) -> Result<(), 
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_content_encoding",
             "request bodies must not be compressed: send them without Content-Encoding",
+        ));
+    }
+    Ok(())
+}
+
+/// A GET or HEAD whose body (of `len` bytes) arrived is refused.
+fn refuse_read_body(req: &HttpRequest, len: usize) -> Result<(), ApiError> {
+    let method = req.method();
+    if len > 0
+        && (method == actix_web::http::Method::GET || method == actix_web::http::Method::HEAD)
+    {
+        return Err(ApiError::bad_request(
+            "body_not_allowed",
+            "a GET or HEAD request may not have a body",
         ));
     }
     Ok(())
@@ -457,7 +466,7 @@ pub async fn proxy(
     );
     // A provider's own key (or anything else) where the keybroker token belongs: the same 401,
     // saying what is expected. The shape alone decides it, so it tells nothing about accounts.
-    if !presented.starts_with("kb_") {
+    if !presented.starts_with(tokens::PREFIX) {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "authentication_failed",
@@ -516,9 +525,9 @@ pub async fn proxy(
         .with_retry_after(1)
     })?;
 
-    refuse_body_tricks(&req, None)?;
+    refuse_body_tricks(&req)?;
     let mut body = read_body(&req, payload, proxy.settings.max_body_bytes).await?;
-    refuse_body_tricks(&req, Some(body.len()))?;
+    refuse_read_body(&req, body.len())?;
     let method = req.method().as_str().to_owned();
     let folded = upstream_path.folded();
     let pricing = Pricing::of(provider, &proxy.prices, &method, folded, body.is_empty());
@@ -630,7 +639,7 @@ pub async fn proxy(
         Err(ReserveError::Ceiling(refusal)) => {
             record.status = 402;
             record.outcome = "refused";
-            record.latency_ms = (started.elapsed().as_millis() as u64).max(1);
+            record.took_since(started);
             proxy.writer.record_call(record);
             return Err(refused(provider.id, &refusal));
         }
@@ -725,7 +734,7 @@ pub async fn proxy(
                 ),
             };
             record.status = status.as_u16();
-            record.latency_ms = (started.elapsed().as_millis() as u64).max(1);
+            record.took_since(started);
             proxy.writer.record_call(record);
             tracing::warn!(provider = provider.id, error = %e, "upstream request failed");
             return Err(ApiError::new(status, kind, message).with_field("provider", provider.id));
@@ -742,7 +751,7 @@ pub async fn proxy(
         let settled = reservation.settle(estimate.micros);
         record.outcome = "upstream_error";
         record.cost = settled.charged;
-        record.latency_ms = (started.elapsed().as_millis() as u64).max(1);
+        record.took_since(started);
         proxy.writer.record_call(record);
         tracing::warn!(
             provider = provider.id,
@@ -764,7 +773,7 @@ pub async fn proxy(
         let upstream_body = response.body().limit(256 * 1024).await.unwrap_or_default();
         reservation.release();
         record.outcome = "upstream_error";
-        record.latency_ms = (started.elapsed().as_millis() as u64).max(1);
+        record.took_since(started);
         proxy.writer.record_call(record);
         let rebuilt = crate::proxy::upstream_error::rebuild(
             provider.id,

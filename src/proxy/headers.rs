@@ -3,7 +3,9 @@
 //! idempotency, tracing), and among those never one that could carry a credential: a name with a
 //! credential or session word in it, or a value holding the presented token or anything shaped like
 //! a keybroker token (the token travels in the provider's usual auth header and must never reach
-//! the provider). Responses lose hop-by-hop headers and cookies.
+//! the provider). Responses carry an allow-list too (what the SDKs read: framing and caching
+//! metadata, request ids, retry and rate-limit headers), and a value carrying any form of the
+//! call's key drops its header ([`response_headers`]).
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use base64::Engine as _;

@@ -69,6 +69,16 @@ pub struct CallRecord {
     pub latency_ms: u64,
 }
 
+impl CallRecord {
+    /// Records the call's latency up to now: at least 1 ms, since 0 is what rows from before
+    /// latency was recorded hold.
+    pub fn took_since(&mut self, started: std::time::Instant) {
+        self.latency_ms = u64::try_from(started.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+    }
+}
+
 /// A ceiling as configured, written in order with the spend events around it.
 #[derive(Debug, Clone)]
 pub struct CeilingRow {

@@ -3,8 +3,8 @@
 //! command). Every change is audited on the account's chain with the actor `operator`; one-time
 //! codes are printed to stdout and never logged.
 
+use crate::db::Conn;
 use clap::Subcommand;
-use rusqlite::Connection;
 
 use crate::accounts::invite::{self, InviteToken};
 use crate::accounts::reset::{self, ResetToken};
@@ -59,7 +59,7 @@ struct Ctx {
 
 pub fn run(command: AccountsCommand, settings: Settings) -> anyhow::Result<()> {
     // A mistyped --data-dir must not quietly become a new, empty database.
-    if !settings.database_path().exists() {
+    if settings.database.is_none() && !settings.database_path().exists() {
         anyhow::bail!(
             "no database at {} (start `keybroker serve` once, or pass --data-dir)",
             settings.database_path().display()
@@ -72,7 +72,7 @@ pub fn run(command: AccountsCommand, settings: Settings) -> anyhow::Result<()> {
     let secrets = ServerSecrets::resolve(
         &settings.secrets,
         &settings.data_dir,
-        settings.missing_secrets,
+        settings.missing_secrets_policy(),
     )?;
     let ctx = Ctx {
         db,
@@ -108,7 +108,7 @@ fn operator_event(account_id: Option<i64>, action: &str, at: i64) -> audit::Even
 }
 
 /// An account id (digits) or an email address, resolved to an existing account's id.
-fn resolve(conn: &Connection, emails: &EmailHasher, which: &str) -> anyhow::Result<i64> {
+fn resolve(conn: &Conn<'_>, emails: &EmailHasher, which: &str) -> anyhow::Result<i64> {
     let which = which.trim();
     if !which.is_empty() && which.bytes().all(|b| b.is_ascii_digit()) {
         let id: i64 = which.parse()?;
@@ -155,16 +155,15 @@ fn list(ctx: &Ctx) -> anyhow::Result<()> {
 
 fn confirm(ctx: &Ctx, which: &str) -> anyhow::Result<()> {
     let changed = ctx.db.write_blocking(|conn| -> anyhow::Result<_> {
-        let tx = conn.transaction()?;
-        let id = resolve(&tx, &ctx.emails, which)?;
-        let changed = operator::confirm(&tx, id, ctx.now)?;
+        let tx = conn;
+        let id = resolve(tx, &ctx.emails, which)?;
+        let changed = operator::confirm(tx, id, ctx.now)?;
         if changed {
             audit::append(
-                &tx,
+                tx,
                 &operator_event(Some(id), "signup.confirm.operator", ctx.now),
             )?;
         }
-        tx.commit()?;
         Ok((id, changed))
     })?;
     match changed {
@@ -182,11 +181,10 @@ fn invite(ctx: &Ctx, raw: &str) -> anyhow::Result<()> {
     let token = InviteToken::generate();
     let (token_hash, email_hash) = (token.hash(), ctx.emails.hash(&email));
     let expires = ctx.db.write_blocking(|conn| -> anyhow::Result<_> {
-        let tx = conn.transaction()?;
-        let expires = invite::issue(&tx, &token_hash, &email_hash, ctx.now)?;
+        let tx = conn;
+        let expires = invite::issue(tx, &token_hash, &email_hash, ctx.now)?;
         // Chain 0: no account exists for an invite yet (the address is not written down).
-        audit::append(&tx, &operator_event(None, "signup.invite", ctx.now))?;
-        tx.commit()?;
+        audit::append(tx, &operator_event(None, "signup.invite", ctx.now))?;
         Ok(expires)
     })?;
     println!(
@@ -205,13 +203,12 @@ fn invite(ctx: &Ctx, raw: &str) -> anyhow::Result<()> {
 
 fn disable(ctx: &Ctx, which: &str) -> anyhow::Result<()> {
     let (id, changed) = ctx.db.write_blocking(|conn| -> anyhow::Result<_> {
-        let tx = conn.transaction()?;
-        let id = resolve(&tx, &ctx.emails, which)?;
-        let changed = operator::disable(&tx, id, ctx.now)?;
+        let tx = conn;
+        let id = resolve(tx, &ctx.emails, which)?;
+        let changed = operator::disable(tx, id, ctx.now)?;
         if changed {
-            audit::append(&tx, &operator_event(Some(id), "account.disable", ctx.now))?;
+            audit::append(tx, &operator_event(Some(id), "account.disable", ctx.now))?;
         }
-        tx.commit()?;
         Ok((id, changed))
     })?;
     if changed {
@@ -224,13 +221,12 @@ fn disable(ctx: &Ctx, which: &str) -> anyhow::Result<()> {
 
 fn enable(ctx: &Ctx, which: &str) -> anyhow::Result<()> {
     let (id, changed) = ctx.db.write_blocking(|conn| -> anyhow::Result<_> {
-        let tx = conn.transaction()?;
-        let id = resolve(&tx, &ctx.emails, which)?;
-        let changed = operator::enable(&tx, id)?;
+        let tx = conn;
+        let id = resolve(tx, &ctx.emails, which)?;
+        let changed = operator::enable(tx, id)?;
         if changed {
-            audit::append(&tx, &operator_event(Some(id), "account.enable", ctx.now))?;
+            audit::append(tx, &operator_event(Some(id), "account.enable", ctx.now))?;
         }
-        tx.commit()?;
         Ok((id, changed))
     })?;
     if changed {
@@ -245,14 +241,13 @@ fn reset_password(ctx: &Ctx, which: &str) -> anyhow::Result<()> {
     let token = ResetToken::generate();
     let token_hash = token.hash();
     let id = ctx.db.write_blocking(|conn| -> anyhow::Result<_> {
-        let tx = conn.transaction()?;
-        let id = resolve(&tx, &ctx.emails, which)?;
-        reset::issue(&tx, id, &token_hash, ctx.now)?;
+        let tx = conn;
+        let id = resolve(tx, &ctx.emails, which)?;
+        reset::issue(tx, id, &token_hash, ctx.now)?;
         audit::append(
-            &tx,
+            tx,
             &operator_event(Some(id), "password_reset.operator", ctx.now),
         )?;
-        tx.commit()?;
         Ok(id)
     })?;
     let path = format!("/reset/confirm?token={}", token.as_str());

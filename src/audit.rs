@@ -1,7 +1,8 @@
 //! The audit log: an append-only record of security-relevant events, hash-chained per account so
 //! that an edited, removed or reordered entry is detected by [`verify`].
 
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::db::{Conn, Optional as _};
+use crate::params;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -113,17 +114,17 @@ fn entry_hash(
 
 /// Appends an event to its account's chain. Call it inside the same write transaction as the
 /// change it records, so the record and the change commit together.
-pub fn append(conn: &Connection, event: &Event<'_>) -> rusqlite::Result<()> {
+pub fn append(conn: &Conn<'_>, event: &Event<'_>) -> crate::db::Result<()> {
     append_with_detail(conn, event, "")
 }
 
 /// [`append`], with the figures the change moved (`detail`, written by keybroker, never by a
 /// client: it is shown and exported as it is).
 pub fn append_with_detail(
-    conn: &Connection,
+    conn: &Conn<'_>,
     event: &Event<'_>,
     detail: &str,
-) -> rusqlite::Result<()> {
+) -> crate::db::Result<()> {
     let chain = event.account_id.unwrap_or(NO_ACCOUNT_CHAIN);
     let last: Option<(i64, Vec<u8>)> = conn
         .query_row(
@@ -204,19 +205,18 @@ pub struct VerifyReport {
 }
 
 /// Walks every chain from its start and reports the first broken link.
-pub fn verify(conn: &Connection) -> rusqlite::Result<VerifyReport> {
-    let mut stmt = conn.prepare(
-        "SELECT id, chain, seq, at, actor, action, resource, request_id, client_addr, outcome, prev_hash, hash, detail
-         FROM audit_log ORDER BY chain, seq",
-    )?;
-    let mut rows = stmt.query([])?;
+pub fn verify(conn: &Conn<'_>) -> crate::db::Result<VerifyReport> {
     let mut report = VerifyReport {
         chains: 0,
         entries: 0,
         first_broken: None,
     };
     let mut current: Option<(i64, i64, Vec<u8>)> = None; // chain, last seq, last hash
-    while let Some(r) = rows.next()? {
+    conn.for_each(
+        "SELECT id, chain, seq, at, actor, action, resource, request_id, client_addr, outcome, prev_hash, hash, detail
+         FROM audit_log ORDER BY chain, seq",
+        (),
+        |r| {
         let (id, chain, seq): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
         let prev_hash: Vec<u8> = r.get(10)?;
         let hash: Vec<u8> = r.get(11)?;
@@ -262,7 +262,8 @@ pub fn verify(conn: &Connection) -> rusqlite::Result<VerifyReport> {
             }
         }
         current = Some((chain, seq, hash));
-    }
+        Ok(())
+    })?;
     Ok(report)
 }
 
@@ -277,7 +278,7 @@ pub struct Query<'a> {
     pub limit: u32,
 }
 
-pub fn list(conn: &Connection, account_id: i64, q: &Query<'_>) -> rusqlite::Result<Vec<Entry>> {
+pub fn list(conn: &Conn<'_>, account_id: i64, q: &Query<'_>) -> crate::db::Result<Vec<Entry>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, seq, at, actor, action, resource, request_id, client_addr, outcome, detail FROM audit_log
          WHERE chain = ?1
@@ -309,13 +310,8 @@ pub fn list(conn: &Connection, account_id: i64, q: &Query<'_>) -> rusqlite::Resu
 mod tests {
     use super::*;
 
-    fn db() -> Connection {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(include_str!("../migrations/0001_init.sql"))
-            .unwrap();
-        conn.execute_batch(include_str!("../migrations/0008_audit_detail.sql"))
-            .unwrap();
-        conn
+    fn db() -> Conn<'static> {
+        Conn::memory()
     }
 
     fn event(account: Option<i64>, action: &str) -> Event<'_> {
@@ -341,7 +337,7 @@ mod tests {
             .unwrap();
         conn.execute(
             "UPDATE audit_log SET detail = 'limit none -> 500.00' WHERE action = 'ceiling.set'",
-            [],
+            (),
         )
         .unwrap();
         let broken = verify(&conn).unwrap().first_broken.unwrap();
@@ -369,7 +365,7 @@ mod tests {
             append(&conn, &event(Some(1), a)).unwrap();
         }
         assert!(conn
-            .execute("UPDATE audit_log SET action = 'x' WHERE seq = 2", [])
+            .execute("UPDATE audit_log SET action = 'x' WHERE seq = 2", ())
             .is_err());
         conn.execute_batch("DROP TRIGGER audit_log_no_update; UPDATE audit_log SET action = 'login' WHERE seq = 2;")
             .unwrap();

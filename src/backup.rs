@@ -104,6 +104,17 @@ fn sqlite_sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Opens the SQLite file at `path` read-only (a backup's source; safe beside a running server).
+fn open_read_only(path: &Path) -> Result<Connection, BackupError> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| BackupError::NoDatabase(format!("{}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
 fn fsync(path: &Path) -> Result<(), BackupError> {
     File::open(path)
         .and_then(|f| f.sync_all())
@@ -189,7 +200,7 @@ pub fn backup(db: &Path, dest: &Path, force: bool) -> Result<BackupReport, Backu
         .unwrap_or_else(|| "keybroker-backup".into());
     let tmp = TempFile::create(dir, &stem)?;
 
-    let source = check::open_read_only(db).map_err(BackupError::NoDatabase)?;
+    let source = open_read_only(db)?;
     let snapshot_started = Instant::now();
     // VACUUM INTO writes into an existing file only when it is empty, which ours is; its mode
     // (0600) is kept.
@@ -268,8 +279,11 @@ pub fn restore(
     }
     let tables = seal_copy(&tmp.path)?;
     let lines = {
-        let conn = check::open_read_only(&tmp.path).map_err(BackupError::NoDatabase)?;
-        check::run(&conn, &Secrets::resolve(sources, data_dir))
+        let secrets = Secrets::resolve(sources, data_dir);
+        crate::db::inspect(&crate::db::Location::Sqlite(tmp.path.clone()), |c| {
+            check::run(c, &secrets)
+        })
+        .map_err(|e| BackupError::NoDatabase(e.to_string()))?
     };
     if !check::all_ok(&lines) {
         return Err(BackupError::Refused { lines });

@@ -6,11 +6,10 @@
 use std::fmt;
 use std::path::Path;
 
-use rusqlite::{Connection, OpenFlags};
+use crate::db::{Conn, Location};
 
 use crate::accounts::{Email, EmailHasher};
 use crate::config::{self, Missing, SecretSources, ServerSecrets};
-use crate::db::MIGRATIONS_COUNT;
 use crate::vault::Vault;
 use crate::vault_store;
 
@@ -76,23 +75,8 @@ impl Secrets {
     }
 }
 
-/// Opens `path` read-only (no migration, nothing created).
-pub fn open_read_only(path: &Path) -> Result<Connection, String> {
-    if !path.exists() {
-        return Err(format!("no database at {}", path.display()));
-    }
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| format!("{}: {e}", path.display()))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(|e| e.to_string())?;
-    Ok(conn)
-}
-
 /// Runs every check on `conn`, in order, and returns one line each.
-pub fn run(conn: &Connection, secrets: &Secrets) -> Vec<Line> {
+pub fn run(conn: &Conn<'_>, secrets: &Secrets) -> Vec<Line> {
     let mut lines = vec![
         line("integrity", integrity(conn)),
         line("schema", schema(conn)),
@@ -125,26 +109,16 @@ pub fn all_ok(lines: &[Line]) -> bool {
     lines.iter().all(|l| l.status != Status::Fail)
 }
 
-fn integrity(conn: &Connection) -> Result<String, String> {
-    let mut stmt = conn
-        .prepare("PRAGMA integrity_check")
-        .map_err(|e| e.to_string())?;
-    let problems: Vec<String> = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .and_then(|rows| rows.collect())
-        .map_err(|e| e.to_string())?;
+fn integrity(conn: &Conn<'_>) -> Result<String, String> {
+    let (what, problems) = conn.integrity_problems().map_err(|e| e.to_string())?;
     match problems.as_slice() {
-        [ok] if ok == "ok" => Ok("PRAGMA integrity_check: ok".into()),
-        [] => Err("PRAGMA integrity_check returned nothing".into()),
+        [] => Ok(format!("{what}: ok")),
         [first, ..] => Err(format!("{} problem(s), first: {first}", problems.len())),
     }
 }
 
-fn schema(conn: &Connection) -> Result<String, String> {
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(|e| e.to_string())?;
-    let known = MIGRATIONS_COUNT as i64;
+fn schema(conn: &Conn<'_>) -> Result<String, String> {
+    let (version, known) = conn.schema_version().map_err(|e| e.to_string())?;
     if version > known {
         Err(format!(
             "schema version {version} is newer than this binary's {known}"
@@ -160,7 +134,7 @@ fn schema(conn: &Connection) -> Result<String, String> {
     }
 }
 
-fn canary(conn: &Connection, vault: &Vault) -> Result<String, String> {
+fn canary(conn: &Conn<'_>, vault: &Vault) -> Result<String, String> {
     if vault_store::canary_ok(conn, vault) {
         Ok("decrypts with the configured master key".into())
     } else {
@@ -168,14 +142,14 @@ fn canary(conn: &Connection, vault: &Vault) -> Result<String, String> {
     }
 }
 
-fn key_ids(conn: &Connection, vault: &Vault) -> Result<String, String> {
+fn key_ids(conn: &Conn<'_>, vault: &Vault) -> Result<String, String> {
     vault_store::check_key_ids_present(conn, vault).map_err(|e| e.to_string())?;
     let usage = vault_store::key_id_usage(conn).map_err(|e| e.to_string())?;
     let listed: Vec<String> = usage.iter().map(|(id, n)| format!("{id}: {n}")).collect();
     Ok(format!("all configured ({})", listed.join(", ")))
 }
 
-fn stored_values(conn: &Connection, vault: &Vault) -> Result<String, String> {
+fn stored_values(conn: &Conn<'_>, vault: &Vault) -> Result<String, String> {
     let tables = vault_store::open_all(conn, vault).map_err(|e| e.to_string())?;
     let opened: u64 = tables.iter().map(|t| t.opened).sum();
     let failed: Vec<String> = tables
@@ -202,16 +176,16 @@ fn stored_values(conn: &Connection, vault: &Vault) -> Result<String, String> {
 
 /// The newest account's email, decrypted and hashed with the configured pepper, must give the
 /// hash its row is keyed by; with another pepper nobody could sign in.
-fn email_pepper(conn: &Connection, vault: &Vault, hasher: &EmailHasher) -> Result<String, String> {
+fn email_pepper(conn: &Conn<'_>, vault: &Vault, hasher: &EmailHasher) -> Result<String, String> {
     let newest: Option<(i64, Vec<u8>)> = conn
         .query_row(
             "SELECT id, email_hash FROM accounts ORDER BY id DESC LIMIT 1",
-            [],
+            (),
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .map(Some)
         .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            crate::db::DbError::NoRows => Ok(None),
             e => Err(e),
         })
         .map_err(|e| e.to_string())?;
@@ -229,7 +203,7 @@ fn email_pepper(conn: &Connection, vault: &Vault, hasher: &EmailHasher) -> Resul
     }
 }
 
-fn audit(conn: &Connection) -> Result<String, String> {
+fn audit(conn: &Conn<'_>) -> Result<String, String> {
     let report = crate::audit::verify(conn).map_err(|e| e.to_string())?;
     match report.first_broken {
         None => Ok(format!(
@@ -241,10 +215,13 @@ fn audit(conn: &Connection) -> Result<String, String> {
 }
 
 /// `keybroker check`: one line per check on stdout; an error when any failed.
-pub fn check_command(data_dir: &Path, sources: &SecretSources) -> anyhow::Result<()> {
-    let conn =
-        open_read_only(&data_dir.join(crate::backup::DB_FILE)).map_err(anyhow::Error::msg)?;
-    let lines = run(&conn, &Secrets::resolve(sources, data_dir));
+pub fn check_command(
+    location: &Location,
+    data_dir: &Path,
+    sources: &SecretSources,
+) -> anyhow::Result<()> {
+    let secrets = Secrets::resolve(sources, data_dir);
+    let lines = crate::db::inspect(location, |conn| run(conn, &secrets))?;
     for line in &lines {
         println!("{line}");
     }

@@ -106,6 +106,30 @@ struct DataDir {
         global = true
     )]
     data_dir: PathBuf,
+    /// PostgreSQL for the whole store, shared by several instances (postgres://user@host/db).
+    /// Also KEYBROKER_DATABASE_URL, or KEYBROKER_DATABASE_URL_FILE naming a file that holds it
+    /// (better: a password on the command line is visible to other users). Unset: the SQLite
+    /// file in the data directory.
+    #[arg(long, global = true, value_name = "URL")]
+    database_url: Option<String>,
+}
+
+impl DataDir {
+    /// `--database-url`, else `KEYBROKER_DATABASE_URL` or its `_FILE` form; checked for form.
+    fn database(&self) -> anyhow::Result<Option<crate::db::PgSettings>> {
+        let url = match &self.database_url {
+            Some(u) => Some(secrecy::SecretString::from(u.clone())),
+            None => crate::secret_files::value("KEYBROKER_DATABASE_URL")?,
+        };
+        Ok(url.map(crate::db::PgSettings::parse).transpose()?)
+    }
+
+    fn location(&self) -> anyhow::Result<crate::db::Location> {
+        Ok(match self.database()? {
+            Some(pg) => crate::db::Location::Postgres(pg),
+            None => crate::db::Location::Sqlite(self.data_dir.join(crate::backup::DB_FILE)),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -179,17 +203,20 @@ pub fn main() -> ExitCode {
         }
         Command::Backup { path, force, data } => {
             telemetry::init_cli();
-            crate::backup::backup_command(&data.data_dir, &path, force)
+            not_on_postgres(&data, "backup")
+                .and_then(|()| crate::backup::backup_command(&data.data_dir, &path, force))
         }
         Command::Restore { path, data } => {
             telemetry::init_cli();
-            offline_settings(data)
+            not_on_postgres(&data, "restore")
+                .and_then(|()| offline_settings(data))
                 .and_then(|s| crate::backup::restore_command(&path, &s.data_dir, &s.secrets))
         }
         Command::Check { data } => {
             telemetry::init_cli();
-            offline_settings(data)
-                .and_then(|s| crate::check::check_command(&s.data_dir, &s.secrets))
+            offline_settings(data).and_then(|s| {
+                crate::check::check_command(&s.database_location(), &s.data_dir, &s.secrets)
+            })
         }
         Command::Accounts { command, data } => {
             telemetry::init_cli();
@@ -217,6 +244,22 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `backup` and `restore` copy the SQLite file; a PostgreSQL store is backed up with
+/// PostgreSQL's own tools, which see a consistent snapshot while every instance keeps writing.
+fn not_on_postgres(data: &DataDir, command: &str) -> anyhow::Result<()> {
+    match data.database()? {
+        None => Ok(()),
+        Some(pg) => anyhow::bail!(
+            "`keybroker {command}` copies the SQLite file, and this store is PostgreSQL ({}). \
+             Use PostgreSQL's tools: `pg_dump --format=custom --file=keybroker.dump <url>` to back \
+             up (sealed values stay sealed; keep the master keys apart from the dump) and \
+             `pg_restore --clean --dbname=<url> keybroker.dump` into a database no instance is \
+             using, then `keybroker check`.",
+            pg.shown()
+        ),
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -232,7 +275,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     crate::config::prepare_data_dir(&args.data.data_dir)?;
     let _lock = crate::data_lock::DataDirLock::acquire(&args.data.data_dir)?;
     let _guard = telemetry::init(args.log_format, Some(&args.data.data_dir))?;
+    let database = args.data.database()?;
     let mut settings = Settings::new(args.bind, args.data.data_dir);
+    settings.database = database;
     crate::secret_files::apply(&mut settings.secrets)?;
     crate::secret_files::apply_services(&mut settings)?;
     settings.workers = args.workers;
@@ -249,7 +294,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn offline_settings(data: DataDir) -> anyhow::Result<Settings> {
+    let database = data.database()?;
     let mut settings = Settings::new(SocketAddr::from(([127, 0, 0, 1], 0)), data.data_dir);
+    settings.database = database;
     crate::secret_files::apply(&mut settings.secrets)?;
     crate::secret_files::apply_services(&mut settings)?;
     settings.missing_secrets = Missing::Refuse;
@@ -287,7 +334,7 @@ fn rewrap(args: RewrapArgs) -> anyhow::Result<()> {
 fn retire(id: &str, data: DataDir) -> anyhow::Result<()> {
     let settings = offline_settings(data)?;
     runtime()?.block_on(async move {
-        let db = crate::db::Db::open(&settings.database_path())?;
+        let db = crate::db::Db::at(&settings.database_location())?;
         db.read_blocking(|conn| vault_store::check_retirable(conn, id))?;
         println!(
             "no stored value uses master key {id:?}; it can be removed from KEYBROKER_MASTER_KEYS"
@@ -299,16 +346,7 @@ fn retire(id: &str, data: DataDir) -> anyhow::Result<()> {
 /// Opens the database read-only (no migration, no secrets needed; safe beside a running server)
 /// and verifies the audit chains.
 fn audit_verify(data: DataDir) -> anyhow::Result<()> {
-    let path = data.data_dir.join("keybroker.db");
-    if !path.exists() {
-        anyhow::bail!("no database at {}", path.display());
-    }
-    let conn = rusqlite::Connection::open_with_flags(
-        &path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    let report = crate::audit::verify(&conn)?;
+    let report = crate::db::inspect(&data.location()?, crate::audit::verify)??;
     println!(
         "audit log: {} chain(s), {} entr{} checked",
         report.chains,

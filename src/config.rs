@@ -342,6 +342,9 @@ pub struct Settings {
     pub password_hashers: usize,
     /// Who may sign up (`KEYBROKER_SIGNUP`, `serve --signup`); default [`SignupPolicy::Open`].
     pub signup: SignupPolicy,
+    /// `KEYBROKER_DATABASE_URL`: the whole store on PostgreSQL, shared by every instance given
+    /// the same URL. `None`: the embedded SQLite file in the data directory.
+    pub database: Option<crate::db::PgSettings>,
 }
 
 /// Who may create an account with a password (`KEYBROKER_SIGNUP`). Existing accounts sign in
@@ -410,6 +413,7 @@ impl Settings {
             body_timeout: crate::http::body_deadline::DEFAULT,
             password_hashers: crate::accounts::password::HashingPool::default_size(),
             signup: SignupPolicy::default(),
+            database: None,
         }
     }
 
@@ -473,6 +477,23 @@ impl Settings {
     /// The database file inside the data directory.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("keybroker.db")
+    }
+
+    /// Where the store is: PostgreSQL when a database URL is set, else the SQLite file.
+    pub fn database_location(&self) -> crate::db::Location {
+        match &self.database {
+            Some(pg) => crate::db::Location::Postgres(pg.clone()),
+            None => crate::db::Location::Sqlite(self.database_path()),
+        }
+    }
+
+    /// How a missing secret is met. With a shared database every instance must be given the
+    /// same secrets, so none is ever generated (each instance would make its own): refuse.
+    pub fn missing_secrets_policy(&self) -> Missing {
+        match self.database {
+            Some(_) => Missing::Refuse,
+            None => self.missing_secrets,
+        }
     }
 
     /// The hold journal's folder (see `spend::journal`). It belongs to the database file beside

@@ -159,12 +159,6 @@ impl From<DbError> for ApiError {
     }
 }
 
-impl From<rusqlite::Error> for ApiError {
-    fn from(e: rusqlite::Error) -> Self {
-        ApiError::internal(DbError::from(e))
-    }
-}
-
 impl From<crate::vault::VaultError> for ApiError {
     fn from(e: crate::vault::VaultError) -> Self {
         ApiError::internal(e)

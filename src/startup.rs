@@ -137,11 +137,11 @@ pub async fn open_storage(settings: &Settings) -> Result<(Db, Arc<Vault>), Start
     let keyring = config::resolve_keyring(
         &settings.secrets,
         &settings.data_dir,
-        settings.missing_secrets,
+        settings.missing_secrets_policy(),
     )?;
     let vault = Arc::new(Vault::new(keyring));
-    let path = settings.database_path();
-    let db = tokio::task::spawn_blocking(move || Db::open(&path))
+    let location = settings.database_location();
+    let db = tokio::task::spawn_blocking(move || Db::at(&location))
         .await
         .map_err(|e| StartError::Task(e.to_string()))??;
     let v = vault.clone();
@@ -276,7 +276,7 @@ impl Application {
         let secrets = ServerSecrets::resolve(
             &settings.secrets,
             &settings.data_dir,
-            settings.missing_secrets,
+            settings.missing_secrets_policy(),
         )?;
         let emails = EmailHasher::new(secrets.email_pepper.clone());
         backfill_accounts(&db, &vault, &emails).await?;

@@ -15,10 +15,11 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::db::{Conn, Optional as _};
+use crate::params;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use rand::RngCore;
-use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -135,7 +136,7 @@ pub struct NewToken<'a> {
 }
 
 /// Stores a new token and returns it with the secret to show once.
-pub fn create(conn: &Connection, new: &NewToken<'_>) -> rusqlite::Result<(ToolToken, IssuedToken)> {
+pub fn create(conn: &Conn<'_>, new: &NewToken<'_>) -> crate::db::Result<(ToolToken, IssuedToken)> {
     let issued = generate();
     let id = format!("tok_{}", uuid::Uuid::new_v4().simple());
     conn.execute(
@@ -174,7 +175,7 @@ pub fn create(conn: &Connection, new: &NewToken<'_>) -> rusqlite::Result<(ToolTo
     Ok((token, issued))
 }
 
-fn providers_of(conn: &Connection, token_id: &str) -> rusqlite::Result<Vec<String>> {
+fn providers_of(conn: &Conn<'_>, token_id: &str) -> crate::db::Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(
         "SELECT provider FROM tool_token_providers WHERE token_id = ?1 ORDER BY provider",
     )?;
@@ -182,7 +183,7 @@ fn providers_of(conn: &Connection, token_id: &str) -> rusqlite::Result<Vec<Strin
     rows.collect()
 }
 
-fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ToolToken> {
+fn token_row(r: &crate::db::Row<'_>) -> crate::db::Result<ToolToken> {
     Ok(ToolToken {
         id: r.get(0)?,
         account_id: r.get(1)?,
@@ -196,14 +197,14 @@ fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ToolToken> {
 
 /// The account's tokens that are not revoked (expired ones included, so they can be cleaned
 /// up), oldest first.
-pub fn list(conn: &Connection, account_id: i64) -> rusqlite::Result<Vec<ToolToken>> {
+pub fn list(conn: &Conn<'_>, account_id: i64) -> crate::db::Result<Vec<ToolToken>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, account_id, name, created_at, expires_at, last_used_at FROM tool_tokens
          WHERE account_id = ?1 AND revoked_at IS NULL ORDER BY created_at, rowid",
     )?;
     let mut tokens = stmt
         .query_map([account_id], token_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<crate::db::Result<Vec<_>>>()?;
     for token in &mut tokens {
         token.providers = providers_of(conn, &token.id)?;
     }
@@ -212,7 +213,7 @@ pub fn list(conn: &Connection, account_id: i64) -> rusqlite::Result<Vec<ToolToke
 
 /// Revokes the account's token `id`; false when there is no such live token (another
 /// account's id included).
-pub fn revoke(conn: &Connection, account_id: i64, id: &str, now: i64) -> rusqlite::Result<bool> {
+pub fn revoke(conn: &Conn<'_>, account_id: i64, id: &str, now: i64) -> crate::db::Result<bool> {
     let n = conn.execute(
         "UPDATE tool_tokens SET revoked_at = ?1
          WHERE id = ?2 AND account_id = ?3 AND revoked_at IS NULL",
@@ -223,10 +224,10 @@ pub fn revoke(conn: &Connection, account_id: i64, id: &str, now: i64) -> rusqlit
 
 /// The live, unexpired token `presented` is, if any: a SHA-256 lookup (see the module doc).
 pub fn authenticate(
-    conn: &Connection,
+    conn: &Conn<'_>,
     presented: &str,
     now: i64,
-) -> rusqlite::Result<Option<ToolToken>> {
+) -> crate::db::Result<Option<ToolToken>> {
     if !well_formed(presented) {
         return Ok(None);
     }
@@ -266,7 +267,7 @@ pub enum KeyAccess {
 /// The key a token may use for `provider`: only its own account's, only in scope. The proxy's
 /// one way from a token to a key, so isolation holds by construction.
 pub fn key_for(
-    conn: &Connection,
+    conn: &Conn<'_>,
     vault: &Vault,
     token: &ToolToken,
     provider: &str,
@@ -371,7 +372,7 @@ impl TokenCache {
         }
         let presented = Zeroizing::new(presented.to_owned());
         let found = db
-            .read_inline(move |conn| authenticate(conn, &presented, now).map_err(DbError::from))
+            .read_inline(move |conn| authenticate(conn, &presented, now))
             .await?;
         if let Some(token) = &found {
             self.insert(key, token.clone());
@@ -418,17 +419,14 @@ impl TokenCache {
 mod tests {
     use super::*;
 
-    fn db() -> Connection {
-        let mut conn = Connection::open_in_memory().unwrap();
-        crate::db::migrate_for_tests(&mut conn);
-        let tx = conn.transaction().unwrap();
-        tx.execute(
+    fn db() -> Conn<'static> {
+        let conn = Conn::memory();
+        conn.execute(
             "INSERT INTO accounts (id, email_hash, email_blob, master_key_id, created_at)
              VALUES (1, x'01', x'01', 'default', 0)",
-            [],
+            (),
         )
         .unwrap();
-        tx.commit().unwrap();
         conn
     }
 
@@ -472,7 +470,7 @@ mod tests {
         let conn = db();
         let (token, issued) = create(&conn, &new(&openai_only(), None)).unwrap();
         let stored: Vec<u8> = conn
-            .query_row("SELECT token_hash FROM tool_tokens", [], |r| r.get(0))
+            .query_row("SELECT token_hash FROM tool_tokens", (), |r| r.get(0))
             .unwrap();
         assert_eq!(stored, hash(issued.expose()).to_vec());
         let found = authenticate(&conn, issued.expose(), 100).unwrap().unwrap();

@@ -1,7 +1,8 @@
 //! Where the vault meets the database: the start-up canary, which master key ids rows are sealed
 //! with, and `rewrap`, which moves every row to the active master key.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::db::{Conn, Optional as _};
+use crate::params;
 use serde::Serialize;
 
 use crate::db::DbError;
@@ -27,17 +28,11 @@ pub enum StoreError {
     StillInUse { id: String, count: u64 },
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Db(DbError::from(e))
-    }
-}
-
 /// Writes the canary on a fresh database; on an existing one, decrypts it. A wrong master key
 /// makes this fail, so the service refuses to start.
-pub fn check_or_create_canary(conn: &Connection, vault: &Vault) -> Result<(), StoreError> {
+pub fn check_or_create_canary(conn: &Conn<'_>, vault: &Vault) -> Result<(), StoreError> {
     let blob: Option<Vec<u8>> = conn
-        .query_row("SELECT blob FROM vault_canary WHERE id = 1", [], |r| {
+        .query_row("SELECT blob FROM vault_canary WHERE id = 1", (), |r| {
             r.get(0)
         })
         .optional()?;
@@ -65,9 +60,9 @@ pub fn check_or_create_canary(conn: &Connection, vault: &Vault) -> Result<(), St
 }
 
 /// Decrypts the canary (for `/readyz` and `keybroker check`).
-pub fn canary_ok(conn: &Connection, vault: &Vault) -> bool {
+pub fn canary_ok(conn: &Conn<'_>, vault: &Vault) -> bool {
     let blob: Option<Vec<u8>> = conn
-        .query_row("SELECT blob FROM vault_canary WHERE id = 1", [], |r| {
+        .query_row("SELECT blob FROM vault_canary WHERE id = 1", (), |r| {
             r.get(0)
         })
         .optional()
@@ -144,7 +139,7 @@ pub fn email_binding(account_id: i64) -> Binding<'static> {
 }
 
 /// How many stored values each master key id seals.
-pub fn key_id_usage(conn: &Connection) -> Result<Vec<(String, u64)>, StoreError> {
+pub fn key_id_usage(conn: &Conn<'_>) -> Result<Vec<(String, u64)>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT master_key_id, SUM(n) FROM (
             SELECT master_key_id, COUNT(*) AS n FROM vault_canary GROUP BY master_key_id
@@ -152,14 +147,14 @@ pub fn key_id_usage(conn: &Connection) -> Result<Vec<(String, u64)>, StoreError>
             UNION ALL SELECT master_key_id, COUNT(*) FROM provider_keys GROUP BY master_key_id
          ) GROUP BY master_key_id ORDER BY master_key_id",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map((), |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Refuses to run when rows are sealed under a master key id the keyring does not have.
-pub fn check_key_ids_present(conn: &Connection, vault: &Vault) -> Result<(), StoreError> {
+pub fn check_key_ids_present(conn: &Conn<'_>, vault: &Vault) -> Result<(), StoreError> {
     for (id, count) in key_id_usage(conn)? {
         let known =
             crate::vault::MasterKeyId::parse(&id).is_ok_and(|id| vault.keyring().contains(&id));
@@ -171,7 +166,7 @@ pub fn check_key_ids_present(conn: &Connection, vault: &Vault) -> Result<(), Sto
 }
 
 /// Succeeds only when no stored value uses `id`, so it can be removed from the keyring.
-pub fn check_retirable(conn: &Connection, id: &str) -> Result<(), StoreError> {
+pub fn check_retirable(conn: &Conn<'_>, id: &str) -> Result<(), StoreError> {
     let count = key_id_usage(conn)?
         .into_iter()
         .find(|(k, _)| k == id)
@@ -208,18 +203,14 @@ impl RewrapReport {
 /// Re-encrypts every value not under the active master key, `batch` rows per transaction, so an
 /// interrupted run keeps what it did and the next run carries on. Runs beside a live server:
 /// each update is conditional on the blob being unchanged, so a concurrent rotation wins.
-pub fn rewrap_all(
-    conn: &mut Connection,
-    vault: &Vault,
-    batch: u32,
-) -> Result<RewrapReport, StoreError> {
+pub fn rewrap_all(conn: &Conn<'_>, vault: &Vault, batch: u32) -> Result<RewrapReport, StoreError> {
     let active = vault.keyring().active_id().as_str().to_owned();
     let mut report = RewrapReport::default();
     for table in TABLES {
         let (mut done, mut failed) = (0u64, 0u64);
         let mut after = String::new();
         loop {
-            let tx = conn.transaction()?;
+            let tx = conn;
             let rows: Vec<(String, i64, String, Vec<u8>)> = {
                 let mut stmt = tx.prepare(table.select)?;
                 let rows = stmt.query_map(params![active, after, batch], |r| {
@@ -250,7 +241,6 @@ pub fn rewrap_all(
                     }
                 }
             }
-            tx.commit()?;
         }
         report.rewrapped.push((table.name.to_owned(), done));
         report.failed.push((table.name.to_owned(), failed));
@@ -273,7 +263,7 @@ pub struct TableOpened {
 /// authenticated decryption proves that a value is recoverable: a header names a key id, but a
 /// flipped bit, a blob moved to another row or a key configured under the wrong id shows only here.
 /// Read-only; pages through each table so memory stays small.
-pub fn open_all(conn: &Connection, vault: &Vault) -> Result<Vec<TableOpened>, StoreError> {
+pub fn open_all(conn: &Conn<'_>, vault: &Vault) -> Result<Vec<TableOpened>, StoreError> {
     const PAGE: u32 = 500;
     let mut out = Vec::with_capacity(TABLES.len());
     for table in TABLES {

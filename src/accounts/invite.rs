@@ -3,7 +3,8 @@
 //! peppered hash of the one address they admit, valid 7 days, redeemed once by a single atomic
 //! `UPDATE` inside the sign-up's transaction.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::db::{Conn, Optional as _};
+use crate::params;
 
 use super::one_time;
 
@@ -28,11 +29,11 @@ pub fn hash_presented(raw: &str) -> Option<[u8; 32]> {
 
 /// Stores an invite for the address whose peppered hash is `email_hash`, dropping expired ones.
 pub fn issue(
-    conn: &Connection,
+    conn: &Conn<'_>,
     token_hash: &[u8; 32],
     email_hash: &[u8; 32],
     now: i64,
-) -> rusqlite::Result<i64> {
+) -> crate::db::Result<i64> {
     conn.execute("DELETE FROM signup_invites WHERE expires_at <= ?1", [now])?;
     let expires = now + TOKEN_TTL_SECS;
     conn.execute(
@@ -45,11 +46,11 @@ pub fn issue(
 
 /// Whether the invite could admit this address now (a cheap look before the password hash).
 pub fn is_redeemable(
-    conn: &Connection,
+    conn: &Conn<'_>,
     token_hash: &[u8; 32],
     email_hash: &[u8; 32],
     now: i64,
-) -> rusqlite::Result<bool> {
+) -> crate::db::Result<bool> {
     Ok(conn
         .query_row(
             "SELECT 1 FROM signup_invites
@@ -64,11 +65,11 @@ pub fn is_redeemable(
 /// Marks the invite used, in one statement: of two racing sign-ups with it, only the first
 /// matches `used_at IS NULL`. False when it does not admit this address (any more).
 pub fn redeem(
-    conn: &Connection,
+    conn: &Conn<'_>,
     token_hash: &[u8; 32],
     email_hash: &[u8; 32],
     now: i64,
-) -> rusqlite::Result<bool> {
+) -> crate::db::Result<bool> {
     let n = conn.execute(
         "UPDATE signup_invites SET used_at = ?3
          WHERE token_hash = ?1 AND email_hash = ?2 AND used_at IS NULL AND expires_at > ?3",
@@ -83,8 +84,7 @@ mod tests {
 
     #[test]
     fn an_invite_admits_its_address_once_and_only_before_it_expires() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        crate::db::migrate_for_tests(&mut conn);
+        let conn = Conn::memory();
         let t = InviteToken::generate();
         assert_eq!(hash_presented(t.as_str()), Some(t.hash()));
         assert_eq!(format!("{t:?}"), "InviteToken(<redacted>)");

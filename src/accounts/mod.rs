@@ -13,7 +13,8 @@ pub mod session;
 pub mod signup;
 pub mod throttle;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::db::{Conn, Optional as _};
+use crate::params;
 
 use crate::vault::Vault;
 use crate::vault_store::email_binding;
@@ -24,7 +25,7 @@ pub enum AccountError {
     #[error("an account with this email exists")]
     Exists,
     #[error(transparent)]
-    Db(#[from] rusqlite::Error),
+    Db(#[from] crate::db::DbError),
     #[error(transparent)]
     Vault(#[from] crate::vault::VaultError),
 }
@@ -46,7 +47,7 @@ pub struct AccountRow {
 /// to the new row's id, so the row is inserted first and sealed second, in the caller's
 /// transaction.
 pub fn create_unconfirmed_in(
-    tx: &Connection,
+    tx: &Conn<'_>,
     vault: &Vault,
     hasher: &EmailHasher,
     email: &Email,
@@ -58,7 +59,7 @@ pub fn create_unconfirmed_in(
 
 /// Creates an account whose address is already proven (an OAuth provider's verified email).
 pub fn create_confirmed_in(
-    tx: &Connection,
+    tx: &Conn<'_>,
     vault: &Vault,
     hasher: &EmailHasher,
     email: &Email,
@@ -69,7 +70,7 @@ pub fn create_confirmed_in(
 }
 
 fn insert(
-    tx: &Connection,
+    tx: &Conn<'_>,
     vault: &Vault,
     hasher: &EmailHasher,
     email: &Email,
@@ -77,26 +78,32 @@ fn insert(
     now: i64,
     confirmed_at: Option<i64>,
 ) -> Result<i64, AccountError> {
-    let inserted = tx.execute(
-        // The first account of a fresh database is marked as the operator's (shown by
-        // `accounts list`; it grants nothing).
-        "INSERT INTO accounts (email_hash, email_skeleton_hash, email_blob, master_key_id,
+    let inserted: Option<i64> = tx
+        .query_row(
+            // The first account of a fresh database is marked as the operator's (shown by
+            // `accounts list`; it grants nothing).
+            "INSERT INTO accounts (email_hash, email_skeleton_hash, email_blob, master_key_id,
                                password_hash, created_at, confirmed_at, is_operator)
-         VALUES (?1, ?2, x'', ?3, ?4, ?5, ?6, NOT EXISTS (SELECT 1 FROM accounts))
-         ON CONFLICT (email_hash) DO NOTHING",
-        params![
-            hasher.hash(email).as_slice(),
-            hasher.skeleton_hash(email).as_slice(),
-            vault.keyring().active_id().as_str(),
-            password_hash,
-            now,
-            confirmed_at,
-        ],
-    )?;
-    if inserted == 0 {
+         VALUES (?1, ?2, ?7, ?3, ?4, ?5, ?6,
+                 CASE WHEN EXISTS (SELECT 1 FROM accounts) THEN 0 ELSE 1 END)
+         ON CONFLICT (email_hash) DO NOTHING
+         RETURNING id",
+            params![
+                hasher.hash(email).as_slice(),
+                hasher.skeleton_hash(email).as_slice(),
+                vault.keyring().active_id().as_str(),
+                password_hash,
+                now,
+                confirmed_at,
+                // The email is sealed once the row's id is known (it is the associated data).
+                [0u8; 0],
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(id) = inserted else {
         return Err(AccountError::Exists);
-    }
-    let id = tx.last_insert_rowid();
+    };
     let blob = vault.seal(email.as_str().as_bytes(), &email_binding(id))?;
     tx.execute(
         "UPDATE accounts SET email_blob = ?1 WHERE id = ?2",
@@ -108,10 +115,10 @@ fn insert(
 /// Whether another account's address has the same confusable skeleton as `email` (and is not
 /// `email` itself).
 pub fn lookalike_exists(
-    conn: &Connection,
+    conn: &Conn<'_>,
     hasher: &EmailHasher,
     email: &Email,
-) -> rusqlite::Result<bool> {
+) -> crate::db::Result<bool> {
     Ok(conn
         .query_row(
             "SELECT 1 FROM accounts WHERE email_skeleton_hash = ?1 AND email_hash <> ?2 LIMIT 1",
@@ -127,7 +134,7 @@ pub fn lookalike_exists(
 
 /// Marks an account confirmed after its owner proved the mailbox with a reset link, and voids its
 /// sign-up links. A no-op for a confirmed account.
-pub fn confirm(conn: &Connection, account_id: i64, now: i64) -> rusqlite::Result<()> {
+pub fn confirm(conn: &Conn<'_>, account_id: i64, now: i64) -> crate::db::Result<()> {
     conn.execute(
         "UPDATE accounts SET confirmed_at = ?2 WHERE id = ?1 AND confirmed_at IS NULL",
         params![account_id, now],
@@ -139,10 +146,10 @@ pub fn confirm(conn: &Connection, account_id: i64, now: i64) -> rusqlite::Result
 /// Confirms an unconfirmed account through an OAuth sign-in with its address, dropping the
 /// password it was signed up with: that password was never proven to be the owner's.
 pub fn confirm_without_password(
-    conn: &Connection,
+    conn: &Conn<'_>,
     account_id: i64,
     now: i64,
-) -> rusqlite::Result<()> {
+) -> crate::db::Result<()> {
     conn.execute(
         "UPDATE accounts SET confirmed_at = ?2, password_hash = NULL
          WHERE id = ?1 AND confirmed_at IS NULL",
@@ -170,16 +177,16 @@ pub struct Backfill {
 /// that normalises differently since (a Unicode domain, a quoted local part) is re-keyed and
 /// resealed in its new form, unless that form is another account's already.
 pub fn backfill(
-    conn: &mut Connection,
+    conn: &Conn<'_>,
     vault: &Vault,
     hasher: &EmailHasher,
 ) -> Result<Backfill, AccountError> {
-    let tx = conn.transaction()?;
+    let tx = conn;
     let rows: Vec<(i64, Vec<u8>)> = {
         let mut stmt =
             tx.prepare("SELECT id, email_blob FROM accounts WHERE email_skeleton_hash IS NULL")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<rusqlite::Result<_>>()?
+        let rows = stmt.query_map((), |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<crate::db::Result<_>>()?
     };
     let mut done = Backfill::default();
     for (id, blob) in rows {
@@ -219,15 +226,14 @@ pub fn backfill(
         )?;
         done.filled += 1;
     }
-    tx.commit()?;
     Ok(done)
 }
 
 pub fn find_by_email(
-    conn: &Connection,
+    conn: &Conn<'_>,
     hasher: &EmailHasher,
     email: &Email,
-) -> rusqlite::Result<Option<AccountRow>> {
+) -> crate::db::Result<Option<AccountRow>> {
     conn.query_row(
         "SELECT id,
                 CASE WHEN confirmed_at IS NULL OR disabled_at IS NOT NULL THEN NULL
@@ -250,9 +256,9 @@ pub fn find_by_email(
 /// What a signed-in account's password check needs: its password hash (none for an account that
 /// signs in only through OAuth) and its email hash (the throttling key).
 pub fn credentials_of(
-    conn: &Connection,
+    conn: &Conn<'_>,
     account_id: i64,
-) -> rusqlite::Result<Option<(Option<String>, [u8; 32])>> {
+) -> crate::db::Result<Option<(Option<String>, [u8; 32])>> {
     conn.query_row(
         "SELECT password_hash, email_hash FROM accounts WHERE id = ?1",
         [account_id],
@@ -265,10 +271,10 @@ pub fn credentials_of(
 }
 
 pub fn set_password(
-    conn: &Connection,
+    conn: &Conn<'_>,
     account_id: i64,
     password_hash: &str,
-) -> rusqlite::Result<()> {
+) -> crate::db::Result<()> {
     conn.execute(
         "UPDATE accounts SET password_hash = ?1 WHERE id = ?2",
         params![password_hash, account_id],
@@ -278,7 +284,7 @@ pub fn set_password(
 
 /// The account's email, decrypted (for sending mail and showing the signed-in user).
 pub fn email_of(
-    conn: &Connection,
+    conn: &Conn<'_>,
     vault: &Vault,
     account_id: i64,
 ) -> Result<Option<String>, AccountError> {
@@ -300,9 +306,8 @@ mod tests {
     use crate::config::ServerSecret;
     use crate::vault::{Keyring, MasterKeyId};
 
-    fn setup() -> (Connection, Vault, EmailHasher) {
-        let mut conn = Connection::open_in_memory().unwrap();
-        crate::db::migrate_for_tests(&mut conn);
+    fn setup() -> (Conn<'static>, Vault, EmailHasher) {
+        let conn = Conn::memory();
         let keyring = Keyring::new(
             vec![(
                 MasterKeyId::parse("k1").unwrap(),
@@ -316,14 +321,16 @@ mod tests {
     }
 
     /// A row as an older build wrote it: keyed and sealed under `stored` verbatim, no skeleton.
-    fn old_row(conn: &Connection, vault: &Vault, hasher: &EmailHasher, stored: &str) -> i64 {
+    fn old_row(conn: &Conn<'_>, vault: &Vault, hasher: &EmailHasher, stored: &str) -> i64 {
         conn.execute(
             "INSERT INTO accounts (email_hash, email_blob, master_key_id, created_at, confirmed_at)
              VALUES (?1, x'', 'k1', 0, 0)",
             [hasher.hash_verbatim(stored).as_slice()],
         )
         .unwrap();
-        let id = conn.last_insert_rowid();
+        let id: i64 = conn
+            .query_row("SELECT MAX(id) FROM accounts", (), |r| r.get(0))
+            .unwrap();
         let blob = vault.seal(stored.as_bytes(), &email_binding(id)).unwrap();
         conn.execute(
             "UPDATE accounts SET email_blob = ?1 WHERE id = ?2",
@@ -333,7 +340,7 @@ mod tests {
         id
     }
 
-    fn skeleton_of(conn: &Connection, id: i64) -> Option<Vec<u8>> {
+    fn skeleton_of(conn: &Conn<'_>, id: i64) -> Option<Vec<u8>> {
         conn.query_row(
             "SELECT email_skeleton_hash FROM accounts WHERE id = ?1",
             [id],
@@ -344,9 +351,9 @@ mod tests {
 
     #[test]
     fn backfill_rekeys_an_address_that_normalises_differently_now() {
-        let (mut conn, vault, hasher) = setup();
+        let (conn, vault, hasher) = setup();
         let id = old_row(&conn, &vault, &hasher, "bob@exämple.com");
-        let done = backfill(&mut conn, &vault, &hasher).unwrap();
+        let done = backfill(&conn, &vault, &hasher).unwrap();
         assert_eq!(
             done,
             Backfill {
@@ -369,18 +376,18 @@ mod tests {
             Some(hasher.skeleton_hash(&email).to_vec())
         );
         assert_eq!(
-            backfill(&mut conn, &vault, &hasher).unwrap(),
+            backfill(&conn, &vault, &hasher).unwrap(),
             Backfill::default()
         );
     }
 
     #[test]
     fn backfill_keeps_the_old_key_when_the_new_form_is_another_accounts() {
-        let (mut conn, vault, hasher) = setup();
+        let (conn, vault, hasher) = setup();
         let email = Email::parse("bob@xn--exmple-cua.com").unwrap();
         let current = create_confirmed_in(&conn, &vault, &hasher, &email, None, 0).unwrap();
         let old = old_row(&conn, &vault, &hasher, "bob@exämple.com");
-        let done = backfill(&mut conn, &vault, &hasher).unwrap();
+        let done = backfill(&conn, &vault, &hasher).unwrap();
         assert_eq!(
             done,
             Backfill {
@@ -401,9 +408,9 @@ mod tests {
 
     #[test]
     fn backfill_leaves_an_address_that_no_longer_parses() {
-        let (mut conn, vault, hasher) = setup();
+        let (conn, vault, hasher) = setup();
         let id = old_row(&conn, &vault, &hasher, "\"a b\"@example.com");
-        let done = backfill(&mut conn, &vault, &hasher).unwrap();
+        let done = backfill(&conn, &vault, &hasher).unwrap();
         assert_eq!(
             done,
             Backfill {
@@ -416,7 +423,7 @@ mod tests {
 
     #[test]
     fn backfill_skips_a_blob_that_does_not_open_instead_of_failing() {
-        let (mut conn, vault, hasher) = setup();
+        let (conn, vault, hasher) = setup();
         let broken = old_row(&conn, &vault, &hasher, "a@example.com");
         conn.execute(
             "UPDATE accounts SET email_blob = x'00' WHERE id = ?1",
@@ -424,7 +431,7 @@ mod tests {
         )
         .unwrap();
         let fine = old_row(&conn, &vault, &hasher, "b@example.com");
-        let done = backfill(&mut conn, &vault, &hasher).unwrap();
+        let done = backfill(&conn, &vault, &hasher).unwrap();
         assert_eq!(
             done,
             Backfill {

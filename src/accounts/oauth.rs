@@ -6,6 +6,8 @@
 //! PKCE verifier is derived from both with the session secret (HMAC), so the callback recomputes
 //! it instead of reading it back.
 
+use crate::db::{Conn, Optional as _};
+use crate::params;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -15,7 +17,6 @@ use oauth2::{
     PkceCodeVerifier, RedirectUrl, RequestTokenError, Scope, TokenResponse, TokenUrl,
 };
 use rand::RngCore;
-use rusqlite::{params, Connection, OptionalExtension};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::Value;
@@ -313,12 +314,12 @@ pub async fn fetch_identity(
 
 /// Records a started sign-in (and clears expired ones).
 pub fn save_state(
-    conn: &Connection,
+    conn: &Conn<'_>,
     state_hash: &[u8; 32],
     provider: Provider,
     prelogin_hash: &[u8; 32],
     now: i64,
-) -> rusqlite::Result<()> {
+) -> crate::db::Result<()> {
     conn.execute("DELETE FROM oauth_states WHERE expires_at <= ?1", [now])?;
     conn.execute(
         "INSERT INTO oauth_states (state_hash, provider, prelogin_hash, created_at, expires_at)
@@ -337,12 +338,12 @@ pub fn save_state(
 /// Redeems a `state`: deletes its row whatever the outcome (single use) and says whether it
 /// belonged to this provider and this browser and had not expired.
 pub fn take_state(
-    conn: &Connection,
+    conn: &Conn<'_>,
     state_hash: &[u8; 32],
     provider: Provider,
     prelogin_hash: &[u8; 32],
     now: i64,
-) -> rusqlite::Result<bool> {
+) -> crate::db::Result<bool> {
     let row: Option<(String, Vec<u8>, i64)> = conn
         .query_row(
             "DELETE FROM oauth_states WHERE state_hash = ?1
@@ -358,11 +359,11 @@ pub fn take_state(
 
 /// The account linked to this provider user, if any (and notes the sign-in).
 pub fn find_identity(
-    conn: &Connection,
+    conn: &Conn<'_>,
     provider: Provider,
     subject: &str,
     now: i64,
-) -> rusqlite::Result<Option<i64>> {
+) -> crate::db::Result<Option<i64>> {
     conn.query_row(
         "UPDATE oauth_identities SET last_login_at = ?3 WHERE provider = ?1 AND subject = ?2
          RETURNING account_id",
@@ -375,12 +376,12 @@ pub fn find_identity(
 /// Links a provider user to an account. `false` when the account already has another user of
 /// this provider linked.
 pub fn link(
-    conn: &Connection,
+    conn: &Conn<'_>,
     provider: Provider,
     subject: &str,
     account_id: i64,
     now: i64,
-) -> rusqlite::Result<bool> {
+) -> crate::db::Result<bool> {
     Ok(conn.execute(
         "INSERT INTO oauth_identities (provider, subject, account_id, created_at, last_login_at)
          VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT DO NOTHING",
@@ -388,7 +389,7 @@ pub fn link(
     )? > 0)
 }
 
-pub fn unlink(conn: &Connection, account_id: i64, provider: Provider) -> rusqlite::Result<bool> {
+pub fn unlink(conn: &Conn<'_>, account_id: i64, provider: Provider) -> crate::db::Result<bool> {
     Ok(conn.execute(
         "DELETE FROM oauth_identities WHERE account_id = ?1 AND provider = ?2",
         params![account_id, provider.as_str()],
@@ -396,7 +397,7 @@ pub fn unlink(conn: &Connection, account_id: i64, provider: Provider) -> rusqlit
 }
 
 /// The providers linked to an account, sorted.
-pub fn providers_of(conn: &Connection, account_id: i64) -> rusqlite::Result<Vec<String>> {
+pub fn providers_of(conn: &Conn<'_>, account_id: i64) -> crate::db::Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(
         "SELECT provider FROM oauth_identities WHERE account_id = ?1 ORDER BY provider",
     )?;

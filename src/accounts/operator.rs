@@ -2,7 +2,8 @@
 //! `accounts_cmd`): list them, disable and enable them, and the bookkeeping the rest of the
 //! service keeps for that (last sign-in, the disabled check).
 
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::db::{Conn, Optional as _};
+use crate::params;
 
 use crate::vault::Vault;
 
@@ -23,13 +24,13 @@ pub struct Summary {
 }
 
 /// Every account, oldest first, with its address opened.
-pub fn list(conn: &Connection, vault: &Vault) -> Result<Vec<Summary>, AccountError> {
+pub fn list(conn: &Conn<'_>, vault: &Vault) -> Result<Vec<Summary>, AccountError> {
     let mut stmt = conn.prepare(
         "SELECT id, created_at, confirmed_at, disabled_at, last_login_at, is_operator
          FROM accounts ORDER BY id",
     )?;
     let rows = stmt
-        .query_map([], |r| {
+        .query_map((), |r| {
             Ok(Summary {
                 id: r.get(0)?,
                 email: None,
@@ -40,7 +41,7 @@ pub fn list(conn: &Connection, vault: &Vault) -> Result<Vec<Summary>, AccountErr
                 operator: r.get(5)?,
             })
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<crate::db::Result<Vec<_>>>()?;
     let mut out = Vec::with_capacity(rows.len());
     for mut row in rows {
         // One damaged blob must not hide every other account from the operator.
@@ -51,7 +52,7 @@ pub fn list(conn: &Connection, vault: &Vault) -> Result<Vec<Summary>, AccountErr
 }
 
 /// Whether an account with this id exists.
-pub fn exists(conn: &Connection, account_id: i64) -> rusqlite::Result<bool> {
+pub fn exists(conn: &Conn<'_>, account_id: i64) -> crate::db::Result<bool> {
     Ok(conn
         .query_row("SELECT 1 FROM accounts WHERE id = ?1", [account_id], |_| {
             Ok(())
@@ -61,7 +62,7 @@ pub fn exists(conn: &Connection, account_id: i64) -> rusqlite::Result<bool> {
 }
 
 /// Whether the account is disabled (an unknown id counts as disabled: nothing may act for it).
-pub fn is_disabled(conn: &Connection, account_id: i64) -> rusqlite::Result<bool> {
+pub fn is_disabled(conn: &Conn<'_>, account_id: i64) -> crate::db::Result<bool> {
     Ok(conn
         .query_row(
             "SELECT disabled_at IS NOT NULL FROM accounts WHERE id = ?1",
@@ -74,7 +75,7 @@ pub fn is_disabled(conn: &Connection, account_id: i64) -> rusqlite::Result<bool>
 
 /// Disables the account and ends every session of it; its pending sign-up links go too. False
 /// when it was disabled already. Its tool tokens stay, refused by the proxy while it is disabled.
-pub fn disable(conn: &Connection, account_id: i64, now: i64) -> rusqlite::Result<bool> {
+pub fn disable(conn: &Conn<'_>, account_id: i64, now: i64) -> crate::db::Result<bool> {
     let n = conn.execute(
         "UPDATE accounts SET disabled_at = ?2 WHERE id = ?1 AND disabled_at IS NULL",
         params![account_id, now],
@@ -85,7 +86,7 @@ pub fn disable(conn: &Connection, account_id: i64, now: i64) -> rusqlite::Result
 }
 
 /// Enables a disabled account. False when it was not disabled.
-pub fn enable(conn: &Connection, account_id: i64) -> rusqlite::Result<bool> {
+pub fn enable(conn: &Conn<'_>, account_id: i64) -> crate::db::Result<bool> {
     let n = conn.execute(
         "UPDATE accounts SET disabled_at = NULL WHERE id = ?1 AND disabled_at IS NOT NULL",
         [account_id],
@@ -95,7 +96,7 @@ pub fn enable(conn: &Connection, account_id: i64) -> rusqlite::Result<bool> {
 
 /// Confirms an account without its mail (the operator vouches for the address) and voids its
 /// sign-up links. False when it was confirmed already.
-pub fn confirm(conn: &Connection, account_id: i64, now: i64) -> rusqlite::Result<bool> {
+pub fn confirm(conn: &Conn<'_>, account_id: i64, now: i64) -> crate::db::Result<bool> {
     let n = conn.execute(
         "UPDATE accounts SET confirmed_at = ?2 WHERE id = ?1 AND confirmed_at IS NULL",
         params![account_id, now],
@@ -105,7 +106,7 @@ pub fn confirm(conn: &Connection, account_id: i64, now: i64) -> rusqlite::Result
 }
 
 /// Records that a session was just started for the account.
-pub fn record_sign_in(conn: &Connection, account_id: i64, now: i64) -> rusqlite::Result<()> {
+pub fn record_sign_in(conn: &Conn<'_>, account_id: i64, now: i64) -> crate::db::Result<()> {
     conn.execute(
         "UPDATE accounts SET last_login_at = ?2 WHERE id = ?1",
         params![account_id, now],
@@ -120,9 +121,8 @@ mod tests {
     use crate::config::ServerSecret;
     use crate::vault::{Keyring, MasterKeyId};
 
-    fn setup() -> (Connection, Vault, EmailHasher) {
-        let mut conn = Connection::open_in_memory().unwrap();
-        crate::db::migrate_for_tests(&mut conn);
+    fn setup() -> (Conn<'static>, Vault, EmailHasher) {
+        let conn = Conn::memory();
         let keyring = Keyring::new(
             vec![(
                 MasterKeyId::parse("k1").unwrap(),

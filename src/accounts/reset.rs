@@ -1,7 +1,8 @@
 //! Password-reset tokens: `kbr_` + 256 random bits (base64url), stored only as their SHA-256,
 //! bound to one account, valid 24 hours, redeemed once by a single atomic `UPDATE`.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::db::{Conn, Optional as _};
+use crate::params;
 
 use super::one_time;
 
@@ -26,11 +27,11 @@ pub fn hash_presented(raw: &str) -> Option<[u8; 32]> {
 
 /// Stores a new token for the account, voiding any older one.
 pub fn issue(
-    conn: &Connection,
+    conn: &Conn<'_>,
     account_id: i64,
     token_hash: &[u8; 32],
     now: i64,
-) -> rusqlite::Result<()> {
+) -> crate::db::Result<()> {
     revoke_all(conn, account_id)?;
     conn.execute(
         "INSERT INTO password_reset_tokens (token_hash, account_id, created_at, expires_at)
@@ -41,7 +42,7 @@ pub fn issue(
 }
 
 /// Whether the token could be redeemed now (a cheap check before hashing the new password).
-pub fn is_redeemable(conn: &Connection, token_hash: &[u8; 32], now: i64) -> rusqlite::Result<bool> {
+pub fn is_redeemable(conn: &Conn<'_>, token_hash: &[u8; 32], now: i64) -> crate::db::Result<bool> {
     Ok(conn
         .query_row(
             "SELECT 1 FROM password_reset_tokens
@@ -55,7 +56,7 @@ pub fn is_redeemable(conn: &Connection, token_hash: &[u8; 32], now: i64) -> rusq
 
 /// Marks the token used and returns its account, in one statement: of two racing redemptions,
 /// only the first matches `used_at IS NULL`.
-pub fn redeem(conn: &Connection, token_hash: &[u8; 32], now: i64) -> rusqlite::Result<Option<i64>> {
+pub fn redeem(conn: &Conn<'_>, token_hash: &[u8; 32], now: i64) -> crate::db::Result<Option<i64>> {
     conn.query_row(
         "UPDATE password_reset_tokens SET used_at = ?2
          WHERE token_hash = ?1 AND used_at IS NULL AND expires_at > ?2
@@ -67,7 +68,7 @@ pub fn redeem(conn: &Connection, token_hash: &[u8; 32], now: i64) -> rusqlite::R
 }
 
 /// Voids every token of the account (after a reset or a password change).
-pub fn revoke_all(conn: &Connection, account_id: i64) -> rusqlite::Result<usize> {
+pub fn revoke_all(conn: &Conn<'_>, account_id: i64) -> crate::db::Result<usize> {
     conn.execute(
         "DELETE FROM password_reset_tokens WHERE account_id = ?1",
         [account_id],

@@ -2,11 +2,12 @@
 //! database stores only the SHA-256 of the id, so a copy of the database cannot be replayed as a
 //! cookie. Idle (30 min) and absolute (12 h) timeouts are enforced here, against the injected clock.
 
+use crate::db::{Conn, Optional as _};
+use crate::params;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
-use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -109,12 +110,12 @@ impl SessionRow {
 
 /// Stores a new session for `account_id` and returns its id (for the cookie).
 pub fn create(
-    conn: &Connection,
+    conn: &Conn<'_>,
     account_id: i64,
     now: i64,
     user_agent: &str,
     client_addr: &str,
-) -> rusqlite::Result<(SessionId, String)> {
+) -> crate::db::Result<(SessionId, String)> {
     let id = SessionId::generate();
     let public_id = format!("ses_{}", uuid::Uuid::new_v4().simple());
     let user_agent: String = user_agent.chars().take(200).collect();
@@ -126,7 +127,7 @@ pub fn create(
     Ok((id, public_id))
 }
 
-pub fn load(conn: &Connection, id_hash: &[u8; 32]) -> rusqlite::Result<Option<SessionRow>> {
+pub fn load(conn: &Conn<'_>, id_hash: &[u8; 32]) -> crate::db::Result<Option<SessionRow>> {
     conn.prepare_cached(
         // A disabled account's sessions are deleted when it is disabled; the join also covers a
         // session started in the moment between.
@@ -146,7 +147,7 @@ pub fn load(conn: &Connection, id_hash: &[u8; 32]) -> rusqlite::Result<Option<Se
     .optional()
 }
 
-pub fn touch(conn: &Connection, id_hash: &[u8; 32], now: i64) -> rusqlite::Result<()> {
+pub fn touch(conn: &Conn<'_>, id_hash: &[u8; 32], now: i64) -> crate::db::Result<()> {
     conn.execute(
         "UPDATE sessions SET last_seen_at = ?2 WHERE id_hash = ?1 AND last_seen_at < ?2",
         params![id_hash.as_slice(), now],
@@ -154,23 +155,23 @@ pub fn touch(conn: &Connection, id_hash: &[u8; 32], now: i64) -> rusqlite::Resul
     Ok(())
 }
 
-pub fn revoke(conn: &Connection, id_hash: &[u8; 32]) -> rusqlite::Result<bool> {
+pub fn revoke(conn: &Conn<'_>, id_hash: &[u8; 32]) -> crate::db::Result<bool> {
     Ok(conn.execute(
         "DELETE FROM sessions WHERE id_hash = ?1",
         [id_hash.as_slice()],
     )? > 0)
 }
 
-pub fn revoke_all(conn: &Connection, account_id: i64) -> rusqlite::Result<usize> {
+pub fn revoke_all(conn: &Conn<'_>, account_id: i64) -> crate::db::Result<usize> {
     conn.execute("DELETE FROM sessions WHERE account_id = ?1", [account_id])
 }
 
 /// Revokes every session of the account but `keep` (after a password change).
 pub fn revoke_others(
-    conn: &Connection,
+    conn: &Conn<'_>,
     account_id: i64,
     keep: &[u8; 32],
-) -> rusqlite::Result<usize> {
+) -> crate::db::Result<usize> {
     conn.execute(
         "DELETE FROM sessions WHERE account_id = ?1 AND id_hash != ?2",
         params![account_id, keep.as_slice()],
@@ -180,10 +181,10 @@ pub fn revoke_others(
 /// Revokes one of the account's sessions by its public id; returns its id hash, or `None` when
 /// the account has no such session (another account's id included).
 pub fn revoke_public(
-    conn: &Connection,
+    conn: &Conn<'_>,
     account_id: i64,
     public_id: &str,
-) -> rusqlite::Result<Option<[u8; 32]>> {
+) -> crate::db::Result<Option<[u8; 32]>> {
     let hash: Option<Vec<u8>> = conn
         .query_row(
             "DELETE FROM sessions WHERE account_id = ?1 AND public_id = ?2 RETURNING id_hash",
@@ -206,7 +207,7 @@ pub struct SessionInfo {
 }
 
 /// The account's live sessions (timed-out ones are left out), most recently used first.
-pub fn list(conn: &Connection, account_id: i64, now: i64) -> rusqlite::Result<Vec<SessionInfo>> {
+pub fn list(conn: &Conn<'_>, account_id: i64, now: i64) -> crate::db::Result<Vec<SessionInfo>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id_hash, public_id, created_at, last_seen_at, user_agent, client_addr FROM sessions
          WHERE account_id = ?1 AND last_seen_at > ?2 AND created_at > ?3
@@ -233,7 +234,7 @@ pub fn list(conn: &Connection, account_id: i64, now: i64) -> rusqlite::Result<Ve
     rows.collect()
 }
 
-pub fn set_reauth(conn: &Connection, id_hash: &[u8; 32], until: i64) -> rusqlite::Result<()> {
+pub fn set_reauth(conn: &Conn<'_>, id_hash: &[u8; 32], until: i64) -> crate::db::Result<()> {
     conn.execute(
         "UPDATE sessions SET reauth_until = ?2 WHERE id_hash = ?1",
         params![id_hash.as_slice(), until],

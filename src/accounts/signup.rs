@@ -7,7 +7,8 @@
 //! that check, whoever signed an address up first could have its owner confirm *their* password
 //! by clicking the mail (account pre-hijacking).
 
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::db::{Conn, Optional as _};
+use crate::params;
 
 use super::one_time;
 
@@ -32,11 +33,11 @@ pub fn hash_presented(raw: &str) -> Option<[u8; 32]> {
 
 /// Stores a token for the (unconfirmed) account, dropping expired ones on the way.
 pub fn issue(
-    conn: &Connection,
+    conn: &Conn<'_>,
     account_id: i64,
     token_hash: &[u8; 32],
     now: i64,
-) -> rusqlite::Result<()> {
+) -> crate::db::Result<()> {
     conn.execute("DELETE FROM signup_tokens WHERE expires_at <= ?1", [now])?;
     conn.execute(
         "INSERT INTO signup_tokens (token_hash, account_id, created_at, expires_at)
@@ -49,10 +50,10 @@ pub fn issue(
 /// The account and the password hash a redeemable token would confirm (a read before the slow
 /// password check; [`redeem`] decides).
 pub fn pending(
-    conn: &Connection,
+    conn: &Conn<'_>,
     token_hash: &[u8; 32],
     now: i64,
-) -> rusqlite::Result<Option<(i64, Option<String>)>> {
+) -> crate::db::Result<Option<(i64, Option<String>)>> {
     conn.query_row(
         "SELECT a.id, a.password_hash FROM signup_tokens t JOIN accounts a ON a.id = t.account_id
          WHERE t.token_hash = ?1 AND t.used_at IS NULL AND t.expires_at > ?2
@@ -65,7 +66,7 @@ pub fn pending(
 
 /// Marks the token used and returns its account, in one statement: of two racing redemptions,
 /// only the first matches `used_at IS NULL`.
-pub fn redeem(conn: &Connection, token_hash: &[u8; 32], now: i64) -> rusqlite::Result<Option<i64>> {
+pub fn redeem(conn: &Conn<'_>, token_hash: &[u8; 32], now: i64) -> crate::db::Result<Option<i64>> {
     conn.query_row(
         "UPDATE signup_tokens SET used_at = ?2
          WHERE token_hash = ?1 AND used_at IS NULL AND expires_at > ?2
@@ -77,7 +78,7 @@ pub fn redeem(conn: &Connection, token_hash: &[u8; 32], now: i64) -> rusqlite::R
 }
 
 /// Voids every token of the account (once it is confirmed, by any means).
-pub fn revoke_all(conn: &Connection, account_id: i64) -> rusqlite::Result<usize> {
+pub fn revoke_all(conn: &Conn<'_>, account_id: i64) -> crate::db::Result<usize> {
     conn.execute(
         "DELETE FROM signup_tokens WHERE account_id = ?1",
         [account_id],

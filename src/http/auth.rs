@@ -9,7 +9,6 @@ use actix_web::http::Method;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 
 use crate::accounts::session::{self, SessionRow};
-use crate::db::DbError;
 use crate::error::ApiError;
 use crate::http::client_addr::{own_origin, ClientAddr};
 use crate::http::request_id::RequestId;
@@ -117,13 +116,13 @@ async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
     let id_hash = id.hash();
     let row: Option<SessionRow> = state
         .db
-        .read(move |conn| session::load(conn, &id_hash).map_err(DbError::from))
+        .read(move |conn| session::load(conn, &id_hash))
         .await?;
     let row = row.ok_or_else(ApiError::authentication_failed)?;
     if row.expired(now) {
         state
             .db
-            .write(move |conn| session::revoke(conn, &id_hash).map_err(DbError::from))
+            .write(move |conn| session::revoke(conn, &id_hash))
             .await?;
         return Err(ApiError::authentication_failed());
     }
@@ -141,7 +140,7 @@ async fn authenticate(req: HttpRequest) -> Result<Authenticated, ApiError> {
     if row.needs_touch(now) {
         state
             .db
-            .write(move |conn| session::touch(conn, &id_hash, now).map_err(DbError::from))
+            .write(move |conn| session::touch(conn, &id_hash, now))
             .await?;
     }
     Ok(Authenticated {

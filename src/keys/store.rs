@@ -1,7 +1,8 @@
 //! Reading and writing provider-key rows. The plaintext enters only through `insert`/`replace`
 //! and leaves only through `open`, as a zeroizing [`Plaintext`].
 
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::db::{Conn, Optional as _};
+use crate::params;
 
 use crate::db::DbError;
 use crate::vault::{Binding, Plaintext, Purpose, Vault, VaultError};
@@ -14,12 +15,6 @@ pub enum StoreError {
     Db(#[from] DbError),
     #[error(transparent)]
     Vault(#[from] VaultError),
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Db(DbError::from(e))
-    }
 }
 
 /// The binding of a provider-key blob: account, provider and key id.
@@ -50,7 +45,7 @@ pub struct NewKey<'a> {
 }
 
 pub fn insert(
-    conn: &Connection,
+    conn: &Conn<'_>,
     vault: &Vault,
     key: &NewKey<'_>,
     plaintext: &[u8],
@@ -79,7 +74,7 @@ pub fn insert(
 
 /// Decrypts the account's key for `provider`, if it has one.
 pub fn open(
-    conn: &Connection,
+    conn: &Conn<'_>,
     vault: &Vault,
     account_id: i64,
     provider: &str,
@@ -120,7 +115,7 @@ macro_rules! row_columns {
     };
 }
 
-fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
+fn key_row(r: &crate::db::Row<'_>) -> crate::db::Result<KeyRow> {
     Ok(KeyRow {
         id: r.get(0)?,
         provider: r.get(1)?,
@@ -135,7 +130,7 @@ fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
 }
 
 /// The account's keys, oldest first.
-pub fn list(conn: &Connection, account_id: i64) -> rusqlite::Result<Vec<KeyRow>> {
+pub fn list(conn: &Conn<'_>, account_id: i64) -> crate::db::Result<Vec<KeyRow>> {
     let mut stmt = conn.prepare_cached(concat!(
         "SELECT ",
         row_columns!(),
@@ -146,7 +141,7 @@ pub fn list(conn: &Connection, account_id: i64) -> rusqlite::Result<Vec<KeyRow>>
 }
 
 /// The key `id` if it belongs to `account_id`. Another account's id is simply not found.
-pub fn get(conn: &Connection, account_id: i64, id: &str) -> rusqlite::Result<Option<KeyRow>> {
+pub fn get(conn: &Conn<'_>, account_id: i64, id: &str) -> crate::db::Result<Option<KeyRow>> {
     conn.query_row(
         concat!(
             "SELECT ",
@@ -161,10 +156,10 @@ pub fn get(conn: &Connection, account_id: i64, id: &str) -> rusqlite::Result<Opt
 
 /// The account's key for `provider`, if any (to point a duplicate add at it).
 pub fn find_by_provider(
-    conn: &Connection,
+    conn: &Conn<'_>,
     account_id: i64,
     provider: &str,
-) -> rusqlite::Result<Option<KeyRow>> {
+) -> crate::db::Result<Option<KeyRow>> {
     conn.query_row(
         concat!(
             "SELECT ",
@@ -189,7 +184,7 @@ pub struct Rotation<'a> {
 /// the old key or the new one, never a mix; bumps `generation` and sets `rotated_at`. The key
 /// id, and so the blob's binding, stay the same.
 pub fn rotate(
-    conn: &Connection,
+    conn: &Conn<'_>,
     vault: &Vault,
     account_id: i64,
     row: &KeyRow,
@@ -211,18 +206,11 @@ pub fn rotate(
             account_id
         ],
     )?;
-    get(conn, account_id, &row.id)?.ok_or(StoreError::Db(DbError::Sqlite(
-        rusqlite::Error::QueryReturnedNoRows,
-    )))
+    get(conn, account_id, &row.id)?.ok_or(StoreError::Db(DbError::NoRows))
 }
 
 /// Sets the label of the account's key `id`.
-pub fn set_label(
-    conn: &Connection,
-    account_id: i64,
-    id: &str,
-    label: &str,
-) -> rusqlite::Result<()> {
+pub fn set_label(conn: &Conn<'_>, account_id: i64, id: &str, label: &str) -> crate::db::Result<()> {
     conn.execute(
         "UPDATE provider_keys SET label = ?1 WHERE id = ?2 AND account_id = ?3",
         params![label, id, account_id],
@@ -231,7 +219,7 @@ pub fn set_label(
 }
 
 /// Deletes the account's key `id`; false when there was none.
-pub fn delete(conn: &Connection, account_id: i64, id: &str) -> rusqlite::Result<bool> {
+pub fn delete(conn: &Conn<'_>, account_id: i64, id: &str) -> crate::db::Result<bool> {
     let n = conn.execute(
         "DELETE FROM provider_keys WHERE id = ?1 AND account_id = ?2",
         params![id, account_id],
@@ -241,7 +229,7 @@ pub fn delete(conn: &Connection, account_id: i64, id: &str) -> rusqlite::Result<
 
 /// Decrypts the account's key `id`.
 pub fn open_by_id(
-    conn: &Connection,
+    conn: &Conn<'_>,
     vault: &Vault,
     account_id: i64,
     id: &str,
@@ -266,7 +254,7 @@ pub fn open_by_id(
 
 /// The sealed key of (`account_id`, `provider`) and its id, without opening it.
 pub fn load_blob(
-    conn: &Connection,
+    conn: &Conn<'_>,
     account_id: i64,
     provider: &str,
 ) -> Result<Option<(String, Vec<u8>)>, StoreError> {

@@ -147,14 +147,13 @@ async fn start_session(
     let (id, _) = state
         .db
         .write(move |conn| -> Result<_, ApiError> {
-            let tx = conn.transaction()?;
-            let created = session::create(&tx, account_id, now, &ctx.user_agent, &ctx.client_addr)?;
-            accounts::operator::record_sign_in(&tx, account_id, now)?;
+            let tx = conn;
+            let created = session::create(tx, account_id, now, &ctx.user_agent, &ctx.client_addr)?;
+            accounts::operator::record_sign_in(tx, account_id, now)?;
             audit::append(
-                &tx,
+                tx,
                 &event(Some(account_id), action, &ctx, Outcome::Success, now),
             )?;
-            tx.commit()?;
             Ok(created)
         })
         .await?;
@@ -374,14 +373,14 @@ pub async fn signup(
     let found = state
         .db
         .write(move |conn| -> Result<Found, ApiError> {
-            let tx = conn.transaction()?;
+            let tx = conn;
             if let Some(invite_hash) = invite_hash {
-                if !invite::redeem(&tx, &invite_hash, &email_hash, now)? {
+                if !invite::redeem(tx, &invite_hash, &email_hash, now)? {
                     return Err(invite_required());
                 }
             }
             let (found, account_id, action, outcome) =
-                match accounts::find_by_email(&tx, &hasher, &lookup)? {
+                match accounts::find_by_email(tx, &hasher, &lookup)? {
                     Some(a) => (
                         Found::Existing {
                             confirmed: a.confirmed,
@@ -394,21 +393,20 @@ pub async fn signup(
                     // (`rn`/`m`, `1`/`l`) are distinct mailboxes people really have, and it is
                     // the non-ASCII imitation of an ASCII address that is the attack.
                     None if !lookup.is_ascii()
-                        && accounts::lookalike_exists(&tx, &hasher, &lookup)? =>
+                        && accounts::lookalike_exists(tx, &hasher, &lookup)? =>
                     {
                         (Found::Lookalike, None, "signup.lookalike", Outcome::Failure)
                     }
                     None => {
                         let id = accounts::create_unconfirmed_in(
-                            &tx, &vault, &hasher, &lookup, &phc, now,
+                            tx, &vault, &hasher, &lookup, &phc, now,
                         )
                         .map_err(ApiError::internal)?;
-                        signup::issue(&tx, id, &token_hash, now)?;
+                        signup::issue(tx, id, &token_hash, now)?;
                         (Found::Created, None, "signup.request", Outcome::Success)
                     }
                 };
-            audit::append(&tx, &event(account_id, action, &ctx, outcome, now))?;
-            tx.commit()?;
+            audit::append(tx, &event(account_id, action, &ctx, outcome, now))?;
             Ok(found)
         })
         .await?;
@@ -489,13 +487,12 @@ pub async fn confirm_signup(
     let email = state
         .db
         .write(move |conn| -> Result<Option<String>, ApiError> {
-            let tx = conn.transaction()?;
-            if signup::redeem(&tx, &token_hash, now)? != Some(account_id) {
+            let tx = conn;
+            if signup::redeem(tx, &token_hash, now)? != Some(account_id) {
                 return Ok(None);
             }
-            accounts::confirm(&tx, account_id, now)?;
-            let email = accounts::email_of(&tx, &vault, account_id).map_err(ApiError::internal)?;
-            tx.commit()?;
+            accounts::confirm(tx, account_id, now)?;
+            let email = accounts::email_of(tx, &vault, account_id).map_err(ApiError::internal)?;
             Ok(email)
         })
         .await?
@@ -580,7 +577,7 @@ pub async fn login(
             .write(move |conn| {
                 conn.execute(
                     "UPDATE accounts SET password_hash = ?1 WHERE id = ?2",
-                    rusqlite::params![phc, account_id],
+                    crate::params![phc, account_id],
                 )
                 .map_err(ApiError::from)
             })
@@ -615,10 +612,10 @@ pub async fn logout(
     state
         .db
         .write(move |conn| -> Result<(), ApiError> {
-            let tx = conn.transaction()?;
-            session::revoke(&tx, &auth.session_hash)?;
+            let tx = conn;
+            session::revoke(tx, &auth.session_hash)?;
             audit::append(
-                &tx,
+                tx,
                 &event(
                     Some(auth.account_id),
                     "logout",
@@ -627,7 +624,6 @@ pub async fn logout(
                     now,
                 ),
             )?;
-            tx.commit()?;
             Ok(())
         })
         .await?;
@@ -715,9 +711,9 @@ pub async fn reauth(
     state
         .db
         .write(move |conn| -> Result<(), ApiError> {
-            let tx = conn.transaction()?;
+            let tx = conn;
             if ok {
-                session::set_reauth(&tx, &auth.session_hash, until)?;
+                session::set_reauth(tx, &auth.session_hash, until)?;
             }
             let outcome = if ok {
                 Outcome::Success
@@ -725,10 +721,9 @@ pub async fn reauth(
                 Outcome::Failure
             };
             audit::append(
-                &tx,
+                tx,
                 &event(Some(account_id), "reauth", &auth.ctx, outcome, now),
             )?;
-            tx.commit()?;
             Ok(())
         })
         .await?;
@@ -795,12 +790,12 @@ pub async fn change_password(
     let email = state
         .db
         .write(move |conn| -> Result<Option<String>, ApiError> {
-            let tx = conn.transaction()?;
-            accounts::set_password(&tx, account_id, &phc)?;
-            session::revoke_others(&tx, account_id, &auth.session_hash)?;
-            reset::revoke_all(&tx, account_id)?;
+            let tx = conn;
+            accounts::set_password(tx, account_id, &phc)?;
+            session::revoke_others(tx, account_id, &auth.session_hash)?;
+            reset::revoke_all(tx, account_id)?;
             audit::append(
-                &tx,
+                tx,
                 &event(
                     Some(account_id),
                     "password.change",
@@ -809,8 +804,7 @@ pub async fn change_password(
                     now,
                 ),
             )?;
-            let email = accounts::email_of(&tx, &vault, account_id).map_err(ApiError::internal)?;
-            tx.commit()?;
+            let email = accounts::email_of(tx, &vault, account_id).map_err(ApiError::internal)?;
             Ok(email)
         })
         .await?;

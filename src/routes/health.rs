@@ -67,13 +67,12 @@ pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
         .read(move |conn| {
             conn.query_row(
                 "SELECT count(*) FROM sessions WHERE last_seen_at > ?1 AND created_at > ?2",
-                rusqlite::params![
+                crate::params![
                     now - session::IDLE_TIMEOUT_SECS,
                     now - session::ABSOLUTE_TIMEOUT_SECS
                 ],
                 |r| r.get::<_, i64>(0),
             )
-            .map_err(DbError::from)
         })
         .await
         .ok()

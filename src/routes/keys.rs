@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::audit::{self, Actor, Outcome};
+use crate::db::Conn;
 use crate::error::ApiError;
 use crate::http::auth::{Authenticated, RequestContext};
 use crate::http::download::{self, Format};
@@ -156,7 +157,7 @@ pub async fn add(
     let row = state
         .db
         .write(move |conn| -> Result<KeyRow, ApiError> {
-            let tx = conn.transaction()?;
+            let tx = conn;
             let id = store::new_key_id();
             let new = store::NewKey {
                 id: &id,
@@ -167,10 +168,10 @@ pub async fn add(
                 fingerprint: &fingerprint,
                 now,
             };
-            match store::insert(&tx, &vault, &new, key.expose().as_bytes()) {
+            match store::insert(tx, &vault, &new, key.expose().as_bytes()) {
                 Ok(()) => {}
                 Err(StoreError::Exists) => {
-                    let existing = store::find_by_provider(&tx, account_id, provider.id)?
+                    let existing = store::find_by_provider(tx, account_id, provider.id)?
                         .map(|r| r.id)
                         .unwrap_or_default();
                     return Err(ApiError::conflict(
@@ -185,12 +186,11 @@ pub async fn add(
                 Err(e) => return Err(ApiError::internal(e)),
             }
             audit::append(
-                &tx,
+                tx,
                 &user_event(account_id, "key.add", &id, &auth.ctx, Outcome::Success, now),
             )?;
-            let row = store::get(&tx, account_id, &id)?
+            let row = store::get(tx, account_id, &id)?
                 .ok_or_else(|| ApiError::internal("inserted key row not found"))?;
-            tx.commit()?;
             Ok(row)
         })
         .await?;
@@ -247,9 +247,9 @@ pub async fn rotate(
     let row = state
         .db
         .write(move |conn| -> Result<KeyRow, ApiError> {
-            let tx = conn.transaction()?;
+            let tx = conn;
             // Ownership first: another account's id is a 404 whatever the body says.
-            let row = store::get(&tx, account_id, &id)?.ok_or_else(ApiError::not_found)?;
+            let row = store::get(tx, account_id, &id)?.ok_or_else(ApiError::not_found)?;
             let provider = registry
                 .lookup(&row.provider)
                 .ok_or_else(|| ApiError::internal("stored key names an unknown provider"))?;
@@ -264,7 +264,7 @@ pub async fn rotate(
                 now,
             };
             store::rotate(
-                &tx,
+                tx,
                 &vault,
                 account_id,
                 &row,
@@ -273,10 +273,10 @@ pub async fn rotate(
             )
             .map_err(ApiError::internal)?;
             if let Some(label) = &label {
-                store::set_label(&tx, account_id, &id, label)?;
+                store::set_label(tx, account_id, &id, label)?;
             }
             audit::append(
-                &tx,
+                tx,
                 &user_event(
                     account_id,
                     "key.rotate",
@@ -286,9 +286,8 @@ pub async fn rotate(
                     now,
                 ),
             )?;
-            let row = store::get(&tx, account_id, &id)?
+            let row = store::get(tx, account_id, &id)?
                 .ok_or_else(|| ApiError::internal("rotated key row not found"))?;
-            tx.commit()?;
             Ok(row)
         })
         .await?;
@@ -308,7 +307,7 @@ async fn with_recent_auth<T, F>(
 ) -> Result<T, ApiError>
 where
     T: Send + 'static,
-    F: FnOnce(&rusqlite::Transaction<'_>, &KeyRow) -> Result<T, ApiError> + Send + 'static,
+    F: FnOnce(&Conn<'_>, &KeyRow) -> Result<T, ApiError> + Send + 'static,
 {
     let now = state.clock.unix();
     let recent = auth.require_recent_auth(now);
@@ -316,22 +315,20 @@ where
     state
         .db
         .write(move |conn| -> Result<T, ApiError> {
-            let tx = conn.transaction()?;
-            let row = store::get(&tx, account_id, &id)?.ok_or_else(ApiError::not_found)?;
+            let tx = conn;
+            let row = store::get(tx, account_id, &id)?.ok_or_else(ApiError::not_found)?;
             if let Err(refused) = recent {
                 audit::append(
-                    &tx,
+                    tx,
                     &user_event(account_id, action, &id, &auth.ctx, Outcome::Denied, now),
                 )?;
-                tx.commit()?;
                 return Err(refused);
             }
-            let out = f(&tx, &row)?;
+            let out = f(tx, &row)?;
             audit::append(
-                &tx,
+                tx,
                 &user_event(account_id, action, &id, &auth.ctx, Outcome::Success, now),
             )?;
-            tx.commit()?;
             Ok(out)
         })
         .await
@@ -442,10 +439,10 @@ pub async fn export(
     let rows = state
         .db
         .write(move |conn| -> Result<Vec<KeyRow>, ApiError> {
-            let tx = conn.transaction()?;
-            let rows = store::list(&tx, account_id)?;
+            let tx = conn;
+            let rows = store::list(tx, account_id)?;
             audit::append(
-                &tx,
+                tx,
                 &user_event(
                     account_id,
                     "keys.export",
@@ -455,7 +452,6 @@ pub async fn export(
                     now,
                 ),
             )?;
-            tx.commit()?;
             Ok(rows)
         })
         .await?;

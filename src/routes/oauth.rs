@@ -37,12 +37,6 @@ fn internal(cause: impl std::fmt::Display) -> Failure {
     )
 }
 
-impl From<rusqlite::Error> for Failure {
-    fn from(e: rusqlite::Error) -> Self {
-        internal(e)
-    }
-}
-
 impl From<crate::db::DbError> for Failure {
     fn from(e: crate::db::DbError) -> Self {
         internal(e)
@@ -151,10 +145,7 @@ async fn start_inner(state: &AppState, provider: &str) -> Result<HttpResponse, F
     );
     state
         .db
-        .write(move |conn| {
-            oauth::save_state(conn, &state_hash, provider, &prelogin_hash, now)
-                .map_err(crate::db::DbError::from)
-        })
+        .write(move |conn| oauth::save_state(conn, &state_hash, provider, &prelogin_hash, now))
         .await
         .map_err(Failure::from)?;
     Ok(HttpResponse::SeeOther()
@@ -226,10 +217,7 @@ async fn callback_inner(
     );
     let valid = state
         .db
-        .write(move |conn| {
-            oauth::take_state(conn, &state_hash, provider, &prelogin_hash, now)
-                .map_err(crate::db::DbError::from)
-        })
+        .write(move |conn| oauth::take_state(conn, &state_hash, provider, &prelogin_hash, now))
         .await
         .map_err(Failure::from)?;
     if !valid {
@@ -279,17 +267,17 @@ async fn callback_inner(
     let (id, _) = state
         .db
         .write(move |conn| -> Result<_, Failure> {
-            let tx = conn.transaction()?;
-            let account_id = match oauth::find_identity(&tx, provider, &identity.subject, now)? {
+            let tx = conn;
+            let account_id = match oauth::find_identity(tx, provider, &identity.subject, now)? {
                 Some(id) => id,
                 None => {
                     let (account_id, action) =
-                        match accounts::find_by_email(&tx, &hasher, &identity.email)? {
+                        match accounts::find_by_email(tx, &hasher, &identity.email)? {
                             Some(a) => {
                                 // The provider vouches for the address; a password someone
                                 // signed it up with never was, so it does not survive.
                                 if !a.confirmed {
-                                    accounts::confirm_without_password(&tx, a.id, now)?;
+                                    accounts::confirm_without_password(tx, a.id, now)?;
                                 }
                                 (a.id, "oauth.link")
                             }
@@ -304,7 +292,7 @@ async fn callback_inner(
                             }
                             None => (
                                 accounts::create_confirmed_in(
-                                    &tx,
+                                    tx,
                                     &vault,
                                     &hasher,
                                     &identity.email,
@@ -315,7 +303,7 @@ async fn callback_inner(
                                 "signup.oauth",
                             ),
                         };
-                    if !oauth::link(&tx, provider, &identity.subject, account_id, now)? {
+                    if !oauth::link(tx, provider, &identity.subject, account_id, now)? {
                         return Err(fail(
                             StatusCode::CONFLICT,
                             "The keybroker account with this email is already linked to a \
@@ -323,7 +311,7 @@ async fn callback_inner(
                         ));
                     }
                     audit::append(
-                        &tx,
+                        tx,
                         &audit::Event {
                             resource: provider.as_str(),
                             ..event(Some(account_id), action, &ctx, Outcome::Success, now)
@@ -332,22 +320,21 @@ async fn callback_inner(
                     account_id
                 }
             };
-            if accounts::operator::is_disabled(&tx, account_id)? {
+            if accounts::operator::is_disabled(tx, account_id)? {
                 return Err(fail(
                     StatusCode::FORBIDDEN,
                     "This keybroker account is disabled; ask its operator.",
                 ));
             }
-            let created = session::create(&tx, account_id, now, &ctx.user_agent, &ctx.client_addr)?;
-            accounts::operator::record_sign_in(&tx, account_id, now)?;
+            let created = session::create(tx, account_id, now, &ctx.user_agent, &ctx.client_addr)?;
+            accounts::operator::record_sign_in(tx, account_id, now)?;
             audit::append(
-                &tx,
+                tx,
                 &audit::Event {
                     resource: provider.as_str(),
                     ..event(Some(account_id), "login.oauth", &ctx, Outcome::Success, now)
                 },
             )?;
-            tx.commit()?;
             Ok(created)
         })
         .await?;
@@ -390,12 +377,12 @@ pub async fn unlink(
     state
         .db
         .write(move |conn| -> Result<(), ApiError> {
-            let tx = conn.transaction()?;
-            let linked = oauth::providers_of(&tx, account_id)?;
+            let tx = conn;
+            let linked = oauth::providers_of(tx, account_id)?;
             if !linked.iter().any(|p| p == provider.as_str()) {
                 return Err(ApiError::not_found());
             }
-            let has_password = accounts::credentials_of(&tx, account_id)?
+            let has_password = accounts::credentials_of(tx, account_id)?
                 .is_some_and(|(hash, _)| hash.is_some());
             if !has_password && linked.len() == 1 {
                 return Err(ApiError::conflict(
@@ -403,9 +390,9 @@ pub async fn unlink(
                     "this is the account's only way to sign in; set a password (via password reset) or link another provider first",
                 ));
             }
-            oauth::unlink(&tx, account_id, provider)?;
+            oauth::unlink(tx, account_id, provider)?;
             audit::append(
-                &tx,
+                tx,
                 &audit::Event {
                     resource: provider.as_str(),
                     ..event(
@@ -417,7 +404,6 @@ pub async fn unlink(
                     )
                 },
             )?;
-            tx.commit()?;
             Ok(())
         })
         .await?;

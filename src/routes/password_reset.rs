@@ -86,13 +86,13 @@ pub async fn request(
     let found = state
         .db
         .write(move |conn| -> Result<bool, ApiError> {
-            let tx = conn.transaction()?;
-            let account = accounts::find_by_email(&tx, &hasher, &lookup)?.map(|a| a.id);
+            let tx = conn;
+            let account = accounts::find_by_email(tx, &hasher, &lookup)?.map(|a| a.id);
             if let Some(id) = account {
-                reset::issue(&tx, id, &token_hash, now)?;
+                reset::issue(tx, id, &token_hash, now)?;
             }
             audit::append(
-                &tx,
+                tx,
                 &event(
                     account,
                     "password_reset.request",
@@ -101,7 +101,6 @@ pub async fn request(
                     now,
                 ),
             )?;
-            tx.commit()?;
             Ok(account.is_some())
         })
         .await?;
@@ -177,18 +176,18 @@ pub async fn confirm(
         .db
         .write(
             move |conn| -> Result<Option<(i64, Option<String>)>, ApiError> {
-                let tx = conn.transaction()?;
-                let Some(account_id) = reset::redeem(&tx, &token_hash, now)? else {
+                let tx = conn;
+                let Some(account_id) = reset::redeem(tx, &token_hash, now)? else {
                     return Ok(None);
                 };
-                accounts::set_password(&tx, account_id, &phc)?;
+                accounts::set_password(tx, account_id, &phc)?;
                 // The link proved the mailbox: an account still waiting for its sign-up
                 // confirmation is confirmed, with the password chosen here.
-                accounts::confirm(&tx, account_id, now)?;
-                session::revoke_all(&tx, account_id)?;
-                reset::revoke_all(&tx, account_id)?;
+                accounts::confirm(tx, account_id, now)?;
+                session::revoke_all(tx, account_id)?;
+                reset::revoke_all(tx, account_id)?;
                 audit::append(
-                    &tx,
+                    tx,
                     &event(
                         Some(account_id),
                         "password_reset.confirm",
@@ -198,8 +197,7 @@ pub async fn confirm(
                     ),
                 )?;
                 let email =
-                    accounts::email_of(&tx, &vault, account_id).map_err(ApiError::internal)?;
-                tx.commit()?;
+                    accounts::email_of(tx, &vault, account_id).map_err(ApiError::internal)?;
                 Ok(Some((account_id, email)))
             },
         )

@@ -71,11 +71,11 @@ pub async fn revoke(
     let revoked = state
         .db
         .write(move |conn| -> Result<Option<[u8; 32]>, ApiError> {
-            let tx = conn.transaction()?;
-            let revoked = session::revoke_public(&tx, account_id, &public_id)?;
+            let tx = conn;
+            let revoked = session::revoke_public(tx, account_id, &public_id)?;
             if revoked.is_some() {
                 audit::append(
-                    &tx,
+                    tx,
                     &audit::Event {
                         resource: &public_id,
                         ..event(
@@ -88,7 +88,6 @@ pub async fn revoke(
                     },
                 )?;
             }
-            tx.commit()?;
             Ok(revoked)
         })
         .await?

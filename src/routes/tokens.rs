@@ -111,7 +111,7 @@ pub async fn create(
     let ((token, issued), keyed) = state
         .db
         .write(move |conn| -> Result<_, ApiError> {
-            let tx = conn.transaction()?;
+            let tx = conn;
             let new = NewToken {
                 account_id,
                 name: &name,
@@ -119,13 +119,13 @@ pub async fn create(
                 expires_at,
                 now,
             };
-            let created = tokens::create(&tx, &new)?;
-            let keyed: Vec<String> = crate::keys::store::list(&tx, account_id)?
+            let created = tokens::create(tx, &new)?;
+            let keyed: Vec<String> = crate::keys::store::list(tx, account_id)?
                 .into_iter()
                 .map(|k| k.provider)
                 .collect();
             audit::append(
-                &tx,
+                tx,
                 &user_event(
                     account_id,
                     "token.create",
@@ -135,7 +135,6 @@ pub async fn create(
                     now,
                 ),
             )?;
-            tx.commit()?;
             Ok((created, keyed))
         })
         .await?;
@@ -215,12 +214,12 @@ pub async fn revoke(
     state
         .db
         .write(move |conn| -> Result<(), ApiError> {
-            let tx = conn.transaction()?;
-            if !tokens::revoke(&tx, account_id, &id, now)? {
+            let tx = conn;
+            if !tokens::revoke(tx, account_id, &id, now)? {
                 return Err(ApiError::not_found());
             }
             audit::append(
-                &tx,
+                tx,
                 &user_event(
                     account_id,
                     "token.revoke",
@@ -230,7 +229,6 @@ pub async fn revoke(
                     now,
                 ),
             )?;
-            tx.commit()?;
             Ok(())
         })
         .await?;

@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::db::{Conn, Optional as _};
+use crate::params;
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -36,7 +37,7 @@ pub struct Recovery {
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {
     #[error(transparent)]
-    Db(#[from] rusqlite::Error),
+    Db(#[from] crate::db::DbError),
     #[error("hold journal: {0}")]
     Journal(#[from] std::io::Error),
 }
@@ -46,14 +47,14 @@ pub enum RecoverError {
 /// journal epoch and returns the rows to load into the ledger. One transaction; the previous
 /// run's journal files are deleted after it commits (see `spend::journal`).
 pub fn recover_and_load(
-    conn: &mut Connection,
+    conn: &Conn<'_>,
     journal_dir: Option<&Path>,
 ) -> Result<Recovery, RecoverError> {
-    let tx = conn.transaction()?;
+    let tx = conn;
     let (epoch, committed_seq): (i64, i64) = tx
         .query_row(
             "SELECT epoch, committed_seq FROM spend_journal_state WHERE id = 1",
-            [],
+            (),
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?
@@ -64,7 +65,7 @@ pub fn recover_and_load(
     );
     let mut holds: Vec<(i64, String, i64, i64)> = tx
         .prepare("SELECT account_id, provider, amount_micros, period_start FROM spend_holds")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .query_map((), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<Result<_, _>>()?;
     let mut recovered = Recovered::default();
     if let Some(dir) = journal_dir {
@@ -106,7 +107,7 @@ pub fn recover_and_load(
         recovered.holds_charged += 1;
         recovered.amount = recovered.amount.saturating_add(Money::from_micros(*amount));
     }
-    tx.execute("DELETE FROM spend_holds", [])?;
+    tx.execute("DELETE FROM spend_holds", ())?;
     let next_epoch = epoch + 1;
     tx.execute(
         "INSERT INTO spend_journal_state (id, epoch, committed_seq) VALUES (1, ?1, 0)
@@ -115,7 +116,7 @@ pub fn recover_and_load(
     )?;
     let rows = {
         let mut stmt = tx.prepare("SELECT account_id, provider, limit_micros, period, period_start, spent_micros FROM spend")?;
-        let rows = stmt.query_map([], |r| {
+        let rows = stmt.query_map((), |r| {
             let period: String = r.get(3)?;
             Ok(LedgerRow {
                 account: r.get(0)?,
@@ -129,7 +130,6 @@ pub fn recover_and_load(
         })?;
         rows.collect::<Result<Vec<_>, _>>()?
     };
-    tx.commit()?;
     if let Some(dir) = journal_dir {
         journal::delete_before(dir, next_epoch)?;
     }
@@ -159,11 +159,11 @@ pub struct UsageRow {
 
 /// Per-provider usage for hours starting in `[since, until)`.
 pub fn usage(
-    conn: &Connection,
+    conn: &Conn<'_>,
     account: i64,
     since: i64,
     until: i64,
-) -> rusqlite::Result<Vec<UsageRow>> {
+) -> crate::db::Result<Vec<UsageRow>> {
     let since_hour = since - since.rem_euclid(3600);
     let mut stmt = conn.prepare_cached(
         "SELECT provider, SUM(calls), SUM(refused), SUM(failed), SUM(input_tokens), SUM(cached_input_tokens),
@@ -208,10 +208,10 @@ pub struct RecentCall {
 
 /// The account's latest proxied calls (refusals included), newest first.
 pub fn recent_calls(
-    conn: &Connection,
+    conn: &Conn<'_>,
     account: i64,
     limit: u32,
-) -> rusqlite::Result<Vec<RecentCall>> {
+) -> crate::db::Result<Vec<RecentCall>> {
     conn.prepare_cached(
         "SELECT c.provider, c.at, c.method, c.route, c.status, c.outcome, c.model, c.input_tokens,
                 c.output_tokens, c.cost_micros, COALESCE(t.name, ''), c.latency_ms
@@ -249,11 +249,11 @@ pub struct DailySpend {
 /// Spend per UTC day and provider, for hours starting in `[since, until)`; days without spend are
 /// absent. Ordered by day, then provider.
 pub fn daily_spend(
-    conn: &Connection,
+    conn: &Conn<'_>,
     account: i64,
     since: i64,
     until: i64,
-) -> rusqlite::Result<Vec<DailySpend>> {
+) -> crate::db::Result<Vec<DailySpend>> {
     conn.prepare_cached(
         "SELECT hour - (hour % 86400) AS day, provider, SUM(spend_micros) FROM usage_hourly
          WHERE account_id = ?1 AND hour >= ?2 AND hour < ?3

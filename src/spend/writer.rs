@@ -22,9 +22,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rusqlite::{params, Connection};
+use crate::db::Conn;
+use crate::params;
 
-use crate::db::Db;
+use crate::db::{Checkpointer, Db, DedicatedWriter};
 use crate::money::Money;
 use crate::spend::journal::HoldJournal;
 use crate::spend::ledger::{Period, SpendEvent, SpendKind, SpendSink, Unrecorded};
@@ -123,11 +124,11 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// (see `db.rs`) then trims the file. No proxied call waits for the spend writer (holds are
 /// journaled, see `spend::journal`), so that wait is invisible to calls; an API write waits at
 /// most that long, within its busy timeout.
-fn run_checkpoints(conn: Connection, stop: mpsc::Receiver<()>) {
+fn run_checkpoints(conn: &Checkpointer, stop: &mpsc::Receiver<()>) {
     loop {
         match stop.recv_timeout(CHECKPOINT_EVERY) {
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+                if let Err(e) = conn.checkpoint() {
                     tracing::warn!(error = %e, "WAL checkpoint failed; will try again");
                 }
             }
@@ -148,17 +149,23 @@ impl SpendWriter {
     /// Starts the writer. With a `journal`, every hold is appended to it before it is queued; the
     /// database must then have been through `store::recover_and_load` with that journal's epoch.
     pub fn start(db: &Db, journal: Option<HoldJournal>) -> Result<Arc<Self>, crate::db::DbError> {
-        let conn = db.dedicated_writer("NORMAL")?;
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let checkpoint_conn = db.dedicated_writer("NORMAL")?;
-        let (stop_tx, stop_rx) = mpsc::channel();
-        let checkpointer = std::thread::Builder::new()
-            .name("wal-checkpoint".into())
-            .spawn(move || {
-                crate::threads::lower_priority(BACKGROUND_NICE);
-                run_checkpoints(checkpoint_conn, stop_rx)
-            })
-            .map_err(|e| crate::db::DbError::Thread(e.to_string()))?;
+        // On SQLite: its own connection, with `wal_autocheckpoint` off (the checkpointer below
+        // does it once a second).
+        let conn = db.dedicated_writer()?;
+        let checkpointer = match db.checkpointer()? {
+            Some(checkpoint_conn) => {
+                let (stop_tx, stop_rx) = mpsc::channel();
+                let thread = std::thread::Builder::new()
+                    .name("wal-checkpoint".into())
+                    .spawn(move || {
+                        crate::threads::lower_priority(BACKGROUND_NICE);
+                        run_checkpoints(&checkpoint_conn, &stop_rx)
+                    })
+                    .map_err(|e| crate::db::DbError::Thread(e.to_string()))?;
+                Some((stop_tx, thread))
+            }
+            None => None,
+        };
         let (tx, rx) = mpsc::channel();
         let depth = Arc::new(AtomicUsize::new(0));
         let thread_depth = depth.clone();
@@ -176,7 +183,7 @@ impl SpendWriter {
             journal,
             depth,
             thread: Mutex::new(Some(thread)),
-            checkpointer: Mutex::new(Some((stop_tx, checkpointer))),
+            checkpointer: Mutex::new(checkpointer),
         }))
     }
 
@@ -269,7 +276,7 @@ impl Drop for SpendWriter {
 }
 
 fn run(
-    mut conn: Connection,
+    mut conn: DedicatedWriter,
     rx: Receiver<(u64, Msg)>,
     depth: Arc<AtomicUsize>,
     journal: Option<Arc<HoldJournal>>,
@@ -353,15 +360,14 @@ fn run(
 /// [`RECENT_CALLS_EVERY`], or at once with `force`, a flush or a stop. A reset or a ceiling
 /// change writes the sums gathered before it first, so order is kept where it matters.
 fn apply(
-    conn: &mut Connection,
+    conn: &mut DedicatedWriter,
     batch: &mut Vec<Msg>,
     last_seq: u64,
     recent: &mut RecentCalls,
     force: bool,
 ) -> Vec<SyncSender<()>> {
     let mut barriers = Vec::new();
-    let result = (|| -> rusqlite::Result<()> {
-        let tx = conn.transaction()?;
+    let result = conn.write(|tx| -> crate::db::Result<()> {
         let mut fold = Fold::of(batch);
         let force = force
             || batch
@@ -369,15 +375,13 @@ fn apply(
                 .any(|m| matches!(m, Msg::Barrier(_) | Msg::Stop));
         for msg in batch.drain(..) {
             let outcome = match msg {
-                Msg::Spend(e) => fold.spend(&tx, e),
+                Msg::Spend(e) => fold.spend(tx, e),
                 Msg::Call(c) => {
                     fold.call(&c);
                     recent.push(c);
                     Ok(())
                 }
-                Msg::Ceiling(row) => fold
-                    .write_spend(&tx)
-                    .and_then(|()| apply_ceiling(&tx, &row)),
+                Msg::Ceiling(row) => fold.write_spend(tx).and_then(|()| apply_ceiling(tx, &row)),
                 Msg::Barrier(b) => {
                     barriers.push(b);
                     Ok(())
@@ -388,15 +392,15 @@ fn apply(
                 tracing::error!(error = %e, "spend writer: a record could not be written");
             }
         }
-        fold.finish(&tx)?;
+        fold.finish(tx)?;
         if force || recent.due_in() == Some(Duration::ZERO) {
-            recent.write(&tx)?;
+            recent.write(tx)?;
         }
         // What the hold journal's recovery compares against (see `spend::journal`).
         tx.prepare_cached("UPDATE spend_journal_state SET committed_seq = ?1 WHERE id = 1")?
             .execute([i64::try_from(last_seq).unwrap_or(i64::MAX)])?;
-        tx.commit()
-    })();
+        Ok(())
+    });
     if let Err(e) = result {
         // Drop what did not commit rather than retry forever; the holds already committed are
         // charged in full at the next start, which keeps the ceiling safe.
@@ -457,7 +461,7 @@ impl Fold {
         }
     }
 
-    fn spend(&mut self, conn: &Connection, e: SpendEvent) -> rusqlite::Result<()> {
+    fn spend(&mut self, conn: &Conn<'_>, e: SpendEvent) -> crate::db::Result<()> {
         let id = i64::try_from(e.reservation).unwrap_or(i64::MAX);
         let transient = self.transient.contains(&e.reservation);
         match e.kind {
@@ -525,7 +529,7 @@ impl Fold {
     }
 
     /// Adds the settled sums gathered so far to their spend rows.
-    fn write_spend(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+    fn write_spend(&mut self, conn: &Conn<'_>) -> crate::db::Result<()> {
         for ((account, provider, period_start), amount) in self.spend.drain() {
             skip_failed(add_spend(conn, account, &provider, period_start, amount));
         }
@@ -534,7 +538,7 @@ impl Fold {
 
     /// Writes the folded rows. Like a single record, a row that cannot be written (its account
     /// was deleted meanwhile) is logged and skipped without losing the rest of the batch.
-    fn finish(mut self, conn: &Connection) -> rusqlite::Result<()> {
+    fn finish(mut self, conn: &Conn<'_>) -> crate::db::Result<()> {
         self.write_spend(conn)?;
         for ((account, provider, hour), u) in self.usage.drain() {
             skip_failed(apply_usage(conn, account, &provider, hour, &u));
@@ -585,7 +589,7 @@ impl RecentCalls {
             .map(|since| RECENT_CALLS_EVERY.saturating_sub(since.elapsed()))
     }
 
-    fn write(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+    fn write(&mut self, conn: &Conn<'_>) -> crate::db::Result<()> {
         if self.since.take().is_none() {
             return Ok(());
         }
@@ -627,7 +631,7 @@ impl RecentCalls {
     }
 }
 
-fn skip_failed(outcome: rusqlite::Result<()>) {
+fn skip_failed(outcome: crate::db::Result<()>) {
     if let Err(e) = outcome {
         tracing::error!(error = %e, "spend writer: a record could not be written");
     }
@@ -635,12 +639,12 @@ fn skip_failed(outcome: rusqlite::Result<()>) {
 
 /// Adds `amount` to the spend of `period_start` (a newer period replaces an older one).
 fn add_spend(
-    conn: &Connection,
+    conn: &Conn<'_>,
     account: i64,
     provider: &str,
     period_start: i64,
     amount: Money,
-) -> rusqlite::Result<()> {
+) -> crate::db::Result<()> {
     conn.prepare_cached(
         "INSERT INTO spend (account_id, provider, period_start, spent_micros) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (account_id, provider) DO UPDATE SET
@@ -655,12 +659,12 @@ fn add_spend(
 }
 
 fn apply_usage(
-    conn: &Connection,
+    conn: &Conn<'_>,
     account: i64,
     provider: &str,
     hour: i64,
     u: &HourUsage,
-) -> rusqlite::Result<()> {
+) -> crate::db::Result<()> {
     conn.prepare_cached(
         "INSERT INTO usage_hourly (account_id, provider, hour, calls, refused, failed, input_tokens, cached_input_tokens,
                                    output_tokens, reasoning_tokens, spend_micros, fallback_priced)
@@ -691,7 +695,7 @@ fn apply_usage(
     Ok(())
 }
 
-fn apply_ceiling(conn: &Connection, r: &CeilingRow) -> rusqlite::Result<()> {
+fn apply_ceiling(conn: &Conn<'_>, r: &CeilingRow) -> crate::db::Result<()> {
     conn.prepare_cached(
         "INSERT INTO spend (account_id, provider, limit_micros, period, period_start, spent_micros) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (account_id, provider) DO UPDATE SET
@@ -737,7 +741,7 @@ mod tests {
     fn db_with_account(dir: &std::path::Path) -> Db {
         let db = Db::open(&dir.join("t.db")).unwrap();
         db.write_blocking(|c| {
-            c.execute("INSERT INTO accounts (id, email_hash, email_blob, master_key_id, created_at) VALUES (1, x'01', x'', 'k', 0)", [])
+            c.execute("INSERT INTO accounts (id, email_hash, email_blob, master_key_id, created_at) VALUES (1, x'01', x'', 'k', 0)", ())
         })
         .unwrap();
         db
@@ -775,7 +779,7 @@ mod tests {
             .read_blocking(|c| {
                 c.query_row(
                     "SELECT spent_micros, limit_micros, (SELECT COUNT(*) FROM spend_holds) FROM spend WHERE account_id = 1",
-                    [],
+                    (),
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
             })
@@ -808,7 +812,7 @@ mod tests {
             db.read_blocking(|c| {
                 c.query_row(
                     "SELECT spent_micros, (SELECT COUNT(*) FROM spend_holds) FROM spend WHERE account_id = 1",
-                    [],
+                    (),
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
             })
@@ -836,7 +840,7 @@ mod tests {
             ..CallRecord::default()
         });
         let count = || -> i64 {
-            db.read_blocking(|c| c.query_row("SELECT COUNT(*) FROM recent_calls", [], |r| r.get(0)))
+            db.read_blocking(|c| c.query_row("SELECT COUNT(*) FROM recent_calls", (), |r| r.get(0)))
                 .unwrap()
         };
         // Usage is written with the batch, the recent-calls row only once it is due.
@@ -965,7 +969,7 @@ mod tests {
         assert_eq!(ledger.snapshot(1, "bad id").reserved, Money::ZERO);
         writer.flush_blocking();
         let holds: i64 = db
-            .read_blocking(|c| c.query_row("SELECT COUNT(*) FROM spend_holds", [], |r| r.get(0)))
+            .read_blocking(|c| c.query_row("SELECT COUNT(*) FROM spend_holds", (), |r| r.get(0)))
             .unwrap();
         assert_eq!(holds, 0);
     }
@@ -1000,7 +1004,7 @@ mod tests {
         );
         assert_eq!(usage[0].spend_usd, Money::from_micros(7 * n));
         let kept: i64 = db
-            .read_blocking(|c| c.query_row("SELECT COUNT(*) FROM recent_calls", [], |r| r.get(0)))
+            .read_blocking(|c| c.query_row("SELECT COUNT(*) FROM recent_calls", (), |r| r.get(0)))
             .unwrap();
         assert_eq!(kept, RECENT_CALLS_KEPT);
     }

@@ -158,8 +158,7 @@ async fn the_audit_list_pages_with_a_cursor_and_filters() {
                         outcome: Outcome::Success,
                         at: base + 60 * (i + 1),
                     },
-                )
-                .map_err(keybroker::db::DbError::from)?;
+                )?;
             }
             Ok::<_, keybroker::db::DbError>(())
         })

@@ -855,9 +855,9 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
     // still redeems it; then the new password signs in.
     let reset = keybroker::accounts::reset::ResetToken::generate();
     let (hash, now) = (reset.hash(), app.clock.unix());
-    let conn = rusqlite::Connection::open(app.db_path()).unwrap();
+    let conn = keybroker::db::Conn::from_sqlite(rusqlite::Connection::open(app.db_path()).unwrap());
     let account: i64 = conn
-        .query_row("SELECT id FROM accounts", [], |r| r.get(0))
+        .query_row("SELECT id FROM accounts", (), |r| r.get(0))
         .unwrap();
     keybroker::accounts::reset::issue(&conn, account, &hash, now).unwrap();
     drop(conn);
@@ -935,9 +935,9 @@ async fn key_id(c: &Client, provider: &str) -> String {
 
 /// $3.20 settled against the OpenAI ceiling, and two recent calls, one of them refused.
 fn seed_spend(app: &TestApp) {
-    let conn = rusqlite::Connection::open(app.db_path()).unwrap();
+    let conn = keybroker::db::Conn::from_sqlite(rusqlite::Connection::open(app.db_path()).unwrap());
     let account: i64 = conn
-        .query_row("SELECT id FROM accounts", [], |r| r.get(0))
+        .query_row("SELECT id FROM accounts", (), |r| r.get(0))
         .unwrap();
     let spent = keybroker::money::Money::from_micros(3_200_000);
     app.state
@@ -954,7 +954,7 @@ fn seed_spend(app: &TestApp) {
         conn.execute(
             "INSERT INTO recent_calls (account_id, provider, at, method, route, status, outcome, model, input_tokens, output_tokens, cost_micros)
              VALUES (?1, 'openai', ?2, 'POST', '/v1/chat/completions', ?3, ?4, 'gpt-4o-mini', ?5, ?6, ?7)",
-            rusqlite::params![account, now, status, outcome, input, output, cost],
+            keybroker::params![account, now, status, outcome, input, output, cost],
         )
         .unwrap();
     }
@@ -967,7 +967,7 @@ fn seed_spend(app: &TestApp) {
     ] {
         conn.execute(
             "INSERT INTO usage_hourly (account_id, provider, hour, calls, spend_micros) VALUES (?1, ?2, ?3, 1, ?4)",
-            rusqlite::params![account, provider, day, micros],
+            keybroker::params![account, provider, day, micros],
         )
         .unwrap();
     }

@@ -120,7 +120,7 @@ fn snapshot(db: &Path) -> (i64, Vec<String>, String) {
     let schema = conn
         .prepare("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name")
         .unwrap()
-        .query_map([], |r| r.get(0))
+        .query_map((), |r| r.get(0))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
@@ -348,8 +348,9 @@ async fn rows_under_an_old_master_key_decrypt_after_rotation_and_rewrap_moves_th
     .await;
     let session = app.signed_up().await;
     let account_id: i64 = {
-        let conn = Connection::open(app.db_path()).unwrap();
-        conn.query_row("SELECT MAX(id) FROM accounts", [], |r| r.get(0))
+        let conn =
+            keybroker::db::Conn::from_sqlite(rusqlite::Connection::open(app.db_path()).unwrap());
+        conn.query_row("SELECT MAX(id) FROM accounts", (), |r| r.get(0))
             .unwrap()
     };
     let plaintext = "sk-proj-rotation-test-0123456789abcdefghij";
@@ -378,7 +379,7 @@ async fn rows_under_an_old_master_key_decrypt_after_rotation_and_rewrap_moves_th
 
     // Key 2 becomes active: rows sealed under key 1 still open.
     let both = ring(&[("k1", &k1), ("k2", &k2)], "k2");
-    let conn = Connection::open(app.db_path()).unwrap();
+    let conn = keybroker::db::Conn::from_sqlite(rusqlite::Connection::open(app.db_path()).unwrap());
     let (_, key) = store::open(&conn, &both, account_id, "openai")
         .unwrap()
         .unwrap();
@@ -408,7 +409,7 @@ async fn rows_under_an_old_master_key_decrypt_after_rotation_and_rewrap_moves_th
     let ids: Vec<String> = conn
         .prepare("SELECT master_key_id FROM vault_canary UNION ALL SELECT master_key_id FROM accounts UNION ALL SELECT master_key_id FROM provider_keys")
         .unwrap()
-        .query_map([], |r| r.get(0))
+        .query_map((), |r| r.get(0))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();

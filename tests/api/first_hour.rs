@@ -135,7 +135,7 @@ async fn changing_a_ceiling_records_its_old_and_new_figures_in_the_audit_log() {
     let report = app
         .state
         .db
-        .read(|conn| keybroker::audit::verify(conn).map_err(keybroker::db::DbError::from))
+        .read(keybroker::audit::verify)
         .await
         .unwrap();
     assert!(report.first_broken.is_none(), "{report:?}");

@@ -303,7 +303,7 @@ async fn a_token_revoked_elsewhere_is_refused_within_the_token_cache_ttl() {
     let (id, token) = new_token(&app, &s).await;
     assert_eq!(call(&app, &token).await.status(), 200);
 
-    let conn = rusqlite::Connection::open(app.db_path()).unwrap();
+    let conn = keybroker::db::Conn::from_sqlite(rusqlite::Connection::open(app.db_path()).unwrap());
     let revoked = tokens::revoke(&conn, account_id(&app, &s), &id, app.state.clock.unix()).unwrap();
     assert!(revoked);
     let revoked_at = Instant::now();

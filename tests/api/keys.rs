@@ -435,7 +435,7 @@ async fn a_rotation_seen_by_a_concurrent_reader_is_old_or_new_never_broken() {
                 };
                 store::rotate(conn, &vault, account, &row, &rotation, key.as_bytes())
                     .map(|_| ())
-                    .map_err(|e| rusqlite::Error::InvalidParameterName(e.to_string()))
+                    .map_err(|e| keybroker::db::DbError::Config(e.to_string()))
             })
         })
         .await
@@ -571,7 +571,7 @@ async fn another_account_can_neither_see_nor_touch_a_key_and_gets_404() {
     // A tool token of B reaches B's key only.
     let token = create_token(&app, &b, json!({"name": "b-agent"})).await;
     let token = tokens::authenticate(
-        &rusqlite::Connection::open(app.db_path()).unwrap(),
+        &keybroker::db::Conn::from_sqlite(rusqlite::Connection::open(app.db_path()).unwrap()),
         token["token"].as_str().unwrap(),
         app.state.clock.unix(),
     )

@@ -31,6 +31,7 @@ mod oauth;
 mod operator_accounts;
 mod ops;
 mod password_reset;
+pub mod pg_cluster;
 mod providers_file;
 mod providers_more;
 mod proxy;

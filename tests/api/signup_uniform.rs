@@ -366,7 +366,7 @@ async fn accounts_made_before_skeletons_existed_get_theirs_at_start_up() {
     );
     let done = db
         .write(move |conn| {
-            conn.execute("UPDATE accounts SET email_skeleton_hash = NULL", [])?;
+            conn.execute("UPDATE accounts SET email_skeleton_hash = NULL", ())?;
             accounts::backfill(conn, &vault, &hasher).map_err(ApiError::internal)
         })
         .await

@@ -2,12 +2,11 @@
 
 use keybroker::keys::store::{self, StoreError};
 use keybroker::vault::VaultError;
-use rusqlite::Connection;
 
 use crate::helpers::{contains, read_or_empty, unique_email, TestApp, PASSWORD};
 
 fn account_id(app: &TestApp, nth_newest: i64) -> i64 {
-    let conn = Connection::open(app.db_path()).unwrap();
+    let conn = keybroker::db::Conn::from_sqlite(rusqlite::Connection::open(app.db_path()).unwrap());
     conn.query_row(
         "SELECT id FROM accounts ORDER BY id DESC LIMIT 1 OFFSET ?1",
         [nth_newest],
@@ -70,7 +69,8 @@ async fn stored_keys_leave_no_plaintext_in_the_db_wal_or_shm_files() {
             "plaintext key found in the database files"
         );
         // ... and the key is really there, encrypted.
-        let conn = Connection::open(app.db_path()).unwrap();
+        let conn =
+            keybroker::db::Conn::from_sqlite(rusqlite::Connection::open(app.db_path()).unwrap());
         let (_, opened) = store::open(&conn, &app.state.vault, *account, provider)
             .unwrap()
             .unwrap();
@@ -119,7 +119,7 @@ async fn a_ciphertext_copied_onto_another_account_does_not_decrypt() {
     store_key(&app, a, "openai", "sk-account-a-secret-000000000000".into()).await;
     store_key(&app, b, "openai", "sk-account-b-secret-111111111111".into()).await;
 
-    let conn = Connection::open(app.db_path()).unwrap();
+    let conn = keybroker::db::Conn::from_sqlite(rusqlite::Connection::open(app.db_path()).unwrap());
     conn.execute(
         "UPDATE provider_keys SET blob = (SELECT blob FROM provider_keys WHERE account_id = ?1) WHERE account_id = ?2",
         [a, b],

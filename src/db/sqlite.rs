@@ -1,29 +1,29 @@
-//! SQLite storage: one writer connection and a few readers on one WAL-mode database file, with
-//! schema migrations applied at start-up. Queries run on a blocking thread, never on an async
-//! worker, with one exception: the proxy's two indexed point reads (a token, a sealed key) when
-//! its caches miss, which [`Db::read_inline`] runs in place because handing them to a blocking
-//! thread costs far more than the read itself.
+//! The SQLite backend: one writer connection and a few readers on one WAL-mode database file,
+//! with schema migrations (`migrations/sqlite/`) applied at open.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use rusqlite::Connection;
+
+use super::value::{type_error, FromValue, Value};
+use super::{Conn, DbError, Result, RowIndex};
 use rusqlite_migration::{Migrations, M};
 
 /// The schema, one numbered file per change, in order. Never edit a file once it has shipped:
 /// add a new one.
 const MIGRATION_SQL: &[&str] = &[
-    include_str!("../migrations/0001_init.sql"),
-    include_str!("../migrations/0002_accounts.sql"),
-    include_str!("../migrations/0003_keys_tokens.sql"),
-    include_str!("../migrations/0004_spend.sql"),
-    include_str!("../migrations/0005_spend_journal.sql"),
-    include_str!("../migrations/0006_signup_confirmation.sql"),
-    include_str!("../migrations/0007_operator_accounts.sql"),
-    include_str!("../migrations/0008_audit_detail.sql"),
-    include_str!("../migrations/0009_recent_calls_token_latency.sql"),
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../migrations/sqlite/0002_accounts.sql"),
+    include_str!("../../migrations/sqlite/0003_keys_tokens.sql"),
+    include_str!("../../migrations/sqlite/0004_spend.sql"),
+    include_str!("../../migrations/sqlite/0005_spend_journal.sql"),
+    include_str!("../../migrations/sqlite/0006_signup_confirmation.sql"),
+    include_str!("../../migrations/sqlite/0007_operator_accounts.sql"),
+    include_str!("../../migrations/sqlite/0008_audit_detail.sql"),
+    include_str!("../../migrations/sqlite/0009_recent_calls_token_latency.sql"),
 ];
 
 static MIGRATIONS: LazyLock<Migrations<'static>> =
@@ -35,26 +35,6 @@ pub const MIGRATIONS_COUNT: usize = MIGRATION_SQL.len();
 const READERS: usize = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("database migration failed: {0}")]
-    Migration(#[from] rusqlite_migration::Error),
-    #[error("the database at {path} has schema version {found}, newer than this binary's {known}; run a newer keybroker (nothing was changed)")]
-    TooNew {
-        path: String,
-        found: i64,
-        known: usize,
-    },
-    #[error("cannot create the database file {0}: {1}")]
-    Create(String, std::io::Error),
-    #[error("database task was cancelled")]
-    Cancelled,
-    #[error("could not start a database thread: {0}")]
-    Thread(String),
-}
-
 struct Inner {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
@@ -62,18 +42,8 @@ struct Inner {
     path: PathBuf,
 }
 
-/// A handle to the database; cheap to clone.
-#[derive(Clone)]
-pub struct Db {
-    inner: Arc<Inner>,
-}
-
-impl std::fmt::Debug for Db {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db")
-            .field("path", &self.inner.path)
-            .finish()
-    }
+pub(super) struct Sqlite {
+    inner: Inner,
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -132,10 +102,10 @@ fn narrow(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-impl Db {
+impl Sqlite {
     /// A separate read-write connection to the same file, for a writer thread that owns its
     /// connection (the spend writer). `synchronous` is the caller's choice and reason.
-    pub fn dedicated_writer(&self, synchronous: &str) -> Result<Connection, DbError> {
+    pub fn dedicated_writer(&self, synchronous: &str) -> Result<Connection> {
         let mut conn = Connection::open(&self.inner.path)?;
         configure(&conn)?;
         conn.pragma_update(None, "synchronous", synchronous)?;
@@ -145,7 +115,7 @@ impl Db {
 
     /// Opens (creating if needed) the database file, switches it to WAL, and migrates it.
     /// A database whose schema is newer than this binary is refused untouched.
-    pub fn open(path: &Path) -> Result<Self, DbError> {
+    pub fn open(path: &Path) -> Result<Self> {
         owner_only(path).map_err(|e| DbError::Create(path.display().to_string(), e))?;
         let mut writer = Connection::open(path)?;
         configure(&writer)?;
@@ -179,12 +149,12 @@ impl Db {
             readers.push(Mutex::new(conn));
         }
         Ok(Self {
-            inner: Arc::new(Inner {
+            inner: Inner {
                 writer: Mutex::new(writer),
                 readers,
                 next_reader: AtomicUsize::new(0),
                 path: path.to_path_buf(),
-            }),
+            },
         })
     }
 
@@ -192,55 +162,9 @@ impl Db {
         &self.inner.path
     }
 
-    /// Runs `f` on the writer connection, on a blocking thread.
-    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
-        T: Send + 'static,
-        E: From<DbError> + Send + 'static,
-    {
-        let db = self.clone();
-        tokio::task::spawn_blocking(move || db.write_blocking(f))
-            .await
-            .map_err(|_| E::from(DbError::Cancelled))?
-    }
-
-    /// Runs `f` on a read-only connection, on a blocking thread.
-    pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
-        T: Send + 'static,
-        E: From<DbError> + Send + 'static,
-    {
-        let db = self.clone();
-        tokio::task::spawn_blocking(move || db.read_blocking(f))
-            .await
-            .map_err(|_| E::from(DbError::Cancelled))?
-    }
-
-    /// Runs `f` on a read-only connection right here, on the calling async worker, when one is
-    /// free; else as [`Db::read`] does. Only for indexed point reads on the proxy's hot path (a
-    /// token or a sealed key after its cache entry expired): such a read takes about 10 µs on a
-    /// warm database, and a reader in WAL mode never waits for the writer or a checkpoint,
-    /// while the hand-off to a blocking thread and back added about 0.35 ms to a call (measured
-    /// with one worker: a streamed call after a second idle took 1.17 ms to its first chunk
-    /// instead of 0.41 ms).
-    pub async fn read_inline<T, E, F>(&self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
-        T: Send + 'static,
-        E: From<DbError> + Send + 'static,
-    {
-        if let Ok(conn) = self.free_reader() {
-            return f(&conn);
-        }
-        // Every reader is busy (an export, say): wait for one off the worker.
-        self.read(f).await
-    }
-
     /// A reader connection nobody holds, trying each once from a rotating start; when all are
     /// busy, `Err` with that start (the one to wait for).
-    fn free_reader(&self) -> Result<std::sync::MutexGuard<'_, Connection>, usize> {
+    pub(super) fn free_reader(&self) -> Result<std::sync::MutexGuard<'_, Connection>, usize> {
         let readers = &self.inner.readers;
         let start = self.inner.next_reader.fetch_add(1, Ordering::Relaxed);
         for i in 0..readers.len() {
@@ -254,11 +178,11 @@ impl Db {
         Err(start)
     }
 
-    /// The writer, from a thread that may block (CLI commands, the batching writer).
-    pub fn write_blocking<T, E>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, E>,
-    ) -> Result<T, E> {
+    /// `f` in an IMMEDIATE transaction on the writer connection.
+    pub(super) fn write<T, E>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<DbError>,
+    {
         // A panic while holding the lock leaves an ordinary connection behind (any open
         // transaction was rolled back when it dropped), so poisoning is not a reason to stop.
         let mut conn = self
@@ -266,31 +190,166 @@ impl Db {
             .writer
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        f(&mut conn)
+        in_transaction(&mut conn, f)
     }
 
-    /// A reader, from a thread that may block.
-    pub fn read_blocking<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E> {
+    /// `f` on a reader.
+    pub(super) fn read<T, E>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T, E>) -> Result<T, E> {
         let start = match self.free_reader() {
-            Ok(conn) => return f(&conn),
+            Ok(conn) => return f(&Conn::sqlite(&conn)),
             Err(start) => start,
         };
         let readers = &self.inner.readers;
         match readers.get(start % readers.len().max(1)) {
-            Some(slot) => f(&slot.lock().unwrap_or_else(PoisonError::into_inner)),
-            None => f(&self
-                .inner
-                .writer
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)),
+            Some(slot) => f(&Conn::sqlite(
+                &slot.lock().unwrap_or_else(PoisonError::into_inner),
+            )),
+            None => f(&Conn::sqlite(
+                &self
+                    .inner
+                    .writer
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            )),
         }
     }
+
+    /// `PRAGMA integrity_check`'s complaints (none when it says `ok`).
+    pub(super) fn integrity_problems(&self) -> Result<Vec<String>> {
+        self.read(|c| {
+            c.query_all("PRAGMA integrity_check", (), |r| r.get::<_, String>(0))
+                .map(|rows| rows.into_iter().filter(|r| r != "ok").collect())
+        })
+    }
+}
+
+/// Opens `path` read-only (no migration, nothing created), as `check` and `audit verify` do.
+pub(super) fn open_read_only(path: &Path) -> Result<Connection> {
+    if !path.exists() {
+        return Err(DbError::Config(format!(
+            "no database at {}",
+            path.display()
+        )));
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+/// `f` in a transaction on `conn` (IMMEDIATE, as set at open), committed when it returns `Ok`.
+pub(super) fn in_transaction<T, E>(
+    conn: &mut Connection,
+    f: impl FnOnce(&Conn<'_>) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<DbError>,
+{
+    let tx = conn.transaction().map_err(|e| E::from(e.into()))?;
+    let out = f(&Conn::sqlite(&tx))?;
+    tx.commit().map_err(|e| E::from(e.into()))?;
+    Ok(out)
+}
+
+impl rusqlite::ToSql for Value<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match *self {
+            Value::Null => ValueRef::Null,
+            Value::Int(i) => ValueRef::Integer(i),
+            Value::Real(f) => ValueRef::Real(f),
+            Value::Text(s) => ValueRef::Text(s.as_bytes()),
+            Value::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+pub(super) fn execute(conn: &Connection, sql: &str, values: &[Value<'_>]) -> Result<usize> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    Ok(stmt.execute(rusqlite::params_from_iter(values))?)
+}
+
+pub(super) fn query_row<T>(
+    conn: &Connection,
+    sql: &str,
+    values: &[Value<'_>],
+    f: impl FnOnce(&super::Row<'_>) -> Result<T>,
+) -> Result<T> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
+    match rows.next()? {
+        Some(row) => f(&super::Row {
+            inner: super::RowInner::Sqlite(row),
+        }),
+        None => Err(DbError::NoRows),
+    }
+}
+
+pub(super) fn query_all<T>(
+    conn: &Connection,
+    sql: &str,
+    values: &[Value<'_>],
+    f: &mut dyn FnMut(&super::Row<'_>) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(f(&super::Row {
+            inner: super::RowInner::Sqlite(row),
+        })?);
+    }
+    Ok(out)
+}
+
+pub(super) fn for_each(
+    conn: &Connection,
+    sql: &str,
+    values: &[Value<'_>],
+    f: &mut dyn FnMut(&super::Row<'_>) -> Result<()>,
+) -> Result<()> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
+    while let Some(row) = rows.next()? {
+        f(&super::Row {
+            inner: super::RowInner::Sqlite(row),
+        })?;
+    }
+    Ok(())
+}
+
+pub(super) fn get<I: RowIndex, T: FromValue>(row: &rusqlite::Row<'_>, idx: I) -> Result<T> {
+    use rusqlite::types::ValueRef;
+    let at = idx.sqlite(row)?;
+    let value = match row.get_ref(at)? {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Int(i),
+        ValueRef::Real(f) => Value::Real(f),
+        ValueRef::Text(t) => Value::Text(
+            std::str::from_utf8(t).map_err(|_| type_error(idx, "text", Value::Blob(t)))?,
+        ),
+        ValueRef::Blob(b) => Value::Blob(b),
+    };
+    T::from_value(value).map_err(|wanted| type_error(idx, wanted, value))
 }
 
 /// Brings an in-memory connection to the latest schema, for other modules' unit tests.
 #[cfg(test)]
 pub(crate) fn migrate_for_tests(conn: &mut Connection) {
     MIGRATIONS.to_latest(conn).unwrap();
+}
+
+#[cfg(test)]
+impl Sqlite {
+    pub(super) fn hold_every_reader(&self) -> Vec<std::sync::MutexGuard<'_, Connection>> {
+        self.inner
+            .readers
+            .iter()
+            .map(|r| r.lock().unwrap())
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -344,8 +403,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        let db = Db::open(&path).unwrap();
-        db.write_blocking(|c| c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);"))
+        let db = Sqlite::open(&path).unwrap();
+        db.write(|c| c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);"))
             .unwrap();
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(&dir.path().join("k.db-wal")), 0o600);
@@ -357,38 +416,11 @@ mod tests {
         for p in [&path, &wal] {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
         }
-        let db = Db::open(&path).unwrap();
+        let db = Sqlite::open(&path).unwrap();
         assert_eq!((mode(&path), mode(&wal)), (0o600, 0o600));
         let n: i64 = db
-            .read_blocking(|c| c.query_row("SELECT x FROM t", [], |r| r.get(0)))
+            .read(|c| c.query_row("SELECT x FROM t", (), |r| r.get(0)))
             .unwrap();
         assert_eq!(n, 1);
-    }
-
-    fn thread_and_answer(conn: &Connection) -> Result<(std::thread::ThreadId, i64), DbError> {
-        let n = conn.query_row("SELECT 41 + 1", [], |r| r.get(0))?;
-        Ok((std::thread::current().id(), n))
-    }
-
-    #[tokio::test]
-    async fn an_inline_read_runs_on_the_caller_when_a_reader_is_free_else_off_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("t.db")).unwrap();
-        let here = std::thread::current().id();
-        let (ran_on, n) = db.read_inline(thread_and_answer).await.unwrap();
-        assert_eq!((ran_on, n), (here, 42));
-
-        // Every reader busy (held here): the read waits on a blocking thread, not on this one.
-        let held: Vec<_> = db.inner.readers.iter().map(|r| r.lock().unwrap()).collect();
-        let pending = tokio::spawn({
-            let db = db.clone();
-            async move { db.read_inline(thread_and_answer).await }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!pending.is_finished());
-        drop(held);
-        let (ran_on, n) = pending.await.unwrap().unwrap();
-        assert_eq!(n, 42);
-        assert_ne!(ran_on, here);
     }
 }

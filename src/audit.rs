@@ -282,8 +282,8 @@ pub fn list(conn: &Conn<'_>, account_id: i64, q: &Query<'_>) -> crate::db::Resul
     let mut stmt = conn.prepare_cached(
         "SELECT id, seq, at, actor, action, resource, request_id, client_addr, outcome, detail FROM audit_log
          WHERE chain = ?1
-           AND (?2 IS NULL OR at >= ?2) AND (?3 IS NULL OR at < ?3)
-           AND (?4 IS NULL OR action = ?4) AND (?5 IS NULL OR id < ?5)
+           AND (at >= ?2 OR ?2 IS NULL) AND (at < ?3 OR ?3 IS NULL)
+           AND (action = ?4 OR ?4 IS NULL) AND (id < ?5 OR ?5 IS NULL)
          ORDER BY id DESC LIMIT ?6",
     )?;
     let rows = stmt.query_map(

@@ -334,8 +334,13 @@ fn rewrap(args: RewrapArgs) -> anyhow::Result<()> {
 fn retire(id: &str, data: DataDir) -> anyhow::Result<()> {
     let settings = offline_settings(data)?;
     runtime()?.block_on(async move {
-        let db = crate::db::Db::at(&settings.database_location())?;
-        db.read_blocking(|conn| vault_store::check_retirable(conn, id))?;
+        let location = settings.database_location();
+        let key_id = id.to_owned();
+        tokio::task::spawn_blocking(move || {
+            crate::db::Db::at(&location)?
+                .read_blocking(|conn| vault_store::check_retirable(conn, &key_id))
+        })
+        .await??;
         println!(
             "no stored value uses master key {id:?}; it can be removed from KEYBROKER_MASTER_KEYS"
         );

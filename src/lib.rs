@@ -14,6 +14,7 @@ pub mod db;
 pub mod error;
 pub mod healthcheck;
 pub mod http;
+pub mod invalidate;
 pub mod keys;
 pub mod mail;
 pub mod metering;

@@ -312,6 +312,10 @@ impl Application {
         if settings.public_url.is_none() {
             tracing::warn!("KEYBROKER_PUBLIC_URL is not set: password-reset mails and OAuth sign-in are disabled (links are never built from a request's Host header)");
         }
+        let tokens = TokenCache::new();
+        let key_cache = crate::keys::cache::KeyCache::default();
+        // Revocations, deletions and rotations made through any instance evict here too.
+        crate::invalidate::subscribe(&db, tokens.clone(), key_cache.clone())?;
         let state = web::Data::new(AppState {
             db,
             vault,
@@ -319,9 +323,9 @@ impl Application {
             session_secret: secrets.session_secret,
             fingerprint_secret: secrets.fingerprint_secret,
             clock: settings.clock.clone(),
-            tokens: TokenCache::new(),
+            tokens,
             providers,
-            key_cache: crate::keys::cache::KeyCache::default(),
+            key_cache,
             proxy,
             metrics,
             metrics_elsewhere: settings.metrics_bind.is_some(),

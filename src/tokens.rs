@@ -155,7 +155,8 @@ pub fn create(conn: &Conn<'_>, new: &NewToken<'_>) -> crate::db::Result<(ToolTok
     let mut providers: Vec<String> = Vec::with_capacity(listed.len());
     for provider in listed {
         conn.execute(
-            "INSERT OR IGNORE INTO tool_token_providers (token_id, provider) VALUES (?1, ?2)",
+            "INSERT INTO tool_token_providers (token_id, provider) VALUES (?1, ?2)
+             ON CONFLICT DO NOTHING",
             params![id, provider],
         )?;
         if !providers.iter().any(|p| p == provider) {
@@ -219,6 +220,10 @@ pub fn revoke(conn: &Conn<'_>, account_id: i64, id: &str, now: i64) -> crate::db
          WHERE id = ?2 AND account_id = ?3 AND revoked_at IS NULL",
         params![now, id, account_id],
     )?;
+    if n == 1 {
+        // Every other instance drops it from its cache when this commits.
+        crate::invalidate::token_changed(conn, id)?;
+    }
     Ok(n == 1)
 }
 
@@ -412,6 +417,15 @@ impl TokenCache {
     /// Forgets token `id` at once (called after a revocation commits).
     pub fn invalidate(&self, token_id: &str) {
         self.lock().retain(|_, c| c.token.id != token_id);
+    }
+
+    /// Forgets every token of `account` (disabled, say).
+    pub fn invalidate_account(&self, account: i64) {
+        self.lock().retain(|_, c| c.token.account_id != account);
+    }
+
+    pub fn clear(&self) {
+        self.lock().clear();
     }
 }
 

@@ -141,11 +141,11 @@ pub fn email_binding(account_id: i64) -> Binding<'static> {
 /// How many stored values each master key id seals.
 pub fn key_id_usage(conn: &Conn<'_>) -> Result<Vec<(String, u64)>, StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT master_key_id, SUM(n) FROM (
+        "SELECT master_key_id, CAST(SUM(n) AS BIGINT) FROM (
             SELECT master_key_id, COUNT(*) AS n FROM vault_canary GROUP BY master_key_id
             UNION ALL SELECT master_key_id, COUNT(*) FROM accounts GROUP BY master_key_id
             UNION ALL SELECT master_key_id, COUNT(*) FROM provider_keys GROUP BY master_key_id
-         ) GROUP BY master_key_id ORDER BY master_key_id",
+         ) AS used GROUP BY master_key_id ORDER BY master_key_id",
     )?;
     let rows = stmt.query_map((), |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))

@@ -51,6 +51,9 @@ CREATE TABLE provider_keys (
     rotated_at BIGINT,
     last_used_at BIGINT,
     generation BIGINT NOT NULL DEFAULT 1,
+    -- Insertion order, which lists break ties by (SQLite's implicit rowid, named the same here so
+    -- the SQL is the same on both).
+    rowid BIGINT GENERATED ALWAYS AS IDENTITY,
     UNIQUE (account_id, provider)
 );
 CREATE INDEX provider_keys_master_key ON provider_keys(master_key_id);
@@ -118,7 +121,9 @@ CREATE TABLE tool_tokens (
     created_at BIGINT NOT NULL,
     expires_at BIGINT,
     revoked_at BIGINT,
-    last_used_at BIGINT
+    last_used_at BIGINT,
+    -- Insertion order (SQLite's implicit rowid; see provider_keys).
+    rowid BIGINT GENERATED ALWAYS AS IDENTITY
 );
 CREATE INDEX tool_tokens_account ON tool_tokens(account_id);
 

@@ -82,6 +82,7 @@ pub fn disable(conn: &Conn<'_>, account_id: i64, now: i64) -> crate::db::Result<
     )?;
     session::revoke_all(conn, account_id)?;
     signup::revoke_all(conn, account_id)?;
+    crate::invalidate::account_changed(conn, account_id)?;
     Ok(n == 1)
 }
 

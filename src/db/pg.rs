@@ -167,12 +167,15 @@ impl r2d2::ManageConnection for Manager {
 type Callback = Arc<dyn Fn(&str) + Send + Sync>;
 
 pub(crate) struct Postgres {
-    pool: r2d2::Pool<Manager>,
+    /// `Some` until dropped (see the `Drop` impl).
+    pool: Option<r2d2::Pool<Manager>>,
     settings: PgSettings,
     waits: AtomicU64,
     failures: Arc<AtomicU64>,
     listeners: Arc<Mutex<HashMap<&'static str, Vec<Callback>>>>,
     listening: Mutex<bool>,
+    /// Set when this handle is dropped: the listener thread ends.
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Postgres {
@@ -200,12 +203,13 @@ impl Postgres {
                 failures: failures.clone(),
             });
         Ok(Self {
-            pool,
+            pool: Some(pool),
             settings: settings.clone(),
             waits: AtomicU64::new(0),
             failures,
             listeners: Arc::default(),
             listening: Mutex::new(false),
+            closed: Arc::default(),
         })
     }
 
@@ -213,11 +217,18 @@ impl Postgres {
         self.settings.shown()
     }
 
+    fn pool(&self) -> Result<&r2d2::Pool<Manager>> {
+        self.pool
+            .as_ref()
+            .ok_or_else(|| DbError::Unavailable("the pool is closed".into()))
+    }
+
     fn get(&self) -> Result<r2d2::PooledConnection<Manager>> {
-        if self.pool.state().idle_connections == 0 {
+        let pool = self.pool()?;
+        if pool.state().idle_connections == 0 {
             self.waits.fetch_add(1, Ordering::Relaxed);
         }
-        self.pool.get().map_err(|e| {
+        pool.get().map_err(|e| {
             DbError::Unavailable(format!(
                 "no PostgreSQL connection within {} ms ({})",
                 self.settings.wait.as_millis(),
@@ -260,11 +271,14 @@ impl Postgres {
     }
 
     pub(super) fn pool_state(&self) -> PoolState {
-        let state = self.pool.state();
+        let (connections, idle, max) = self.pool.as_ref().map_or((0, 0, 0), |p| {
+            let state = p.state();
+            (state.connections, state.idle_connections, p.max_size())
+        });
         PoolState {
-            connections: state.connections,
-            idle: state.idle_connections,
-            max: self.pool.max_size(),
+            connections,
+            idle,
+            max,
             waits: self.waits.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
         }
@@ -287,9 +301,10 @@ impl Postgres {
         if !*started {
             let config = self.settings.config()?;
             let listeners = self.listeners.clone();
+            let closed = self.closed.clone();
             std::thread::Builder::new()
                 .name("pg-listen".into())
-                .spawn(move || listen_forever(&config, &listeners))
+                .spawn(move || listen_until(&config, &listeners, &closed))
                 .map_err(|e| DbError::Thread(e.to_string()))?;
             *started = true;
         }
@@ -297,12 +312,28 @@ impl Postgres {
     }
 }
 
-fn listen_forever(
+impl Drop for Postgres {
+    /// A blocking client closes its connection with a runtime of its own, which must not start on
+    /// an async worker (where the last handle is often dropped): the pool is dropped on a thread
+    /// of its own.
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Relaxed);
+        if let Some(pool) = self.pool.take() {
+            let _ = std::thread::Builder::new()
+                .name("pg-close".into())
+                .spawn(move || drop(pool))
+                .map(|t| t.join());
+        }
+    }
+}
+
+fn listen_until(
     config: &postgres::Config,
     listeners: &Mutex<HashMap<&'static str, Vec<Callback>>>,
+    closed: &std::sync::atomic::AtomicBool,
 ) {
     let mut first = true;
-    loop {
+    while !closed.load(Ordering::Relaxed) {
         match config.connect(NoTls) {
             Ok(mut client) => {
                 let mut subscribed: Vec<&'static str> = Vec::new();
@@ -311,7 +342,7 @@ fn listen_forever(
                     broadcast_all(listeners, "*");
                 }
                 first = false;
-                if let Err(e) = listen_on(&mut client, listeners, &mut subscribed) {
+                if let Err(e) = listen_on(&mut client, listeners, &mut subscribed, closed) {
                     tracing::warn!(error = %describe(&e), "the PostgreSQL listener lost its connection; connecting again");
                     // Calls may have been missed while this was down.
                     broadcast_all(listeners, "*");
@@ -329,8 +360,9 @@ fn listen_on(
     client: &mut Client,
     listeners: &Mutex<HashMap<&'static str, Vec<Callback>>>,
     subscribed: &mut Vec<&'static str>,
+    closed: &std::sync::atomic::AtomicBool,
 ) -> std::result::Result<(), postgres::Error> {
-    loop {
+    while !closed.load(Ordering::Relaxed) {
         let channels: Vec<&'static str> = listeners
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -361,6 +393,7 @@ fn listen_on(
         // A cheap round trip notices a server that went away without closing the socket.
         client.simple_query("")?;
     }
+    Ok(())
 }
 
 fn broadcast_all(listeners: &Mutex<HashMap<&'static str, Vec<Callback>>>, payload: &str) {

@@ -1,16 +1,17 @@
 //! Recently read key ciphertexts, so the proxy does not go to SQLite (and a blocking thread) on
 //! every call. Only sealed blobs are kept, never plaintext: each call still opens its own copy
 //! with the vault and drops it when done. An entry lives at most one second, so a change made by
-//! another process is seen within a second; rotating or deleting a key through this server evicts
-//! the account's entries at once. Missing keys are not cached, so a key added is usable at once.
+//! another process is seen within a second; rotating or deleting a key through any instance evicts
+//! the account's entries at once (`invalidate`). Missing keys are not cached, so a key added is usable at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-#[derive(Default)]
+/// Cheap to clone: clones share the entries (the invalidation listener holds one).
+#[derive(Clone, Default)]
 pub struct KeyCache {
-    entries: Mutex<HashMap<(i64, String), Cached>>,
+    entries: Arc<Mutex<HashMap<(i64, String), Cached>>>,
 }
 
 impl std::fmt::Debug for KeyCache {
@@ -58,5 +59,9 @@ impl KeyCache {
     /// Forgets every key of `account` (after a rotation or deletion commits).
     pub fn invalidate_account(&self, account: i64) {
         self.lock().retain(|(a, _), _| *a != account);
+    }
+
+    pub fn clear(&self) {
+        self.lock().clear();
     }
 }

@@ -206,6 +206,7 @@ pub fn rotate(
             account_id
         ],
     )?;
+    crate::invalidate::keys_changed(conn, account_id)?;
     get(conn, account_id, &row.id)?.ok_or(StoreError::Db(DbError::NoRows))
 }
 
@@ -224,6 +225,9 @@ pub fn delete(conn: &Conn<'_>, account_id: i64, id: &str) -> crate::db::Result<b
         "DELETE FROM provider_keys WHERE id = ?1 AND account_id = ?2",
         params![id, account_id],
     )?;
+    if n == 1 {
+        crate::invalidate::keys_changed(conn, account_id)?;
+    }
     Ok(n == 1)
 }
 

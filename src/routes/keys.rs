@@ -314,24 +314,25 @@ where
     let account_id = auth.account_id;
     state
         .db
-        .write(move |conn| -> Result<T, ApiError> {
-            let tx = conn;
+        // The outer `Err` rolls the transaction back; the inner one is a refusal whose audit
+        // entry is committed.
+        .write(move |tx| -> Result<Result<T, ApiError>, ApiError> {
             let row = store::get(tx, account_id, &id)?.ok_or_else(ApiError::not_found)?;
             if let Err(refused) = recent {
                 audit::append(
                     tx,
                     &user_event(account_id, action, &id, &auth.ctx, Outcome::Denied, now),
                 )?;
-                return Err(refused);
+                return Ok(Err(refused));
             }
             let out = f(tx, &row)?;
             audit::append(
                 tx,
                 &user_event(account_id, action, &id, &auth.ctx, Outcome::Success, now),
             )?;
-            Ok(out)
+            Ok(Ok(out))
         })
-        .await
+        .await?
 }
 
 #[utoipa::path(

@@ -98,7 +98,8 @@ pub fn recover_and_load(
                     WHEN excluded.period_start = spend.period_start THEN spend.spent_micros + excluded.spent_micros
                     WHEN excluded.period_start > spend.period_start THEN excluded.spent_micros
                     ELSE spend.spent_micros END,
-                period_start = MAX(spend.period_start, excluded.period_start)",
+                period_start = CASE WHEN excluded.period_start > spend.period_start
+                                THEN excluded.period_start ELSE spend.period_start END",
             params![account, provider, period_start, amount],
         )?;
         if charged == 0 {
@@ -166,8 +167,10 @@ pub fn usage(
 ) -> crate::db::Result<Vec<UsageRow>> {
     let since_hour = since - since.rem_euclid(3600);
     let mut stmt = conn.prepare_cached(
-        "SELECT provider, SUM(calls), SUM(refused), SUM(failed), SUM(input_tokens), SUM(cached_input_tokens),
-                SUM(output_tokens), SUM(reasoning_tokens), SUM(spend_micros), SUM(fallback_priced)
+        "SELECT provider, CAST(SUM(calls) AS BIGINT), CAST(SUM(refused) AS BIGINT), CAST(SUM(failed) AS BIGINT),
+                CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(cached_input_tokens) AS BIGINT),
+                CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(reasoning_tokens) AS BIGINT),
+                CAST(SUM(spend_micros) AS BIGINT), CAST(SUM(fallback_priced) AS BIGINT)
          FROM usage_hourly WHERE account_id = ?1 AND hour >= ?2 AND hour < ?3
          GROUP BY provider ORDER BY provider",
     )?;
@@ -255,7 +258,7 @@ pub fn daily_spend(
     until: i64,
 ) -> crate::db::Result<Vec<DailySpend>> {
     conn.prepare_cached(
-        "SELECT hour - (hour % 86400) AS day, provider, SUM(spend_micros) FROM usage_hourly
+        "SELECT hour - (hour % 86400) AS day, provider, CAST(SUM(spend_micros) AS BIGINT) FROM usage_hourly
          WHERE account_id = ?1 AND hour >= ?2 AND hour < ?3
          GROUP BY day, provider HAVING SUM(spend_micros) > 0 ORDER BY day, provider",
     )?

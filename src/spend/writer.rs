@@ -468,8 +468,11 @@ impl Fold {
             SpendKind::Reserved if transient => {}
             SpendKind::Reserved => {
                 conn.prepare_cached(
-                    "INSERT OR REPLACE INTO spend_holds (id, account_id, provider, amount_micros, period_start, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO spend_holds (id, account_id, provider, amount_micros, period_start, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (id) DO UPDATE SET account_id = excluded.account_id,
+                         provider = excluded.provider, amount_micros = excluded.amount_micros,
+                         period_start = excluded.period_start, created_at = excluded.created_at",
                 )?
                 .execute(params![id, e.account, e.provider, e.amount.micros(), e.period_start.unix_timestamp(), e.at.unix_timestamp()])?;
             }
@@ -652,7 +655,8 @@ fn add_spend(
                 WHEN excluded.period_start = spend.period_start THEN spend.spent_micros + excluded.spent_micros
                 WHEN excluded.period_start > spend.period_start THEN excluded.spent_micros
                 ELSE spend.spent_micros END,
-            period_start = MAX(spend.period_start, excluded.period_start)",
+            period_start = CASE WHEN excluded.period_start > spend.period_start
+                                THEN excluded.period_start ELSE spend.period_start END",
     )?
     .execute(params![account, provider, period_start, amount.micros()])?;
     Ok(())
@@ -670,13 +674,13 @@ fn apply_usage(
                                    output_tokens, reasoning_tokens, spend_micros, fallback_priced)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
          ON CONFLICT (account_id, provider, hour) DO UPDATE SET
-            calls = calls + excluded.calls, refused = refused + excluded.refused, failed = failed + excluded.failed,
-            input_tokens = input_tokens + excluded.input_tokens,
-            cached_input_tokens = cached_input_tokens + excluded.cached_input_tokens,
-            output_tokens = output_tokens + excluded.output_tokens,
-            reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
-            spend_micros = spend_micros + excluded.spend_micros,
-            fallback_priced = fallback_priced + excluded.fallback_priced",
+            calls = usage_hourly.calls + excluded.calls, refused = usage_hourly.refused + excluded.refused, failed = usage_hourly.failed + excluded.failed,
+            input_tokens = usage_hourly.input_tokens + excluded.input_tokens,
+            cached_input_tokens = usage_hourly.cached_input_tokens + excluded.cached_input_tokens,
+            output_tokens = usage_hourly.output_tokens + excluded.output_tokens,
+            reasoning_tokens = usage_hourly.reasoning_tokens + excluded.reasoning_tokens,
+            spend_micros = usage_hourly.spend_micros + excluded.spend_micros,
+            fallback_priced = usage_hourly.fallback_priced + excluded.fallback_priced",
     )?
     .execute(params![
         account,

@@ -132,11 +132,6 @@ async fn changing_a_ceiling_records_its_old_and_new_figures_in_the_audit_log() {
             "limit none -> 5.00; period none -> monthly"
         ]
     );
-    let report = app
-        .state
-        .db
-        .read(keybroker::audit::verify)
-        .await
-        .unwrap();
+    let report = app.state.db.read(keybroker::audit::verify).await.unwrap();
     assert!(report.first_broken.is_none(), "{report:?}");
 }

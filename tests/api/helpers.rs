@@ -42,6 +42,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub master_key_b64: String,
     logs: Arc<Mutex<Vec<u8>>>,
+    /// The PostgreSQL URL when the suite runs on PostgreSQL.
+    pub database_url: Option<String>,
 }
 
 /// A signed-in browser: the session cookie and the CSRF token the API gave it.
@@ -50,6 +52,21 @@ pub struct Session {
     pub cookie: String,
     pub csrf: String,
     pub email: String,
+}
+
+/// `KEYBROKER_TEST_BACKEND=postgres`: every `TestApp` gets a fresh database on the test
+/// process's PostgreSQL cluster instead of a SQLite file, so the whole suite runs on either
+/// backend (`.ci/run` runs it on both).
+pub fn on_postgres() -> bool {
+    std::env::var("KEYBROKER_TEST_BACKEND").is_ok_and(|v| v == "postgres")
+}
+
+/// A new, empty database on the shared test cluster: its URL and settings.
+pub fn fresh_postgres() -> (String, keybroker::db::PgSettings) {
+    let url = crate::pg_cluster::PgCluster::shared().create_database();
+    let pg = keybroker::db::PgSettings::parse(SecretString::from(url.clone()))
+        .expect("a valid test URL");
+    (url, pg)
 }
 
 pub fn test_settings(data_dir: PathBuf, master_key_b64: &str, clock: &ManualClock) -> Settings {
@@ -97,6 +114,12 @@ impl TestApp {
         let clock = ManualClock::default();
         let master_key_b64 = random_b64(32);
         let mut settings = test_settings(data_dir.path().join("data"), &master_key_b64, &clock);
+        let mut database_url = None;
+        if on_postgres() {
+            let (url, pg) = fresh_postgres();
+            database_url = Some(url);
+            settings.database = Some(pg);
+        }
         configure(&mut settings);
         let app = Application::build(settings)
             .await
@@ -120,11 +143,33 @@ impl TestApp {
                 .expect("client"),
             master_key_b64,
             logs,
+            database_url,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
+    }
+
+    /// Runs `f` in one write transaction on this server's store (SQLite or PostgreSQL, whichever
+    /// the suite runs on), off the async worker; panics on a database error.
+    pub async fn sql<T, F>(&self, f: F) -> T
+    where
+        F: FnOnce(&keybroker::db::Conn<'_>) -> keybroker::db::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.state.db.write(f).await.expect("test SQL")
+    }
+
+    /// The `--database-url` a command run beside this server needs (none on SQLite).
+    pub fn database_args(&self) -> Vec<String> {
+        match self.state.db.kind() {
+            keybroker::db::Kind::Sqlite => Vec::new(),
+            keybroker::db::Kind::Postgres => vec![
+                "--database-url".to_owned(),
+                self.database_url.clone().unwrap_or_default(),
+            ],
+        }
     }
 
     pub fn db_path(&self) -> PathBuf {

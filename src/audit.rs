@@ -8,6 +8,8 @@ use sha2::{Digest, Sha256};
 
 /// The chain that holds events with no known account (e.g. a failed login for an unknown email).
 pub const NO_ACCOUNT_CHAIN: i64 = 0;
+/// The advisory-lock space of audit chains (see `db::Conn::lock`).
+const LOCK_SPACE: i32 = 1;
 const GENESIS: [u8; 32] = [0u8; 32];
 
 /// Who did it.
@@ -126,6 +128,9 @@ pub fn append_with_detail(
     detail: &str,
 ) -> crate::db::Result<()> {
     let chain = event.account_id.unwrap_or(NO_ACCOUNT_CHAIN);
+    // Instances sharing one database append to one chain in turn: the head read below and the
+    // insert after it are one step (on SQLite the write transaction already is).
+    conn.lock(LOCK_SPACE, chain)?;
     let last: Option<(i64, Vec<u8>)> = conn
         .query_row(
             "SELECT seq, hash FROM audit_log WHERE chain = ?1 ORDER BY seq DESC LIMIT 1",

@@ -155,7 +155,26 @@ impl ResponseError for ApiError {
 
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
-        ApiError::internal(e)
+        ApiError::from_db(&e)
+    }
+}
+
+impl ApiError {
+    /// A database error: `503 store_unavailable` (with `Retry-After`) when the database cannot
+    /// be reached, so clients retry and nothing is half-done (the transaction rolled back);
+    /// otherwise internal.
+    pub fn from_db(e: &DbError) -> Self {
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "the database is unavailable");
+            let mut err = Self::unavailable(
+                "store_unavailable",
+                "keybroker cannot reach its database right now; nothing was changed, try again shortly",
+            );
+            err.retry_after = Some(1);
+            err
+        } else {
+            ApiError::internal(e)
+        }
     }
 }
 

@@ -92,6 +92,8 @@ pub enum ErrorType {
     SpendCeilingReached,
     /// The call's spend hold could not be recorded (the hold journal could not be written).
     SpendUnavailable,
+    /// The database cannot be reached (PostgreSQL down or restarting): 503 with `Retry-After`.
+    StoreUnavailable,
     TooManyAttempts,
     TooManyInFlight,
     UnknownProvider,

@@ -273,6 +273,11 @@ impl Application {
         // without a default (awc's connector would then panic). Already installed is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let (db, vault) = open_storage(&settings).await?;
+        // One active instance per PostgreSQL database (a second waits here as a standby).
+        let active = db.clone();
+        tokio::task::spawn_blocking(move || active.become_active())
+            .await
+            .map_err(|e| StartError::Task(e.to_string()))??;
         let secrets = ServerSecrets::resolve(
             &settings.secrets,
             &settings.data_dir,

@@ -312,6 +312,52 @@ impl Postgres {
     }
 }
 
+/// The advisory lock the active instance holds for its lifetime ("kb" + "activ").
+const ACTIVE_LOCK: i64 = 0x6b62_6163_7469;
+
+impl Postgres {
+    /// Blocks until this instance holds the database's active lock (see [`Db::become_active`]),
+    /// then keeps it on a connection of its own, checked once a second.
+    pub(super) fn become_active(&self) -> Result<()> {
+        let mut client = self.settings.config()?.connect(NoTls).map_err(|e| {
+            DbError::Config(format!(
+                "cannot connect to PostgreSQL at {}: {}",
+                self.settings.shown(),
+                describe(&e)
+            ))
+        })?;
+        let free: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&ACTIVE_LOCK])?
+            .get(0);
+        if !free {
+            tracing::warn!(
+                "another keybroker instance is active on this database; waiting as a standby \
+                 until it stops (spend ceilings are kept by one active instance at a time)"
+            );
+            client.execute("SELECT pg_advisory_lock($1)", &[&ACTIVE_LOCK])?;
+            tracing::info!("the other instance stopped; this one is active now");
+        }
+        let closed = self.closed.clone();
+        std::thread::Builder::new()
+            .name("pg-active".into())
+            .spawn(move || {
+                while !closed.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(500));
+                    if let Err(e) = client.simple_query("") {
+                        // The lock went with the connection: another instance may be active now,
+                        // and two ledgers must never admit calls against one ceiling.
+                        tracing::error!(error = %describe(&e), "lost the connection that holds the active lock; stopping (a supervisor restarts this instance, which then waits as a standby)");
+                        // The log writer writes every 50 ms; give it the line above.
+                        std::thread::sleep(Duration::from_millis(120));
+                        std::process::exit(75);
+                    }
+                }
+            })
+            .map_err(|e| DbError::Thread(e.to_string()))?;
+        Ok(())
+    }
+}
+
 impl Drop for Postgres {
     /// A blocking client closes its connection with a runtime of its own, which must not start on
     /// an async worker (where the last handle is often dropped): the pool is dropped on a thread

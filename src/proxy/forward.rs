@@ -679,6 +679,10 @@ pub async fn proxy(
                 "this token is not allowed to use this provider",
             ));
         }
+        Err(crate::keys::store::StoreError::Db(e)) => {
+            reservation.release();
+            return Err(ApiError::from_db(&e));
+        }
         Err(e) => {
             reservation.release();
             return Err(ApiError::internal(e));

@@ -34,7 +34,17 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         .await
         .unwrap_or(false);
     if ready {
-        Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
+        let database = match state.db.kind() {
+            crate::db::Kind::Sqlite => json!({"backend": "sqlite"}),
+            crate::db::Kind::Postgres => {
+                let pool = state.db.pool_state();
+                json!({
+                    "backend": "postgres",
+                    "pool": pool.map(|p| json!({"connections": p.connections, "idle": p.idle, "max": p.max})),
+                })
+            }
+        };
+        Ok(HttpResponse::Ok().json(json!({"status": "ready", "database": database})))
     } else {
         Err(ApiError::unavailable(
             "not_ready",
@@ -77,10 +87,32 @@ pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
         .await
         .ok()
         .and_then(|n| u64::try_from(n).ok());
-    let body = state.metrics.render(ScrapeInputs {
+    let mut body = state.metrics.render(ScrapeInputs {
         spend_queue_depth: state.proxy.writer.queue_depth(),
         active_sessions,
     });
+    if let Some(pool) = state.db.pool_state() {
+        use std::fmt::Write as _;
+        let _ = write!(
+            body,
+            "# HELP keybroker_db_pool_connections PostgreSQL connections open in this instance's pool.\n\
+             # TYPE keybroker_db_pool_connections gauge\n\
+             keybroker_db_pool_connections {}\n\
+             # HELP keybroker_db_pool_idle_connections Open PostgreSQL connections not in use.\n\
+             # TYPE keybroker_db_pool_idle_connections gauge\n\
+             keybroker_db_pool_idle_connections {}\n\
+             # HELP keybroker_db_pool_max_connections The pool's size limit.\n\
+             # TYPE keybroker_db_pool_max_connections gauge\n\
+             keybroker_db_pool_max_connections {}\n\
+             # HELP keybroker_db_pool_waits_total Connection requests that found no idle connection.\n\
+             # TYPE keybroker_db_pool_waits_total counter\n\
+             keybroker_db_pool_waits_total {}\n\
+             # HELP keybroker_db_connect_failures_total Failed attempts to open a PostgreSQL connection.\n\
+             # TYPE keybroker_db_connect_failures_total counter\n\
+             keybroker_db_connect_failures_total {}\n",
+            pool.connections, pool.idle, pool.max, pool.waits, pool.failures
+        );
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .insert_header(("cache-control", "no-store"))

@@ -88,11 +88,13 @@ const TABLES: &[BlobTable] = &[
         update: "UPDATE vault_canary SET blob = ?1, master_key_id = ?2 WHERE id = 1 AND blob = ?3",
         purpose: Purpose::Canary,
     },
+    // The row key is the id zero-padded to 20 digits (text order = id order), written so that
+    // SQLite and PostgreSQL both run it.
     BlobTable {
         name: "accounts",
-        select: "SELECT printf('%020d', id), id, '', email_blob FROM accounts
-                 WHERE master_key_id != ?1 AND printf('%020d', id) > ?2 ORDER BY id LIMIT ?3",
-        update: "UPDATE accounts SET email_blob = ?1, master_key_id = ?2 WHERE printf('%020d', id) = ?4 AND email_blob = ?3",
+        select: "SELECT substr('00000000000000000000' || CAST(id AS TEXT), length(CAST(id AS TEXT)) + 1), id, '', email_blob FROM accounts
+                 WHERE master_key_id != ?1 AND substr('00000000000000000000' || CAST(id AS TEXT), length(CAST(id AS TEXT)) + 1) > ?2 ORDER BY id LIMIT ?3",
+        update: "UPDATE accounts SET email_blob = ?1, master_key_id = ?2 WHERE substr('00000000000000000000' || CAST(id AS TEXT), length(CAST(id AS TEXT)) + 1) = ?4 AND email_blob = ?3",
         purpose: Purpose::AccountEmail,
     },
     BlobTable {

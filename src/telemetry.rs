@@ -197,14 +197,41 @@ where
     let base = tracing_subscriber::fmt::layer()
         .with_ansi(false)
         .with_writer(RedactingMakeWriter(sink));
+    let wire = tracing_subscriber::filter::filter_fn(not_wire_detail);
     match format {
-        LogFormat::Text => base.boxed(),
+        LogFormat::Text => base.with_filter(wire).boxed(),
         LogFormat::Json => base
             .json()
             .with_current_span(true)
             .with_span_list(false)
+            .with_filter(wire)
             .boxed(),
     }
+}
+
+/// Client libraries that log what they put on the wire below `info`: the PostgreSQL client
+/// logs every statement's parameters at `debug` (ciphertexts, token hashes, e-mail addresses),
+/// the HTTP clients their headers at `trace`. Such lines are never written, whatever
+/// `KEYBROKER_LOG` asks for; a directive can still quiet them further, never open them.
+const WIRE_TARGETS: &[&str] = &[
+    "tokio_postgres",
+    "postgres",
+    "awc",
+    "actix_http",
+    "h2",
+    "rustls",
+];
+
+fn not_wire_detail(meta: &tracing::Metadata<'_>) -> bool {
+    if *meta.level() <= tracing::Level::INFO {
+        return true;
+    }
+    let target = meta.target();
+    !WIRE_TARGETS.iter().any(|t| {
+        target
+            .strip_prefix(t)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    })
 }
 
 fn filter(default: &str) -> EnvFilter {
@@ -321,6 +348,31 @@ fn install_panic_hook() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The database client's statement parameters never reach a log, even at `trace`.
+    #[test]
+    fn wire_detail_of_client_libraries_is_never_written() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry()
+            .with(EnvFilter::new("trace"))
+            .with(layer(LogFormat::Json, Sink::Memory(buf.clone())));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!(target: "tokio_postgres::query", "parameters: plantedparam");
+            tracing::trace!(target: "actix_http::h1", "header: plantedheader");
+            tracing::warn!(target: "tokio_postgres::connection", "connection lost");
+            tracing::debug!(target: "postgresql_like", "kept");
+        });
+        let out = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
+        assert!(
+            !out.contains("plantedparam") && !out.contains("plantedheader"),
+            "{out}"
+        );
+        assert!(
+            out.contains("connection lost") && out.contains("kept"),
+            "{out}"
+        );
+    }
 
     /// keybroker's own access-log fields are never taken for secrets: every route of the table,
     /// in both formats, keeps its route and status through the redacting writer.

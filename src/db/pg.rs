@@ -338,23 +338,52 @@ impl Postgres {
             tracing::info!("the other instance stopped; this one is active now");
         }
         let closed = self.closed.clone();
+        let config = self.settings.config()?;
         std::thread::Builder::new()
             .name("pg-active".into())
-            .spawn(move || {
-                while !closed.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(500));
-                    if let Err(e) = client.simple_query("") {
-                        // The lock went with the connection: another instance may be active now,
-                        // and two ledgers must never admit calls against one ceiling.
-                        tracing::error!(error = %describe(&e), "lost the connection that holds the active lock; stopping (a supervisor restarts this instance, which then waits as a standby)");
-                        // The log writer writes every 50 ms; give it the line above.
-                        std::thread::sleep(Duration::from_millis(120));
-                        std::process::exit(75);
-                    }
-                }
-            })
+            .spawn(move || hold_active(client, &config, &closed))
             .map_err(|e| DbError::Thread(e.to_string()))?;
         Ok(())
+    }
+}
+
+/// Keeps the active lock: checks its connection twice a second. When the connection is lost
+/// (the database restarted, say) the lock went with it: this instance takes it again as soon as
+/// the database is back, and stops (exit 75) if another instance took it first, since two ledgers
+/// must never admit calls against one ceiling.
+fn hold_active(
+    mut client: Client,
+    config: &postgres::Config,
+    closed: &std::sync::atomic::AtomicBool,
+) {
+    while !closed.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(500));
+        if client.simple_query("").is_ok() {
+            continue;
+        }
+        tracing::warn!("lost the connection that holds the active lock; taking it again when the database is back");
+        client = loop {
+            if closed.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+            let Ok(mut c) = config.connect(NoTls) else {
+                continue;
+            };
+            match c.query_one("SELECT pg_try_advisory_lock($1)", &[&ACTIVE_LOCK]) {
+                Ok(row) if row.get::<_, bool>(0) => {
+                    tracing::info!("the active lock is held again");
+                    break c;
+                }
+                Ok(_) => {
+                    tracing::error!("another instance became active while the database was away; stopping (a supervisor restarts this one as a standby)");
+                    // The log writer writes every 50 ms; give it the line above.
+                    std::thread::sleep(Duration::from_millis(120));
+                    std::process::exit(75);
+                }
+                Err(_) => continue,
+            }
+        };
     }
 }
 

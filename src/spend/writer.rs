@@ -366,49 +366,83 @@ fn apply(
     recent: &mut RecentCalls,
     force: bool,
 ) -> Vec<SyncSender<()>> {
-    let mut barriers = Vec::new();
-    let result = conn.write(|tx| -> crate::db::Result<()> {
-        let mut fold = Fold::of(batch);
-        let force = force
-            || batch
-                .iter()
-                .any(|m| matches!(m, Msg::Barrier(_) | Msg::Stop));
-        for msg in batch.drain(..) {
-            let outcome = match msg {
-                Msg::Spend(e) => fold.spend(tx, e),
-                Msg::Call(c) => {
-                    fold.call(&c);
-                    recent.push(c);
-                    Ok(())
+    let force = force
+        || batch
+            .iter()
+            .any(|m| matches!(m, Msg::Barrier(_) | Msg::Stop));
+    for msg in batch.iter() {
+        if let Msg::Call(c) = msg {
+            recent.push(c.clone());
+        }
+    }
+    let write_recent = force || recent.due_in() == Some(Duration::ZERO);
+    let mut wait = RETRY_FIRST;
+    loop {
+        let result = conn.write(|tx| -> crate::db::Result<()> {
+            let mut fold = Fold::of(batch);
+            for msg in batch.iter() {
+                let outcome = match msg {
+                    Msg::Spend(e) => fold.spend(tx, e.clone()),
+                    Msg::Call(c) => {
+                        fold.call(c);
+                        Ok(())
+                    }
+                    Msg::Ceiling(row) => fold.write_spend(tx).and_then(|()| apply_ceiling(tx, row)),
+                    Msg::Barrier(_) | Msg::Stop => Ok(()),
+                };
+                if let Err(e) = outcome {
+                    tracing::error!(error = %e, "spend writer: a record could not be written");
                 }
-                Msg::Ceiling(row) => fold.write_spend(tx).and_then(|()| apply_ceiling(tx, &row)),
-                Msg::Barrier(b) => {
-                    barriers.push(b);
-                    Ok(())
+            }
+            fold.finish(tx)?;
+            if write_recent {
+                recent.write(tx)?;
+            }
+            // What the hold journal's recovery compares against (see `spend::journal`).
+            tx.prepare_cached("UPDATE spend_journal_state SET committed_seq = ?1 WHERE id = 1")?
+                .execute([i64::try_from(last_seq).unwrap_or(i64::MAX)])?;
+            Ok(())
+        });
+        match result {
+            Ok(()) => {
+                if write_recent {
+                    recent.clear();
                 }
-                Msg::Stop => Ok(()),
-            };
-            if let Err(e) = outcome {
-                tracing::error!(error = %e, "spend writer: a record could not be written");
+                break;
+            }
+            // The database is down or restarting (PostgreSQL): nothing of this batch committed,
+            // and settled spend must not be lost, so the same batch is written again once it is
+            // back. Calls meanwhile queue behind it; new ones are refused by the proxy itself
+            // (their token or key lookup fails with `store_unavailable`).
+            Err(e) if e.is_unavailable() => {
+                if wait == RETRY_FIRST {
+                    tracing::warn!(error = %e, "spend writer: the database is unavailable; the batch will be written when it is back");
+                }
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(RETRY_MAX);
+            }
+            Err(e) => {
+                // A batch the database refuses for another reason is dropped rather than retried
+                // for ever; the holds already committed are charged in full at the next start,
+                // which keeps the ceiling safe.
+                tracing::error!(error = %e, "spend writer: a batch could not be committed");
+                break;
             }
         }
-        fold.finish(tx)?;
-        if force || recent.due_in() == Some(Duration::ZERO) {
-            recent.write(tx)?;
-        }
-        // What the hold journal's recovery compares against (see `spend::journal`).
-        tx.prepare_cached("UPDATE spend_journal_state SET committed_seq = ?1 WHERE id = 1")?
-            .execute([i64::try_from(last_seq).unwrap_or(i64::MAX)])?;
-        Ok(())
-    });
-    if let Err(e) = result {
-        // Drop what did not commit rather than retry forever; the holds already committed are
-        // charged in full at the next start, which keeps the ceiling safe.
-        batch.clear();
-        tracing::error!(error = %e, "spend writer: a batch could not be committed");
     }
-    barriers
+    batch
+        .drain(..)
+        .filter_map(|m| match m {
+            Msg::Barrier(b) => Some(b),
+            _ => None,
+        })
+        .collect()
 }
+
+/// How long the writer waits before writing a batch again while the database is unavailable,
+/// doubling up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Usage of one `usage_hourly` row gathered from a batch.
 #[derive(Default)]
@@ -592,8 +626,16 @@ impl RecentCalls {
             .map(|since| RECENT_CALLS_EVERY.saturating_sub(since.elapsed()))
     }
 
-    fn write(&mut self, conn: &Conn<'_>) -> crate::db::Result<()> {
-        if self.since.take().is_none() {
+    /// Forgets what [`RecentCalls::write`] wrote (after its transaction committed).
+    fn clear(&mut self) {
+        self.calls.clear();
+        self.since = None;
+    }
+
+    /// Inserts the gathered calls and trims each account's list; changes nothing here, so a
+    /// transaction that did not commit can be written again.
+    fn write(&self, conn: &Conn<'_>) -> crate::db::Result<()> {
+        if self.since.is_none() {
             return Ok(());
         }
         let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
@@ -605,7 +647,7 @@ impl RecentCalls {
             "DELETE FROM recent_calls WHERE account_id = ?1 AND id <= (
                 SELECT id FROM recent_calls WHERE account_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
         )?;
-        for (account, calls) in self.calls.drain() {
+        for (account, calls) in &self.calls {
             for c in calls {
                 skip_failed(
                     insert
@@ -628,7 +670,7 @@ impl RecentCalls {
                         .map(drop),
                 );
             }
-            skip_failed(trim.execute(params![account, RECENT_CALLS_KEPT]).map(drop));
+            skip_failed(trim.execute(params![*account, RECENT_CALLS_KEPT]).map(drop));
         }
         Ok(())
     }

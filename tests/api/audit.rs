@@ -5,7 +5,6 @@ use std::process::Command;
 
 use keybroker::audit::{self, Actor, Outcome};
 use reqwest::Method;
-use rusqlite::Connection;
 use serde_json::{json, Value};
 
 use crate::helpers::{Session, TestApp};
@@ -34,6 +33,7 @@ fn verify_cli(app: &TestApp) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_keybroker"))
         .args(["audit", "verify", "--data-dir"])
         .arg(app.db_path().parent().unwrap())
+        .args(app.database_args())
         .env_remove("KEYBROKER_DATA_DIR")
         .output()
         .unwrap()
@@ -139,7 +139,7 @@ async fn key_and_token_events_are_recorded_with_context_and_no_secret() {
 async fn the_audit_list_pages_with_a_cursor_and_filters() {
     let app = TestApp::spawn().await;
     let s = app.signed_up().await;
-    let account = account_id(&app, &s);
+    let account = account_id(&app, &s).await;
     // 230 entries straight into the chain, spread one minute apart.
     let base = app.state.clock.unix();
     app.state
@@ -296,23 +296,26 @@ async fn audit_verify_passes_on_an_intact_log_and_reports_a_manually_edited_row(
     assert!(stdout.contains("3 chain(s)"), "{stdout}");
 
     // Someone with the database file rewrites history: the revealed key was "only rotated".
-    let account = account_id(&app, &a);
-    let conn = Connection::open(app.db_path()).unwrap();
-    let seq: i64 = conn
-        .query_row(
-            "SELECT seq FROM audit_log WHERE chain = ?1 AND action = 'key.reveal' AND outcome = 'success'",
-            [account],
-            |r| r.get(0),
-        )
-        .unwrap();
-    conn.execute_batch("DROP TRIGGER audit_log_no_update;")
-        .unwrap();
-    conn.execute(
-        "UPDATE audit_log SET action = 'key.rotate' WHERE chain = ?1 AND seq = ?2",
-        [account, seq],
-    )
-    .unwrap();
-    drop(conn);
+    let account = account_id(&app, &a).await;
+    let seq: i64 = app
+        .sql(move |conn| {
+            let seq = conn.query_row(
+                "SELECT seq FROM audit_log WHERE chain = ?1 AND action = 'key.reveal' AND outcome = 'success'",
+                [account],
+                |r| r.get(0),
+            )?;
+            // The append-only trigger is named and dropped differently on each backend.
+            conn.execute_batch(match conn.kind() {
+                keybroker::db::Kind::Sqlite => "DROP TRIGGER audit_log_no_update;",
+                keybroker::db::Kind::Postgres => "DROP TRIGGER audit_log_no_change ON audit_log;",
+            })?;
+            conn.execute(
+                "UPDATE audit_log SET action = 'key.rotate' WHERE chain = ?1 AND seq = ?2",
+                [account, seq],
+            )?;
+            Ok(seq)
+        })
+        .await;
 
     let out = verify_cli(&app);
     let stdout = String::from_utf8_lossy(&out.stdout);

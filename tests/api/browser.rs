@@ -741,7 +741,7 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
     assert_eq!(actions, json!(["key.add", "key.add"]));
 
     // Some spend and two calls (one refused), so the overview has something to draw.
-    seed_spend(&app);
+    seed_spend(&app).await;
     open(&c, &base, "/dashboard").await;
     assert_eq!(
         js(&c, "return document.querySelector('.bars meter').value").await,
@@ -855,12 +855,11 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
     // still redeems it; then the new password signs in.
     let reset = keybroker::accounts::reset::ResetToken::generate();
     let (hash, now) = (reset.hash(), app.clock.unix());
-    let conn = keybroker::db::Conn::from_sqlite(rusqlite::Connection::open(app.db_path()).unwrap());
-    let account: i64 = conn
-        .query_row("SELECT id FROM accounts", (), |r| r.get(0))
-        .unwrap();
-    keybroker::accounts::reset::issue(&conn, account, &hash, now).unwrap();
-    drop(conn);
+    app.sql(move |conn| {
+        let account: i64 = conn.query_row("SELECT id FROM accounts", (), |r| r.get(0))?;
+        keybroker::accounts::reset::issue(conn, account, &hash, now)
+    })
+    .await;
     open(
         &c,
         &base,
@@ -934,11 +933,10 @@ async fn key_id(c: &Client, provider: &str) -> String {
 }
 
 /// $3.20 settled against the OpenAI ceiling, and two recent calls, one of them refused.
-fn seed_spend(app: &TestApp) {
-    let conn = keybroker::db::Conn::from_sqlite(rusqlite::Connection::open(app.db_path()).unwrap());
-    let account: i64 = conn
-        .query_row("SELECT id FROM accounts", (), |r| r.get(0))
-        .unwrap();
+async fn seed_spend(app: &TestApp) {
+    let account: i64 = app
+        .sql(|conn| conn.query_row("SELECT id FROM accounts", (), |r| r.get(0)))
+        .await;
     let spent = keybroker::money::Money::from_micros(3_200_000);
     app.state
         .proxy
@@ -947,30 +945,32 @@ fn seed_spend(app: &TestApp) {
         .unwrap()
         .settle(spent);
     let now = app.clock.unix();
-    // Oldest first: the list shows the newest (the successful call) on top.
-    for (status, outcome, cost, input, output) in
-        [(429, "refused", 0, 0, 0), (200, "ok", 3_200_000, 1200, 350)]
-    {
-        conn.execute(
-            "INSERT INTO recent_calls (account_id, provider, at, method, route, status, outcome, model, input_tokens, output_tokens, cost_micros)
-             VALUES (?1, 'openai', ?2, 'POST', '/v1/chat/completions', ?3, ?4, 'gpt-4o-mini', ?5, ?6, ?7)",
-            keybroker::params![account, now, status, outcome, input, output, cost],
-        )
-        .unwrap();
-    }
-    // Spend per day for the chart: OpenAI today and two days ago, Anthropic yesterday.
-    let today = now - now.rem_euclid(86_400);
-    for (provider, day, micros) in [
-        ("openai", today, 3_200_000),
-        ("openai", today - 2 * 86_400, 1_000_000),
-        ("anthropic", today - 86_400, 500_000),
-    ] {
-        conn.execute(
-            "INSERT INTO usage_hourly (account_id, provider, hour, calls, spend_micros) VALUES (?1, ?2, ?3, 1, ?4)",
-            keybroker::params![account, provider, day, micros],
-        )
-        .unwrap();
-    }
+    app.sql(move |conn| {
+        // Oldest first: the list shows the newest (the successful call) on top.
+        for (status, outcome, cost, input, output) in
+            [(429, "refused", 0, 0, 0), (200, "ok", 3_200_000, 1200, 350)]
+        {
+            conn.execute(
+                "INSERT INTO recent_calls (account_id, provider, at, method, route, status, outcome, model, input_tokens, output_tokens, cost_micros)
+                 VALUES (?1, 'openai', ?2, 'POST', '/v1/chat/completions', ?3, ?4, 'gpt-4o-mini', ?5, ?6, ?7)",
+                keybroker::params![account, now, status, outcome, input, output, cost],
+            )?;
+        }
+        // Spend per day for the chart: OpenAI today and two days ago, Anthropic yesterday.
+        let today = now - now.rem_euclid(86_400);
+        for (provider, day, micros) in [
+            ("openai", today, 3_200_000),
+            ("openai", today - 2 * 86_400, 1_000_000),
+            ("anthropic", today - 86_400, 500_000),
+        ] {
+            conn.execute(
+                "INSERT INTO usage_hourly (account_id, provider, hour, calls, spend_micros) VALUES (?1, ?2, ?3, 1, ?4)",
+                keybroker::params![account, provider, day, micros],
+            )?;
+        }
+        Ok(())
+    })
+    .await;
     let anthropic = keybroker::money::Money::from_micros(500_000);
     app.state
         .proxy

@@ -347,12 +347,9 @@ async fn rows_under_an_old_master_key_decrypt_after_rotation_and_rewrap_moves_th
     })
     .await;
     let session = app.signed_up().await;
-    let account_id: i64 = {
-        let conn =
-            keybroker::db::Conn::from_sqlite(rusqlite::Connection::open(app.db_path()).unwrap());
-        conn.query_row("SELECT MAX(id) FROM accounts", (), |r| r.get(0))
-            .unwrap()
-    };
+    let account_id: i64 = app
+        .sql(|conn| conn.query_row("SELECT MAX(id) FROM accounts", (), |r| r.get(0)))
+        .await;
     let plaintext = "sk-proj-rotation-test-0123456789abcdefghij";
     let vault = app.state.vault.clone();
     app.state
@@ -379,58 +376,62 @@ async fn rows_under_an_old_master_key_decrypt_after_rotation_and_rewrap_moves_th
 
     // Key 2 becomes active: rows sealed under key 1 still open.
     let both = ring(&[("k1", &k1), ("k2", &k2)], "k2");
-    let conn = keybroker::db::Conn::from_sqlite(rusqlite::Connection::open(app.db_path()).unwrap());
-    let (_, key) = store::open(&conn, &both, account_id, "openai")
+    let (_, key) = app
+        .sql(move |conn| Ok(store::open(conn, &both, account_id, "openai")))
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(key.expose(), plaintext.as_bytes());
 
     let data_dir = app.db_path().parent().unwrap().to_str().unwrap().to_owned();
+    let database = app.database_args();
+    let database: Vec<&str> = database.iter().map(String::as_str).collect();
+    let with_database = |args: &[&'static str]| {
+        let mut all = args.to_vec();
+        all.extend(["--data-dir", data_dir.as_str()]);
+        all.extend(&database);
+        all
+    };
     let env = [
         ("KEYBROKER_MASTER_KEYS", format!("k1:{k1},k2:{k2}")),
         ("KEYBROKER_ACTIVE_MASTER_KEY", "k2".into()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (ok, _, err) = run(
-        &["master-key", "retire", "k1", "--data-dir", &data_dir],
-        &env,
-    );
+    let (ok, _, err) = run(&with_database(&["master-key", "retire", "k1"]), &env);
     assert!(
         !ok && err.contains("still use master key id \"k1\""),
         "{err}"
     );
 
-    let (ok, out, err) = run(
-        &["rewrap", "--data-dir", &data_dir, "--batch-size", "1"],
-        &env,
-    );
+    let (ok, out, err) = run(&with_database(&["rewrap", "--batch-size", "1"]), &env);
     assert!(ok, "{err}");
     assert!(out.contains("total: 3 rewrapped, 0 failed"), "{out}");
-    let ids: Vec<String> = conn
-        .prepare("SELECT master_key_id FROM vault_canary UNION ALL SELECT master_key_id FROM accounts UNION ALL SELECT master_key_id FROM provider_keys")
-        .unwrap()
-        .query_map((), |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let ids: Vec<String> = app
+        .sql(|conn| {
+            conn.prepare("SELECT master_key_id FROM vault_canary UNION ALL SELECT master_key_id FROM accounts UNION ALL SELECT master_key_id FROM provider_keys")?
+                .query_map((), |r| r.get(0))?
+                .collect()
+        })
+        .await;
     assert!(ids.iter().all(|id| id == "k2"), "{ids:?}");
 
     // Running it again is a no-op; retiring k1 is now allowed and k2 alone opens everything.
-    let (ok, out, _) = run(&["rewrap", "--data-dir", &data_dir], &env);
+    let (ok, out, _) = run(&with_database(&["rewrap"]), &env);
     assert!(ok && out.contains("total: 0 rewrapped"), "{out}");
-    let (ok, _, err) = run(
-        &["master-key", "retire", "k1", "--data-dir", &data_dir],
-        &env,
-    );
+    let (ok, _, err) = run(&with_database(&["master-key", "retire", "k1"]), &env);
     assert!(ok, "{err}");
     let only_k2 = ring(&[("k2", &k2)], "k2");
-    let (_, key) = store::open(&conn, &only_k2, account_id, "openai")
-        .unwrap()
-        .unwrap();
+    let (key, email) = app
+        .sql(move |conn| {
+            Ok((
+                store::open(conn, &only_k2, account_id, "openai"),
+                keybroker::accounts::email_of(conn, &only_k2, account_id),
+            ))
+        })
+        .await;
+    let (_, key) = key.unwrap().unwrap();
     assert_eq!(key.expose(), plaintext.as_bytes());
-    let email = keybroker::accounts::email_of(&conn, &only_k2, account_id)
-        .unwrap()
-        .unwrap();
+    let email = email.unwrap().unwrap();
     assert_eq!(email, session.email);
 }
 

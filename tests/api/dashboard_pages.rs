@@ -212,7 +212,7 @@ async fn the_audit_page_shows_100_entries_and_links_the_older_ones() {
     use keybroker::audit::{self, Actor, Event, Outcome};
     let app = TestApp::spawn().await;
     let s = app.signed_up().await;
-    let account = crate::key_helpers::account_id(&app, &s);
+    let account = crate::key_helpers::account_id(&app, &s).await;
     app.state
         .db
         .write(move |conn| -> Result<(), keybroker::db::DbError> {
@@ -342,12 +342,11 @@ async fn times_are_shown_one_way_on_every_page() {
     let s = app.signed_up().await;
     crate::key_helpers::add_key(&app, &s, "openai", &openai_key()).await;
     crate::key_helpers::create_token(&app, &s, json!({"name": "used"})).await;
-    let conn = rusqlite::Connection::open(app.db_path()).unwrap();
-    conn.execute("UPDATE provider_keys SET last_used_at = ?1", [MOMENT])
-        .unwrap();
-    conn.execute("UPDATE tool_tokens SET last_used_at = ?1", [MOMENT])
-        .unwrap();
-    drop(conn);
+    app.sql(|conn| {
+        conn.execute("UPDATE provider_keys SET last_used_at = ?1", [MOMENT])?;
+        conn.execute("UPDATE tool_tokens SET last_used_at = ?1", [MOMENT])
+    })
+    .await;
     for path in ["/dashboard/settings/keys", "/dashboard/settings/tokens"] {
         let body = page_text(&app, &s, path).await;
         assert!(body.contains("2023-11-14 22:13:20Z"), "{path}");
@@ -372,7 +371,7 @@ async fn providers_are_shown_by_their_display_names() {
     assert!(tokens.contains(">all providers</td>"));
     let keys = page_text(&app, &s, "/dashboard/settings/keys").await;
     assert!(keys.contains("OpenAI: $0.00 of $5.00 (none)"));
-    seed_calls(&app, &s);
+    seed_calls(&app, &s).await;
     let overview = page_text(&app, &s, "/dashboard").await;
     assert!(overview.contains(r#"<td data-label="Provider">OpenAI</td>"#));
     assert!(!overview.contains(">openai</td>"));
@@ -431,40 +430,43 @@ async fn destructive_buttons_look_destructive_and_ask_first() {
 }
 
 /// One OpenAI call in the recent-calls list.
-fn seed_calls(app: &TestApp, s: &crate::helpers::Session) {
-    let account = crate::key_helpers::account_id(app, s);
-    let conn = rusqlite::Connection::open(app.db_path()).unwrap();
-    conn.execute(
-        "INSERT INTO recent_calls (account_id, provider, at, method, route, status, outcome, model, input_tokens, output_tokens, cost_micros)
-         VALUES (?1, 'openai', ?2, 'POST', '/v1/chat/completions', 200, 'ok', 'gpt-4o-mini', 1200, 350, 4200)",
-        rusqlite::params![account, MOMENT],
-    )
-    .unwrap();
+async fn seed_calls(app: &TestApp, s: &crate::helpers::Session) {
+    let account = crate::key_helpers::account_id(app, s).await;
+    app.sql(move |conn| {
+        conn.execute(
+            "INSERT INTO recent_calls (account_id, provider, at, method, route, status, outcome, model, input_tokens, output_tokens, cost_micros)
+             VALUES (?1, 'openai', ?2, 'POST', '/v1/chat/completions', 200, 'ok', 'gpt-4o-mini', 1200, 350, 4200)",
+            [account, MOMENT],
+        )
+    })
+    .await;
 }
 
 /// Spend on `day` (days before today, UTC) for the chart.
-fn seed_day(app: &TestApp, account: i64, provider: &str, days_ago: i64, micros: i64) {
+async fn seed_day(app: &TestApp, account: i64, provider: &str, days_ago: i64, micros: i64) {
     let now = keybroker::clock::Clock::unix(&app.clock);
     let hour = now - now.rem_euclid(86_400) - days_ago * 86_400 + 3600;
-    let conn = rusqlite::Connection::open(app.db_path()).unwrap();
-    conn.execute(
-        "INSERT INTO usage_hourly (account_id, provider, hour, calls, input_tokens, output_tokens, spend_micros)
-         VALUES (?1, ?2, ?3, 2, 100, 40, ?4)",
-        rusqlite::params![account, provider, hour, micros],
-    )
-    .unwrap();
+    let provider = provider.to_owned();
+    app.sql(move |conn| {
+        conn.execute(
+            "INSERT INTO usage_hourly (account_id, provider, hour, calls, input_tokens, output_tokens, spend_micros)
+             VALUES (?1, ?2, ?3, 2, 100, 40, ?4)",
+            keybroker::params![account, provider, hour, micros],
+        )
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn the_spend_page_draws_a_bar_per_provider_and_day_of_the_last_30_days() {
     let app = TestApp::spawn().await;
     let s = app.signed_up().await;
-    let account = crate::key_helpers::account_id(&app, &s);
-    seed_day(&app, account, "openai", 0, 2_500_000);
-    seed_day(&app, account, "openai", 3, 500_000);
-    seed_day(&app, account, "anthropic", 3, 1_500_000);
-    seed_day(&app, account, "openai", 29, 100_000);
-    seed_day(&app, account, "openai", 30, 9_000_000);
+    let account = crate::key_helpers::account_id(&app, &s).await;
+    seed_day(&app, account, "openai", 0, 2_500_000).await;
+    seed_day(&app, account, "openai", 3, 500_000).await;
+    seed_day(&app, account, "anthropic", 3, 1_500_000).await;
+    seed_day(&app, account, "openai", 29, 100_000).await;
+    seed_day(&app, account, "openai", 30, 9_000_000).await;
     let body = page_text(&app, &s, "/dashboard/spend").await;
     assert_eq!(
         body.matches("<rect class=\"bar ").count(),
@@ -501,7 +503,7 @@ async fn the_spend_page_draws_a_bar_per_provider_and_day_of_the_last_30_days() {
 async fn the_spend_page_lists_each_providers_period_and_recent_calls() {
     let app = TestApp::spawn().await;
     let s = app.signed_up().await;
-    let account = crate::key_helpers::account_id(&app, &s);
+    let account = crate::key_helpers::account_id(&app, &s).await;
     crate::proxy::set_ceiling(&app, &s, "openai", "5.00").await;
     let spent = keybroker::money::Money::from_micros(1_250_000);
     app.state
@@ -510,7 +512,7 @@ async fn the_spend_page_lists_each_providers_period_and_recent_calls() {
         .reserve(account, "anthropic", spent)
         .unwrap()
         .settle(spent);
-    seed_calls(&app, &s);
+    seed_calls(&app, &s).await;
     let body = page_text(&app, &s, "/dashboard/spend").await;
     assert!(body.contains("OpenAI: $0.00 of $5.00 (none)"));
     assert!(body.contains("Anthropic: $1.25 spent, no ceiling"));

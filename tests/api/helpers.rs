@@ -176,13 +176,30 @@ impl TestApp {
         self.data_dir.path().join("data").join("keybroker.db")
     }
 
+    /// On PostgreSQL, the whole plain-text `pg_dump` of this server's database: what the tests
+    /// that read the SQLite files (no plaintext at rest) scan instead. Panics on SQLite.
+    pub fn pg_dump(&self) -> String {
+        let url = self
+            .database_url
+            .as_deref()
+            .expect("pg_dump is for a server on PostgreSQL");
+        let db = url.rsplit('/').next().expect("a database name in the URL");
+        crate::pg_cluster::PgCluster::shared().pg_dump(db)
+    }
+
     /// Every log line written so far by any server in this test process, after redaction.
     pub fn logs(&self) -> String {
         String::from_utf8_lossy(&self.logs.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
     }
 
     pub fn assert_not_logged(&self, secret: &str) {
-        assert!(!self.logs().contains(secret), "a secret reached the logs");
+        let logs = self.logs();
+        if let Some(line) = logs.lines().find(|l| l.contains(secret)) {
+            panic!(
+                "a secret reached the logs, in: {}",
+                line.replace(secret, "<SECRET>")
+            );
+        }
     }
 
     pub fn get(&self, path: &str, session: Option<&Session>) -> reqwest::RequestBuilder {

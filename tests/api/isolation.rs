@@ -303,8 +303,10 @@ async fn a_token_revoked_elsewhere_is_refused_within_the_token_cache_ttl() {
     let (id, token) = new_token(&app, &s).await;
     assert_eq!(call(&app, &token).await.status(), 200);
 
-    let conn = keybroker::db::Conn::from_sqlite(rusqlite::Connection::open(app.db_path()).unwrap());
-    let revoked = tokens::revoke(&conn, account_id(&app, &s), &id, app.state.clock.unix()).unwrap();
+    let (account, now) = (account_id(&app, &s).await, app.state.clock.unix());
+    let revoked = app
+        .sql(move |conn| tokens::revoke(conn, account, &id, now))
+        .await;
     assert!(revoked);
     let revoked_at = Instant::now();
     // Every call sent a TTL or more after the revocation must be refused, so this loop ends.

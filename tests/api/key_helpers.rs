@@ -3,7 +3,6 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
-use rusqlite::Connection;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -49,14 +48,16 @@ pub async fn grant_reauth(app: &TestApp, s: &Session) {
     assert_eq!(res.status(), 200, "reauth");
 }
 
-pub fn account_id(app: &TestApp, s: &Session) -> i64 {
-    let conn = Connection::open(app.db_path()).unwrap();
-    conn.query_row(
-        "SELECT account_id FROM sessions WHERE id_hash = ?1",
-        [session_hash(s)],
-        |r| r.get(0),
-    )
-    .unwrap()
+pub async fn account_id(app: &TestApp, s: &Session) -> i64 {
+    let hash = session_hash(s);
+    app.sql(move |conn| {
+        conn.query_row(
+            "SELECT account_id FROM sessions WHERE id_hash = ?1",
+            [hash],
+            |r| r.get(0),
+        )
+    })
+    .await
 }
 
 /// Adds a key through the API and returns the 201 body.
@@ -100,13 +101,15 @@ pub async fn list_keys(app: &TestApp, s: &Session) -> Vec<Value> {
     body["keys"].as_array().unwrap().clone()
 }
 
-/// The stored ciphertext of key `id`, straight from the database file.
-pub fn blob_of(app: &TestApp, id: &str) -> Vec<u8> {
-    let conn = Connection::open(app.db_path()).unwrap();
-    conn.query_row("SELECT blob FROM provider_keys WHERE id = ?1", [id], |r| {
-        r.get(0)
+/// The stored ciphertext of key `id`, straight from the database.
+pub async fn blob_of(app: &TestApp, id: &str) -> Vec<u8> {
+    let id = id.to_owned();
+    app.sql(move |conn| {
+        conn.query_row("SELECT blob FROM provider_keys WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
     })
-    .unwrap()
+    .await
 }
 
 /// Every text form a blob might leak in: the whole blob in base64 (both alphabets) and hex (both

@@ -106,7 +106,7 @@ async fn adding_a_key_returns_its_mask_and_fingerprint_never_the_key() {
     assert_eq!(body["rotated_at"], Value::Null);
     assert_eq!(body["last_used_at"], Value::Null);
     assert_eq!(
-        stored_key(&app, account_id(&app, &s), "openai")
+        stored_key(&app, account_id(&app, &s).await, "openai")
             .await
             .as_deref(),
         Some(key.as_str())
@@ -294,10 +294,9 @@ async fn bad_input_is_400_with_a_clear_type_and_nothing_is_stored() {
         .unwrap();
     assert_eq!(error_type(res, 413).await, "payload_too_large");
     assert!(list_keys(&app, &s).await.is_empty());
-    let rows: i64 = rusqlite::Connection::open(app.db_path())
-        .unwrap()
-        .query_row("SELECT COUNT(*) FROM provider_keys", [], |r| r.get(0))
-        .unwrap();
+    let rows: i64 = app
+        .sql(|conn| conn.query_row("SELECT COUNT(*) FROM provider_keys", (), |r| r.get(0)))
+        .await;
     assert_eq!(rows, 0);
 }
 
@@ -323,7 +322,7 @@ async fn a_masked_value_sent_back_is_never_stored_as_a_key() {
         .await
         .unwrap();
     assert_eq!(error_type(res, 400).await, "masked_value");
-    let account = account_id(&app, &s);
+    let account = account_id(&app, &s).await;
     assert_eq!(
         stored_key(&app, account, "openai").await.as_deref(),
         Some(key.as_str())
@@ -352,19 +351,21 @@ async fn rotation_replaces_the_key_and_sets_rotated_at() {
     );
     assert_ne!(body["fingerprint"], added["fingerprint"]);
     assert_eq!(
-        stored_key(&app, account_id(&app, &s), "openai")
+        stored_key(&app, account_id(&app, &s).await, "openai")
             .await
             .as_deref(),
         Some(new.as_str())
     );
-    let generation: i64 = rusqlite::Connection::open(app.db_path())
-        .unwrap()
-        .query_row(
-            "SELECT generation FROM provider_keys WHERE id = ?1",
-            [id],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let key_id = id.to_owned();
+    let generation: i64 = app
+        .sql(move |conn| {
+            conn.query_row(
+                "SELECT generation FROM provider_keys WHERE id = ?1",
+                [key_id],
+                |r| r.get(0),
+            )
+        })
+        .await;
     assert_eq!(generation, 2);
     // A key of the wrong format is refused and the current one kept.
     let res = rotate(&app, &s, id, json!({"key": anthropic_key()})).await;
@@ -391,7 +392,7 @@ async fn the_same_key_gets_the_same_fingerprint() {
 async fn a_rotation_seen_by_a_concurrent_reader_is_old_or_new_never_broken() {
     let app = TestApp::spawn().await;
     let s = app.signed_up().await;
-    let account = account_id(&app, &s);
+    let account = account_id(&app, &s).await;
     let keys: Vec<String> = (0..40).map(|_| openai_key()).collect();
     let added = add_key(&app, &s, "openai", &keys[0]).await;
     let id = added["id"].as_str().unwrap().to_owned();
@@ -454,7 +455,7 @@ async fn a_rotation_seen_by_a_concurrent_reader_is_old_or_new_never_broken() {
 async fn deleting_needs_recent_reauth_and_takes_effect_on_the_next_call() {
     let app = TestApp::spawn().await;
     let s = app.signed_up().await;
-    let account = account_id(&app, &s);
+    let account = account_id(&app, &s).await;
     let added = add_key(&app, &s, "openai", &openai_key()).await;
     let id = added["id"].as_str().unwrap();
     let token = create_token(&app, &s, json!({"name": "agent"})).await;
@@ -570,13 +571,14 @@ async fn another_account_can_neither_see_nor_touch_a_key_and_gets_404() {
     }
     // A tool token of B reaches B's key only.
     let token = create_token(&app, &b, json!({"name": "b-agent"})).await;
-    let token = tokens::authenticate(
-        &keybroker::db::Conn::from_sqlite(rusqlite::Connection::open(app.db_path()).unwrap()),
-        token["token"].as_str().unwrap(),
+    let (presented, now) = (
+        token["token"].as_str().unwrap().to_owned(),
         app.state.clock.unix(),
-    )
-    .unwrap()
-    .unwrap();
+    );
+    let token = app
+        .sql(move |conn| tokens::authenticate(conn, &presented, now))
+        .await
+        .unwrap();
     let vault = app.state.vault.clone();
     let got = app
         .state
@@ -590,7 +592,7 @@ async fn another_account_can_neither_see_nor_touch_a_key_and_gets_404() {
     }
     // A's key is untouched.
     assert_eq!(
-        stored_key(&app, account_id(&app, &a), "openai")
+        stored_key(&app, account_id(&app, &a).await, "openai")
             .await
             .as_deref(),
         Some(a_key.as_str())
@@ -674,10 +676,9 @@ async fn the_export_carries_every_column_and_no_key_material() {
     let b = add_key(&app, &s, "anthropic", &keys[1]).await;
     let mut leaks: Vec<String> = keys.to_vec();
     for added in [&a, &b] {
-        leaks.extend(blob_encodings(&blob_of(
-            &app,
-            added["id"].as_str().unwrap(),
-        )));
+        leaks.extend(blob_encodings(
+            &blob_of(&app, added["id"].as_str().unwrap()).await,
+        ));
     }
 
     let res = export(&app, &s, "json").await;

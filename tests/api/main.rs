@@ -39,6 +39,7 @@ mod redact_cli;
 mod remote;
 mod response_headers;
 mod rotation;
+mod scale_out;
 mod signup_uniform;
 mod throttling;
 mod tls;

@@ -439,9 +439,8 @@ async fn the_last_way_to_sign_in_cannot_be_unlinked() {
     let (s, _) = signed_in(&app, res).await;
     // An OAuth-only account cannot reauth with a password; mark the session fresh in the
     // database to reach the check behind it.
-    let conn = rusqlite::Connection::open(app.db_path()).unwrap();
-    conn.execute("UPDATE sessions SET reauth_until = ?1", [i64::MAX])
-        .unwrap();
+    app.sql(|conn| conn.execute("UPDATE sessions SET reauth_until = ?1", [i64::MAX]))
+        .await;
     let res = app
         .send(Method::DELETE, "/api/v1/auth/oauth/github", Some(&s))
         .send()
@@ -470,10 +469,9 @@ async fn oauth_creates_no_account_unless_sign_up_is_open() {
         let res = come_back(&app, "github", &start(&app, "github").await).await;
         assert_eq!(res.status(), 403, "{policy:?}");
         assert!(session_cookie(res.headers()).is_none());
-        let accounts: i64 = rusqlite::Connection::open(app.db_path())
-            .unwrap()
-            .query_row("SELECT COUNT(*) FROM accounts", [], |r| r.get(0))
-            .unwrap();
+        let accounts: i64 = app
+            .sql(|conn| conn.query_row("SELECT COUNT(*) FROM accounts", (), |r| r.get(0)))
+            .await;
         assert_eq!(accounts, 0, "{policy:?}");
     }
 }
@@ -484,10 +482,8 @@ async fn a_disabled_account_cannot_sign_in_with_oauth() {
     let fake = Fake::github(&email, true).await;
     let app = spawn_github(&fake).await;
     app.signup(&email, PASSWORD).await;
-    rusqlite::Connection::open(app.db_path())
-        .unwrap()
-        .execute("UPDATE accounts SET disabled_at = 1", [])
-        .unwrap();
+    app.sql(|conn| conn.execute("UPDATE accounts SET disabled_at = 1", ()))
+        .await;
     let res = come_back(&app, "github", &start(&app, "github").await).await;
     assert_eq!(res.status(), 403);
     assert!(session_cookie(res.headers()).is_none());

@@ -10,7 +10,6 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use keybroker::config::{SecretSources, SignupPolicy};
-use rusqlite::Connection;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
@@ -78,6 +77,7 @@ fn accounts_with(app: &TestApp, secrets: &Secrets, args: &[&str], env: &[(&str, 
         .args(args)
         .arg("--data-dir")
         .arg(app.data_dir.path().join("data"))
+        .args(app.database_args())
         .envs(secrets.0.iter().map(|(k, v)| (*k, v.as_str())))
         .envs(env.iter().copied())
         .output()
@@ -103,15 +103,16 @@ fn token_in(text: &str, prefix: &str) -> String {
     rest[..end].to_owned()
 }
 
-fn operator_audits(app: &TestApp, action: &str) -> i64 {
-    Connection::open(app.db_path())
-        .unwrap()
-        .query_row(
+async fn operator_audits(app: &TestApp, action: &str) -> i64 {
+    let action = action.to_owned();
+    app.sql(move |conn| {
+        conn.query_row(
             "SELECT COUNT(*) FROM audit_log WHERE actor = 'operator' AND action = ?1",
             [action],
             |r| r.get(0),
         )
-        .unwrap()
+    })
+    .await
 }
 
 async fn signup_with_invite(app: &TestApp, email: &str, invite: Option<&str>) -> reqwest::Response {
@@ -164,7 +165,7 @@ async fn confirm_lets_an_unconfirmed_account_sign_in_with_its_password() {
     let out = stdout(&accounts(&app, &secrets, &["confirm", &email]));
     assert!(out.contains("confirmed"), "{out}");
     assert_eq!(app.login(&email, PASSWORD).await.status(), 200);
-    assert_eq!(operator_audits(&app, "signup.confirm.operator"), 1);
+    assert_eq!(operator_audits(&app, "signup.confirm.operator").await, 1);
     // The mailed link is void now.
     let mailed = take_signup_token(&app.data_dir.path().join("data"), &email).await;
     assert_eq!(app.confirm_signup(&mailed, PASSWORD).await.status(), 400);
@@ -176,6 +177,7 @@ async fn an_unknown_account_is_a_failed_command_that_says_so() {
     let out = keybroker()
         .args(["accounts", "disable", "nobody@example.com", "--data-dir"])
         .arg(app.data_dir.path().join("data"))
+        .args(app.database_args())
         .envs(secrets.0.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::piped())
         .output()
@@ -218,15 +220,16 @@ async fn disable_refuses_sign_in_ends_sessions_and_the_proxy_within_a_second_and
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(call().await, 401, "the proxy refuses its token");
-    assert_eq!(operator_audits(&app, "account.disable"), 1);
+    assert_eq!(operator_audits(&app, "account.disable").await, 1);
 
     accounts(&app, &secrets, &["enable", "1"]);
     assert_eq!(app.login(&s.email, PASSWORD).await.status(), 200);
     assert_eq!(call().await, 200, "its token works again");
-    assert_eq!(operator_audits(&app, "account.enable"), 1);
+    assert_eq!(operator_audits(&app, "account.enable").await, 1);
     let verify = keybroker()
         .args(["audit", "verify", "--data-dir"])
         .arg(app.data_dir.path().join("data"))
+        .args(app.database_args())
         .output()
         .unwrap();
     assert!(
@@ -256,7 +259,7 @@ async fn an_invite_lets_exactly_its_address_sign_up_once() {
     let invited = unique_email();
     let out = stdout(&accounts(&app, &secrets, &["invite", &invited]));
     let code = token_in(&out, "kbi_");
-    assert_eq!(operator_audits(&app, "signup.invite"), 1);
+    assert_eq!(operator_audits(&app, "signup.invite").await, 1);
 
     let other = unique_email();
     let refused = |res| async move { error_type(res, 403).await };
@@ -354,7 +357,7 @@ async fn reset_password_prints_a_link_that_works_once() {
     assert_eq!(redeem().await.unwrap().status(), 400, "works once");
     assert_eq!(app.login(&s.email, new_password).await.status(), 200);
     assert_eq!(app.login(&s.email, PASSWORD).await.status(), 401);
-    assert_eq!(operator_audits(&app, "password_reset.operator"), 1);
+    assert_eq!(operator_audits(&app, "password_reset.operator").await, 1);
 }
 
 // ---- honest messages ----

@@ -5,11 +5,10 @@ use std::time::Duration;
 
 use keybroker::tokens::{self, KeyAccess};
 use reqwest::Method;
-use rusqlite::Connection;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{contains, read_or_empty, TestApp};
+use crate::helpers::{contains, on_postgres, read_or_empty, TestApp};
 use crate::key_helpers::{add_key, anthropic_key, create_token, error_type, openai_key};
 
 async fn list_tokens(app: &TestApp, s: &crate::helpers::Session) -> Vec<Value> {
@@ -69,14 +68,25 @@ async fn a_token_is_shown_once_prefixed_256_bit_and_stored_as_its_sha256_only() 
     let listing = serde_json::to_string(&listed).unwrap();
     assert!(!listing.contains(&token));
 
-    let stored: Vec<u8> = Connection::open(app.db_path())
-        .unwrap()
-        .query_row("SELECT token_hash FROM tool_tokens", [], |r| r.get(0))
-        .unwrap();
+    let stored: Vec<u8> = app
+        .sql(|conn| conn.query_row("SELECT token_hash FROM tool_tokens", (), |r| r.get(0)))
+        .await;
     assert_eq!(stored, Sha256::digest(token.as_bytes()).to_vec());
-    let db = app.db_path();
-    let mut files = read_or_empty(&db);
-    files.extend(read_or_empty(&db.with_file_name("keybroker.db-wal")));
+    let files = if on_postgres() {
+        // Everything the database holds, as text; bytes columns are dumped as hex.
+        let dump = app.pg_dump().into_bytes();
+        assert!(!contains(&dump, hex::encode(token.as_bytes()).as_bytes()));
+        assert!(!contains(
+            &dump,
+            hex::encode(&token.as_bytes()[3..]).as_bytes()
+        ));
+        dump
+    } else {
+        let db = app.db_path();
+        let mut files = read_or_empty(&db);
+        files.extend(read_or_empty(&db.with_file_name("keybroker.db-wal")));
+        files
+    };
     assert!(!contains(&files, token.as_bytes()));
     assert!(!contains(&files, &token.as_bytes()[3..]));
     app.assert_not_logged(&token);
@@ -150,13 +160,9 @@ async fn a_revocation_made_outside_this_process_is_seen_within_a_second() {
     let issued = create_token(&app, &s, json!({"name": "t"})).await;
     let token = issued["token"].as_str().unwrap();
     assert!(authenticate(&app, token).await.is_some());
-    Connection::open(app.db_path())
-        .unwrap()
-        .execute(
-            "UPDATE tool_tokens SET revoked_at = 1 WHERE id = ?1",
-            [issued["id"].as_str().unwrap()],
-        )
-        .unwrap();
+    let id = issued["id"].as_str().unwrap().to_owned();
+    app.sql(move |conn| conn.execute("UPDATE tool_tokens SET revoked_at = 1 WHERE id = ?1", [id]))
+        .await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert!(authenticate(&app, token).await.is_none());
 }

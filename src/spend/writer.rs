@@ -16,7 +16,7 @@
 //! number it committed (`spend_journal_state`), and after the commit the hold journal drops the
 //! segments that are all committed. The writer is owned by [`SpendWriter`], whose drop drains the queue and joins the thread.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -106,6 +106,9 @@ pub struct SpendWriter {
     /// Holds are journaled under the `tx` lock, so the journal is in sequence order.
     journal: Option<Arc<HoldJournal>>,
     depth: Arc<AtomicUsize>,
+    /// Set by [`SpendWriter::shutdown`]: a batch the database cannot take is then tried for at
+    /// most [`STOP_GRACE`] more, so stopping never waits for ever on a database that is down.
+    stopping: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
 }
@@ -169,19 +172,22 @@ impl SpendWriter {
         let (tx, rx) = mpsc::channel();
         let depth = Arc::new(AtomicUsize::new(0));
         let thread_depth = depth.clone();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let thread_stopping = stopping.clone();
         let journal = journal.map(Arc::new);
         let thread_journal = journal.clone();
         let thread = std::thread::Builder::new()
             .name("spend-writer".into())
             .spawn(move || {
                 crate::threads::lower_priority(BACKGROUND_NICE);
-                run(conn, rx, thread_depth, thread_journal)
+                run(conn, rx, thread_depth, thread_journal, &thread_stopping)
             })
             .map_err(|e| crate::db::DbError::Thread(e.to_string()))?;
         Ok(Arc::new(Self {
             tx: Mutex::new((tx, 0)),
             journal,
             depth,
+            stopping,
             thread: Mutex::new(Some(thread)),
             checkpointer: Mutex::new(checkpointer),
         }))
@@ -254,6 +260,7 @@ impl SpendWriter {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(handle) = handle {
+            self.stopping.store(true, Ordering::Relaxed);
             let _ = self.send(Msg::Stop);
             let _ = handle.join();
         }
@@ -280,6 +287,7 @@ fn run(
     rx: Receiver<(u64, Msg)>,
     depth: Arc<AtomicUsize>,
     journal: Option<Arc<HoldJournal>>,
+    stopping: &AtomicBool,
 ) {
     let published = |seq: u64| {
         if let Some(journal) = &journal {
@@ -300,7 +308,7 @@ fn run(
             Some(wait) => match rx.recv_timeout(wait) {
                 Ok(m) => m,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    apply(&mut conn, &mut batch, last_seq, &mut recent, true);
+                    apply(&mut conn, &mut batch, last_seq, &mut recent, true, stopping);
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -324,9 +332,12 @@ fn run(
             }
         }
         let n = batch.len();
-        let barriers = apply(&mut conn, &mut batch, last_seq, &mut recent, stop);
+        let (barriers, committed) =
+            apply(&mut conn, &mut batch, last_seq, &mut recent, stop, stopping);
         depth.fetch_sub(n, Ordering::Relaxed);
-        published(last_seq);
+        if committed {
+            published(last_seq);
+        }
         for b in barriers {
             let _ = b.send(());
         }
@@ -339,11 +350,15 @@ fn run(
             }
             if !rest.is_empty() {
                 let n = rest.len();
-                for b in apply(&mut conn, &mut rest, last_seq, &mut recent, true) {
+                let (barriers, committed) =
+                    apply(&mut conn, &mut rest, last_seq, &mut recent, true, stopping);
+                for b in barriers {
                     let _ = b.send(());
                 }
                 depth.fetch_sub(n, Ordering::Relaxed);
-                published(last_seq);
+                if committed {
+                    published(last_seq);
+                }
             }
             return;
         }
@@ -365,7 +380,8 @@ fn apply(
     last_seq: u64,
     recent: &mut RecentCalls,
     force: bool,
-) -> Vec<SyncSender<()>> {
+    stopping: &AtomicBool,
+) -> (Vec<SyncSender<()>>, bool) {
     let force = force
         || batch
             .iter()
@@ -377,6 +393,8 @@ fn apply(
     }
     let write_recent = force || recent.due_in() == Some(Duration::ZERO);
     let mut wait = RETRY_FIRST;
+    let mut stopping_since: Option<std::time::Instant> = None;
+    let mut committed = false;
     loop {
         let result = conn.write(|tx| -> crate::db::Result<()> {
             let mut fold = Fold::of(batch);
@@ -408,6 +426,7 @@ fn apply(
                 if write_recent {
                     recent.clear();
                 }
+                committed = true;
                 break;
             }
             // The database is down or restarting (PostgreSQL): nothing of this batch committed,
@@ -415,6 +434,17 @@ fn apply(
             // back. Calls meanwhile queue behind it; new ones are refused by the proxy itself
             // (their token or key lookup fails with `store_unavailable`).
             Err(e) if e.is_unavailable() => {
+                if stopping.load(Ordering::Relaxed)
+                    && stopping_since
+                        .get_or_insert_with(std::time::Instant::now)
+                        .elapsed()
+                        >= STOP_GRACE
+                {
+                    // Not published as committed: the hold journal keeps this batch's holds,
+                    // and the next start charges them in full (fail closed).
+                    tracing::error!(records = batch.len(), "spend writer: stopping while the database is still unavailable; this batch was not written (its holds are charged in full at the next start)");
+                    break;
+                }
                 if wait == RETRY_FIRST {
                     tracing::warn!(error = %e, "spend writer: the database is unavailable; the batch will be written when it is back");
                 }
@@ -430,19 +460,23 @@ fn apply(
             }
         }
     }
-    batch
+    let barriers = batch
         .drain(..)
         .filter_map(|m| match m {
             Msg::Barrier(b) => Some(b),
             _ => None,
         })
-        .collect()
+        .collect();
+    (barriers, committed)
 }
 
 /// How long the writer waits before writing a batch again while the database is unavailable,
 /// doubling up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// How long a stopping writer keeps trying a batch the database cannot take (see
+/// [`SpendWriter::shutdown`]).
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Usage of one `usage_hourly` row gathered from a batch.
 #[derive(Default)]

@@ -24,6 +24,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../../migrations/sqlite/0007_operator_accounts.sql"),
     include_str!("../../migrations/sqlite/0008_audit_detail.sql"),
     include_str!("../../migrations/sqlite/0009_recent_calls_token_latency.sql"),
+    include_str!("../../migrations/sqlite/0010_shared_ceilings.sql"),
 ];
 
 static MIGRATIONS: LazyLock<Migrations<'static>> =

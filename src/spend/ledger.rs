@@ -150,6 +150,10 @@ pub enum ReserveError {
     Ceiling(Refused),
     /// The hold could not be recorded durably; nothing was reserved.
     Unrecorded,
+    /// Shared ceilings (several instances on one database): this instance's lease of the
+    /// ceiling's budget does not cover the call; lease at least `want` more
+    /// ([`Ledger::add_lease`]) and try again. Nothing was reserved.
+    NeedsLease { want: Money },
 }
 
 /// What a settle did.
@@ -168,6 +172,11 @@ struct Entry {
     spent: Money,
     reserved: Money,
     overshoot: Money,
+    /// Shared ceilings only: the budget this instance may still hold or spend, leased from the
+    /// database (`spend::shared`). Settled spend comes out of it; holds must fit in it.
+    lease: Money,
+    /// When a call last reserved here, for handing back a lease that sits idle.
+    used_at: Option<std::time::Instant>,
 }
 
 impl Entry {
@@ -179,6 +188,8 @@ impl Entry {
             spent: Money::ZERO,
             reserved: Money::ZERO,
             overshoot: Money::ZERO,
+            lease: Money::ZERO,
+            used_at: None,
         }
     }
 
@@ -190,6 +201,8 @@ impl Entry {
             self.period_start = start;
             self.spent = Money::ZERO;
             self.overshoot = Money::ZERO;
+            // A lease is of one period's budget; the next is leased afresh.
+            self.lease = Money::ZERO;
         }
     }
 
@@ -225,6 +238,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     sink: Option<SpendSink>,
     next_reservation: AtomicU64,
+    /// Several instances share the ceilings: a hold must fit in this instance's lease.
+    shared: bool,
 }
 
 impl Inner {
@@ -262,8 +277,31 @@ impl Ledger {
                 clock,
                 sink,
                 next_reservation: AtomicU64::new(1),
+                shared: false,
             }),
         }
+    }
+
+    /// A ledger for one of several instances sharing one database: with a ceiling set, a call is
+    /// admitted only against this instance's lease of the ceiling's budget (see `spend::shared`,
+    /// which leases from the database what [`ReserveError::NeedsLease`] asks for). The entry's
+    /// limit and spend are then what the database said last; the lease is what protects the
+    /// ceiling.
+    pub fn shared(clock: Arc<dyn Clock>, sink: Option<SpendSink>) -> Self {
+        Ledger {
+            inner: Arc::new(Inner {
+                entries: RwLock::new(HashMap::new()),
+                clock,
+                sink,
+                next_reservation: AtomicU64::new(1),
+                shared: true,
+            }),
+        }
+    }
+
+    /// Whether this ledger admits calls against leases (see [`Ledger::shared`]).
+    pub fn is_shared(&self) -> bool {
+        self.inner.shared
     }
 
     /// Holds `amount` for a call about to be sent, or refuses it if the ceiling would be broken.
@@ -282,7 +320,15 @@ impl Ledger {
             let mut e = lock(&entry);
             let now = self.inner.clock.now();
             e.roll(now);
-            if let Some(limit) = e.limit {
+            e.used_at = Some(std::time::Instant::now());
+            if self.inner.shared && e.limit.is_some() {
+                let need = e.reserved.saturating_add(amount);
+                if need > e.lease {
+                    return Err(ReserveError::NeedsLease {
+                        want: need.saturating_sub(e.lease),
+                    });
+                }
+            } else if let Some(limit) = e.limit {
                 let total = e
                     .spent
                     .checked_add(e.reserved)
@@ -444,6 +490,76 @@ impl Ledger {
         }
     }
 
+    /// Shared ceilings: adds `granted` to this instance's lease of the pair, and takes the limit,
+    /// period and spend the database showed when it granted it (`global`).
+    pub fn add_lease(&self, global: &LedgerRow, granted: Money) {
+        let entry = self.entry(global.account, &global.provider);
+        let mut e = lock(&entry);
+        e.roll(self.inner.clock.now());
+        if global.period_start < e.period_start {
+            // Granted for a period this instance has already left: not usable, and the database
+            // row will be written over by the next grant.
+            return;
+        }
+        adopt(&mut e, global);
+        e.lease = e.lease.saturating_add(granted.max(Money::ZERO));
+    }
+
+    /// Shared ceilings: takes the ceiling as the database has it now (another instance changed
+    /// it, or spend was reset) and returns the part of this instance's lease no call holds, which
+    /// the caller hands back to the database: the next call leases again under the new terms.
+    pub fn refresh(&self, global: &LedgerRow) -> Money {
+        let entry = self.entry(global.account, &global.provider);
+        let mut e = lock(&entry);
+        e.roll(self.inner.clock.now());
+        adopt(&mut e, global);
+        let unused = e.lease.saturating_sub(e.reserved).max(Money::ZERO);
+        e.lease = e.lease.saturating_sub(unused);
+        unused
+    }
+
+    /// Shared ceilings: takes back every lease part that no call holds on pairs where no call
+    /// reserved for `idle`, so budget an instance does not use goes back to the others. Returns
+    /// (account, provider, amount) for the caller to hand back to the database.
+    pub fn take_idle_leases(&self, idle: std::time::Duration) -> Vec<(i64, String, Money)> {
+        let entries: Vec<(i64, String, SharedEntry)> = read(&self.inner.entries)
+            .iter()
+            .flat_map(|(account, providers)| {
+                providers
+                    .iter()
+                    .map(|(p, e)| (*account, p.clone(), Arc::clone(e)))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (account, provider, entry) in entries {
+            let mut e = lock(&entry);
+            let idle_now = e.used_at.is_none_or(|at| at.elapsed() >= idle);
+            let unused = e.lease.saturating_sub(e.reserved).max(Money::ZERO);
+            if idle_now && unused > Money::ZERO {
+                e.lease = e.lease.saturating_sub(unused);
+                out.push((account, provider, unused));
+            }
+        }
+        out
+    }
+
+    /// Shared ceilings: forgets every lease (the database charged them, having taken this
+    /// instance for dead). Calls in flight still settle; new ones lease again.
+    pub fn drop_leases(&self) {
+        for providers in read(&self.inner.entries).values() {
+            for entry in providers.values() {
+                lock(entry).lease = Money::ZERO;
+            }
+        }
+    }
+
+    /// This instance's lease of one pair (tests and metrics).
+    pub fn lease(&self, account: i64, provider: &str) -> Money {
+        self.existing(account, provider)
+            .map(|e| lock(&e).lease)
+            .unwrap_or(Money::ZERO)
+    }
+
     /// Forgets an account (e.g. when it is deleted). Its reservations in flight settle harmlessly
     /// into the detached entries.
     pub fn remove_account(&self, account: i64) {
@@ -533,6 +649,9 @@ impl Reservation {
         e.roll(now);
         e.reserved = e.reserved.saturating_sub(self.amount).max(Money::ZERO);
         e.spent = e.spent.saturating_add(actual);
+        // What is spent is no longer this instance's to hold (the spend writer takes the same
+        // amount off the lease's row when it writes the spend).
+        e.lease = e.lease.saturating_sub(actual).max(Money::ZERO);
         let overshoot = (actual > self.amount).then(|| actual.saturating_sub(self.amount));
         if let Some(over) = overshoot {
             e.overshoot = e.overshoot.saturating_add(over);
@@ -564,6 +683,19 @@ impl Drop for Reservation {
             self.close(self.amount, true);
         }
     }
+}
+
+/// Takes the database's view of a shared ceiling: limit, period and spend. A period this entry
+/// has already moved past is not taken back.
+fn adopt(e: &mut Entry, global: &LedgerRow) {
+    if global.period_start < e.period_start && global.period == e.period {
+        e.limit = global.limit;
+        return;
+    }
+    e.limit = global.limit;
+    e.period = global.period;
+    e.period_start = global.period_start;
+    e.spent = global.spent;
 }
 
 // A panic elsewhere while a lock was held leaves the data consistent (every update is a few plain

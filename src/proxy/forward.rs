@@ -75,6 +75,8 @@ pub struct Proxy {
     pub writer: Arc<SpendWriter>,
     pub prices: Arc<PriceTable>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Several instances on one database: leases of the ceilings (`spend::shared`).
+    pub shared: Option<crate::spend::shared::Shared>,
     rate: DefaultKeyedRateLimiter<String>,
     in_flight: Arc<Mutex<HashMap<i64, u32>>>,
 }
@@ -91,6 +93,7 @@ impl Proxy {
         Self {
             rate: RateLimiter::keyed(Quota::per_minute(per_minute)),
             settings,
+            shared: None,
             ledger,
             writer,
             prices,
@@ -631,11 +634,46 @@ pub async fn proxy(
         token_id: token.id.clone(),
         ..CallRecord::default()
     };
-    let reservation = match proxy
-        .ledger
-        .reserve(token.account_id, provider.id, estimate.micros)
-    {
+    let mut leases = 0;
+    let reserved = loop {
+        match proxy
+            .ledger
+            .reserve(token.account_id, provider.id, estimate.micros)
+        {
+            // Shared ceilings: this instance's lease is short; lease more and try again (a few
+            // times, since concurrent calls here may use what was just leased).
+            Err(ReserveError::NeedsLease { want }) if leases < 4 => {
+                leases += 1;
+                let Some(shared) = proxy.shared.as_ref() else {
+                    break Err(ReserveError::Unrecorded);
+                };
+                match shared.lease(token.account_id, provider.id, want).await {
+                    Ok(None) => continue,
+                    Ok(Some(refusal)) => break Err(ReserveError::Ceiling(refusal)),
+                    Err(e) => return Err(ApiError::from_db(&e)),
+                }
+            }
+            other => break other,
+        }
+    };
+    let reservation = match reserved {
         Ok(r) => r,
+        Err(ReserveError::NeedsLease { want }) => {
+            let snap = proxy.ledger.snapshot(token.account_id, provider.id);
+            record.status = 402;
+            record.outcome = "refused";
+            record.took_since(started);
+            proxy.writer.record_call(record);
+            return Err(refused(
+                provider.id,
+                &crate::spend::Refused {
+                    limit: snap.limit.unwrap_or(crate::money::Money::ZERO),
+                    spent: snap.spent,
+                    reserved: snap.reserved,
+                    requested: want,
+                },
+            ));
+        }
         Err(ReserveError::Ceiling(refusal)) => {
             record.status = 402;
             record.outcome = "refused";

@@ -4,6 +4,7 @@
 
 pub mod journal;
 pub mod ledger;
+pub mod shared;
 pub mod store;
 pub mod writer;
 

@@ -89,20 +89,7 @@ pub fn recover_and_load(
         }
     }
     for (account, provider, amount, period_start) in &holds {
-        // An account deleted since has nothing left to charge.
-        let charged = tx.execute(
-            "INSERT INTO spend (account_id, provider, period_start, spent_micros)
-             SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM accounts WHERE id = ?1)
-             ON CONFLICT (account_id, provider) DO UPDATE SET
-                spent_micros = CASE
-                    WHEN excluded.period_start = spend.period_start THEN spend.spent_micros + excluded.spent_micros
-                    WHEN excluded.period_start > spend.period_start THEN excluded.spent_micros
-                    ELSE spend.spent_micros END,
-                period_start = CASE WHEN excluded.period_start > spend.period_start
-                                THEN excluded.period_start ELSE spend.period_start END",
-            params![account, provider, period_start, amount],
-        )?;
-        if charged == 0 {
+        if !charge(tx, *account, provider, *period_start, *amount)? {
             continue;
         }
         recovered.holds_charged += 1;
@@ -139,6 +126,30 @@ pub fn recover_and_load(
         rows,
         epoch: next_epoch,
     })
+}
+
+/// Adds `amount` to the spend of `period_start` for the pair (a later period starts over from it;
+/// an earlier one is already over and charges nothing more). `false` when the account is gone.
+pub fn charge(
+    conn: &Conn<'_>,
+    account: i64,
+    provider: &str,
+    period_start: i64,
+    amount: i64,
+) -> Result<bool, crate::db::DbError> {
+    let charged = conn.execute(
+        "INSERT INTO spend (account_id, provider, period_start, spent_micros)
+         SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM accounts WHERE id = ?1)
+         ON CONFLICT (account_id, provider) DO UPDATE SET
+            spent_micros = CASE
+                WHEN excluded.period_start = spend.period_start THEN spend.spent_micros + excluded.spent_micros
+                WHEN excluded.period_start > spend.period_start THEN excluded.spent_micros
+                ELSE spend.spent_micros END,
+            period_start = CASE WHEN excluded.period_start > spend.period_start
+                            THEN excluded.period_start ELSE spend.period_start END",
+        params![account, provider, period_start, amount],
+    )?;
+    Ok(charged > 0)
 }
 
 /// Usage of one provider over a time range.

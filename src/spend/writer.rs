@@ -152,6 +152,21 @@ impl SpendWriter {
     /// Starts the writer. With a `journal`, every hold is appended to it before it is queued; the
     /// database must then have been through `store::recover_and_load` with that journal's epoch.
     pub fn start(db: &Db, journal: Option<HoldJournal>) -> Result<Arc<Self>, crate::db::DbError> {
+        Self::start_as(db, journal, None)
+    }
+
+    /// The writer of one of several instances sharing the database's ceilings (`spend::shared`):
+    /// its holds carry `instance`, its settled spend comes off that instance's leases in the
+    /// same transaction, and it keeps no hold journal.
+    pub fn start_shared(db: &Db, instance: &str) -> Result<Arc<Self>, crate::db::DbError> {
+        Self::start_as(db, None, Some(instance.to_owned()))
+    }
+
+    fn start_as(
+        db: &Db,
+        journal: Option<HoldJournal>,
+        instance: Option<String>,
+    ) -> Result<Arc<Self>, crate::db::DbError> {
         // On SQLite: its own connection, with `wal_autocheckpoint` off (the checkpointer below
         // does it once a second).
         let conn = db.dedicated_writer()?;
@@ -180,7 +195,14 @@ impl SpendWriter {
             .name("spend-writer".into())
             .spawn(move || {
                 crate::threads::lower_priority(BACKGROUND_NICE);
-                run(conn, rx, thread_depth, thread_journal, &thread_stopping)
+                run(
+                    conn,
+                    rx,
+                    thread_depth,
+                    thread_journal,
+                    &thread_stopping,
+                    instance.as_deref(),
+                )
             })
             .map_err(|e| crate::db::DbError::Thread(e.to_string()))?;
         Ok(Arc::new(Self {
@@ -288,6 +310,7 @@ fn run(
     depth: Arc<AtomicUsize>,
     journal: Option<Arc<HoldJournal>>,
     stopping: &AtomicBool,
+    instance: Option<&str>,
 ) {
     let published = |seq: u64| {
         if let Some(journal) = &journal {
@@ -308,7 +331,15 @@ fn run(
             Some(wait) => match rx.recv_timeout(wait) {
                 Ok(m) => m,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    apply(&mut conn, &mut batch, last_seq, &mut recent, true, stopping);
+                    apply(
+                        &mut conn,
+                        &mut batch,
+                        last_seq,
+                        &mut recent,
+                        true,
+                        stopping,
+                        instance,
+                    );
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -332,8 +363,15 @@ fn run(
             }
         }
         let n = batch.len();
-        let (barriers, committed) =
-            apply(&mut conn, &mut batch, last_seq, &mut recent, stop, stopping);
+        let (barriers, committed) = apply(
+            &mut conn,
+            &mut batch,
+            last_seq,
+            &mut recent,
+            stop,
+            stopping,
+            instance,
+        );
         depth.fetch_sub(n, Ordering::Relaxed);
         if committed {
             published(last_seq);
@@ -350,8 +388,15 @@ fn run(
             }
             if !rest.is_empty() {
                 let n = rest.len();
-                let (barriers, committed) =
-                    apply(&mut conn, &mut rest, last_seq, &mut recent, true, stopping);
+                let (barriers, committed) = apply(
+                    &mut conn,
+                    &mut rest,
+                    last_seq,
+                    &mut recent,
+                    true,
+                    stopping,
+                    instance,
+                );
                 for b in barriers {
                     let _ = b.send(());
                 }
@@ -381,6 +426,7 @@ fn apply(
     recent: &mut RecentCalls,
     force: bool,
     stopping: &AtomicBool,
+    instance: Option<&str>,
 ) -> (Vec<SyncSender<()>>, bool) {
     let force = force
         || batch
@@ -397,7 +443,7 @@ fn apply(
     let mut committed = false;
     loop {
         let result = conn.write(|tx| -> crate::db::Result<()> {
-            let mut fold = Fold::of(batch);
+            let mut fold = Fold::of(batch, instance);
             for msg in batch.iter() {
                 let outcome = match msg {
                     Msg::Spend(e) => fold.spend(tx, e.clone()),
@@ -416,9 +462,14 @@ fn apply(
             if write_recent {
                 recent.write(tx)?;
             }
-            // What the hold journal's recovery compares against (see `spend::journal`).
-            tx.prepare_cached("UPDATE spend_journal_state SET committed_seq = ?1 WHERE id = 1")?
+            // What the hold journal's recovery compares against (see `spend::journal`); shared
+            // ceilings keep no journal, and several writers must not contend for this one row.
+            if instance.is_none() {
+                tx.prepare_cached(
+                    "UPDATE spend_journal_state SET committed_seq = ?1 WHERE id = 1",
+                )?
                 .execute([i64::try_from(last_seq).unwrap_or(i64::MAX)])?;
+            }
             Ok(())
         });
         match result {
@@ -502,10 +553,16 @@ struct Fold {
     usage: std::collections::HashMap<(i64, String, i64), HourUsage>,
     key_used: std::collections::HashMap<(i64, String), i64>,
     token_used: std::collections::HashMap<String, i64>,
+    /// The instance whose holds these are ('' for the one instance of a SQLite file); with
+    /// shared ceilings, settled spend also comes off its leases.
+    instance: String,
+    shared: bool,
+    /// Settled and abandoned amounts per (account, provider), to take off the leases.
+    lease_spent: std::collections::HashMap<(i64, String), Money>,
 }
 
 impl Fold {
-    fn of(batch: &[Msg]) -> Self {
+    fn of(batch: &[Msg], instance: Option<&str>) -> Self {
         let mut opened = std::collections::HashSet::new();
         let mut transient = std::collections::HashSet::new();
         for msg in batch {
@@ -525,6 +582,8 @@ impl Fold {
         }
         Self {
             transient,
+            instance: instance.unwrap_or_default().to_owned(),
+            shared: instance.is_some(),
             ..Self::default()
         }
     }
@@ -536,18 +595,27 @@ impl Fold {
             SpendKind::Reserved if transient => {}
             SpendKind::Reserved => {
                 conn.prepare_cached(
-                    "INSERT INTO spend_holds (id, account_id, provider, amount_micros, period_start, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT (id) DO UPDATE SET account_id = excluded.account_id,
+                    "INSERT INTO spend_holds (id, account_id, provider, amount_micros, period_start, created_at, instance_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (instance_id, id) DO UPDATE SET account_id = excluded.account_id,
                          provider = excluded.provider, amount_micros = excluded.amount_micros,
                          period_start = excluded.period_start, created_at = excluded.created_at",
                 )?
-                .execute(params![id, e.account, e.provider, e.amount.micros(), e.period_start.unix_timestamp(), e.at.unix_timestamp()])?;
+                .execute(params![id, e.account, e.provider, e.amount.micros(), e.period_start.unix_timestamp(), e.at.unix_timestamp(), self.instance])?;
             }
             SpendKind::Released | SpendKind::Settled { .. } | SpendKind::Abandoned => {
                 if !transient {
-                    conn.prepare_cached("DELETE FROM spend_holds WHERE id = ?1")?
-                        .execute([id])?;
+                    conn.prepare_cached(
+                        "DELETE FROM spend_holds WHERE instance_id = ?2 AND id = ?1",
+                    )?
+                    .execute(params![id, self.instance])?;
+                }
+                if e.kind != SpendKind::Released && self.shared {
+                    let sum = self
+                        .lease_spent
+                        .entry((e.account, e.provider.clone()))
+                        .or_insert(Money::ZERO);
+                    *sum = sum.saturating_add(e.amount);
                 }
                 if e.kind != SpendKind::Released {
                     let sum = self
@@ -611,6 +679,17 @@ impl Fold {
     /// was deleted meanwhile) is logged and skipped without losing the rest of the batch.
     fn finish(mut self, conn: &Conn<'_>) -> crate::db::Result<()> {
         self.write_spend(conn)?;
+        // Spend written above leaves the lease it was held in, in the same transaction, so
+        // `spent + Σ leases` never drops by itself (see `spend::shared`).
+        for ((account, provider), amount) in self.lease_spent.drain() {
+            skip_failed(crate::spend::shared::give_back(
+                conn,
+                &self.instance,
+                account,
+                &provider,
+                amount,
+            ));
+        }
         for ((account, provider, hour), u) in self.usage.drain() {
             skip_failed(apply_usage(conn, account, &provider, hour, &u));
         }

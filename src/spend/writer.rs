@@ -859,7 +859,12 @@ fn apply_ceiling(conn: &Conn<'_>, r: &CeilingRow) -> crate::db::Result<()> {
         "INSERT INTO spend (account_id, provider, limit_micros, period, period_start, spent_micros) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (account_id, provider) DO UPDATE SET
             limit_micros = excluded.limit_micros, period = excluded.period,
-            period_start = excluded.period_start, spent_micros = excluded.spent_micros",
+            period_start = excluded.period_start,
+            -- Never the writer's own view of spend, which another instance may have moved on:
+            -- only a period that started over (same period, later start) sets it to zero.
+            spent_micros = CASE WHEN excluded.period = spend.period
+                                 AND excluded.period_start > spend.period_start
+                            THEN 0 ELSE spend.spent_micros END",
     )?
     .execute(params![
         r.account,

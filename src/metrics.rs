@@ -294,6 +294,21 @@ pub struct Metrics {
     requests: RwLock<HashMap<RequestKey, AtomicU64>>,
     open_reservations: AtomicI64,
     active_streams: Arc<AtomicI64>,
+    /// Shared ceilings (several instances on PostgreSQL): lease requests by result.
+    pub leases: LeaseCounters,
+}
+
+/// What this instance asked of the shared ceilings (see `spend::shared`).
+#[derive(Debug, Default)]
+pub struct LeaseCounters {
+    /// Round trips that leased more of a ceiling.
+    pub granted: AtomicU64,
+    /// Round trips that found too little free (the call was refused).
+    pub refused: AtomicU64,
+    /// Round trips that found no ceiling (any more).
+    pub no_ceiling: AtomicU64,
+    /// Leases handed back (idle, or the ceiling changed).
+    pub handed_back: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -328,6 +343,7 @@ impl Metrics {
             requests: RwLock::new(HashMap::new()),
             open_reservations: AtomicI64::new(0),
             active_streams: Arc::new(AtomicI64::new(0)),
+            leases: LeaseCounters::default(),
         }
     }
 
@@ -448,6 +464,36 @@ impl Metrics {
             "keybroker_spend_writer_queue_depth",
             "Spend records waiting to be committed.",
             i64::try_from(inputs.spend_queue_depth).unwrap_or(i64::MAX),
+        );
+        let leases = "keybroker_ceiling_lease_requests_total";
+        header(
+            &mut out,
+            leases,
+            "counter",
+            "Round trips to the database for a lease of a shared ceiling (several instances on PostgreSQL), by result.",
+        );
+        for (result, n) in [
+            ("granted", &self.leases.granted),
+            ("refused", &self.leases.refused),
+            ("no_ceiling", &self.leases.no_ceiling),
+        ] {
+            let _ = writeln!(
+                out,
+                "{leases}{{result=\"{result}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let back = "keybroker_ceiling_leases_handed_back_total";
+        header(
+            &mut out,
+            back,
+            "counter",
+            "Leases of a shared ceiling handed back to the database (idle, or the ceiling changed).",
+        );
+        let _ = writeln!(
+            out,
+            "{back} {}",
+            self.leases.handed_back.load(Ordering::Relaxed)
         );
         if let Some(n) = inputs.active_sessions {
             gauge(

@@ -27,6 +27,7 @@ use crate::metering::prices::PriceTable;
 use crate::proxy::Proxy;
 use crate::routes;
 use crate::spend::journal::HoldJournal;
+use crate::spend::shared::Shared;
 use crate::spend::store;
 use crate::spend::writer::SpendWriter;
 use crate::spend::Ledger;
@@ -233,6 +234,9 @@ async fn build_proxy(
         overrides.as_deref(),
     )
     .map_err(|e| StartError::Prices(e.to_string()))?;
+    if db.kind() == crate::db::Kind::Postgres {
+        return build_shared_proxy(settings, db, metrics, prices).await;
+    }
     let journal_dir = settings.spend_journal_dir();
     let dir = journal_dir.clone();
     let store::Recovery {
@@ -266,6 +270,40 @@ async fn build_proxy(
     Ok(proxy)
 }
 
+/// On PostgreSQL any number of instances serve at once and share the ceilings through leases
+/// (`spend::shared`): no hold journal, and holds other instances have open are theirs, not a
+/// crash's (what a crashed instance held is charged by [`Shared::start`] or by the others).
+async fn build_shared_proxy(
+    settings: &Settings,
+    db: &Db,
+    metrics: &Arc<crate::metrics::Metrics>,
+    prices: PriceTable,
+) -> Result<Proxy, StartError> {
+    let rows = db
+        .read(|c| store::rows(c).map_err(StartError::from))
+        .await?;
+    let (db, metrics2, clock) = (db.clone(), metrics.clone(), settings.clock.clone());
+    let id_file = settings.data_dir.join("instance-id");
+    let (writer, ledger, shared) = tokio::task::spawn_blocking(move || {
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        let writer = SpendWriter::start_shared(&db, &instance)?;
+        let ledger = Ledger::shared(clock, Some(metrics2.spend_sink(writer.sink())));
+        ledger.load(rows);
+        let shared = Shared::start(&db, ledger.clone(), metrics2, &id_file, instance)?;
+        tracing::info!(
+            instance = shared.instance(),
+            "sharing ceilings with any other instance on this database"
+        );
+        Ok::<_, StartError>((writer, ledger, shared))
+    })
+    .await
+    .map_err(|e| StartError::Task(e.to_string()))??;
+    let mut proxy = Proxy::new(settings.proxy.clone(), ledger, writer, Arc::new(prices));
+    proxy.metrics = metrics.clone();
+    proxy.shared = Some(shared);
+    Ok(proxy)
+}
+
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         // One TLS crypto provider for every client (upstreams, OAuth, SMTP): ring. Installing it
@@ -273,11 +311,6 @@ impl Application {
         // without a default (awc's connector would then panic). Already installed is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let (db, vault) = open_storage(&settings).await?;
-        // One active instance per PostgreSQL database (a second waits here as a standby).
-        let active = db.clone();
-        tokio::task::spawn_blocking(move || active.become_active())
-            .await
-            .map_err(|e| StartError::Task(e.to_string()))??;
         let secrets = ServerSecrets::resolve(
             &settings.secrets,
             &settings.data_dir,

@@ -315,18 +315,6 @@ impl Db {
         self.postgres().map(|p| p.pool_state())
     }
 
-    /// Waits until this instance is the one active instance on the store. On PostgreSQL the
-    /// in-memory spend ledger (`spend::ledger`) admits calls for one instance only, so a second
-    /// `serve` on the same database waits here as a hot standby and takes over when the active
-    /// one stops; an instance that loses its hold exits (75). On SQLite the data directory's lock
-    /// (`data_lock`) already keeps a second server off the file.
-    pub fn become_active(&self) -> Result<()> {
-        match &self.backend {
-            Backend::Postgres(p) => p.become_active(),
-            Backend::Sqlite(_) => Ok(()),
-        }
-    }
-
     /// One cheap round trip, for `/readyz`.
     pub fn ping(&self) -> Result<()> {
         self.read_blocking(|c| {

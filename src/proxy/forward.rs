@@ -634,6 +634,9 @@ pub async fn proxy(
         token_id: token.id.clone(),
         ..CallRecord::default()
     };
+    if let Some(shared) = proxy.shared.as_ref() {
+        shared.check_fresh();
+    }
     let mut leases = 0;
     let reserved = loop {
         match proxy

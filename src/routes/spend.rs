@@ -132,6 +132,18 @@ fn ceiling_change(before: &Snapshot, after: &Snapshot) -> String {
     parts.join("; ")
 }
 
+/// Several instances: the ceiling as the database has it, before it is shown or changed here (the
+/// last change may have been made through another instance).
+async fn sync_shared(state: &AppState, account: i64, provider: &str) -> Result<(), ApiError> {
+    match &state.proxy.shared {
+        Some(shared) => shared
+            .sync(account, provider)
+            .await
+            .map_err(|e| ApiError::from_db(&e)),
+        None => Ok(()),
+    }
+}
+
 async fn persist_and_audit(
     state: &AppState,
     auth: &Authenticated,
@@ -149,6 +161,14 @@ async fn persist_and_audit(
         spent: snap.spent,
     });
     state.proxy.writer.flush().await;
+    if let Some(shared) = &state.proxy.shared {
+        // Every instance (this one too) takes the new terms and hands back what it leased
+        // beyond them; calls lease again under them.
+        shared
+            .announce(auth.account_id, provider)
+            .await
+            .map_err(|e| ApiError::from_db(&e))?;
+    }
     let detail = ceiling_change(before, snap);
     audit_outcome(state, auth, provider, action, Outcome::Success, detail).await
 }
@@ -187,6 +207,7 @@ pub async fn put_ceiling(
         })?,
     };
     let recent = auth.require_recent_auth(state.clock.unix());
+    sync_shared(&state, auth.account_id, provider).await?;
     let before = state.proxy.ledger.snapshot(auth.account_id, provider);
     let set = state.proxy.ledger.set_ceiling_unless(
         auth.account_id,
@@ -218,6 +239,23 @@ pub async fn list_ceilings(
     auth: Authenticated,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    if state.proxy.shared.is_some() {
+        // Spend settled through every instance is in the database, not in this one's ledger.
+        state.proxy.writer.flush().await;
+        let account = auth.account_id;
+        let stored = state
+            .db
+            .read(move |c| crate::spend::store::account_rows(c, account))
+            .await
+            .map_err(|e| ApiError::from_db(&e))?;
+        let now = state.proxy.ledger.now();
+        for row in stored {
+            state
+                .proxy
+                .ledger
+                .observe(&crate::spend::shared::current(row, now));
+        }
+    }
     let rows: Vec<Value> = state
         .proxy
         .ledger
@@ -249,6 +287,7 @@ pub async fn reset_ceiling(
     if let Err(refused) = auth.require_recent_auth(state.clock.unix()) {
         return refuse_without_reauth(&state, &auth, provider, "ceiling.reset", refused).await;
     }
+    sync_shared(&state, auth.account_id, provider).await?;
     let before = state.proxy.ledger.snapshot(auth.account_id, provider);
     let snap = state.proxy.ledger.reset(auth.account_id, provider);
     persist_and_audit(&state, &auth, provider, &before, &snap, "ceiling.reset").await?;
@@ -275,6 +314,7 @@ pub async fn delete_ceiling(
     if let Err(refused) = auth.require_recent_auth(state.clock.unix()) {
         return refuse_without_reauth(&state, &auth, provider, "ceiling.delete", refused).await;
     }
+    sync_shared(&state, auth.account_id, provider).await?;
     let before = state.proxy.ledger.snapshot(auth.account_id, provider);
     let snap = state.proxy.ledger.remove_ceiling(auth.account_id, provider);
     persist_and_audit(&state, &auth, provider, &before, &snap, "ceiling.delete").await?;

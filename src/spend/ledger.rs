@@ -304,6 +304,20 @@ impl Ledger {
         self.inner.shared
     }
 
+    /// The ledger's clock's time (what periods are measured by).
+    pub fn now(&self) -> OffsetDateTime {
+        self.inner.clock.now()
+    }
+
+    /// Shared ceilings: takes the ceiling as the database has it (limit, period, spend) without
+    /// touching this instance's lease.
+    pub fn observe(&self, global: &LedgerRow) {
+        let entry = self.entry(global.account, &global.provider);
+        let mut e = lock(&entry);
+        e.roll(self.inner.clock.now());
+        adopt(&mut e, global);
+    }
+
     /// Holds `amount` for a call about to be sent, or refuses it if the ceiling would be broken.
     /// Without a ceiling every reservation is admitted (spend is still tracked). A negative amount
     /// is taken as zero; a zero amount always fits.

@@ -19,11 +19,12 @@
 //! them and cannot be told from the unused rest without a round trip per call), and so are its
 //! open holds on pairs it had no lease for.
 
-use crate::db::{Conn, DbError};
+use crate::db::{Conn, DbError, Optional as _};
 use crate::money::Money;
 use crate::params;
 use crate::spend::ledger::{LedgerRow, Period, Refused};
 use crate::spend::writer::parse_period;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -49,9 +50,14 @@ pub enum Grant {
     Leased { row: LedgerRow, amount: Money },
     /// Not even `want` is free.
     Refused(Refused),
+    /// This instance had been taken for dead and what it leased was charged: it is registered
+    /// again; forget every lease and ask again.
+    Lost,
 }
 
 /// Leases at least `want` of the pair's ceiling to `instance`, in the caller's transaction.
+/// `instance` must be alive in `keybroker_instances`: one that was taken for dead gets
+/// [`Grant::Lost`] (what it leased was charged), re-registers, and asks again.
 pub fn grant(
     conn: &Conn<'_>,
     instance: &str,
@@ -61,6 +67,17 @@ pub fn grant(
     now: OffsetDateTime,
 ) -> Result<Grant, DbError> {
     conn.lock(LOCK_SPACE, account)?;
+    if conn.execute(
+        "UPDATE keybroker_instances SET seen_at = CASE WHEN seen_at < ?2 THEN ?2 ELSE seen_at END
+         WHERE id = ?1",
+        params![instance, now_secs()],
+    )? == 0
+    {
+        // Taken for dead meanwhile: anything leased since is charged too, then start over.
+        reclaim(conn, instance, None)?;
+        register(conn, instance)?;
+        return Ok(Grant::Lost);
+    }
     let Some(row) = ceiling(conn, account, provider, now)? else {
         return Ok(Grant::NoCeiling(LedgerRow {
             account,
@@ -75,12 +92,22 @@ pub fn grant(
         return Ok(Grant::NoCeiling(row));
     };
     let start = row.period_start.unix_timestamp();
-    let leased: i64 = conn.query_row(
-        "SELECT COALESCE(SUM(amount_micros), 0) FROM spend_leases
-         WHERE account_id = ?1 AND provider = ?2 AND period_start >= ?3",
+    // Spend and leases in one statement, so from one snapshot: the spend writer moves settled
+    // amounts from a lease into the spend in one transaction, and two separate reads could see
+    // the lease after the move and the spend before it (and so lease that amount twice).
+    let (spent_now, leased): (i64, i64) = conn.query_row(
+        "SELECT CASE WHEN s.period_start >= ?3 THEN s.spent_micros ELSE 0 END,
+                (SELECT CAST(COALESCE(SUM(l.amount_micros), 0) AS BIGINT) FROM spend_leases l
+                 WHERE l.account_id = s.account_id AND l.provider = s.provider
+                   AND l.period_start >= ?3)
+         FROM spend s WHERE s.account_id = ?1 AND s.provider = ?2",
         params![account, provider, start],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
+    let row = LedgerRow {
+        spent: Money::from_micros(spent_now),
+        ..row
+    };
     let leased = Money::from_micros(leased);
     let free = limit.saturating_sub(row.spent).saturating_sub(leased);
     if free < want {
@@ -108,6 +135,65 @@ pub fn grant(
     Ok(Grant::Leased { row, amount })
 }
 
+/// Seconds of the wall clock, which instances compare with each other's `seen_at` (their clocks
+/// must agree to well within [`DEAD_AFTER_SECS`]; NTP does that).
+pub fn now_secs() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Says `instance` is running (again).
+pub fn register(conn: &Conn<'_>, instance: &str) -> Result<(), DbError> {
+    let now = now_secs();
+    conn.execute(
+        "INSERT INTO keybroker_instances (id, started_at, seen_at) VALUES (?1, ?2, ?2)
+         ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at",
+        params![instance, now],
+    )?;
+    Ok(())
+}
+
+/// A stored row as of the period containing `now` (an ended period has spent nothing in it).
+pub fn current(row: LedgerRow, now: OffsetDateTime) -> LedgerRow {
+    let current = row.period.start(now);
+    if row.period_start >= current {
+        row
+    } else {
+        LedgerRow {
+            period_start: current,
+            spent: Money::ZERO,
+            ..row
+        }
+    }
+}
+
+fn rolled(
+    account: i64,
+    provider: &str,
+    limit: Option<i64>,
+    period: &str,
+    stored_start: i64,
+    spent: i64,
+    now: OffsetDateTime,
+) -> LedgerRow {
+    let period = parse_period(period).unwrap_or_default();
+    let current = period.start(now).unix_timestamp();
+    // A row from an ended period has spent nothing in this one.
+    let (start, spent) = if stored_start >= current {
+        (stored_start, spent)
+    } else {
+        (current, 0)
+    };
+    LedgerRow {
+        account,
+        provider: provider.to_owned(),
+        limit: limit.map(Money::from_micros),
+        period,
+        period_start: OffsetDateTime::from_unix_timestamp(start)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        spent: Money::from_micros(spent),
+    }
+}
+
 /// The pair's ceiling as the database has it, rolled to the period containing `now`.
 pub fn ceiling(
     conn: &Conn<'_>,
@@ -115,7 +201,6 @@ pub fn ceiling(
     provider: &str,
     now: OffsetDateTime,
 ) -> Result<Option<LedgerRow>, DbError> {
-    use crate::db::Optional as _;
     let found = conn
         .query_row(
             "SELECT limit_micros, period, period_start, spent_micros FROM spend
@@ -132,23 +217,7 @@ pub fn ceiling(
         )
         .optional()?;
     Ok(found.map(|(limit, period, stored_start, spent)| {
-        let period = parse_period(&period).unwrap_or_default();
-        let current = period.start(now).unix_timestamp();
-        // A row from an ended period has spent nothing in this one.
-        let (start, spent) = if stored_start >= current {
-            (stored_start, spent)
-        } else {
-            (current, 0)
-        };
-        LedgerRow {
-            account,
-            provider: provider.to_owned(),
-            limit: limit.map(Money::from_micros),
-            period,
-            period_start: OffsetDateTime::from_unix_timestamp(start)
-                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-            spent: Money::from_micros(spent),
-        }
+        rolled(account, provider, limit, &period, stored_start, spent, now)
     }))
 }
 
@@ -186,10 +255,10 @@ pub fn heartbeat(conn: &Conn<'_>, instance: &str, now_secs: i64) -> Result<Beat,
         params![instance, now_secs],
     )?;
     if seen == 0 {
-        conn.execute(
-            "INSERT INTO keybroker_instances (id, started_at, seen_at) VALUES (?1, ?2, ?2)",
-            params![instance, now_secs],
-        )?;
+        // Taken for dead (a pause longer than DEAD_AFTER_SECS): what was leased after that is
+        // charged as well, and this instance starts over with nothing leased.
+        beat.charged.extend(reclaim(conn, instance, None)?);
+        register(conn, instance)?;
         beat.leases_lost = true;
     }
     let dead: Vec<String> = conn.query_all(
@@ -198,13 +267,27 @@ pub fn heartbeat(conn: &Conn<'_>, instance: &str, now_secs: i64) -> Result<Beat,
         |r| r.get(0),
     )?;
     for id in dead {
-        beat.charged.extend(reclaim(conn, &id)?);
+        beat.charged
+            .extend(reclaim(conn, &id, Some(now_secs - DEAD_AFTER_SECS))?);
     }
     Ok(beat)
 }
 
 /// Charges in full what instance `id` held (it is gone) and forgets it. Returns the pairs charged.
-pub fn reclaim(conn: &Conn<'_>, id: &str) -> Result<Vec<(i64, String)>, DbError> {
+/// With `seen_before`, only if it still has not been seen since then: its row is deleted first,
+/// so an instance that comes back at that moment waits for this and then finds itself lost.
+pub fn reclaim(
+    conn: &Conn<'_>,
+    id: &str,
+    seen_before: Option<i64>,
+) -> Result<Vec<(i64, String)>, DbError> {
+    let gone = conn.execute(
+        "DELETE FROM keybroker_instances WHERE id = ?1 AND (CAST(?2 AS BIGINT) IS NULL OR seen_at < ?2)",
+        params![id, seen_before],
+    )?;
+    if gone == 0 && seen_before.is_some() {
+        return Ok(Vec::new());
+    }
     let leases: Vec<(i64, String, i64, i64)> = conn.query_all(
         "DELETE FROM spend_leases WHERE instance_id = ?1
          RETURNING account_id, provider, period_start, amount_micros",
@@ -230,7 +313,6 @@ pub fn reclaim(conn: &Conn<'_>, id: &str) -> Result<Vec<(i64, String)>, DbError>
         crate::spend::store::charge(conn, *account, provider, *start, *amount)?;
         charged.push((*account, provider.clone()));
     }
-    conn.execute("DELETE FROM keybroker_instances WHERE id = ?1", params![id])?;
     if !leases.is_empty() || !holds.is_empty() {
         tracing::warn!(
             leases = leases.len(),
@@ -241,33 +323,142 @@ pub fn reclaim(conn: &Conn<'_>, id: &str) -> Result<Vec<(i64, String)>, DbError>
     Ok(charged)
 }
 
-/// One instance's handle on the shared ceilings: its id, the database, its ledger.
+/// Hands back, when an instance stops cleanly, what it leased: its open holds are charged (fail
+/// closed: nothing will settle them now), the rest of its leases goes back.
+pub fn release(conn: &Conn<'_>, id: &str) -> Result<(), DbError> {
+    let holds: Vec<(i64, String, i64, i64)> = conn.query_all(
+        "DELETE FROM spend_holds WHERE instance_id = ?1
+         RETURNING account_id, provider, period_start, amount_micros",
+        params![id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    for (account, provider, start, amount) in &holds {
+        crate::spend::store::charge(conn, *account, provider, *start, *amount)?;
+    }
+    conn.execute(
+        "DELETE FROM spend_leases WHERE instance_id = ?1",
+        params![id],
+    )?;
+    conn.execute("DELETE FROM keybroker_instances WHERE id = ?1", params![id])?;
+    Ok(())
+}
+
+/// The announcement that the ceiling of (account, provider) changed.
+fn payload(account: i64, provider: &str) -> String {
+    format!("{account}:{provider}")
+}
+
+/// A lease older than this without a heartbeat that reached the database is not used: the
+/// others may take this instance for dead after [`DEAD_AFTER_SECS`] and charge it.
+const STALE_AFTER: Duration = Duration::from_secs(5);
+
+/// One instance's handle on the shared ceilings: its id, the database, its ledger, and the
+/// heartbeat thread (which stops when the last handle is dropped, handing the leases back).
 #[derive(Clone)]
 pub struct Shared {
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
     db: crate::db::Db,
-    instance: std::sync::Arc<str>,
+    instance: String,
     ledger: crate::spend::Ledger,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// When a heartbeat or a grant last reached the database (ms since `base`).
+    fresh_ms: std::sync::atomic::AtomicU64,
+    /// Set once the leases were dropped for staleness, until the database answers again.
+    stale: std::sync::atomic::AtomicBool,
+    base: std::time::Instant,
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
-            .field("instance", &self.instance)
+            .field("instance", &self.inner.instance)
             .finish_non_exhaustive()
     }
 }
 
 impl Shared {
-    pub fn new(db: crate::db::Db, instance: &str, ledger: crate::spend::Ledger) -> Self {
-        Shared {
-            db,
-            instance: std::sync::Arc::from(instance),
-            ledger,
+    /// Joins the instances sharing `db`'s ceilings: charges what this data directory's previous
+    /// run left leased (its id is kept in `id_file`; a crash leaves it), registers a new id,
+    /// listens for ceiling changes and starts the heartbeat. `instance` is new for every run (the
+    /// spend writer's holds carry it).
+    pub fn start(
+        db: &crate::db::Db,
+        ledger: crate::spend::Ledger,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+        id_file: &std::path::Path,
+        instance: String,
+    ) -> Result<Self, DbError> {
+        let previous = std::fs::read_to_string(id_file)
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty() && s.len() <= 64);
+        let id = instance.clone();
+        let charged = db.write_blocking(move |c| -> Result<Vec<(i64, String)>, DbError> {
+            let charged = match &previous {
+                Some(prev) => reclaim(c, prev, None)?,
+                None => Vec::new(),
+            };
+            register(c, &id)?;
+            for (account, provider) in &charged {
+                c.notify(CHANNEL, &payload(*account, provider))?;
+            }
+            Ok(charged)
+        })?;
+        if !charged.is_empty() {
+            tracing::warn!(
+                pairs = charged.len(),
+                "the last run of this instance did not stop cleanly: what it had leased is charged in full (fail closed)"
+            );
         }
+        if let Err(e) = std::fs::write(id_file, &instance) {
+            tracing::warn!(error = %e, "could not keep the instance id in the data directory; a crash of this run is charged only when the other instances notice it");
+        }
+        let inner = std::sync::Arc::new(Inner {
+            db: db.clone(),
+            instance,
+            ledger,
+            metrics,
+            fresh_ms: std::sync::atomic::AtomicU64::new(0),
+            stale: std::sync::atomic::AtomicBool::new(false),
+            base: std::time::Instant::now(),
+        });
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let listener_tx = std::sync::Mutex::new(tx);
+        db.listen(
+            CHANNEL,
+            std::sync::Arc::new(move |p: &str| {
+                if let Ok(tx) = listener_tx.lock() {
+                    let _ = tx.send(p.to_owned());
+                }
+            }),
+        )?;
+        let weak = std::sync::Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("ceiling-leases".into())
+            .spawn(move || beat_until_dropped(&weak, &rx))
+            .map_err(|e| DbError::Thread(e.to_string()))?;
+        Ok(Shared { inner })
     }
 
     pub fn instance(&self) -> &str {
-        &self.instance
+        &self.inner.instance
+    }
+
+    /// Before admitting against leases: if the database has not heard from this instance for
+    /// [`STALE_AFTER`], its leases may soon be charged to it and given to others, so they are
+    /// dropped here and the next call leases through the database (or fails closed without it).
+    pub fn check_fresh(&self) {
+        let i = &self.inner;
+        let age = i
+            .elapsed_ms()
+            .saturating_sub(i.fresh_ms.load(Ordering::Relaxed));
+        if age > ms(STALE_AFTER) && !i.stale.swap(true, Ordering::Relaxed) {
+            i.ledger.drop_leases();
+            tracing::warn!("the database has not answered this instance's heartbeat: its ceiling leases are dropped until it does");
+        }
     }
 
     /// Leases at least `want` more of the pair's ceiling for this instance and adds it to the
@@ -279,22 +470,188 @@ impl Shared {
         provider: &str,
         want: Money,
     ) -> Result<Option<Refused>, DbError> {
-        let (instance, owned) = (self.instance.clone(), provider.to_owned());
-        let now = OffsetDateTime::now_utc();
-        let granted = self
-            .db
-            .write(move |c| grant(c, &instance, account, &owned, want, now))
-            .await?;
+        let i = &self.inner;
+        let (instance, owned) = (i.instance.clone(), provider.to_owned());
+        let now = i.ledger.now();
+        let granted =
+            i.db.write(move |c| grant(c, &instance, account, &owned, want, now))
+                .await?;
+        i.touch();
+        let counters = &i.metrics.leases;
         match granted {
             Grant::Leased { row, amount } => {
-                self.ledger.add_lease(&row, amount);
+                counters.granted.fetch_add(1, Ordering::Relaxed);
+                i.ledger.add_lease(&row, amount);
                 Ok(None)
             }
             Grant::NoCeiling(row) => {
-                let _ = self.ledger.refresh(&row);
+                counters.no_ceiling.fetch_add(1, Ordering::Relaxed);
+                let _ = i.ledger.refresh(&row);
                 Ok(None)
             }
-            Grant::Refused(r) => Ok(Some(r)),
+            Grant::Lost => {
+                i.ledger.drop_leases();
+                Ok(None)
+            }
+            Grant::Refused(r) => {
+                counters.refused.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(r))
+            }
+        }
+    }
+
+    /// Takes the pair's ceiling as the database has it now and hands back the part of this
+    /// instance's lease no call holds (before a ceiling is changed here, and when another
+    /// instance announces a change).
+    pub async fn sync(&self, account: i64, provider: &str) -> Result<(), DbError> {
+        let inner = self.inner.clone();
+        let provider = provider.to_owned();
+        tokio::task::spawn_blocking(move || inner.sync(account, &provider))
+            .await
+            .map_err(|_| DbError::Cancelled)?
+    }
+
+    /// Tells every instance that the pair's ceiling changed.
+    pub async fn announce(&self, account: i64, provider: &str) -> Result<(), DbError> {
+        let p = payload(account, provider);
+        self.inner.db.write(move |c| c.notify(CHANNEL, &p)).await
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Inner {
+    fn elapsed_ms(&self) -> u64 {
+        ms(self.base.elapsed())
+    }
+
+    fn touch(&self) {
+        self.fresh_ms.store(self.elapsed_ms(), Ordering::Relaxed);
+        self.stale.store(false, Ordering::Relaxed);
+    }
+
+    fn sync(&self, account: i64, provider: &str) -> Result<(), DbError> {
+        let now = self.ledger.now();
+        let owned = provider.to_owned();
+        let row = self
+            .db
+            .read_blocking(move |c| ceiling(c, account, &owned, now))?
+            .unwrap_or_else(|| LedgerRow {
+                account,
+                provider: provider.to_owned(),
+                limit: None,
+                period: Period::None,
+                period_start: Period::None.start(now),
+                spent: Money::ZERO,
+            });
+        let unused = self.ledger.refresh(&row);
+        self.hand_back(vec![(account, provider.to_owned(), unused)])
+    }
+
+    /// Every pair at once (the listener reconnected and may have missed announcements).
+    fn sync_all(&self) -> Result<(), DbError> {
+        let rows = self.db.read_blocking(crate::spend::store::rows)?;
+        let back: Vec<(i64, String, Money)> = rows
+            .iter()
+            .map(|r| (r.account, r.provider.clone(), self.ledger.refresh(r)))
+            .collect();
+        self.hand_back(back)
+    }
+
+    fn hand_back(&self, back: Vec<(i64, String, Money)>) -> Result<(), DbError> {
+        let back: Vec<_> = back
+            .into_iter()
+            .filter(|(_, _, m)| *m > Money::ZERO)
+            .collect();
+        if back.is_empty() {
+            return Ok(());
+        }
+        let n = back.len() as u64;
+        let instance = self.instance.clone();
+        self.db.write_blocking(move |c| {
+            for (account, provider, amount) in &back {
+                give_back(c, &instance, *account, provider, *amount)?;
+            }
+            Ok::<_, DbError>(())
+        })?;
+        self.metrics
+            .leases
+            .handed_back
+            .fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn beat(&self) {
+        let instance = self.instance.clone();
+        let beat = self.db.write_blocking(move |c| -> Result<Beat, DbError> {
+            let beat = heartbeat(c, &instance, now_secs())?;
+            for (account, provider) in &beat.charged {
+                c.notify(CHANNEL, &payload(*account, provider))?;
+            }
+            Ok(beat)
+        });
+        match beat {
+            Ok(beat) => {
+                if beat.leases_lost {
+                    self.ledger.drop_leases();
+                    tracing::warn!("this instance had been taken for dead (no heartbeat for {DEAD_AFTER_SECS} s): its leases were charged, it leases afresh");
+                }
+                self.touch();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ceiling heartbeat: the database did not answer");
+                return;
+            }
+        }
+        if let Err(e) = self.hand_back(self.ledger.take_idle_leases(IDLE)) {
+            tracing::warn!(error = %e, "could not hand idle ceiling leases back (they stay charged to this instance until it stops)");
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The blocking client must not run on an async runtime's thread.
+        let (db, id) = (self.db.clone(), self.instance.clone());
+        let done = std::thread::spawn(move || db.write_blocking(|c| release(c, &id))).join();
+        if !matches!(done, Ok(Ok(()))) {
+            tracing::warn!("could not hand this instance's ceiling leases back; they are charged when it is next started or taken for dead");
+        }
+    }
+}
+
+fn beat_until_dropped(weak: &std::sync::Weak<Inner>, rx: &std::sync::mpsc::Receiver<String>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut next = std::time::Instant::now();
+    loop {
+        let wait = next.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(p) => {
+                let Some(inner) = weak.upgrade() else { return };
+                let synced = match p.split_once(':') {
+                    Some((account, provider)) => match account.parse() {
+                        Ok(a) => inner.sync(a, provider),
+                        Err(_) => Ok(()),
+                    },
+                    None => inner.sync_all(),
+                };
+                if let Err(e) = synced {
+                    tracing::warn!(error = %e, "could not take a ceiling change from the database");
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let Some(inner) = weak.upgrade() else { return };
+                inner.beat();
+                next = std::time::Instant::now() + HEARTBEAT;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let Some(inner) = weak.upgrade() else { return };
+                inner.beat();
+                drop(inner);
+                std::thread::sleep(HEARTBEAT);
+            }
         }
     }
 }

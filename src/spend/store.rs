@@ -102,22 +102,7 @@ pub fn recover_and_load(
          ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, committed_seq = 0",
         [i64::try_from(next_epoch).unwrap_or(i64::MAX)],
     )?;
-    let rows = {
-        let mut stmt = tx.prepare("SELECT account_id, provider, limit_micros, period, period_start, spent_micros FROM spend")?;
-        let rows = stmt.query_map((), |r| {
-            let period: String = r.get(3)?;
-            Ok(LedgerRow {
-                account: r.get(0)?,
-                provider: r.get(1)?,
-                limit: r.get::<_, Option<i64>>(2)?.map(Money::from_micros),
-                period: parse_period(&period).unwrap_or_default(),
-                period_start: OffsetDateTime::from_unix_timestamp(r.get(4)?)
-                    .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-                spent: Money::from_micros(r.get(5)?),
-            })
-        })?;
-        rows.collect::<Result<Vec<_>, _>>()?
-    };
+    let rows = rows(tx)?;
     if let Some(dir) = journal_dir {
         journal::delete_before(dir, next_epoch)?;
     }
@@ -126,6 +111,36 @@ pub fn recover_and_load(
         rows,
         epoch: next_epoch,
     })
+}
+
+/// Every stored ceiling and spend row, to load into a ledger.
+pub fn rows(conn: &Conn<'_>) -> Result<Vec<LedgerRow>, crate::db::DbError> {
+    rows_where(conn, None)
+}
+
+/// The stored ceiling and spend rows of one account.
+pub fn account_rows(conn: &Conn<'_>, account: i64) -> Result<Vec<LedgerRow>, crate::db::DbError> {
+    rows_where(conn, Some(account))
+}
+
+fn rows_where(conn: &Conn<'_>, account: Option<i64>) -> Result<Vec<LedgerRow>, crate::db::DbError> {
+    let mut stmt = conn.prepare(
+        "SELECT account_id, provider, limit_micros, period, period_start, spent_micros FROM spend
+         WHERE CAST(?1 AS BIGINT) IS NULL OR account_id = ?1",
+    )?;
+    let rows = stmt.query_map(crate::params![account], |r| {
+        let period: String = r.get(3)?;
+        Ok(LedgerRow {
+            account: r.get(0)?,
+            provider: r.get(1)?,
+            limit: r.get::<_, Option<i64>>(2)?.map(Money::from_micros),
+            period: parse_period(&period).unwrap_or_default(),
+            period_start: OffsetDateTime::from_unix_timestamp(r.get(4)?)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            spent: Money::from_micros(r.get(5)?),
+        })
+    })?;
+    rows.collect()
 }
 
 /// Adds `amount` to the spend of `period_start` for the pair (a later period starts over from it;

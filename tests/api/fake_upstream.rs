@@ -145,6 +145,11 @@ async fn handle(req: HttpRequest, body: Bytes, rec: web::Data<Recorder>) -> Http
         "hang" => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
+        // An ordinary answer after a pause: calls that are in flight long enough to kill the
+        // broker that forwards them.
+        "slow" => {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
         "garbage" => return HttpResponse::Ok().content_type("application/json").body("{\"choices\": [tru"),
         _ => {}
     }

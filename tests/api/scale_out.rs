@@ -1,11 +1,15 @@
-//! Several `keybroker serve` processes on one PostgreSQL database: one active, the others hot
-//! standbys that take over when it dies; and the one-line refusals of a bad database URL.
+//! Several `keybroker serve` processes on one PostgreSQL database, all serving at once and
+//! sharing sessions, keys, tokens and ceilings; and the one-line refusals of a bad database URL.
 
 use std::time::{Duration, Instant};
 
-use crate::cli::{keybroker, serve, stop};
-use crate::helpers::random_b64;
+use serde_json::{json, Value};
+
+use crate::cli::{keybroker, serve, stop, Running};
+use crate::fake_upstream::FakeUpstream;
+use crate::helpers::{random_b64, unique_email, Session, TestApp, PASSWORD};
 use crate::pg_cluster::PgCluster;
+use crate::proxy::{chat, OPENAI_KEY};
 
 /// The same secrets for every instance (with a database URL none is ever generated).
 fn shared_secrets() -> Vec<(&'static str, String)> {
@@ -43,63 +47,126 @@ fn get(port: u16, path: &str) -> (u16, String) {
     (status, out)
 }
 
-#[test]
-fn a_second_instance_waits_as_a_standby_and_takes_over_when_the_active_one_is_killed() {
-    let url = PgCluster::shared().create_database();
-    let secrets = shared_secrets();
-    let env = env(&secrets, &url);
-    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+/// A plain HTTP client for instances started as processes.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
 
-    let mut a = serve(&a_dir.path().join("data"), &env).expect("the first instance starts");
-    let (status, body) = get(a.port, "/readyz");
-    assert_eq!(status, 200, "{body}");
-    assert!(body.contains(r#""backend":"postgres""#), "{body}");
+fn base(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
 
-    // The second instance connects, migrates nothing new, and waits: it does not listen yet.
-    let b_data = b_dir.path().join("data");
-    let b_env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    let standby = std::thread::spawn(move || {
-        let env: Vec<(&str, &str)> = b_env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        serve(&b_data, &env)
-    });
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(
-        !standby.is_finished(),
-        "the standby must not serve while another instance is active"
-    );
-
-    // SIGKILL: no goodbye. The standby is serving within a few seconds.
-    a.child.kill().expect("kill");
-    let killed = Instant::now();
-    let b = standby.join().unwrap().expect("the standby takes over");
-    assert!(
-        killed.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        killed.elapsed()
-    );
-    assert_eq!(get(b.port, "/readyz").0, 200);
-
-    // Every check passes on the database the two shared.
-    let out = keybroker()
-        .args(["check", "--database-url", &url])
-        .envs(secrets.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
+/// A session signed in through instance `port`.
+async fn login(http: &reqwest::Client, port: u16, email: &str) -> Session {
+    let res = http
+        .post(format!("{}/api/v1/auth/login", base(port)))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_eq!(res.status(), 200, "login through {port}");
+    TestApp::session_from(res).await
+}
+
+fn send(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    port: u16,
+    path: &str,
+    s: &Session,
+) -> reqwest::RequestBuilder {
+    http.request(method, format!("{}{path}", base(port)))
+        .header(reqwest::header::COOKIE, &s.cookie)
+        .header("X-CSRF-Token", &s.csrf)
+}
+
+async fn call(http: &reqwest::Client, port: u16, token: &str, mode: &str) -> u16 {
+    http.post(format!("{}/proxy/openai/v1/chat/completions", base(port)))
+        .bearer_auth(token)
+        .header("x-fake-mode", mode)
+        .json(&chat("gpt-4o-mini"))
+        .send()
+        .await
+        .map(|r| {
+            let status = r.status().as_u16();
+            if status >= 500 {
+                eprintln!("{port}: {status} {:?}", r.headers().get("x-request-id"));
+            }
+            status
+        })
+        .unwrap_or(0)
+}
+
+/// Spend recorded in the database for the account's openai pair, and what is leased of it.
+fn stored_spend(cluster: &PgCluster, db: &str) -> (i64, i64) {
+    let out = cluster.psql(
+        db,
+        "SELECT COALESCE((SELECT SUM(spent_micros) FROM spend WHERE provider = 'openai'), 0),
+                COALESCE((SELECT SUM(amount_micros) FROM spend_leases WHERE provider = 'openai'), 0)",
     );
-    assert!(stdout.contains("schema version 1"), "{stdout}");
+    let mut parts = out
+        .trim()
+        .split('|')
+        .map(|p| p.trim().parse::<i64>().unwrap());
+    (parts.next().unwrap(), parts.next().unwrap())
+}
+
+/// The same spend read twice, half a second apart (every writer has committed what it had).
+fn settled_spend(cluster: &PgCluster, db: &str) -> (i64, i64) {
+    let mut last = stored_spend(cluster, db);
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = stored_spend(cluster, db);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("spend never settled: {last:?}");
+}
+
+/// Three instances on one PostgreSQL database, all serving at once: a session, a key and a token
+/// made through one work through the others; a revocation through one is refused by another
+/// within a second; and a ceiling holds across all three under 180 concurrent calls while one
+/// instance is SIGKILLed in the middle of them, its leases charged (fail closed) and its
+/// restart charging what its last run left at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_share_sessions_keys_tokens_and_one_ceiling_through_a_kill() {
+    let cluster = PgCluster::shared();
+    let url = cluster.create_database();
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let upstream = FakeUpstream::start().await;
+    let secrets = shared_secrets();
+    let mut env = env(&secrets, &url);
+    env.push(("KEYBROKER_UPSTREAM_OPENAI", &upstream.url));
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let data = |i: usize| dirs[i].path().join("data");
+    let mut running: Vec<Running> = (0..3)
+        .map(|i| serve(&data(i), &env).expect("an instance starts"))
+        .collect();
+    let ports: Vec<u16> = running.iter().map(|r| r.port).collect();
+    for &port in &ports {
+        let (status, body) = get(port, "/readyz");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(r#""backend":"postgres""#), "{body}");
+    }
+    let http = client();
+
+    // Sign up through the first, confirm with the command line, sign in through the second.
+    let email = unique_email();
+    let res = http
+        .post(format!("{}/api/v1/auth/signup", base(ports[0])))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
     let out = keybroker()
-        .args(["audit", "verify", "--database-url", &url])
+        .args(["accounts", "confirm", &email])
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(
@@ -107,7 +174,198 @@ fn a_second_instance_waits_as_a_standby_and_takes_over_when_the_active_one_is_ki
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stop(b).success());
+    let s = login(&http, ports[1], &email).await;
+
+    // The session works on the third; a key added through the second is used through the first;
+    // a token made through the third works through all.
+    let keys = send(&http, reqwest::Method::GET, ports[2], "/api/v1/keys", &s)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keys.status(), 200);
+    let res = send(&http, reqwest::Method::POST, ports[1], "/api/v1/keys", &s)
+        .json(&json!({"provider": "openai", "key": OPENAI_KEY}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let made = |port: u16| {
+        let (http, s) = (http.clone(), s.clone());
+        async move {
+            let res = send(&http, reqwest::Method::POST, port, "/api/v1/tokens", &s)
+                .json(&json!({"name": "agent"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 201);
+            let body: Value = res.json().await.unwrap();
+            (
+                body["token"].as_str().unwrap().to_owned(),
+                body["id"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    let (token, _) = made(ports[2]).await;
+    for &port in &ports {
+        assert_eq!(call(&http, port, &token, "ok").await, 200, "through {port}");
+    }
+    assert!(upstream
+        .recorder
+        .calls()
+        .iter()
+        .all(|c| c.credentials == [format!("authorization: Bearer {OPENAI_KEY}")]));
+
+    // Revoked through the first, refused by the second (which just used it) within a second.
+    let (doomed, doomed_id) = made(ports[0]).await;
+    assert_eq!(call(&http, ports[1], &doomed, "ok").await, 200);
+    let res = send(
+        &http,
+        reqwest::Method::DELETE,
+        ports[0],
+        &format!("/api/v1/tokens/{doomed_id}"),
+        &s,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let revoked = Instant::now();
+    loop {
+        let status = call(&http, ports[1], &doomed, "ok").await;
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            revoked.elapsed() < Duration::from_secs(1),
+            "still served after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused_after = revoked.elapsed();
+
+    // What one call costs, then a ceiling of 300 more of them (a call holds its estimate, several times what it costs, until it settles), set through the first.
+    let (spent, _) = settled_spend(cluster, &db);
+    let per_call = spent / i64::try_from(upstream.recorder.count()).unwrap();
+    assert!(per_call > 0);
+    let limit = spent + 300 * per_call;
+    let res = send(&http, reqwest::Method::PUT, ports[0], "/api/v1/ceilings/openai", &s)
+        .json(&json!({"limit_usd": format!("{}.{:06}", limit / 1_000_000, limit % 1_000_000), "period": "none"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let before = upstream.recorder.count();
+
+    // 180 slow calls spread over the three; the second instance is SIGKILLed while its calls
+    // are in flight.
+    let calls: Vec<_> = (0..180)
+        .map(|i| {
+            let (http, token, port) = (http.clone(), token.clone(), ports[i % 3]);
+            tokio::spawn(async move { call(&http, port, &token, "slow").await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let killed_id = std::fs::read_to_string(data(1).join("instance-id")).unwrap();
+    running[1].child.kill().unwrap();
+    let _ = running[1].child.wait();
+    let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
+    for c in calls {
+        *statuses.entry(c.await.unwrap()).or_default() += 1;
+    }
+    let served = upstream.recorder.count();
+    if statuses.keys().any(|s| *s >= 500) {
+        for i in 0..3 {
+            for f in std::fs::read_dir(data(i).join("logs"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+                for line in text
+                    .lines()
+                    .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+                    .take(5)
+                {
+                    eprintln!("instance {i}: {line}");
+                }
+            }
+        }
+    }
+    let served_cost = i64::try_from(served).unwrap() * per_call;
+    assert!(
+        served_cost <= limit,
+        "served {served} calls ({served_cost} micros) past a ceiling of {limit}: {statuses:?}"
+    );
+    assert!(statuses.get(&402).copied().unwrap_or(0) > 0, "{statuses:?}");
+    assert!(
+        served - before >= 20,
+        "too few served to judge: {statuses:?}"
+    );
+
+    // The killed instance comes back on the same data directory: what its last run leased is
+    // charged at once; then what was recorded covers everything served, and stays within
+    // what the ceiling allows.
+    running[1] = serve(&data(1), &env).expect("the killed instance starts again");
+    let left = cluster.psql(
+        &db,
+        &format!(
+            "SELECT (SELECT count(*) FROM spend_leases WHERE instance_id = '{killed_id}')
+                  + (SELECT count(*) FROM spend_holds WHERE instance_id = '{killed_id}')
+                  + (SELECT count(*) FROM keybroker_instances WHERE id = '{killed_id}')"
+        ),
+    );
+    assert_eq!(
+        left.trim(),
+        "0",
+        "the restart charged and forgot its last run"
+    );
+    let (recorded, leased) = settled_spend(cluster, &db);
+    assert!(
+        recorded >= served_cost,
+        "recorded {recorded} < served {served_cost}"
+    );
+    assert!(
+        recorded + leased <= limit + per_call,
+        "{recorded} + {leased} vs {limit}"
+    );
+    // Admitting goes on through the restarted one until the ceiling (nothing was forgotten).
+    let after = call(&http, running[1].port, &token, "ok").await;
+    assert!(after == 200 || after == 402, "{after}");
+
+    // Every check passes on the database the three shared; nothing secret is in a dump.
+    let out = keybroker()
+        .args(["check"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = keybroker()
+        .args(["audit", "verify"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump = cluster.pg_dump(&db);
+    for secret in [OPENAI_KEY, email.as_str(), token.as_str(), doomed.as_str()] {
+        assert!(!dump.contains(secret), "a plaintext secret is in pg_dump");
+    }
+    for r in running {
+        assert!(stop(r).success());
+    }
+    eprintln!(
+        "three instances: revocation refused after {refused_after:?}; {} calls served of 180 under a ceiling of {limit} micros ({per_call} per call), recorded {recorded}: {statuses:?}",
+        served - before
+    );
 }
 
 /// A bad URL, a wrong password, an unreachable server, a newer schema: one clear line, a

@@ -87,6 +87,17 @@ impl DbError {
 
     /// The database could not be reached (down, restarting, the pool exhausted): the request
     /// is answered `503 store_unavailable` and may be tried again.
+    /// Two transactions got in each other's way (a deadlock, a serialization failure): the
+    /// database rolled this one back, and the same work may simply be done again.
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            DbError::Postgres(e) => e
+                .code()
+                .is_some_and(|c| matches!(c.code(), "40P01" | "40001")),
+            _ => false,
+        }
+    }
+
     pub fn is_unavailable(&self) -> bool {
         match self {
             DbError::Unavailable(_) => true,
@@ -518,6 +529,23 @@ impl<'a> Conn<'a> {
     /// The same as [`Conn::prepare_cached`]: every statement is cached per connection.
     pub fn prepare<'c>(&'c self, sql: &'c str) -> Result<Stmt<'c, 'a>> {
         self.prepare_cached(sql)
+    }
+
+    /// Runs `f` inside a savepoint of this transaction: when it fails, what it did is rolled
+    /// back and the transaction goes on. Needed on PostgreSQL, where a failed statement aborts
+    /// the whole transaction; on SQLite it is the same nested-transaction semantics.
+    pub fn savepoint<T>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T>) -> Result<T> {
+        self.execute_batch("SAVEPOINT kb_record")?;
+        match f(self) {
+            Ok(v) => {
+                self.execute_batch("RELEASE SAVEPOINT kb_record")?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.execute_batch("ROLLBACK TO SAVEPOINT kb_record; RELEASE SAVEPOINT kb_record")?;
+                Err(e)
+            }
+        }
     }
 
     /// Statements without parameters, separated by `;` (schema set-up, tests).

@@ -66,7 +66,8 @@ pub fn grant(
     want: Money,
     now: OffsetDateTime,
 ) -> Result<Grant, DbError> {
-    conn.lock(LOCK_SPACE, account)?;
+    // This instance's row first, then the account's lock: the heartbeat takes the same row first
+    // too, so the two never wait on each other in opposite orders.
     if conn.execute(
         "UPDATE keybroker_instances SET seen_at = CASE WHEN seen_at < ?2 THEN ?2 ELSE seen_at END
          WHERE id = ?1",
@@ -78,6 +79,7 @@ pub fn grant(
         register(conn, instance)?;
         return Ok(Grant::Lost);
     }
+    conn.lock(LOCK_SPACE, account)?;
     let Some(row) = ceiling(conn, account, provider, now)? else {
         return Ok(Grant::NoCeiling(LedgerRow {
             account,
@@ -245,6 +247,9 @@ pub struct Beat {
     pub leases_lost: bool,
     /// Pairs whose spend a reclaim charged, to announce.
     pub charged: Vec<(i64, String)>,
+    /// Instances not seen for [`DEAD_AFTER_SECS`], to reclaim (each in a transaction of its own,
+    /// so this one's row is not held while spend rows are written).
+    pub dead: Vec<String>,
 }
 
 /// Says `instance` is alive at `now_secs` (wall clock), and charges what dead instances held.
@@ -261,15 +266,11 @@ pub fn heartbeat(conn: &Conn<'_>, instance: &str, now_secs: i64) -> Result<Beat,
         register(conn, instance)?;
         beat.leases_lost = true;
     }
-    let dead: Vec<String> = conn.query_all(
+    beat.dead = conn.query_all(
         "SELECT id FROM keybroker_instances WHERE seen_at < ?1",
         params![now_secs - DEAD_AFTER_SECS],
         |r| r.get(0),
     )?;
-    for id in dead {
-        beat.charged
-            .extend(reclaim(conn, &id, Some(now_secs - DEAD_AFTER_SECS))?);
-    }
     Ok(beat)
 }
 
@@ -301,6 +302,10 @@ pub fn reclaim(
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
     )?;
     let mut charged: Vec<(i64, String)> = Vec::new();
+    // Spend rows in one order, as the spend writers write them (no deadlock between the two).
+    let (mut leases, mut holds) = (leases, holds);
+    leases.sort_unstable();
+    holds.sort_unstable();
     for (account, provider, start, amount) in &leases {
         crate::spend::store::charge(conn, *account, provider, *start, *amount)?;
         charged.push((*account, provider.clone()));
@@ -594,6 +599,18 @@ impl Inner {
         });
         match beat {
             Ok(beat) => {
+                for id in &beat.dead {
+                    let (id, cutoff) = (id.clone(), now_secs() - DEAD_AFTER_SECS);
+                    let reclaimed = self.db.write_blocking(move |c| -> Result<(), DbError> {
+                        for (account, provider) in reclaim(c, &id, Some(cutoff))? {
+                            c.notify(CHANNEL, &payload(account, &provider))?;
+                        }
+                        Ok(())
+                    });
+                    if let Err(e) = reclaimed {
+                        tracing::warn!(error = %e, "could not charge what a stopped instance held (tried again next beat)");
+                    }
+                }
                 if beat.leases_lost {
                     self.ledger.drop_leases();
                     tracing::warn!("this instance had been taken for dead (no heartbeat for {DEAD_AFTER_SECS} s): its leases were charged, it leases afresh");

@@ -441,17 +441,34 @@ fn apply(
     let mut wait = RETRY_FIRST;
     let mut stopping_since: Option<std::time::Instant> = None;
     let mut committed = false;
+    // A record that fails (its account deleted meanwhile, say) is skipped; on PostgreSQL a failed
+    // statement aborts the whole transaction, so a batch refused once is written again with a
+    // savepoint around each record (slower, and only then).
+    let mut careful = false;
+    let mut conflicts = 0;
     loop {
         let result = conn.write(|tx| -> crate::db::Result<()> {
             let mut fold = Fold::of(batch, instance);
+            fold.careful = careful;
             for msg in batch.iter() {
                 let outcome = match msg {
+                    Msg::Spend(e) if careful => {
+                        let e = e.clone();
+                        let f = &mut fold;
+                        tx.savepoint(|c| f.spend(c, e))
+                    }
                     Msg::Spend(e) => fold.spend(tx, e.clone()),
                     Msg::Call(c) => {
                         fold.call(c);
                         Ok(())
                     }
-                    Msg::Ceiling(row) => fold.write_spend(tx).and_then(|()| apply_ceiling(tx, row)),
+                    Msg::Ceiling(row) => fold.write_spend(tx).and_then(|()| {
+                        if careful {
+                            tx.savepoint(|c| apply_ceiling(c, row))
+                        } else {
+                            apply_ceiling(tx, row)
+                        }
+                    }),
                     Msg::Barrier(_) | Msg::Stop => Ok(()),
                 };
                 if let Err(e) = outcome {
@@ -459,7 +476,9 @@ fn apply(
                 }
             }
             fold.finish(tx)?;
-            if write_recent {
+            if write_recent && careful {
+                skip_failed(tx.savepoint(|c| recent.write(c)));
+            } else if write_recent {
                 recent.write(tx)?;
             }
             // What the hold journal's recovery compares against (see `spend::journal`); shared
@@ -502,10 +521,20 @@ fn apply(
                 std::thread::sleep(wait);
                 wait = (wait * 2).min(RETRY_MAX);
             }
+            // Another writer (another instance's) got in the way; the database rolled this one
+            // back whole, so the same batch is simply written again.
+            Err(e) if e.is_conflict() && conflicts < 20 => {
+                conflicts += 1;
+                std::thread::sleep(Duration::from_millis(2 * conflicts));
+            }
+            Err(e) if !careful => {
+                tracing::warn!(error = %e, "spend writer: a batch was refused; writing it again record by record");
+                careful = true;
+            }
             Err(e) => {
-                // A batch the database refuses for another reason is dropped rather than retried
-                // for ever; the holds already committed are charged in full at the next start,
-                // which keeps the ceiling safe.
+                // A batch the database refuses even record by record is dropped rather than
+                // retried for ever; the holds already committed are charged in full at the next
+                // start, which keeps the ceiling safe.
                 tracing::error!(error = %e, "spend writer: a batch could not be committed");
                 break;
             }
@@ -559,6 +588,8 @@ struct Fold {
     shared: bool,
     /// Settled and abandoned amounts per (account, provider), to take off the leases.
     lease_spent: std::collections::HashMap<(i64, String), Money>,
+    /// Each row in a savepoint of its own (see `apply`).
+    careful: bool,
 }
 
 impl Fold {
@@ -669,8 +700,14 @@ impl Fold {
 
     /// Adds the settled sums gathered so far to their spend rows.
     fn write_spend(&mut self, conn: &Conn<'_>) -> crate::db::Result<()> {
-        for ((account, provider, period_start), amount) in self.spend.drain() {
-            skip_failed(add_spend(conn, account, &provider, period_start, amount));
+        // In one order on every instance, so two writers never wait on each other's rows in
+        // opposite orders (a deadlock on PostgreSQL).
+        let mut rows: Vec<_> = self.spend.drain().collect();
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for ((account, provider, period_start), amount) in rows {
+            guarded(conn, self.careful, |c| {
+                add_spend(c, account, &provider, period_start, amount)
+            });
         }
         Ok(())
     }
@@ -679,32 +716,45 @@ impl Fold {
     /// was deleted meanwhile) is logged and skipped without losing the rest of the batch.
     fn finish(mut self, conn: &Conn<'_>) -> crate::db::Result<()> {
         self.write_spend(conn)?;
+        let careful = self.careful;
         // Spend written above leaves the lease it was held in, in the same transaction, so
         // `spent + Σ leases` never drops by itself (see `spend::shared`).
-        for ((account, provider), amount) in self.lease_spent.drain() {
-            skip_failed(crate::spend::shared::give_back(
-                conn,
-                &self.instance,
-                account,
-                &provider,
-                amount,
-            ));
+        let mut leases: Vec<_> = self.lease_spent.drain().collect();
+        leases.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for ((account, provider), amount) in leases {
+            guarded(conn, careful, |c| {
+                crate::spend::shared::give_back(c, &self.instance, account, &provider, amount)
+            });
         }
-        for ((account, provider, hour), u) in self.usage.drain() {
-            skip_failed(apply_usage(conn, account, &provider, hour, &u));
+        let mut usage: Vec<_> = self.usage.drain().collect();
+        usage.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for ((account, provider, hour), u) in usage {
+            guarded(conn, careful, |c| {
+                apply_usage(c, account, &provider, hour, &u)
+            });
         }
-        let mut key_used = conn.prepare_cached(
-            "UPDATE provider_keys SET last_used_at = ?3
-             WHERE account_id = ?1 AND provider = ?2 AND (last_used_at IS NULL OR last_used_at < ?3)",
-        )?;
-        for ((account, provider), at) in self.key_used.drain() {
-            skip_failed(key_used.execute(params![account, provider, at]).map(drop));
+        let mut key_used: Vec<_> = self.key_used.drain().collect();
+        key_used.sort_unstable();
+        for ((account, provider), at) in key_used {
+            guarded(conn, careful, |c| {
+                c.prepare_cached(
+                    "UPDATE provider_keys SET last_used_at = ?3
+                     WHERE account_id = ?1 AND provider = ?2 AND (last_used_at IS NULL OR last_used_at < ?3)",
+                )?
+                .execute(params![account, provider, at])
+                .map(drop)
+            });
         }
-        let mut token_used = conn.prepare_cached(
-            "UPDATE tool_tokens SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
-        )?;
-        for (token, at) in self.token_used.drain() {
-            skip_failed(token_used.execute(params![token, at]).map(drop));
+        let mut token_used: Vec<_> = self.token_used.drain().collect();
+        token_used.sort_unstable();
+        for (token, at) in token_used {
+            guarded(conn, careful, |c| {
+                c.prepare_cached(
+                    "UPDATE tool_tokens SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+                )?
+                .execute(params![token, at])
+                .map(drop)
+            });
         }
         Ok(())
     }
@@ -787,6 +837,11 @@ impl RecentCalls {
         }
         Ok(())
     }
+}
+
+/// Runs one row's write, in a savepoint when `careful`, and logs and skips it when it fails.
+fn guarded(conn: &Conn<'_>, careful: bool, f: impl FnOnce(&Conn<'_>) -> crate::db::Result<()>) {
+    skip_failed(if careful { conn.savepoint(f) } else { f(conn) });
 }
 
 fn skip_failed(outcome: crate::db::Result<()>) {

@@ -156,7 +156,7 @@ async fn scrape_counts_requests_calls_refusals_and_spend_without_naming_anyone()
         .collect();
     for name in &label_names {
         assert!(
-            ["method", "route", "status", "provider", "outcome", "le"].contains(name),
+            ["method", "route", "status", "provider", "outcome", "le", "result"].contains(name),
             "unexpected label {name}"
         );
     }

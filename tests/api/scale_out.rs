@@ -128,6 +128,30 @@ fn settled_spend(cluster: &PgCluster, db: &str) -> (i64, i64) {
     panic!("spend never settled: {last:?}");
 }
 
+/// The warnings and errors the instances logged, for a failure's message.
+fn instance_logs(dirs: &[std::path::PathBuf]) -> String {
+    let mut out = String::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        for f in std::fs::read_dir(dir.join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+            for line in text
+                .lines()
+                .filter(|l| {
+                    (l.contains("ERROR") || l.contains("WARN")) && !l.contains("PUBLIC_URL")
+                })
+                .take(20)
+            {
+                out.push_str(&format!("\ninstance {i}: {line}"));
+            }
+        }
+    }
+    out
+}
+
 /// Three instances on one PostgreSQL database, all serving at once: a session, a key and a token
 /// made through one work through the others; a revocation through one is refused by another
 /// within a second; and a ceiling holds across all three under 180 concurrent calls while one
@@ -274,28 +298,12 @@ async fn three_instances_share_sessions_keys_tokens_and_one_ceiling_through_a_ki
         *statuses.entry(c.await.unwrap()).or_default() += 1;
     }
     let served = upstream.recorder.count();
-    if statuses.keys().any(|s| *s >= 500) {
-        for i in 0..3 {
-            for f in std::fs::read_dir(data(i).join("logs"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let text = std::fs::read_to_string(f.path()).unwrap_or_default();
-                for line in text
-                    .lines()
-                    .filter(|l| l.contains("ERROR") || l.contains("WARN"))
-                    .take(5)
-                {
-                    eprintln!("instance {i}: {line}");
-                }
-            }
-        }
-    }
+    let logs = || instance_logs(&(0..3).map(data).collect::<Vec<_>>());
     let served_cost = i64::try_from(served).unwrap() * per_call;
     assert!(
         served_cost <= limit,
-        "served {served} calls ({served_cost} micros) past a ceiling of {limit}: {statuses:?}"
+        "served {served} calls ({served_cost} micros) past a ceiling of {limit}: {statuses:?}{}",
+        logs()
     );
     assert!(statuses.get(&402).copied().unwrap_or(0) > 0, "{statuses:?}");
     assert!(
@@ -323,7 +331,8 @@ async fn three_instances_share_sessions_keys_tokens_and_one_ceiling_through_a_ki
     let (recorded, leased) = settled_spend(cluster, &db);
     assert!(
         recorded >= served_cost,
-        "recorded {recorded} < served {served_cost}"
+        "recorded {recorded} < served {served_cost}: {statuses:?}{}",
+        logs()
     );
     assert!(
         recorded + leased <= limit + per_call,

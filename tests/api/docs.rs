@@ -129,7 +129,25 @@ fn source_text(dir: &std::path::Path, out: &mut String) {
 
 #[test]
 fn every_variable_compose_sets_is_one_keybroker_reads() {
-    let compose = repo_file("docker/compose.yml");
+    for file in ["docker/compose.yml", "docker/compose.postgres.yml"] {
+        compose_reads_only_known_variables(file);
+    }
+    // The PostgreSQL variant: two replicas on one database URL given as a secret file, behind a
+    // balancer that checks the readiness route keybroker really has.
+    let pg = repo_file("docker/compose.postgres.yml");
+    assert!(pg.contains("KEYBROKER_DATABASE_URL_FILE: /run/secrets/"));
+    assert!(pg.contains("keybroker-1:") && pg.contains("keybroker-2:"));
+    let haproxy = repo_file("docker/haproxy.cfg");
+    assert!(haproxy.contains("option httpchk GET /readyz"), "{haproxy}");
+    let routes = repo_file("src/routes/mod.rs");
+    assert!(
+        routes.contains("\"/readyz\""),
+        "the balancer checks a route that exists"
+    );
+}
+
+fn compose_reads_only_known_variables(file: &str) {
+    let compose = repo_file(file);
     let vars = keybroker_vars(&compose);
     assert!(vars.contains("KEYBROKER_MASTER_KEY_FILE"), "{vars:?}");
     let mut source = String::new();
@@ -144,7 +162,7 @@ fn every_variable_compose_sets_is_one_keybroker_reads() {
     for var in &vars {
         assert!(
             source.contains(&format!("\"{var}\"")) || with_file.contains(var),
-            "compose.yml sets {var}, which keybroker does not read"
+            "{file} sets {var}, which keybroker does not read"
         );
         let documented = readme.contains(var.as_str())
             || var

@@ -379,7 +379,23 @@ fn find_bin_dir() -> PathBuf {
 }
 
 /// A port free a moment ago (the server binds it soon after; a clash fails the start loudly).
+/// A free loopback port below the kernel's ephemeral range (which starts at 32768 by default),
+/// so nothing else in the test run binding port 0 can take it while a cluster is stopped for a
+/// restart on the same port.
 fn free_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (low.saturating_sub(12_000).max(1024), low);
+    let seed =
+        std::process::id() as u64 * 7919 + NEXT.fetch_add(1, Ordering::Relaxed) as u64 * 104_729;
+    for i in 0..u64::from(to - from) {
+        let port = from + u16::try_from((seed + i * 7) % u64::from(to - from)).unwrap_or(0);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("bind a loopback port")

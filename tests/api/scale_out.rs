@@ -489,7 +489,6 @@ fn a_shared_database_needs_every_secret_given() {
 /// instance recovers by itself when it is back, and every settled call's spend reaches the
 /// database (the spend writer keeps the batch it could not commit and writes it again).
 #[tokio::test]
-#[ignore = "passes alone, hangs when run inside the full suite: under investigation (issue 21 note)"]
 async fn while_postgres_is_down_calls_get_store_unavailable_and_nothing_settled_is_lost() {
     use crate::proxy::{add_key, chat, token, OPENAI_KEY};
 

@@ -64,6 +64,9 @@ pub enum DbError {
     Cancelled,
     #[error("could not start a database thread: {0}")]
     Thread(String),
+    /// A transaction the caller chose to roll back (part of it failed and was only logged).
+    #[error("rolled back: {0}")]
+    RolledBack(&'static str),
 }
 
 impl From<rusqlite_migration::Error> for DbError {
@@ -536,11 +539,13 @@ impl<'a> Conn<'a> {
     /// the whole transaction; on SQLite it is the same nested-transaction semantics.
     pub fn savepoint<T>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T>) -> Result<T> {
         self.execute_batch("SAVEPOINT kb_record")?;
-        match f(self) {
-            Ok(v) => {
-                self.execute_batch("RELEASE SAVEPOINT kb_record")?;
-                Ok(v)
-            }
+        // A release that fails means a statement inside failed without `f` saying so (its error
+        // was handled): the transaction is aborted until the savepoint is rolled back.
+        match f(self).and_then(|v| {
+            self.execute_batch("RELEASE SAVEPOINT kb_record")
+                .map(|()| v)
+        }) {
+            Ok(v) => Ok(v),
             Err(e) => {
                 self.execute_batch("ROLLBACK TO SAVEPOINT kb_record; RELEASE SAVEPOINT kb_record")?;
                 Err(e)

@@ -447,6 +447,7 @@ fn apply(
     let mut careful = false;
     let mut conflicts = 0;
     loop {
+        RECORD_FAILED.with(|f| f.set(false));
         let result = conn.write(|tx| -> crate::db::Result<()> {
             let mut fold = Fold::of(batch, instance);
             fold.careful = careful;
@@ -471,15 +472,20 @@ fn apply(
                     }),
                     Msg::Barrier(_) | Msg::Stop => Ok(()),
                 };
-                if let Err(e) = outcome {
-                    tracing::error!(error = %e, "spend writer: a record could not be written");
-                }
+                skip_failed(outcome);
             }
             fold.finish(tx)?;
             if write_recent && careful {
                 skip_failed(tx.savepoint(|c| recent.write(c)));
             } else if write_recent {
                 recent.write(tx)?;
+            }
+            // On PostgreSQL a failed statement aborted the transaction and its COMMIT would
+            // quietly roll everything back: refuse the batch so it is written record by record.
+            if !careful && RECORD_FAILED.with(std::cell::Cell::take) {
+                return Err(crate::db::DbError::RolledBack(
+                    "a record of the batch could not be written",
+                ));
             }
             // What the hold journal's recovery compares against (see `spend::journal`); shared
             // ceilings keep no journal, and several writers must not contend for this one row.
@@ -844,8 +850,14 @@ fn guarded(conn: &Conn<'_>, careful: bool, f: impl FnOnce(&Conn<'_>) -> crate::d
     skip_failed(if careful { conn.savepoint(f) } else { f(conn) });
 }
 
+thread_local! {
+    /// Whether a record of the batch being written failed (see [`apply`]).
+    static RECORD_FAILED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 fn skip_failed(outcome: crate::db::Result<()>) {
     if let Err(e) = outcome {
+        RECORD_FAILED.with(|f| f.set(true));
         tracing::error!(error = %e, "spend writer: a record could not be written");
     }
 }

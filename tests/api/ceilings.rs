@@ -127,3 +127,41 @@ async fn a_refused_loosening_is_in_the_audit_log_as_denied() {
         .collect();
     assert_eq!(outcomes, ["denied", "success"], "newest first");
 }
+
+/// A settle whose account was deleted meanwhile cannot be written (its account row is gone); it
+/// is skipped, and every other account's spend in the same batch is still written. On
+/// PostgreSQL the failed statement aborts the whole transaction, so the writer writes the batch
+/// again record by record, each in a savepoint.
+#[tokio::test]
+async fn spend_of_a_deleted_account_does_not_take_another_accounts_spend_with_it() {
+    let app = TestApp::spawn().await;
+    let (first, second) = (app.signed_up().await, app.signed_up().await);
+    let ids: Vec<i64> = app
+        .sql(|c| c.query_all("SELECT id FROM accounts ORDER BY id", (), |r| r.get(0)))
+        .await;
+    let _ = (first, second);
+    let (gone, kept) = (ids[0], ids[1]);
+    let ledger = &app.state.proxy.ledger;
+    let amount = keybroker::money::Money::from_micros(250_000);
+    let (doomed, fine) = (
+        ledger.reserve(gone, "openai", amount).unwrap(),
+        ledger.reserve(kept, "openai", amount).unwrap(),
+    );
+    app.state.proxy.writer.flush().await;
+    app.sql(move |c| c.execute("DELETE FROM accounts WHERE id = ?1", [gone]))
+        .await;
+    // Both settle inside one batch window.
+    doomed.settle(amount);
+    fine.settle(amount);
+    app.state.proxy.writer.flush().await;
+    let spent: Vec<(i64, i64)> = app
+        .sql(|c| {
+            c.query_all(
+                "SELECT account_id, spent_micros FROM spend WHERE provider = 'openai'",
+                (),
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+        .await;
+    assert_eq!(spent, vec![(kept, 250_000)], "{}", app.logs());
+}

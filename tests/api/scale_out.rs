@@ -128,6 +128,106 @@ fn settled_spend(cluster: &PgCluster, db: &str) -> (i64, i64) {
     panic!("spend never settled: {last:?}");
 }
 
+/// A confirmed account signed up through instance `port` (confirmed with `accounts confirm`, as
+/// an operator without mail would); returns its email.
+async fn sign_up(http: &reqwest::Client, port: u16, env: &[(&str, &str)]) -> String {
+    let email = unique_email();
+    let res = http
+        .post(format!("{}/api/v1/auth/signup", base(port)))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let out = keybroker()
+        .args(["accounts", "confirm", &email])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    email
+}
+
+/// A tool token made through instance `port`: (token, id).
+async fn make_token(http: &reqwest::Client, port: u16, s: &Session) -> (String, String) {
+    let res = send(http, reqwest::Method::POST, port, "/api/v1/tokens", s)
+        .json(&json!({"name": "agent"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    (
+        body["token"].as_str().unwrap().to_owned(),
+        body["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The per-token rate limit and the per-account in-flight limit are counted by each instance:
+/// across two instances they admit at most twice the configured figure (the README's stated
+/// bound), never more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_instance_limits_admit_at_most_their_figure_times_the_instances() {
+    let cluster = PgCluster::shared();
+    let url = cluster.create_database();
+    let upstream = FakeUpstream::start().await;
+    let secrets = shared_secrets();
+    let mut env = env(&secrets, &url);
+    env.push(("KEYBROKER_UPSTREAM_OPENAI", &upstream.url));
+    env.push(("KEYBROKER_PROXY_RATE_PER_MINUTE", "6"));
+    env.push(("KEYBROKER_PROXY_MAX_IN_FLIGHT", "2"));
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let running: Vec<Running> = dirs
+        .iter()
+        .map(|d| serve(&d.path().join("data"), &env).expect("an instance starts"))
+        .collect();
+    let ports: Vec<u16> = running.iter().map(|r| r.port).collect();
+    let http = client();
+    let email = sign_up(&http, ports[0], &env).await;
+    let s = login(&http, ports[1], &email).await;
+    let res = send(&http, reqwest::Method::POST, ports[0], "/api/v1/keys", &s)
+        .json(&json!({"provider": "openai", "key": OPENAI_KEY}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+
+    // Ten slow calls at once over both: at most 2 × 2 in flight, the rest refused.
+    let (slow, _) = make_token(&http, ports[0], &s).await;
+    let calls: Vec<_> = (0..10)
+        .map(|i| {
+            let (http, token, port) = (http.clone(), slow.clone(), ports[i % 2]);
+            tokio::spawn(async move { call(&http, port, &token, "slow").await })
+        })
+        .collect();
+    let mut ok = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            200 => ok += 1,
+            429 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!((2..=4).contains(&ok), "{ok} admitted at once");
+
+    // Twenty quick calls with a fresh token: at most 2 × 6 a minute.
+    let (quick, _) = make_token(&http, ports[1], &s).await;
+    let mut ok = 0;
+    for i in 0..20 {
+        if call(&http, ports[i % 2], &quick, "ok").await == 200 {
+            ok += 1;
+        }
+    }
+    assert!((6..=12).contains(&ok), "{ok} admitted in a minute");
+    for r in running {
+        assert!(stop(r).success());
+    }
+}
+
 /// The warnings and errors the instances logged, for a failure's message.
 fn instance_logs(dirs: &[std::path::PathBuf]) -> String {
     let mut out = String::new();
@@ -180,24 +280,7 @@ async fn three_instances_share_sessions_keys_tokens_and_one_ceiling_through_a_ki
     let http = client();
 
     // Sign up through the first, confirm with the command line, sign in through the second.
-    let email = unique_email();
-    let res = http
-        .post(format!("{}/api/v1/auth/signup", base(ports[0])))
-        .json(&json!({"email": email, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
-    let out = keybroker()
-        .args(["accounts", "confirm", &email])
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let email = sign_up(&http, ports[0], &env).await;
     let s = login(&http, ports[1], &email).await;
 
     // The session works on the third; a key added through the second is used through the first;
@@ -213,22 +296,7 @@ async fn three_instances_share_sessions_keys_tokens_and_one_ceiling_through_a_ki
         .await
         .unwrap();
     assert_eq!(res.status(), 201);
-    let made = |port: u16| {
-        let (http, s) = (http.clone(), s.clone());
-        async move {
-            let res = send(&http, reqwest::Method::POST, port, "/api/v1/tokens", &s)
-                .json(&json!({"name": "agent"}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), 201);
-            let body: Value = res.json().await.unwrap();
-            (
-                body["token"].as_str().unwrap().to_owned(),
-                body["id"].as_str().unwrap().to_owned(),
-            )
-        }
-    };
+    let made = |port: u16| make_token(&http, port, &s);
     let (token, _) = made(ports[2]).await;
     for &port in &ports {
         assert_eq!(call(&http, port, &token, "ok").await, 200, "through {port}");

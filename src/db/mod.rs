@@ -407,6 +407,10 @@ impl Checkpointer {
 /// One connection, or one transaction on it, of either backend.
 pub struct Conn<'a> {
     inner: ConnInner<'a>,
+    /// PostgreSQL: a statement of this transaction failed on the server, which aborts the
+    /// transaction (everything after it fails too, and its COMMIT quietly rolls back). A write
+    /// whose closure still returns `Ok` is then refused, never reported as committed.
+    pg_failed: std::cell::Cell<bool>,
 }
 
 enum ConnInner<'a> {
@@ -426,6 +430,7 @@ impl<'a> Conn<'a> {
     fn sqlite(conn: &'a rusqlite::Connection) -> Self {
         Self {
             inner: ConnInner::Sqlite(conn),
+            pg_failed: std::cell::Cell::new(false),
         }
     }
 
@@ -433,6 +438,7 @@ impl<'a> Conn<'a> {
     pub fn from_sqlite(conn: rusqlite::Connection) -> Conn<'static> {
         Conn {
             inner: ConnInner::SqliteOwned(Box::new(conn)),
+            pg_failed: std::cell::Cell::new(false),
         }
     }
 
@@ -455,7 +461,24 @@ impl<'a> Conn<'a> {
     fn pg(session: pg::Session<'a>) -> Self {
         Self {
             inner: ConnInner::Pg(RefCell::new(session)),
+            pg_failed: std::cell::Cell::new(false),
         }
+    }
+
+    /// Notes a server-side failure of a PostgreSQL statement (see `pg_failed`).
+    fn tracked<T>(&self, r: Result<T>) -> Result<T> {
+        if let Err(DbError::Postgres(e)) = &r {
+            if e.as_db_error().is_some() {
+                self.pg_failed.set(true);
+            }
+        }
+        r
+    }
+
+    /// Whether a statement of this PostgreSQL transaction failed and was not rolled back to a
+    /// savepoint.
+    pub(crate) fn aborted(&self) -> bool {
+        self.pg_failed.get()
     }
 
     fn into_pg(self) -> Option<pg::Session<'a>> {
@@ -477,7 +500,7 @@ impl<'a> Conn<'a> {
         let values = params.values();
         match self.view() {
             View::Sqlite(c) => sqlite::execute(c, sql, &values),
-            View::Pg(s) => s.borrow_mut().execute(sql, &values),
+            View::Pg(s) => self.tracked(s.borrow_mut().execute(sql, &values)),
         }
     }
 
@@ -491,7 +514,7 @@ impl<'a> Conn<'a> {
         let values = params.values();
         match self.view() {
             View::Sqlite(c) => sqlite::query_row(c, sql, &values, f),
-            View::Pg(s) => s.borrow_mut().query_row(sql, &values, f),
+            View::Pg(s) => self.tracked(s.borrow_mut().query_row(sql, &values, f)),
         }
     }
 
@@ -505,7 +528,7 @@ impl<'a> Conn<'a> {
         let values = params.values();
         match self.view() {
             View::Sqlite(c) => sqlite::query_all(c, sql, &values, &mut f),
-            View::Pg(s) => s.borrow_mut().query_all(sql, &values, &mut f),
+            View::Pg(s) => self.tracked(s.borrow_mut().query_all(sql, &values, &mut f)),
         }
     }
 
@@ -520,7 +543,7 @@ impl<'a> Conn<'a> {
         let values = params.values();
         match self.view() {
             View::Sqlite(c) => sqlite::for_each(c, sql, &values, &mut f),
-            View::Pg(s) => s.borrow_mut().for_each(sql, &values, &mut f),
+            View::Pg(s) => self.tracked(s.borrow_mut().for_each(sql, &values, &mut f)),
         }
     }
 
@@ -538,6 +561,7 @@ impl<'a> Conn<'a> {
     /// back and the transaction goes on. Needed on PostgreSQL, where a failed statement aborts
     /// the whole transaction; on SQLite it is the same nested-transaction semantics.
     pub fn savepoint<T>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T>) -> Result<T> {
+        let failed_before = self.pg_failed.get();
         self.execute_batch("SAVEPOINT kb_record")?;
         // A release that fails means a statement inside failed without `f` saying so (its error
         // was handled): the transaction is aborted until the savepoint is rolled back.
@@ -548,6 +572,8 @@ impl<'a> Conn<'a> {
             Ok(v) => Ok(v),
             Err(e) => {
                 self.execute_batch("ROLLBACK TO SAVEPOINT kb_record; RELEASE SAVEPOINT kb_record")?;
+                // Back to where the transaction was when the savepoint was taken.
+                self.pg_failed.set(failed_before);
                 Err(e)
             }
         }
@@ -557,7 +583,7 @@ impl<'a> Conn<'a> {
     pub fn execute_batch(&self, sql: &str) -> Result<()> {
         match self.view() {
             View::Sqlite(c) => c.execute_batch(sql).map_err(DbError::from),
-            View::Pg(s) => s.borrow_mut().execute_batch(sql),
+            View::Pg(s) => self.tracked(s.borrow_mut().execute_batch(sql)),
         }
     }
 
@@ -566,7 +592,7 @@ impl<'a> Conn<'a> {
     pub fn notify(&self, channel: &str, payload: &str) -> Result<()> {
         match self.view() {
             View::Sqlite(_) => Ok(()),
-            View::Pg(s) => s.borrow_mut().notify(channel, payload),
+            View::Pg(s) => self.tracked(s.borrow_mut().notify(channel, payload)),
         }
     }
 
@@ -606,7 +632,7 @@ impl<'a> Conn<'a> {
     pub fn lock(&self, space: i32, key: i64) -> Result<()> {
         match self.view() {
             View::Sqlite(_) => Ok(()),
-            View::Pg(s) => s.borrow_mut().lock(space, key),
+            View::Pg(s) => self.tracked(s.borrow_mut().lock(space, key)),
         }
     }
 }

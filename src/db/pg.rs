@@ -254,6 +254,13 @@ impl Postgres {
             stmts,
         });
         let out = f(&c)?;
+        if c.aborted() {
+            // A failure the closure handled (a unique violation it answered, say) aborted the
+            // transaction on the server: COMMIT would roll it back without a word.
+            return Err(E::from(DbError::RolledBack(
+                "a statement failed inside the transaction, which PostgreSQL then aborted",
+            )));
+        }
         if let Some(session) = c.into_pg() {
             session.commit().map_err(E::from)?;
         }

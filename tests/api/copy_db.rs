@@ -1,0 +1,272 @@
+//! `keybroker copy-db`: a SQLite data directory populated through the real server, moved into an
+//! empty PostgreSQL database, and served from there with the same secrets.
+//!
+//! These need PostgreSQL whatever backend the suite runs on (the shared test cluster), and they
+//! test the move from SQLite, so they run in the suite's SQLite pass only: in the PostgreSQL pass
+//! (`KEYBROKER_TEST_BACKEND=postgres`) they would do exactly the same again.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::backup::{kb, Out};
+use crate::cli::{serve, stop};
+use crate::fake_upstream::FakeUpstream;
+use crate::helpers::on_postgres;
+use crate::key_helpers::{anthropic_key, openai_key};
+use crate::pg_cluster::PgCluster;
+use crate::remote::{proxy_chat, Remote, ServerEnv};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `copy-db` from `data` into the URL held in `url_file`.
+fn copy_db(data: &Path, url_file: &Path, env: &ServerEnv) -> Out {
+    kb(
+        &["copy-db", "--data-dir", s(data), "--to-file", s(url_file)],
+        env,
+    )
+}
+
+/// The URL in a file of its own (mode 0600), as an operator would keep it.
+fn url_file(dir: &Path, name: &str, url: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{url}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+async fn ceilings(me: &Remote) -> Value {
+    me.call(Method::GET, "/api/v1/ceilings", None)
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Rows in the tables a second copy must not change.
+fn counts(cluster: &PgCluster, url: &str) -> String {
+    cluster.psql(
+        url,
+        "SELECT (SELECT COUNT(*) FROM accounts), (SELECT COUNT(*) FROM provider_keys), \
+         (SELECT COUNT(*) FROM audit_log), (SELECT COUNT(*) FROM tool_tokens), \
+         (SELECT MAX(id) FROM audit_log)",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_populated_sqlite_directory_moves_to_postgres_with_every_key_login_and_token_working() {
+    if on_postgres() {
+        return;
+    }
+    let cluster = PgCluster::shared();
+    let upstream = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = ServerEnv::random()
+        .with("KEYBROKER_UPSTREAM_OPENAI", &upstream.url)
+        .with("KEYBROKER_UPSTREAM_ANTHROPIC", &upstream.url);
+
+    // Two accounts, three keys, a token each, a ceiling, a proxied call: every kind of row.
+    let running = serve(&data, &env.pairs()).unwrap();
+    let base = format!("http://127.0.0.1:{}", running.port);
+    let (alice, bob) = (
+        Remote::signup(&base, &data).await,
+        Remote::signup(&base, &data).await,
+    );
+    let (alice_openai, alice_anthropic, bob_openai) = (openai_key(), anthropic_key(), openai_key());
+    let alice_keys = [
+        (alice.add_key("openai", &alice_openai).await, &alice_openai),
+        (
+            alice.add_key("anthropic", &alice_anthropic).await,
+            &alice_anthropic,
+        ),
+    ];
+    let bob_key = bob.add_key("openai", &bob_openai).await;
+    let res = alice
+        .call(
+            Method::PUT,
+            "/api/v1/ceilings/openai",
+            Some(json!({"limit_usd": "5.00", "period": "monthly"})),
+        )
+        .await;
+    assert!(res.status().is_success(), "{}", res.status());
+    let (alice_token, bob_token) = (alice.token().await, bob.token().await);
+    let client = reqwest::Client::new();
+    for token in [&alice_token, &bob_token] {
+        let res = proxy_chat(&client, &base, token).await.unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    let ceilings_before = ceilings(&alice).await;
+
+    // The target's owner must give a password: it goes in a file, never on the command line.
+    let password = "copy-db-pw-1e6c";
+    cluster.create_user("kb_copy_owner", password);
+    let target = cluster.create_database_owned_by("kb_copy_owner", password);
+    let target_file = url_file(dir.path(), "target-url", &target);
+
+    // While the server runs, the copy is refused and the target left as it was.
+    let out = copy_db(&data, &target_file, &env);
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(out.stderr.contains("stop it first"), "{}", out.stderr);
+    assert_eq!(
+        cluster
+            .psql(
+                &target,
+                "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'"
+            )
+            .trim(),
+        "0"
+    );
+    assert!(stop(running).success());
+
+    // A database that holds something else is refused, untouched.
+    let foreign = cluster.create_database();
+    cluster.psql(&foreign, "CREATE TABLE theirs (v text)");
+    let out = copy_db(&data, &url_file(dir.path(), "foreign-url", &foreign), &env);
+    assert!(!out.ok);
+    assert!(out.stderr.contains("is not empty"), "{}", out.stderr);
+    assert_eq!(
+        cluster
+            .psql(&foreign, "SELECT to_regclass('keybroker_schema') IS NULL")
+            .trim(),
+        "t"
+    );
+
+    // An unreachable server: one line, without the password.
+    let unreachable = url_file(
+        dir.path(),
+        "unreachable-url",
+        "postgres://kb:s3cret-pw@127.0.0.1:1/kb",
+    );
+    let out = copy_db(&data, &unreachable, &env);
+    assert!(!out.ok);
+    assert!(
+        out.stderr
+            .contains("cannot connect to PostgreSQL at postgres://kb:***@127.0.0.1:1/kb"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    assert!(!out.stderr.contains("s3cret-pw"));
+
+    let out = copy_db(&data, &target_file, &env);
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    for line in [
+        "copied 2 row(s) of accounts",
+        "copied 3 row(s) of provider_keys",
+        "copied 2 row(s) of tool_tokens",
+        "copied 1 row(s) of vault_canary",
+        "ok   stored values",
+        "ok   canary",
+        "ok   email pepper",
+        "ok   audit chain",
+    ] {
+        assert!(out.stdout.contains(line), "{line}: {}", out.stdout);
+    }
+    assert!(!out.stdout.contains("FAIL"), "{}", out.stdout);
+    for printed in [&out.stdout, &out.stderr] {
+        assert!(!printed.contains(password), "the password was printed");
+    }
+
+    // Served from PostgreSQL, with the same secrets and a data directory of its own.
+    let pg_env = env.clone().with("KEYBROKER_DATABASE_URL", &target);
+    let served = serve(&dir.path().join("pg-data"), &pg_env.pairs()).unwrap();
+    let base = format!("http://127.0.0.1:{}", served.port);
+    let alice = Remote::login(&base, &alice.email).await;
+    for (id, key) in &alice_keys {
+        assert_eq!(&alice.reveal(id).await, *key);
+    }
+    let bob = Remote::login(&base, &bob.email).await;
+    assert_eq!(bob.reveal(&bob_key).await, bob_openai);
+    for (token, key) in [(&alice_token, &alice_openai), (&bob_token, &bob_openai)] {
+        let res = proxy_chat(&client, &base, token).await.unwrap();
+        assert_eq!(res.status(), 200, "a token from before the copy works");
+        let call = upstream.recorder.calls().pop().unwrap();
+        assert!(
+            call.credentials.iter().any(|c| c.contains(key.as_str())),
+            "the token's account's key was injected: {:?}",
+            call.credentials.len()
+        );
+    }
+    let after = ceilings(&alice).await;
+    assert_eq!(
+        after["ceilings"][0]["limit_usd"],
+        ceilings_before["ceilings"][0]["limit_usd"]
+    );
+    // New rows get ids past the copied ones (the identity sequences were moved on).
+    bob.add_key("anthropic", &anthropic_key()).await;
+    bob.token().await;
+    Remote::signup(&base, &dir.path().join("pg-data")).await;
+    assert!(stop(served).success());
+
+    let check = kb(&["check", "--database-url", &target], &env);
+    assert!(check.ok, "{}{}", check.stdout, check.stderr);
+    let verify = kb(&["audit", "verify", "--database-url", &target], &env);
+    assert!(verify.ok, "{}{}", verify.stdout, verify.stderr);
+    assert!(
+        verify.stdout.contains("ok: every chain verifies"),
+        "{}",
+        verify.stdout
+    );
+
+    // A second copy into the database, now in use, is refused and changes nothing.
+    let before = counts(cluster, &target);
+    let out = copy_db(&data, &target_file, &env);
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(out.stderr.contains("already holds data"), "{}", out.stderr);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    assert!(!out.stderr.contains(password));
+    assert_eq!(counts(cluster, &target), before);
+}
+
+#[test]
+fn a_malformed_or_unreachable_target_is_one_clear_line_and_a_failure() {
+    if on_postgres() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = ServerEnv::random();
+    let cases = [
+        (
+            "mysql://kb:s3cret-pw@db/kb",
+            "--to must start with postgres://",
+        ),
+        (
+            "postgres://kb:s3cret-pw@db:notaport/kb",
+            "--to is not a valid PostgreSQL URL",
+        ),
+    ];
+    for (url, expected) in cases {
+        let out = kb(&["copy-db", "--data-dir", s(&data), "--to", url], &env);
+        assert!(!out.ok);
+        assert!(out.stderr.contains(expected), "{url}: {}", out.stderr);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+        assert!(!out.stderr.contains("s3cret-pw"), "{}", out.stderr);
+    }
+    let out = kb(&["copy-db", "--data-dir", s(&data)], &env);
+    assert!(!out.ok);
+    assert!(out.stderr.contains("--to-file PATH"), "{}", out.stderr);
+    // No data directory yet: nothing to copy, said as such.
+    let out = kb(
+        &[
+            "copy-db",
+            "--data-dir",
+            s(&data),
+            "--to",
+            "postgres://kb:s3cret-pw@127.0.0.1:1/kb",
+        ],
+        &env,
+    );
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("no SQLite database at"),
+        "{}",
+        out.stderr
+    );
+    assert!(!data.exists(), "copy-db created the data directory");
+}

@@ -177,6 +177,11 @@ async fn a_populated_sqlite_directory_moves_to_postgres_with_every_key_login_and
     let served = serve(&dir.path().join("pg-data"), &pg_env.pairs()).unwrap();
     let base = format!("http://127.0.0.1:{}", served.port);
     let alice = Remote::login(&base, &alice.email).await;
+    assert_eq!(
+        ceilings(&alice).await,
+        ceilings_before,
+        "the ceiling and its spend"
+    );
     for (id, key) in &alice_keys {
         assert_eq!(&alice.reveal(id).await, *key);
     }
@@ -192,11 +197,6 @@ async fn a_populated_sqlite_directory_moves_to_postgres_with_every_key_login_and
             call.credentials.len()
         );
     }
-    let after = ceilings(&alice).await;
-    assert_eq!(
-        after["ceilings"][0]["limit_usd"],
-        ceilings_before["ceilings"][0]["limit_usd"]
-    );
     // New rows get ids past the copied ones (the identity sequences were moved on).
     bob.add_key("anthropic", &anthropic_key()).await;
     bob.token().await;
@@ -269,4 +269,131 @@ fn a_malformed_or_unreachable_target_is_one_clear_line_and_a_failure() {
         out.stderr
     );
     assert!(!data.exists(), "copy-db created the data directory");
+}
+
+/// A server killed mid-call leaves its hold to be charged at the next start: the copy is refused
+/// until a start and stop of `serve` has charged it, and so is a file with a table this binary
+/// does not know.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_left_by_a_killed_server_and_unknown_tables_are_refused_until_settled() {
+    if on_postgres() {
+        return;
+    }
+    let cluster = PgCluster::shared();
+    let upstream = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = ServerEnv::random()
+        .with("KEYBROKER_UPSTREAM_OPENAI", &upstream.url)
+        .with("KEYBROKER_PROXY_FORWARD_HEADERS", "x-fake-mode");
+    let running = serve(&data, &env.pairs()).unwrap();
+    let base = format!("http://127.0.0.1:{}", running.port);
+    let me = Remote::signup(&base, &data).await;
+    me.add_key("openai", &openai_key()).await;
+    let res = me
+        .call(
+            Method::PUT,
+            "/api/v1/ceilings/openai",
+            Some(json!({"limit_usd": "5.00", "period": "monthly"})),
+        )
+        .await;
+    assert!(res.status().is_success(), "{}", res.status());
+    let token = me.token().await;
+
+    // A call the upstream never answers, in flight when the server is SIGKILLed.
+    let hanging = {
+        let (base, token) = (base.clone(), token.clone());
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("{base}/proxy/openai/v1/chat/completions"))
+                .bearer_auth(token)
+                .header("x-fake-mode", "hang")
+                .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}))
+                .send()
+                .await
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while upstream.recorder.count() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never went upstream"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut running = running;
+    running.child.kill().unwrap();
+    running.child.wait().unwrap();
+    assert!(hanging.await.unwrap().is_err());
+
+    let target = cluster.create_database();
+    let target_file = url_file(dir.path(), "target-url", &target);
+    let out = copy_db(&data, &target_file, &env);
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("1 spend hold(s) left by a server that did not stop cleanly"),
+        "{}",
+        out.stderr
+    );
+    let no_tables = || {
+        cluster
+            .psql(
+                &target,
+                "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'",
+            )
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(no_tables(), "0");
+
+    // `serve` charges the hold at its start (fail closed); then the copy goes ahead.
+    let again = serve(&data, &env.pairs()).unwrap();
+    let me = Remote {
+        base: format!("http://127.0.0.1:{}", again.port),
+        ..me
+    };
+    let spent = crate::proxy::micros(&ceilings(&me).await["ceilings"][0]["spent_usd"]);
+    assert!(spent > 0, "the hold was charged");
+    assert!(stop(again).success());
+
+    let db = data.join("keybroker.db");
+    let settled: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row(
+            "SELECT spent_micros FROM spend WHERE provider = 'openai'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(settled, spent);
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE added_by_hand (v TEXT)")
+        .unwrap();
+    let out = copy_db(&data, &target_file, &env);
+    assert!(!out.ok);
+    assert!(
+        out.stderr
+            .contains("table(s) this binary does not copy (added_by_hand)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(no_tables(), "0");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("DROP TABLE added_by_hand")
+        .unwrap();
+
+    let out = copy_db(&data, &target_file, &env);
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    let copied = cluster.psql(
+        &target,
+        "SELECT spent_micros FROM spend WHERE provider = 'openai'",
+    );
+    assert_eq!(
+        copied.trim(),
+        spent.to_string(),
+        "the charged hold was copied"
+    );
 }

@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, bail};
 
 use crate::check::{self, Secrets};
 use crate::config::SecretSources;
@@ -170,8 +170,11 @@ pub fn copy(
         // One snapshot for every read below, even if something wrote the file meanwhile.
         src.execute_batch("BEGIN")?;
         let copied = copy_from(src, data_dir, target, secrets);
-        src.execute_batch("ROLLBACK")?;
-        copied
+        // Read-only: nothing to undo, only the snapshot to let go of.
+        let ended = src.execute_batch("ROLLBACK");
+        let copied = copied?;
+        ended?;
+        Ok(copied)
     })?
 }
 
@@ -292,8 +295,14 @@ fn unsettled_holds(src: &Conn<'_>, journal_dir: &Path) -> anyhow::Result<u64> {
         u64::try_from(epoch).unwrap_or(0),
         u64::try_from(committed).unwrap_or(0),
     );
-    let (journaled, _torn) = crate::spend::journal::read_epoch(journal_dir, epoch)
-        .with_context(|| format!("reading the hold journal in {}", journal_dir.display()))?;
+    // Torn lines are skipped by the start-up recovery too: they hold nothing to charge.
+    let (journaled, _torn) =
+        crate::spend::journal::read_epoch(journal_dir, epoch).map_err(|e| {
+            anyhow!(
+                "cannot read the hold journal in {}: {e}",
+                journal_dir.display()
+            )
+        })?;
     let journaled = journaled.iter().filter(|h| h.seq > committed).count();
     Ok(u64::try_from(open).unwrap_or(0) + journaled as u64)
 }

@@ -272,10 +272,10 @@ fn a_malformed_or_unreachable_target_is_one_clear_line_and_a_failure() {
 }
 
 /// A server killed mid-call leaves its hold to be charged at the next start: the copy is refused
-/// until a start and stop of `serve` has charged it, and so is a file with a table this binary
-/// does not know.
+/// until a start and stop of `serve` has charged it. So is a file with a table this binary does
+/// not know, and one that the configured master key does not open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn holds_left_by_a_killed_server_and_unknown_tables_are_refused_until_settled() {
+async fn unsettled_holds_unknown_tables_and_a_wrong_master_key_are_refused_untouched() {
     if on_postgres() {
         return;
     }
@@ -384,6 +384,21 @@ async fn holds_left_by_a_killed_server_and_unknown_tables_are_refused_until_sett
         .unwrap()
         .execute_batch("DROP TABLE added_by_hand")
         .unwrap();
+
+    // Another master key than the one the file was sealed with: nothing is copied.
+    let wrong_key = env
+        .clone()
+        .with("KEYBROKER_MASTER_KEY", &crate::helpers::random_b64(32));
+    let out = copy_db(&data, &target_file, &wrong_key);
+    assert!(!out.ok);
+    assert!(
+        out.stderr
+            .contains("does not pass `keybroker check` with the configured secrets"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    assert_eq!(no_tables(), "0");
 
     let out = copy_db(&data, &target_file, &env);
     assert!(out.ok, "{}{}", out.stdout, out.stderr);

@@ -39,6 +39,26 @@ fn url_file(dir: &Path, name: &str, url: &str) -> std::path::PathBuf {
     path
 }
 
+/// Waits until `table` in the SQLite file at `db` has a row (mail-bound tokens are written off
+/// the request's path).
+async fn wait_for_a_row(db: &Path, table: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let conn =
+            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        // The name is one of this file's constants; it cannot be bound.
+        let rows: i64 = conn
+            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap();
+        if rows > 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no row in {table}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 async fn ceilings(me: &Remote) -> Value {
     me.call(Method::GET, "/api/v1/ceilings", None)
         .await
@@ -68,7 +88,13 @@ async fn a_populated_sqlite_directory_moves_to_postgres_with_every_key_login_and
     let data = dir.path().join("data");
     let env = ServerEnv::random()
         .with("KEYBROKER_UPSTREAM_OPENAI", &upstream.url)
-        .with("KEYBROKER_UPSTREAM_ANTHROPIC", &upstream.url);
+        .with("KEYBROKER_UPSTREAM_ANTHROPIC", &upstream.url)
+        .with("KEYBROKER_PUBLIC_URL", "https://keybroker.example")
+        .with("KEYBROKER_OAUTH_GITHUB_CLIENT_ID", "copy-db-test")
+        .with(
+            "KEYBROKER_OAUTH_GITHUB_CLIENT_SECRET",
+            &crate::helpers::random_b64(16),
+        );
 
     // Two accounts, three keys, a token each, a ceiling, a proxied call: every kind of row.
     let running = serve(&data, &env.pairs()).unwrap();
@@ -101,6 +127,50 @@ async fn a_populated_sqlite_directory_moves_to_postgres_with_every_key_login_and
         assert_eq!(res.status(), 200);
     }
     let ceilings_before = ceilings(&alice).await;
+    // A token scoped to one provider, a password reset asked for, a sign-up not yet confirmed.
+    let res = bob
+        .call(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"name": "anthropic only", "providers": ["anthropic"]})),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let scoped = res.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = client
+        .post(format!("{base}/api/v1/auth/password-reset"))
+        .json(&json!({"email": bob.email}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let res = client
+        .post(format!("{base}/api/v1/auth/signup"))
+        .json(
+            &json!({"email": crate::helpers::unique_email(), "password": crate::helpers::PASSWORD}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    // An OAuth sign-in started and not finished.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let res = no_redirects
+        .get(format!("{base}/auth/oauth/github/start"))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_redirection(), "{}", res.status());
+    let db = data.join("keybroker.db");
+    for table in ["password_reset_tokens", "signup_tokens"] {
+        wait_for_a_row(&db, table).await;
+    }
 
     // The target's owner must give a password: it goes in a file, never on the command line.
     let password = "copy-db-pw-1e6c";
@@ -122,6 +192,17 @@ async fn a_populated_sqlite_directory_moves_to_postgres_with_every_key_login_and
         "0"
     );
     assert!(stop(running).success());
+    let invite = kb(
+        &[
+            "accounts",
+            "invite",
+            &crate::helpers::unique_email(),
+            "--data-dir",
+            s(&data),
+        ],
+        &env,
+    );
+    assert!(invite.ok, "{}{}", invite.stdout, invite.stderr);
 
     // A database that holds something else is refused, untouched.
     let foreign = cluster.create_database();
@@ -156,9 +237,14 @@ async fn a_populated_sqlite_directory_moves_to_postgres_with_every_key_login_and
     let out = copy_db(&data, &target_file, &env);
     assert!(out.ok, "{}{}", out.stdout, out.stderr);
     for line in [
-        "copied 2 row(s) of accounts",
+        "copied 3 row(s) of accounts",
         "copied 3 row(s) of provider_keys",
-        "copied 2 row(s) of tool_tokens",
+        "copied 3 row(s) of tool_tokens",
+        "copied 1 row(s) of tool_token_providers",
+        "copied 1 row(s) of password_reset_tokens",
+        "copied 1 row(s) of signup_tokens",
+        "copied 1 row(s) of signup_invites",
+        "copied 1 row(s) of oauth_states",
         "copied 1 row(s) of vault_canary",
         "ok   stored values",
         "ok   canary",
@@ -197,6 +283,8 @@ async fn a_populated_sqlite_directory_moves_to_postgres_with_every_key_login_and
             call.credentials.len()
         );
     }
+    let res = proxy_chat(&client, &base, &scoped).await.unwrap();
+    assert_eq!(res.status(), 403, "the token's scope came along");
     // New rows get ids past the copied ones (the identity sequences were moved on).
     bob.add_key("anthropic", &anthropic_key()).await;
     bob.token().await;

@@ -1,5 +1,5 @@
 //! The command line: `serve`, `rewrap`, `master-key generate|retire`, `audit verify`, `redact`,
-//! `backup`, `restore`, `check`, `healthcheck`, `accounts ...` (`accounts_cmd`). Each command's result goes
+//! `backup`, `restore`, `check`, `copy-db`, `healthcheck`, `accounts ...` (`accounts_cmd`). Each command's result goes
 //! to stdout; diagnostics go through the redacting logger; a failure is one line and a non-zero
 //! exit status.
 
@@ -66,6 +66,8 @@ enum Command {
         #[command(flatten)]
         data: DataDir,
     },
+    /// Copy the SQLite database of --data-dir into an empty PostgreSQL database, sealed values as they are, then check the copy (refused while a server runs on the data dir).
+    CopyDb(CopyDbArgs),
     /// Operate on accounts: list, confirm, invite, disable, enable, reset-password (audited).
     Accounts {
         #[command(subcommand)]
@@ -155,6 +157,21 @@ struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
+struct CopyDbArgs {
+    /// The data directory whose SQLite database (keybroker.db) is copied.
+    #[arg(long, env = "KEYBROKER_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// The PostgreSQL database to fill (postgres://user@host/db); it must be empty. A password
+    /// here is visible to other users: prefer --to-file, or KEYBROKER_DATABASE_URL_FILE (the
+    /// target when neither flag is given, as for `serve`).
+    #[arg(long, value_name = "URL")]
+    to: Option<String>,
+    /// A file holding the PostgreSQL URL (mode 0600, say), instead of --to.
+    #[arg(long, value_name = "PATH")]
+    to_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 struct RewrapArgs {
     #[command(flatten)]
     data: DataDir,
@@ -217,6 +234,10 @@ pub fn main() -> ExitCode {
             offline_settings(data).and_then(|s| {
                 crate::check::check_command(&s.database_location(), &s.data_dir, &s.secrets)
             })
+        }
+        Command::CopyDb(args) => {
+            telemetry::init_cli();
+            copy_db(args)
         }
         Command::Accounts { command, data } => {
             telemetry::init_cli();
@@ -301,6 +322,13 @@ fn offline_settings(data: DataDir) -> anyhow::Result<Settings> {
     crate::secret_files::apply_services(&mut settings)?;
     settings.missing_secrets = Missing::Refuse;
     Ok(settings)
+}
+
+fn copy_db(args: CopyDbArgs) -> anyhow::Result<()> {
+    let target = crate::copy_db::target(args.to, args.to_file)?;
+    let mut sources = crate::config::SecretSources::from_env();
+    crate::secret_files::apply(&mut sources)?;
+    crate::copy_db::copy_db_command(&args.data_dir, &target, &sources)
 }
 
 fn rewrap(args: RewrapArgs) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod copy_db;
 pub mod dashboard;
 pub mod data_lock;
 pub mod db;

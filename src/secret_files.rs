@@ -66,16 +66,24 @@ fn set(var: &str) -> Option<String> {
 }
 
 fn read(var: &str, path: &str) -> Result<SecretString, ConfigError> {
-    let contents = Zeroizing::new(std::fs::read_to_string(Path::new(path)).map_err(|source| {
+    read_path(&format!("{var}_FILE"), Path::new(path))
+}
+
+/// The trimmed contents of the secret file at `path` (`what` names where the path came from in
+/// errors: a variable such as `KEYBROKER_DATABASE_URL_FILE`, or a flag such as `--to-file`).
+/// An unreadable or empty file is an error that names the path, never the contents.
+pub fn read_path(what: &str, path: &Path) -> Result<SecretString, ConfigError> {
+    let contents = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
         ConfigError::SecretFile {
-            path: format!("{var}_FILE={path}"),
+            path: format!("{what}={}", path.display()),
             source,
         }
     })?);
     let value = contents.trim();
     if value.is_empty() {
         return Err(ConfigError::Invalid(format!(
-            "{var}_FILE names an empty file ({path})"
+            "{what} names an empty file ({})",
+            path.display()
         )));
     }
     Ok(SecretString::from(value.to_owned()))

@@ -43,17 +43,25 @@ pub struct PgSettings {
 impl PgSettings {
     /// Checks the URL's form (nothing is connected): `postgres://` or `postgresql://`.
     pub fn parse(url: SecretString) -> Result<Self> {
+        Self::parse_as(url, "KEYBROKER_DATABASE_URL")
+    }
+
+    /// [`PgSettings::parse`], naming the URL `name` in errors (`copy-db --to`).
+    pub fn parse_as(url: SecretString, name: &str) -> Result<Self> {
         let raw = url.expose_secret();
         if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
-            return Err(DbError::Config(
-                "KEYBROKER_DATABASE_URL must start with postgres:// or postgresql:// (an unset \
-                 URL means the embedded SQLite database)"
-                    .into(),
-            ));
+            let unset = if name == "KEYBROKER_DATABASE_URL" {
+                " (an unset URL means the embedded SQLite database)"
+            } else {
+                ""
+            };
+            return Err(DbError::Config(format!(
+                "{name} must start with postgres:// or postgresql://{unset}"
+            )));
         }
         raw.parse::<postgres::Config>().map_err(|e| {
             DbError::Config(format!(
-                "KEYBROKER_DATABASE_URL is not a valid PostgreSQL URL ({})",
+                "{name} is not a valid PostgreSQL URL ({})",
                 first_line(&e.to_string())
             ))
         })?;

@@ -9,6 +9,7 @@ mod backup;
 mod browser;
 mod ceilings;
 mod cli;
+mod copy_db;
 mod crash;
 mod dashboard_pages;
 mod discovery;

@@ -631,3 +631,99 @@ async fn while_postgres_is_down_calls_get_store_unavailable_and_nothing_settled_
         "spend {spent} vs usage {usage_spend}"
     );
 }
+
+/// A ceiling changed through one instance binds the others at once: lowered under what was
+/// spent through one, the other refuses its next call (it hands back what it had leased when the
+/// change is announced), and the list through either shows the spend of both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ceiling_lowered_through_one_instance_binds_the_other_at_once() {
+    let cluster = PgCluster::shared();
+    let url = cluster.create_database();
+    let upstream = FakeUpstream::start().await;
+    let secrets = shared_secrets();
+    let mut env = env(&secrets, &url);
+    env.push(("KEYBROKER_UPSTREAM_OPENAI", &upstream.url));
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let running: Vec<Running> = dirs
+        .iter()
+        .map(|d| serve(&d.path().join("data"), &env).expect("an instance starts"))
+        .collect();
+    let ports: Vec<u16> = running.iter().map(|r| r.port).collect();
+    let http = client();
+    let email = sign_up(&http, ports[0], &env).await;
+    let s = login(&http, ports[0], &email).await;
+    let res = send(&http, reqwest::Method::POST, ports[0], "/api/v1/keys", &s)
+        .json(&json!({"provider": "openai", "key": OPENAI_KEY}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let (token, _) = make_token(&http, ports[0], &s).await;
+    let first = ports[0];
+    let put = |limit: &'static str| {
+        let (http, s) = (http.clone(), s.clone());
+        async move {
+            send(
+                &http,
+                reqwest::Method::PUT,
+                first,
+                "/api/v1/ceilings/openai",
+                &s,
+            )
+            .json(&json!({"limit_usd": limit, "period": "none"}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+        }
+    };
+    assert_eq!(put("50.00").await, 200);
+    // Both instances spend (and the second leases a slice of the $50).
+    for i in 0..6 {
+        assert_eq!(call(&http, ports[i % 2], &token, "ok").await, 200);
+    }
+    // Lowered through the first to a hundredth of a cent: less than one call's estimate.
+    assert_eq!(put("0.0001").await, 200);
+    let lowered = Instant::now();
+    loop {
+        let status = call(&http, ports[1], &token, "ok").await;
+        if status == 402 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            lowered.elapsed() < Duration::from_secs(1),
+            "the second instance still admits a second after the ceiling was lowered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The list through the second shows the spend made through both.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let list: Value = send(
+        &http,
+        reqwest::Method::GET,
+        ports[1],
+        "/api/v1/ceilings",
+        &s,
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let served = i64::try_from(upstream.recorder.count()).unwrap();
+    let spent = list["ceilings"][0]["spent_usd"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let spent_micros: i64 = {
+        let (whole, frac) = spent.split_once('.').unwrap_or((&spent, "0"));
+        let frac = format!("{frac:0<6}");
+        whole.parse::<i64>().unwrap() * 1_000_000 + frac[..6].parse::<i64>().unwrap()
+    };
+    assert!(spent_micros >= served * 20, "{list} after {served} calls");
+    for r in running {
+        assert!(stop(r).success());
+    }
+}

@@ -134,12 +134,14 @@ async fn a_backup_under_load_is_consistent_holds_no_plaintext_and_restores_every
             }
         }));
     }
+    let rounds = Arc::new(AtomicU64::new(0));
     let writer = {
-        let (stop_flag, planted, base, data) = (
+        let (stop_flag, planted, base, data, rounds) = (
             stop_flag.clone(),
             planted.clone(),
             base.clone(),
             data.clone(),
+            rounds.clone(),
         );
         let (rotated_id, rotator) = (
             users[0].1.clone(),
@@ -165,12 +167,20 @@ async fn a_backup_under_load_is_consistent_holds_no_plaintext_and_restores_every
                     .await;
                 assert_eq!(res.status(), 200, "rotate");
                 writes += 1;
+                rounds.fetch_add(1, Ordering::Relaxed);
             }
             writes
         })
     };
 
+    // The backup starts once a write round has committed (a sign-up hashes at argon2's
+    // production cost: on a loaded machine that takes a while), so it must see writes.
     tokio::time::sleep(Duration::from_millis(800)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rounds.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "no write round in a minute");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let backup = dir.path().join("backups").join("kb-backup.db");
     std::fs::create_dir_all(backup.parent().unwrap()).unwrap();
     let (b, d, e) = (backup.clone(), data.clone(), env.clone());

@@ -271,13 +271,17 @@ impl Default for Ledger {
 
 impl Ledger {
     pub fn new(clock: Arc<dyn Clock>, sink: Option<SpendSink>) -> Self {
+        Self::with_mode(clock, sink, false)
+    }
+
+    fn with_mode(clock: Arc<dyn Clock>, sink: Option<SpendSink>, shared: bool) -> Self {
         Ledger {
             inner: Arc::new(Inner {
                 entries: RwLock::new(HashMap::new()),
                 clock,
                 sink,
                 next_reservation: AtomicU64::new(1),
-                shared: false,
+                shared,
             }),
         }
     }
@@ -288,15 +292,7 @@ impl Ledger {
     /// limit and spend are then what the database said last; the lease is what protects the
     /// ceiling.
     pub fn shared(clock: Arc<dyn Clock>, sink: Option<SpendSink>) -> Self {
-        Ledger {
-            inner: Arc::new(Inner {
-                entries: RwLock::new(HashMap::new()),
-                clock,
-                sink,
-                next_reservation: AtomicU64::new(1),
-                shared: true,
-            }),
-        }
+        Self::with_mode(clock, sink, true)
     }
 
     /// Whether this ledger admits calls against leases (see [`Ledger::shared`]).

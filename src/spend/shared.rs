@@ -81,14 +81,7 @@ pub fn grant(
     }
     conn.lock(LOCK_SPACE, account)?;
     let Some(row) = ceiling(conn, account, provider, now)? else {
-        return Ok(Grant::NoCeiling(LedgerRow {
-            account,
-            provider: provider.to_owned(),
-            limit: None,
-            period: Period::None,
-            period_start: Period::None.start(now),
-            spent: Money::ZERO,
-        }));
+        return Ok(Grant::NoCeiling(no_ceiling(account, provider, now)));
     };
     let Some(limit) = row.limit else {
         return Ok(Grant::NoCeiling(row));
@@ -135,6 +128,18 @@ pub fn grant(
         params![account, provider, instance, start, amount.micros()],
     )?;
     Ok(Grant::Leased { row, amount })
+}
+
+/// A pair the database has no ceiling row for.
+fn no_ceiling(account: i64, provider: &str, now: OffsetDateTime) -> LedgerRow {
+    LedgerRow {
+        account,
+        provider: provider.to_owned(),
+        limit: None,
+        period: Period::None,
+        period_start: Period::None.start(now),
+        spent: Money::ZERO,
+    }
 }
 
 /// Seconds of the wall clock, which instances compare with each other's `seen_at` (their clocks
@@ -543,14 +548,7 @@ impl Inner {
         let row = self
             .db
             .read_blocking(move |c| ceiling(c, account, &owned, now))?
-            .unwrap_or_else(|| LedgerRow {
-                account,
-                provider: provider.to_owned(),
-                limit: None,
-                period: Period::None,
-                period_start: Period::None.start(now),
-                spent: Money::ZERO,
-            });
+            .unwrap_or_else(|| no_ceiling(account, provider, now));
         let unused = self.ledger.refresh(&row);
         self.hand_back(vec![(account, provider.to_owned(), unused)])
     }

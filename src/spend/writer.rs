@@ -889,18 +889,8 @@ fn add_spend(
     period_start: i64,
     amount: Money,
 ) -> crate::db::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO spend (account_id, provider, period_start, spent_micros) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (account_id, provider) DO UPDATE SET
-            spent_micros = CASE
-                WHEN excluded.period_start = spend.period_start THEN spend.spent_micros + excluded.spent_micros
-                WHEN excluded.period_start > spend.period_start THEN excluded.spent_micros
-                ELSE spend.spent_micros END,
-            period_start = CASE WHEN excluded.period_start > spend.period_start
-                                THEN excluded.period_start ELSE spend.period_start END",
-    )?
-    .execute(params![account, provider, period_start, amount.micros()])?;
-    Ok(())
+    // An account deleted meanwhile has nothing left to charge.
+    crate::spend::store::charge(conn, account, provider, period_start, amount.micros()).map(drop)
 }
 
 fn apply_usage(

@@ -157,6 +157,27 @@ async fn sign_up(http: &reqwest::Client, port: u16, env: &[(&str, &str)]) -> Str
     email
 }
 
+/// `n` instances on `env`'s database, each with a data directory of its own.
+fn instances(n: usize, env: &[(&str, &str)]) -> (Vec<tempfile::TempDir>, Vec<Running>, Vec<u16>) {
+    let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+    let running: Vec<Running> = dirs
+        .iter()
+        .map(|d| serve(&d.path().join("data"), env).expect("an instance starts"))
+        .collect();
+    let ports = running.iter().map(|r| r.port).collect();
+    (dirs, running, ports)
+}
+
+/// The OpenAI key added through instance `port`.
+async fn add_openai_key(http: &reqwest::Client, port: u16, s: &Session) {
+    let res = send(http, reqwest::Method::POST, port, "/api/v1/keys", s)
+        .json(&json!({"provider": "openai", "key": OPENAI_KEY}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+}
+
 /// A tool token made through instance `port`: (token, id).
 async fn make_token(http: &reqwest::Client, port: u16, s: &Session) -> (String, String) {
     let res = send(http, reqwest::Method::POST, port, "/api/v1/tokens", s)
@@ -185,21 +206,11 @@ async fn per_instance_limits_admit_at_most_their_figure_times_the_instances() {
     env.push(("KEYBROKER_UPSTREAM_OPENAI", &upstream.url));
     env.push(("KEYBROKER_PROXY_RATE_PER_MINUTE", "6"));
     env.push(("KEYBROKER_PROXY_MAX_IN_FLIGHT", "2"));
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let running: Vec<Running> = dirs
-        .iter()
-        .map(|d| serve(&d.path().join("data"), &env).expect("an instance starts"))
-        .collect();
-    let ports: Vec<u16> = running.iter().map(|r| r.port).collect();
+    let (_dirs, running, ports) = instances(2, &env);
     let http = client();
     let email = sign_up(&http, ports[0], &env).await;
     let s = login(&http, ports[1], &email).await;
-    let res = send(&http, reqwest::Method::POST, ports[0], "/api/v1/keys", &s)
-        .json(&json!({"provider": "openai", "key": OPENAI_KEY}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
+    add_openai_key(&http, ports[0], &s).await;
 
     // Twenty quick calls with a fresh token: at most 2 × 6 a minute.
     let (quick, _) = make_token(&http, ports[1], &s).await;
@@ -681,21 +692,11 @@ async fn a_ceiling_lowered_through_one_instance_binds_the_other_at_once() {
     let secrets = shared_secrets();
     let mut env = env(&secrets, &url);
     env.push(("KEYBROKER_UPSTREAM_OPENAI", &upstream.url));
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let running: Vec<Running> = dirs
-        .iter()
-        .map(|d| serve(&d.path().join("data"), &env).expect("an instance starts"))
-        .collect();
-    let ports: Vec<u16> = running.iter().map(|r| r.port).collect();
+    let (_dirs, running, ports) = instances(2, &env);
     let http = client();
     let email = sign_up(&http, ports[0], &env).await;
     let s = login(&http, ports[0], &email).await;
-    let res = send(&http, reqwest::Method::POST, ports[0], "/api/v1/keys", &s)
-        .json(&json!({"provider": "openai", "key": OPENAI_KEY}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
+    add_openai_key(&http, ports[0], &s).await;
     let (token, _) = make_token(&http, ports[0], &s).await;
     let first = ports[0];
     let put = |limit: &'static str| {

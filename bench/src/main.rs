@@ -186,6 +186,10 @@ pub struct PgPhase {
     pub statements: u64,
     /// Proxied calls sent in the phase.
     pub calls: u64,
+    /// From the statement counts' reset to their reading (the phase and a few ms around it).
+    pub seconds: f64,
+    /// Lease round trips (`keybroker_ceiling_lease_requests_total`, all instances).
+    pub lease_requests: f64,
     /// CPU seconds of the server's processes (postmaster and backends).
     pub server_cpu_s: f64,
     /// The statements run most often: (calls, query).
@@ -380,7 +384,7 @@ async fn run(opts: Options, pin: Pinning) -> Result<()> {
             delay_ms: 0,
         };
         let before = scrape(arm).await?;
-        let pg_start = pg_begin(cluster.as_ref(), arm, ticks)?;
+        let pg_start = pg_begin(cluster.as_ref(), arm, ticks).await?;
         res.concurrency_1 = oha::run(&opts.oha, &pin, &arm.target, load).await?;
         let calls = res.concurrency_1.requests;
         pg_end(
@@ -390,7 +394,8 @@ async fn run(opts: Options, pin: Pinning) -> Result<()> {
             "concurrency_1".into(),
             (pg_start, calls),
             ticks,
-        )?;
+        )
+        .await?;
         record_histograms(arm, res, "concurrency_1", before).await?;
     }
 
@@ -408,7 +413,7 @@ async fn run(opts: Options, pin: Pinning) -> Result<()> {
                 let pids = arm.pids();
                 let cpu = procs::cpu_seconds(&pids, ticks);
                 let before = scrape(arm).await?;
-                let pg_start = pg_begin(cluster.as_ref(), arm, ticks)?;
+                let pg_start = pg_begin(cluster.as_ref(), arm, ticks).await?;
                 let outcome = oha::run(&opts.oha, &pin, &arm.target, load).await?;
                 let used = procs::cpu_seconds(&pids, ticks) - cpu;
                 pg_end(
@@ -418,7 +423,8 @@ async fn run(opts: Options, pin: Pinning) -> Result<()> {
                     format!("rate_{rate}_delay_{delay_ms}"),
                     (pg_start, outcome.requests),
                     ticks,
-                )?;
+                )
+                .await?;
                 if delay_ms == 0 && rate == 1_000 {
                     record_histograms(arm, res, "rate_1000_delay_0", before).await?;
                 }
@@ -541,13 +547,33 @@ async fn scrape(arm: &Arm) -> Result<Option<prom::Snapshot>> {
     Ok(Some(sum))
 }
 
+/// Where a PostgreSQL arm's phase started from.
+struct PgStart {
+    cpu: f64,
+    leases: f64,
+    at: std::time::Instant,
+}
+
+/// Lease round trips the arm's instances have made so far (every result).
+async fn lease_requests(arm: &Arm) -> Result<f64> {
+    let mut n = 0.0;
+    for base in &arm.metrics {
+        n += prom::counter(base, "keybroker_ceiling_lease_requests_total").await?;
+    }
+    Ok(n)
+}
+
 /// Before a phase of a PostgreSQL arm: its database's statement counts reset, and the server's
 /// CPU time so far. `None` for the other arms.
-fn pg_begin(cluster: Option<&pg::Cluster>, arm: &Arm, ticks: f64) -> Result<Option<f64>> {
+async fn pg_begin(cluster: Option<&pg::Cluster>, arm: &Arm, ticks: f64) -> Result<Option<PgStart>> {
     match (cluster, arm.pg_db) {
         (Some(c), Some(db)) => {
             c.reset_statements(db)?;
-            Ok(Some(procs::cpu_seconds(&c.pids(), ticks)))
+            Ok(Some(PgStart {
+                cpu: procs::cpu_seconds(&c.pids(), ticks),
+                leases: lease_requests(arm).await?,
+                at: std::time::Instant::now(),
+            }))
         }
         _ => Ok(None),
     }
@@ -555,24 +581,28 @@ fn pg_begin(cluster: Option<&pg::Cluster>, arm: &Arm, ticks: f64) -> Result<Opti
 
 /// After that phase: what PostgreSQL did in it, recorded under `phase`, with `calls` the
 /// proxied calls the load generator made in it.
-fn pg_end(
+async fn pg_end(
     cluster: Option<&pg::Cluster>,
     arm: &Arm,
     res: &mut ArmResult,
     phase: String,
-    (start_cpu, calls): (Option<f64>, u64),
+    (start, calls): (Option<PgStart>, u64),
     ticks: f64,
 ) -> Result<()> {
-    let (Some(c), Some(db), Some(start_cpu)) = (cluster, arm.pg_db, start_cpu) else {
+    let (Some(c), Some(db), Some(start)) = (cluster, arm.pg_db, start) else {
         return Ok(());
     };
     let statements = c.statements(db)?;
-    let server_cpu_s = procs::cpu_seconds(&c.pids(), ticks) - start_cpu;
+    let seconds = start.at.elapsed().as_secs_f64();
+    let lease_requests = lease_requests(arm).await? - start.leases;
+    let server_cpu_s = procs::cpu_seconds(&c.pids(), ticks) - start.cpu;
     res.pg.insert(
         phase,
         PgPhase {
             statements,
             calls,
+            seconds,
+            lease_requests,
             server_cpu_s,
             top: c.top_statements(db, 6)?,
         },

@@ -49,6 +49,23 @@ pub async fn scrape(base: &str) -> Result<Snapshot> {
     Ok(out)
 }
 
+/// The sum of every sample of counter `name` (all label sets) on `/metrics`; 0 when absent.
+pub async fn counter(base: &str, name: &str) -> Result<f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
 /// One quantile: the interpolated value and the bucket it fell in (µs). `value` is `None` when it
 /// fell beyond the last finite bound.
 #[derive(Debug, Clone, Copy)]

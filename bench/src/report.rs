@@ -436,15 +436,20 @@ impl Report {
                 opt(steady.and_then(crate::PgPhase::per_call), 4),
             );
         }
-        md.push_str("\n### Statements per proxied call, every phase\n\n| arm | phase | calls | statements | per call | PostgreSQL CPU s |\n|---|---|---|---|---|---|\n");
+        md.push_str("\n### Statements per proxied call, every phase\n\n| arm | phase | calls | statements | per call | statements / s | lease round trips | PostgreSQL CPU s |\n|---|---|---|---|---|---|---|---|\n");
         for (label, r) in &rows {
             for (phase, p) in &r.pg {
                 let _ = writeln!(
                     md,
-                    "| {label} | {phase} | {} | {} | {} | {:.2} |",
+                    "| {label} | {phase} | {} | {} | {} | {} | {} | {:.2} |",
                     p.calls,
                     p.statements,
                     opt(p.per_call(), 4),
+                    opt(
+                        (p.seconds > 0.0).then(|| p.statements as f64 / p.seconds),
+                        0
+                    ),
+                    p.lease_requests,
                     p.server_cpu_s
                 );
             }
@@ -695,7 +700,7 @@ impl Report {
                     "peak_rss_mb": r.peak_rss_mb,
                     "histograms_us": hist,
                     "postgres": r.pg.iter().map(|(phase, p)| (phase.clone(), json!({
-                        "calls": p.calls, "statements": p.statements,
+                        "calls": p.calls, "statements": p.statements, "seconds": p.seconds, "lease_requests": p.lease_requests,
                         "statements_per_call": p.per_call(), "server_cpu_s": p.server_cpu_s,
                         "top_statements": p.top.iter().map(|(c, q)| json!({"calls": c, "query": q})).collect::<Vec<_>>(),
                     }))).collect::<Map<String, Value>>(),

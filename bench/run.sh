@@ -3,6 +3,14 @@
 #
 #   bench/run.sh           full run, about 11 minutes (plus the first release build)
 #   bench/run.sh --quick   smoke run, about 2 minutes
+#   --postgres             adds the PostgreSQL arms (one keybroker on PostgreSQL; two on one
+#                          database behind nginx as a balancer): about 6 more minutes in full mode
+#   --arms A,B             only these arms, plus the direct one (direct, nginx, keybroker_1w,
+#                          keybroker_default, keybroker_pg_1, keybroker_pg_2): for narrowed runs
+#
+# With --postgres, installs Debian's postgresql if its server binaries are missing (the harness
+# runs its own throwaway cluster, never the packaged service) and counts statements per call with
+# pg_stat_statements. Builds into $CARGO_TARGET_DIR when it is set (target/ otherwise).
 #
 # Installs what is missing: nginx (Debian's package, via apt; never started as a service) and the
 # load generator oha (a Rust crate: `cargo install --locked` into target/bench/tools). Builds
@@ -17,13 +25,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OHA_VERSION=1.16.0
-TOOLS=target/bench/tools
+TARGET=${CARGO_TARGET_DIR:-target}
+TOOLS=$TARGET/bench/tools
 
-quick=()
+flags=()
+postgres=
 for arg in "$@"; do
     case "$arg" in
-        --quick) quick=(--quick) ;;
-        *) echo "usage: bench/run.sh [--quick]" >&2; exit 2 ;;
+        --quick) flags+=(--quick) ;;
+        --postgres) flags+=(--postgres); postgres=1 ;;
+        --arms=*) flags+=(--arms "${arg#--arms=}") ;;
+        *) echo "usage: bench/run.sh [--quick] [--postgres] [--arms=NAME,...]" >&2; exit 2 ;;
     esac
 done
 
@@ -43,6 +55,14 @@ if [ -z "$nginx_bin" ]; then
     nginx_bin=/usr/sbin/nginx
 fi
 
+if [ -n "$postgres" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    echo "installing postgresql (Debian package)" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    # The packaged cluster is not used: the harness starts its own.
+    as_root service postgresql stop >/dev/null 2>&1 || true
+fi
+
 oha_bin="$TOOLS/bin/oha"
 if ! [ -x "$oha_bin" ] || ! "$oha_bin" --version | grep -q "$OHA_VERSION"; then
     echo "installing oha $OHA_VERSION into $TOOLS" >&2
@@ -56,5 +76,5 @@ cargo build --release -p keybroker -p keybroker-bench --bins
 # 512 streams through a proxy are over 1,000 sockets in one process.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-exec target/release/proxy-bench "${quick[@]}" \
-    --oha "$oha_bin" --nginx "$nginx_bin" --keybroker target/release/keybroker --out target/bench
+exec "$TARGET/release/proxy-bench" "${flags[@]}" \
+    --oha "$oha_bin" --nginx "$nginx_bin" --keybroker "$TARGET/release/keybroker" --out "$TARGET/bench"

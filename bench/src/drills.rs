@@ -239,7 +239,7 @@ async fn slowloris(upstream: u16, rate: u64, secs: u64) -> Result<Value> {
         "slowloris",
         &[("KEYBROKER_BODY_TIMEOUT_SECS", "10")],
     )?;
-    let token = setup::account(&kb.base(), &kb.dir, EMAIL, PASSWORD).await?;
+    let token = setup::account(&kb.base(), std::slice::from_ref(&kb.dir), EMAIL, PASSWORD).await?;
     at_rate(&kb.base(), &token, rate, 2).await?; // warm-up
     let unloaded = at_rate(&kb.base(), &token, rate, secs).await?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -303,7 +303,7 @@ async fn login_storm(upstream: u16, rate: u64, secs: u64, hashers: Option<&str>)
         .map(|h| vec![("KEYBROKER_PASSWORD_HASHERS", h)])
         .unwrap_or_default();
     let kb = Keybroker::start(upstream, "storm", &env)?;
-    let token = setup::account(&kb.base(), &kb.dir, EMAIL, PASSWORD).await?;
+    let token = setup::account(&kb.base(), std::slice::from_ref(&kb.dir), EMAIL, PASSWORD).await?;
     at_rate(&kb.base(), &token, rate, 2).await?;
     let waits_start = scrape::scrape(&kb.base(), OVERHEAD).await?;
     let unloaded = at_rate(&kb.base(), &token, rate, secs).await?;
@@ -367,7 +367,7 @@ async fn login_storm(upstream: u16, rate: u64, secs: u64, hashers: Option<&str>)
 async fn soak(upstream: u16, rate: u64) -> Result<Value> {
     let minutes = env_u64("SOAK_MINUTES", 10);
     let kb = Keybroker::start(upstream, "soak", &[])?;
-    let token = setup::account(&kb.base(), &kb.dir, EMAIL, PASSWORD).await?;
+    let token = setup::account(&kb.base(), std::slice::from_ref(&kb.dir), EMAIL, PASSWORD).await?;
     let mut samples = Vec::new();
     let mut errors = 0;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;

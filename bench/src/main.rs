@@ -7,16 +7,26 @@
 //!    the floor any proxy pays;
 //! 3. `keybroker, 1 worker`: keybroker's full path (token lookup, decrypt, ceiling reservation,
 //!    forward, metering, settle, redacted logging to a file), `--workers 1`;
-//! 4. `keybroker, default workers`: the same, with its default workers and no pinning.
+//! 4. `keybroker, default workers`: the same, with its default workers and no pinning;
+//! 5. with `--postgres`: `keybroker on PostgreSQL, 1 worker`, the first keybroker arm with
+//!    its whole store on the harness's own PostgreSQL cluster (`pg.rs`) and a ceiling set, so a
+//!    call is admitted against the instance's lease;
+//! 6. and `2 × keybroker on PostgreSQL`: two such instances on one database behind nginx as a
+//!    round-robin balancer, sharing the ceiling through their leases.
+//!
+//! The PostgreSQL arms also count the statements keybroker sends per proxied call
+//! (`pg_stat_statements`, the arm's database only) and the server's CPU per call.
 //!
 //! The load (oha, this process's SSE client) and the upstream run on core 0, the proxy under
 //! test on core 1 (`taskset`; nothing is pinned on a 1-core machine or without taskset).
 //! Figures go to `<out>/results.md` (also stdout) and `<out>/results.json`.
 //!
-//! Usage: `proxy-bench [--quick] --oha PATH --nginx PATH --keybroker PATH [--out DIR]`;
+//! Usage: `proxy-bench [--quick] [--postgres] [--arms NAME,…] --oha PATH --nginx PATH
+//! --keybroker PATH [--out DIR]` (`--arms` keeps only the arms named, plus `direct`);
 //! `proxy-bench upstream` runs the upstream alone.
 
 mod oha;
+mod pg;
 mod procs;
 mod prom;
 mod report;
@@ -84,12 +94,25 @@ struct Options {
     nginx: PathBuf,
     keybroker: PathBuf,
     out: PathBuf,
+    /// PostgreSQL's server binaries; the PostgreSQL arms run only when given.
+    postgres: Option<PathBuf>,
+    /// Only these arms (and `direct`); all when `None`.
+    only: Option<Vec<String>>,
+}
+
+impl Options {
+    fn wants(&self, arm: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == arm))
+    }
 }
 
 fn options(args: &[String]) -> Result<Options> {
     let mut quick = false;
     let (mut oha, mut nginx, mut keybroker) = (None, None, None);
     let mut out = PathBuf::from("target/bench");
+    let (mut postgres, mut only) = (None, None);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || {
@@ -103,6 +126,20 @@ fn options(args: &[String]) -> Result<Options> {
             "--nginx" => nginx = Some(value()?),
             "--keybroker" => keybroker = Some(value()?),
             "--out" => out = value()?,
+            "--postgres" => {
+                postgres = Some(pg::find_bin_dir().ok_or_else(|| {
+                    anyhow!("--postgres: no PostgreSQL server binaries in /usr/lib/postgresql/*/bin (bench/run.sh installs Debian's postgresql)")
+                })?)
+            }
+            "--arms" => {
+                only = Some(
+                    value()?
+                        .to_string_lossy()
+                        .split(',')
+                        .map(str::to_owned)
+                        .collect(),
+                )
+            }
             other => bail!("unknown argument {other:?} (see bench/run.sh)"),
         }
     }
@@ -112,6 +149,8 @@ fn options(args: &[String]) -> Result<Options> {
         nginx: nginx.ok_or_else(|| anyhow!("--nginx PATH is required"))?,
         keybroker: keybroker.unwrap_or_else(|| "target/release/keybroker".into()),
         out,
+        postgres,
+        only,
     })
 }
 
@@ -120,17 +159,46 @@ pub struct Arm {
     pub name: &'static str,
     pub label: String,
     pub target: Target,
-    /// keybroker's base URL, for `/metrics`.
-    pub metrics: Option<String>,
-    process: Option<Running>,
+    /// keybroker's base URLs (one per instance), for `/metrics`.
+    pub metrics: Vec<String>,
+    /// The proxy's processes, charged for CPU and memory; none for the direct arm.
+    processes: Vec<Running>,
+    /// The PostgreSQL arms' balancer, in front of `processes` and not charged to them.
+    _balancer: Option<Running>,
+    /// The PostgreSQL arms' database, whose statements are counted.
+    pub pg_db: Option<&'static str>,
 }
 
 impl Arm {
     /// The proxy's processes (nginx: master and worker); none for the direct arm.
     fn pids(&self) -> Vec<u32> {
-        self.process
-            .as_ref()
-            .map_or_else(Vec::new, |p| procs::with_children(p.pid()))
+        self.processes
+            .iter()
+            .flat_map(|p| procs::with_children(p.pid()))
+            .collect()
+    }
+}
+
+/// What PostgreSQL did during one phase of a PostgreSQL arm.
+#[derive(Debug, Clone, Default)]
+pub struct PgPhase {
+    /// Statements keybroker ran in the arm's database (`pg_stat_statements` calls).
+    pub statements: u64,
+    /// Proxied calls sent in the phase.
+    pub calls: u64,
+    /// From the statement counts' reset to their reading (the phase and a few ms around it).
+    pub seconds: f64,
+    /// Lease round trips (`keybroker_ceiling_lease_requests_total`, all instances).
+    pub lease_requests: f64,
+    /// CPU seconds of the server's processes (postmaster and backends).
+    pub server_cpu_s: f64,
+    /// The statements run most often: (calls, query).
+    pub top: Vec<(u64, String)>,
+}
+
+impl PgPhase {
+    pub fn per_call(&self) -> Option<f64> {
+        (self.calls > 0).then(|| self.statements as f64 / self.calls as f64)
     }
 }
 
@@ -149,6 +217,9 @@ pub struct ArmResult {
     pub peak_rss_mb: Option<f64>,
     /// keybroker's own histograms over named phases.
     pub histograms: BTreeMap<&'static str, BTreeMap<String, prom::Delta>>,
+    /// The PostgreSQL arms: statements and server CPU per named phase (`concurrency_1`,
+    /// `rate_<rate>_delay_<ms>`).
+    pub pg: BTreeMap<String, PgPhase>,
 }
 
 /// One probe of the highest-rate search: the rate and what it gave.
@@ -190,6 +261,14 @@ async fn run(opts: Options, pin: Pinning) -> Result<()> {
     let machine = report::Machine::describe(&opts.nginx, &opts.oha, &pin);
     eprintln!("proxy-bench: {}", machine.summary());
 
+    // Declared before the arms, so it is stopped after them (a clean stop hands leases back).
+    let cluster = match &opts.postgres {
+        Some(bin) => {
+            eprintln!("starting PostgreSQL from {}", bin.display());
+            Some(pg::Cluster::start(bin, pin.load.as_deref())?)
+        }
+        None => None,
+    };
     let (upstream, up_port) = procs::start_upstream(&pin)?;
     let chat = "/v1/chat/completions";
     let mut arms = vec![Arm {
@@ -199,20 +278,27 @@ async fn run(opts: Options, pin: Pinning) -> Result<()> {
             url: format!("http://127.0.0.1:{up_port}{chat}"),
             token: None,
         },
-        metrics: None,
-        process: None,
+        metrics: Vec::new(),
+        processes: Vec::new(),
+        _balancer: None,
+        pg_db: None,
     }];
-    let (nginx, port) = procs::start_nginx(&opts.nginx, up_port, &pin)?;
-    arms.push(Arm {
-        name: "nginx",
-        label: "nginx, 1 worker".into(),
-        target: Target {
-            url: format!("http://127.0.0.1:{port}{chat}"),
-            token: None,
-        },
-        metrics: None,
-        process: Some(nginx),
-    });
+    if opts.wants("nginx") {
+        let (nginx, port) =
+            procs::start_nginx(&opts.nginx, "nginx", &[up_port], pin.proxy.as_deref())?;
+        arms.push(Arm {
+            name: "nginx",
+            label: "nginx, 1 worker".into(),
+            target: Target {
+                url: format!("http://127.0.0.1:{port}{chat}"),
+                token: None,
+            },
+            metrics: Vec::new(),
+            processes: vec![nginx],
+            _balancer: None,
+            pg_db: None,
+        });
+    }
     for (name, label, workers, cores) in [
         (
             "keybroker_1w",
@@ -227,20 +313,13 @@ async fn run(opts: Options, pin: Pinning) -> Result<()> {
             pin.all.as_deref(),
         ),
     ] {
-        let (kb, port) = procs::start_keybroker(&opts.keybroker, name, up_port, workers, cores)?;
+        if !opts.wants(name) {
+            continue;
+        }
+        let (kb, port) =
+            procs::start_keybroker(&opts.keybroker, name, up_port, workers, cores, &[])?;
         let base = format!("http://127.0.0.1:{port}");
-        let data_dir = kb
-            .dir
-            .as_ref()
-            .map(|d| d.join("data"))
-            .ok_or_else(|| anyhow::anyhow!("keybroker has no data directory"))?;
-        let token = setup::account(
-            &base,
-            &data_dir,
-            "bench@example.com",
-            "a long bench password",
-        )
-        .await?;
+        let token = setup::account(&base, &[data_dir(&kb)?], EMAIL, PASSWORD).await?;
         arms.push(Arm {
             name,
             label: label.into(),
@@ -248,12 +327,39 @@ async fn run(opts: Options, pin: Pinning) -> Result<()> {
                 url: format!("{base}/proxy/openai{chat}"),
                 token: Some(token),
             },
-            metrics: Some(base),
-            process: Some(kb),
+            metrics: vec![base],
+            processes: vec![kb],
+            _balancer: None,
+            pg_db: None,
         });
+    }
+    if let Some(cluster) = &cluster {
+        let secrets = shared_secrets()?;
+        for (name, label, db, instances) in [
+            (
+                "keybroker_pg_1",
+                "keybroker on PostgreSQL, 1 worker",
+                "kb_pg_1",
+                1,
+            ),
+            (
+                "keybroker_pg_2",
+                "2 × keybroker on PostgreSQL (1 worker each) behind nginx",
+                "kb_pg_2",
+                2,
+            ),
+        ] {
+            if opts.wants(name) {
+                let url = cluster.create_database(db)?;
+                let mut env = secrets.clone();
+                env.push(("KEYBROKER_DATABASE_URL", url));
+                arms.push(pg_arm(&opts, &pin, (name, label, db), instances, up_port, &env).await?);
+            }
+        }
     }
 
     let ticks = procs::clock_ticks();
+    let pg_version = cluster.as_ref().map(pg::Cluster::version);
     let mut results: Vec<ArmResult> = arms.iter().map(|_| ArmResult::default()).collect();
 
     eprintln!("warming up");
@@ -278,7 +384,18 @@ async fn run(opts: Options, pin: Pinning) -> Result<()> {
             delay_ms: 0,
         };
         let before = scrape(arm).await?;
+        let pg_start = pg_begin(cluster.as_ref(), arm, ticks).await?;
         res.concurrency_1 = oha::run(&opts.oha, &pin, &arm.target, load).await?;
+        let calls = res.concurrency_1.requests;
+        pg_end(
+            cluster.as_ref(),
+            arm,
+            res,
+            "concurrency_1".into(),
+            (pg_start, calls),
+            ticks,
+        )
+        .await?;
         record_histograms(arm, res, "concurrency_1", before).await?;
     }
 
@@ -296,8 +413,18 @@ async fn run(opts: Options, pin: Pinning) -> Result<()> {
                 let pids = arm.pids();
                 let cpu = procs::cpu_seconds(&pids, ticks);
                 let before = scrape(arm).await?;
+                let pg_start = pg_begin(cluster.as_ref(), arm, ticks).await?;
                 let outcome = oha::run(&opts.oha, &pin, &arm.target, load).await?;
                 let used = procs::cpu_seconds(&pids, ticks) - cpu;
+                pg_end(
+                    cluster.as_ref(),
+                    arm,
+                    res,
+                    format!("rate_{rate}_delay_{delay_ms}"),
+                    (pg_start, outcome.requests),
+                    ticks,
+                )
+                .await?;
                 if delay_ms == 0 && rate == 1_000 {
                     record_histograms(arm, res, "rate_1000_delay_0", before).await?;
                 }
@@ -370,6 +497,7 @@ async fn run(opts: Options, pin: Pinning) -> Result<()> {
 
     let report = report::Report {
         machine: machine.finish(),
+        postgres: pg_version,
         plan,
         arms: arms.iter().map(|a| (a.name, a.label.clone())).collect(),
         results,
@@ -399,11 +527,180 @@ fn connections_for(rate: u64, delay_ms: u64) -> usize {
         .clamp(16, 1024)
 }
 
+/// keybroker's histograms, summed over the arm's instances; `None` for arms without them.
 async fn scrape(arm: &Arm) -> Result<Option<prom::Snapshot>> {
-    match &arm.metrics {
-        Some(base) => Ok(Some(prom::scrape(base).await?)),
-        None => Ok(None),
+    if arm.metrics.is_empty() {
+        return Ok(None);
     }
+    let mut sum = prom::Snapshot::new();
+    for base in &arm.metrics {
+        for (name, buckets) in prom::scrape(base).await? {
+            let into = sum.entry(name).or_default();
+            for (bound, count) in buckets {
+                match into.iter_mut().find(|b| b.0 == bound) {
+                    Some(b) => b.1 += count,
+                    None => into.push((bound, count)),
+                }
+            }
+        }
+    }
+    Ok(Some(sum))
+}
+
+/// Where a PostgreSQL arm's phase started from.
+struct PgStart {
+    cpu: f64,
+    leases: f64,
+    at: std::time::Instant,
+}
+
+/// Lease round trips the arm's instances have made so far (every result).
+async fn lease_requests(arm: &Arm) -> Result<f64> {
+    let mut n = 0.0;
+    for base in &arm.metrics {
+        n += prom::counter(base, "keybroker_ceiling_lease_requests_total").await?;
+    }
+    Ok(n)
+}
+
+/// Before a phase of a PostgreSQL arm: its database's statement counts reset, and the server's
+/// CPU time so far. `None` for the other arms.
+async fn pg_begin(cluster: Option<&pg::Cluster>, arm: &Arm, ticks: f64) -> Result<Option<PgStart>> {
+    match (cluster, arm.pg_db) {
+        (Some(c), Some(db)) => {
+            c.reset_statements(db)?;
+            Ok(Some(PgStart {
+                cpu: procs::cpu_seconds(&c.pids(), ticks),
+                leases: lease_requests(arm).await?,
+                at: std::time::Instant::now(),
+            }))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// After that phase: what PostgreSQL did in it, recorded under `phase`, with `calls` the
+/// proxied calls the load generator made in it.
+async fn pg_end(
+    cluster: Option<&pg::Cluster>,
+    arm: &Arm,
+    res: &mut ArmResult,
+    phase: String,
+    (start, calls): (Option<PgStart>, u64),
+    ticks: f64,
+) -> Result<()> {
+    let (Some(c), Some(db), Some(start)) = (cluster, arm.pg_db, start) else {
+        return Ok(());
+    };
+    let statements = c.statements(db)?;
+    let seconds = start.at.elapsed().as_secs_f64();
+    let lease_requests = lease_requests(arm).await? - start.leases;
+    let server_cpu_s = procs::cpu_seconds(&c.pids(), ticks) - start.cpu;
+    res.pg.insert(
+        phase,
+        PgPhase {
+            statements,
+            calls,
+            seconds,
+            lease_requests,
+            server_cpu_s,
+            top: c.top_statements(db, 6)?,
+        },
+    );
+    Ok(())
+}
+
+const EMAIL: &str = "bench@example.com";
+const PASSWORD: &str = "a long bench password";
+
+/// A keybroker's data directory (in its scratch directory).
+fn data_dir(kb: &Running) -> Result<PathBuf> {
+    kb.dir
+        .as_ref()
+        .map(|d| d.join("data"))
+        .ok_or_else(|| anyhow!("keybroker has no data directory"))
+}
+
+/// The four secrets every instance on one database must share (with a database URL keybroker
+/// generates none), fresh for each run: base64 of 32 random bytes each.
+fn shared_secrets() -> Result<Vec<(&'static str, String)>> {
+    use base64::Engine as _;
+    use std::io::Read as _;
+    let mut random = std::fs::File::open("/dev/urandom")?;
+    let mut secrets = Vec::new();
+    for name in [
+        "KEYBROKER_MASTER_KEY",
+        "KEYBROKER_EMAIL_PEPPER",
+        "KEYBROKER_SESSION_SECRET",
+        "KEYBROKER_FINGERPRINT_SECRET",
+    ] {
+        let mut bytes = [0u8; 32];
+        random.read_exact(&mut bytes)?;
+        secrets.push((
+            name,
+            base64::engine::general_purpose::STANDARD.encode(bytes),
+        ));
+    }
+    Ok(secrets)
+}
+
+/// A PostgreSQL arm: `instances` keybroker processes (1 worker each, on the proxy core) on the
+/// database `env` names, behind an nginx balancer (also on the proxy core, not charged to
+/// keybroker) when there are several. The account is made through the first instance.
+async fn pg_arm(
+    opts: &Options,
+    pin: &Pinning,
+    (name, label, db): (&'static str, &str, &'static str),
+    instances: usize,
+    up_port: u16,
+    env: &[(&str, String)],
+) -> Result<Arm> {
+    let (mut processes, mut ports, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..instances {
+        let (kb, port) = procs::start_keybroker(
+            &opts.keybroker,
+            &format!("{name}_{i}"),
+            up_port,
+            Some(1),
+            pin.proxy.as_deref(),
+            env,
+        )?;
+        dirs.push(data_dir(&kb)?);
+        ports.push(port);
+        processes.push(kb);
+    }
+    let bases: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let first = bases
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow!("{name}: no instance"))?;
+    let token = setup::account(&first, &dirs, EMAIL, PASSWORD).await?;
+    let (front, balancer) = if instances > 1 {
+        let (nginx, port) = procs::start_nginx(
+            &opts.nginx,
+            &format!("{name}_balancer"),
+            &ports,
+            pin.proxy.as_deref(),
+        )?;
+        (format!("http://127.0.0.1:{port}"), Some(nginx))
+    } else {
+        (first, None)
+    };
+    Ok(Arm {
+        name,
+        label: label.into(),
+        target: Target {
+            url: format!("{front}/proxy/openai/v1/chat/completions"),
+            token: Some(token),
+        },
+        metrics: bases,
+        processes,
+        _balancer: balancer,
+        pg_db: Some(db),
+    })
 }
 
 async fn scrape_all(arms: &[Arm]) -> Result<Vec<Option<prom::Snapshot>>> {

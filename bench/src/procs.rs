@@ -242,13 +242,23 @@ pub fn start_upstream(pin: &Pinning) -> Result<(Running, u16)> {
     Running::listening(child, dir, &out, "listening")
 }
 
-/// nginx as a plain reverse proxy in front of the upstream: one worker, upstream keep-alive,
-/// `proxy_buffering off`, an access log to a file; started in the foreground (not as a system
-/// service) with a generated config in a scratch directory, on loopback.
-pub fn start_nginx(nginx: &Path, upstream_port: u16, pin: &Pinning) -> Result<(Running, u16)> {
-    let dir = scratch_dir("nginx")?;
+/// nginx as a plain reverse proxy in front of `upstream_ports` (round robin when there are
+/// several: the PostgreSQL arm's balancer): one worker, upstream keep-alive, `proxy_buffering
+/// off`, an access log to a file; started in the foreground (not as a system service) with a
+/// generated config in a scratch directory `name`, on loopback, on `cores`.
+pub fn start_nginx(
+    nginx: &Path,
+    name: &str,
+    upstream_ports: &[u16],
+    cores: Option<&str>,
+) -> Result<(Running, u16)> {
+    let dir = scratch_dir(name)?;
     let port = free_port()?;
     let d = dir.display();
+    let servers: String = upstream_ports
+        .iter()
+        .map(|p| format!("        server 127.0.0.1:{p};\n"))
+        .collect();
     let config = format!(
         r#"worker_processes 1;
 worker_rlimit_nofile 65536;
@@ -265,8 +275,7 @@ http {{
     scgi_temp_path {d}/scgi;
     keepalive_requests 1000000;
     upstream bench_upstream {{
-        server 127.0.0.1:{upstream_port};
-        keepalive 1024;
+{servers}        keepalive 1024;
         keepalive_requests 1000000;
     }}
     server {{
@@ -284,7 +293,7 @@ http {{
     let conf = dir.join("nginx.conf");
     std::fs::write(&conf, config)?;
     let log = dir.join("stderr");
-    let child = command(pin.proxy.as_deref(), nginx)
+    let child = command(cores, nginx)
         .arg("-p")
         .arg(&dir)
         .arg("-c")
@@ -304,13 +313,15 @@ http {{
 }
 
 /// keybroker `serve` on loopback with its data (and logs) in a scratch directory; its stderr
-/// also goes to a file. `workers` is `--workers`, `None` for its default (one per core).
+/// also goes to a file. `workers` is `--workers`, `None` for its default (one per core); `env`
+/// is added to its environment (the PostgreSQL arms' database URL and shared secrets).
 pub fn start_keybroker(
     bin: &Path,
     name: &str,
     upstream_port: u16,
     workers: Option<usize>,
     cores: Option<&str>,
+    env: &[(&str, String)],
 ) -> Result<(Running, u16)> {
     let dir = scratch_dir(name)?;
     let log = dir.join("stderr.log");
@@ -328,6 +339,7 @@ pub fn start_keybroker(
         .env("KEYBROKER_LOG", "info")
         .env("KEYBROKER_PROXY_RATE_PER_MINUTE", "1000000000")
         .env("KEYBROKER_PROXY_MAX_IN_FLIGHT", "1000000")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)
         .spawn()

@@ -49,6 +49,26 @@ pub async fn scrape(base: &str) -> Result<Snapshot> {
     Ok(out)
 }
 
+/// The sum of every sample of counter `name` (all label sets) on `/metrics`; 0 when absent.
+pub async fn counter(base: &str, name: &str) -> Result<f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(counter_in(&text, name))
+}
+
+fn counter_in(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// One quantile: the interpolated value and the bucket it fell in (µs). `value` is `None` when it
 /// fell beyond the last finite bound.
 #[derive(Debug, Clone, Copy)]
@@ -137,6 +157,17 @@ fn quantile(cumulative: &[(f64, u64)], q: f64) -> Option<Quantile> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_counter_is_summed_over_its_labels_and_no_other_metric() {
+        let text = "# TYPE keybroker_leases_total counter\n\
+                    keybroker_leases_total{result=\"granted\"} 5\n\
+                    keybroker_leases_total{result=\"refused\"} 2\n\
+                    keybroker_leases_total_other 100\n\
+                    keybroker_leases 7\n";
+        assert_eq!(counter_in(text, "keybroker_leases_total"), 7.0);
+        assert_eq!(counter_in(text, "keybroker_absent_total"), 0.0);
+    }
 
     #[test]
     fn quantile_interpolates_inside_its_bucket() {

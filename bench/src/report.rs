@@ -105,6 +105,8 @@ impl Machine {
 
 pub struct Report {
     pub machine: Machine,
+    /// The PostgreSQL arms' server version, when they ran.
+    pub postgres: Option<String>,
     pub plan: Plan,
     /// (name, label) per arm, in the order of `results`; the first is `direct`.
     pub arms: Vec<(&'static str, String)>,
@@ -166,6 +168,10 @@ fn signed(x: Option<f64>) -> String {
 
 const OVERHEAD: &str = "keybroker_proxy_overhead_seconds";
 const FAIR_KB: &str = "keybroker_1w";
+/// The PostgreSQL arms, compared with `FAIR_KB` (the SQLite arm with the same one worker).
+const PG_ARMS: [&str; 2] = ["keybroker_pg_1", "keybroker_pg_2"];
+/// The steady-state phase the PostgreSQL targets are judged in.
+const STEADY: &str = "rate_1000_delay_0";
 
 impl Report {
     fn get(&self, name: &str) -> Option<&ArmResult> {
@@ -281,7 +287,183 @@ impl Report {
             limit: "≤ 1",
             status: judge(ratio, |r| r <= 1.0),
         });
+        out.extend(self.pg_verdicts());
         out
+    }
+
+    /// Added p99 at 1,000 req/s (delay 0) over the direct arm in the same phase.
+    fn added_p99_1000(&self, r: &ArmResult) -> Option<f64> {
+        let d = Self::rate_of(self.direct()?, 0, 1_000)?;
+        Some(Self::rate_of(r, 0, 1_000)?.outcome.p99 - d.outcome.p99)
+    }
+
+    /// Issue 21's targets for the PostgreSQL arms, and a check that the SQLite arm they are
+    /// measured against was not held back by the harness (upstream and load generator).
+    fn pg_verdicts(&self) -> Vec<Verdict> {
+        let mut out = Vec::new();
+        let present: Vec<(&str, &ArmResult)> = PG_ARMS
+            .iter()
+            .filter_map(|n| Some((*n, self.get(n)?)))
+            .collect();
+        if present.is_empty() {
+            return out;
+        }
+        let reference = self.get(FAIR_KB);
+        let ref_add = reference.and_then(|r| self.added_p99_1000(r));
+        for (name, r) in &present {
+            let add = self.added_p99_1000(r);
+            let ratio = match (add, ref_add) {
+                (Some(a), Some(s)) if s > 0.0 => Some(a / s),
+                _ => None,
+            };
+            out.push(Verdict {
+                target: if *name == "keybroker_pg_1" {
+                    "added p99 at 1,000 req/s, PostgreSQL 1 instance ≤ 1.5 × SQLite (1 worker each)"
+                } else {
+                    "added p99 at 1,000 req/s, 2 PostgreSQL instances behind nginx ≤ 1.5 × SQLite (includes the balancer's hop)"
+                },
+                figure: format!(
+                    "PostgreSQL {} ms vs SQLite {} ms",
+                    signed(add),
+                    signed(ref_add)
+                ),
+                ratio,
+                limit: "≤ 1.5",
+                status: judge(ratio, |r| r <= 1.5),
+            });
+        }
+        for (name, r) in &present {
+            let per_call = r.pg.get(STEADY).and_then(crate::PgPhase::per_call);
+            let figure = r.pg.get(STEADY).map_or_else(
+                || "not measured".into(),
+                |p| format!("{} statements / {} calls", p.statements, p.calls),
+            );
+            out.push(Verdict {
+                target: if *name == "keybroker_pg_1" {
+                    "PostgreSQL statements per proxied call at 1,000 req/s ≤ 0.1, ceiling set (1 instance)"
+                } else {
+                    "PostgreSQL statements per proxied call at 1,000 req/s ≤ 0.1, ceiling set (2 instances)"
+                },
+                figure,
+                ratio: per_call.map(|x| x / 0.1),
+                limit: "≤ 1",
+                status: judge(per_call, |x| x <= 0.1),
+            });
+        }
+        // The reference is judged by what the harness alone could do in the same run: the
+        // upstream called directly must hold more than the reference arm, and its own p99 at
+        // 1,000 req/s must be small beside the latency the reference adds.
+        let direct = self.direct();
+        let (d_max, r_max) = (
+            direct.and_then(|d| d.max_rate),
+            reference.and_then(|r| r.max_rate),
+        );
+        let d_p99 = direct
+            .and_then(|d| Self::rate_of(d, 0, 1_000))
+            .map(|x| x.outcome.p99);
+        let ratio = match (d_max, r_max) {
+            (Some(d), Some(r)) if r > 0 => Some(d as f64 / r as f64),
+            _ => None,
+        };
+        out.push(Verdict {
+            target: "the SQLite reference not limited by the harness: direct arm's highest rate > the reference's",
+            figure: format!(
+                "direct {} vs SQLite 1 worker {} req/s; direct p99 at 1,000 req/s {} ms",
+                d_max.map_or("none".into(), |v| v.to_string()),
+                r_max.map_or("none".into(), |v| v.to_string()),
+                opt(d_p99, 3)
+            ),
+            ratio,
+            limit: "> 1",
+            status: judge(ratio, |r| r > 1.0),
+        });
+        out
+    }
+
+    /// The PostgreSQL arms beside the SQLite one: latency, rate, CPU and statements per call.
+    fn render_pg(&self, md: &mut String) {
+        let rows: Vec<(&str, &ArmResult)> = std::iter::once(FAIR_KB)
+            .chain(PG_ARMS)
+            .filter_map(|n| {
+                let i = self.arms.iter().position(|(a, _)| *a == n)?;
+                Some((self.arms.get(i)?.1.as_str(), self.results.get(i)?))
+            })
+            .collect();
+        if !rows.iter().any(|(_, r)| !r.pg.is_empty()) {
+            return;
+        }
+        let _ = writeln!(
+            md,
+            "\n## PostgreSQL arms against the SQLite arm ({})\n\n\
+             keybroker's own CPU (all instances; not the balancer's nor the database's); the \
+             server's CPU (postmaster and backends) on its own; statements are \
+             `pg_stat_statements` calls in the arm's database during the phase (`BEGIN`/`COMMIT` \
+             count; the harness's queries run in another database), over the calls sent in it.\n",
+            self.postgres.as_deref().unwrap_or("PostgreSQL")
+        );
+        md.push_str("| arm | added p50 / p99, concurrency 1 | added p50 / p99, 1,000 req/s | added p99 at 1,000 req/s ÷ SQLite's | highest rate held | keybroker CPU s / 1,000 req at 1,000 req/s | PostgreSQL CPU s / 1,000 req at 1,000 req/s | statements / call, concurrency 1 | statements / call, 1,000 req/s |\n|---|---|---|---|---|---|---|---|---|\n");
+        let ref_add = self.get(FAIR_KB).and_then(|r| self.added_p99_1000(r));
+        for (label, r) in &rows {
+            let c1 = self.added_c1(r);
+            let at = Self::rate_of(r, 0, 1_000);
+            let d = self.direct().and_then(|d| Self::rate_of(d, 0, 1_000));
+            let add = |f: fn(&Outcome) -> f64| Some(f(&at?.outcome) - f(&d?.outcome));
+            let ratio = match (self.added_p99_1000(r), ref_add) {
+                (Some(a), Some(s)) if s > 0.0 => Some(a / s),
+                _ => None,
+            };
+            let steady = r.pg.get(STEADY);
+            let _ = writeln!(
+                md,
+                "| {label} | {} / {} | {} / {} | {} | {} | {} | {} | {} | {} |",
+                signed(c1.map(|a| a.0)),
+                signed(c1.map(|a| a.1)),
+                signed(add(|o| o.p50)),
+                signed(add(|o| o.p99)),
+                opt(ratio, 2),
+                r.max_rate.map_or("none".into(), |v| v.to_string()),
+                opt(at.and_then(|x| x.cpu_s_per_1000), 3),
+                opt(
+                    steady.and_then(
+                        |p| (p.calls > 0).then(|| p.server_cpu_s * 1000.0 / p.calls as f64)
+                    ),
+                    3
+                ),
+                opt(
+                    r.pg.get("concurrency_1").and_then(crate::PgPhase::per_call),
+                    4
+                ),
+                opt(steady.and_then(crate::PgPhase::per_call), 4),
+            );
+        }
+        md.push_str("\n### Statements per proxied call, every phase\n\n| arm | phase | calls | statements | per call | statements / s | lease round trips | PostgreSQL CPU s |\n|---|---|---|---|---|---|---|---|\n");
+        for (label, r) in &rows {
+            for (phase, p) in &r.pg {
+                let _ = writeln!(
+                    md,
+                    "| {label} | {phase} | {} | {} | {} | {} | {} | {:.2} |",
+                    p.calls,
+                    p.statements,
+                    opt(p.per_call(), 4),
+                    opt(
+                        (p.seconds > 0.0).then(|| p.statements as f64 / p.seconds),
+                        0
+                    ),
+                    p.lease_requests,
+                    p.server_cpu_s
+                );
+            }
+        }
+        md.push_str("\n### The statements run most often at 1,000 req/s (delay 0)\n\n| arm | calls | statement |\n|---|---|---|\n");
+        for (label, r) in &rows {
+            for (calls, query) in r.pg.get(STEADY).map_or(&[][..], |p| &p.top[..]) {
+                let _ = writeln!(
+                    md,
+                    "| {label} | {calls} | `{}` |",
+                    query.replace('|', "\\|")
+                );
+            }
+        }
     }
 
     pub fn render(&self) -> (String, Value) {
@@ -307,6 +489,12 @@ impl Report {
             "Load average at start {}, at end {} (other work on the machine makes every figure noisy). Pinning: {}.\n",
             m.load_at_start, m.load_at_end, m.pinning
         );
+        if let Some(version) = &self.postgres {
+            let _ = writeln!(
+                md,
+                "PostgreSQL arms: {version}, the harness's own cluster (fsync and synchronous commits on, `pg_stat_statements` loaded) on the load core(s); its keybroker instances (1 worker each) and the two-instance arm's nginx balancer on the proxy core; a ceiling is set on the bench account's provider, so calls are admitted against the instance's lease.\n"
+            );
+        }
         let _ = writeln!(
             md,
             "Upstream: a fixed OpenAI chat completion with `usage`, delayed 0, 20 or 60 ms; SSE: {SSE_CHUNKS} chunks {} ms apart, `usage` in the last. Latencies in ms; \"added\" is the arm minus the direct arm in the same phase.\n",
@@ -451,6 +639,8 @@ impl Report {
             );
         }
 
+        self.render_pg(&mut md);
+
         md += "\n## keybroker's own histograms (`/metrics`, interpolated linearly inside the bucket named)\n\n";
         md += "| arm | phase | histogram | count | p50 | p99 |\n|---|---|---|---|---|---|\n";
         for ((_, label), r) in self.arms.iter().zip(&self.results) {
@@ -509,6 +699,11 @@ impl Report {
                     "open_streams": r.open_streams.map(|o| json!({"count": p.open_streams, "completed": o.completed, "failed": o.failed, "rss_before_mb": o.rss_before_mb, "peak_rss_mb": o.peak_rss_mb})),
                     "peak_rss_mb": r.peak_rss_mb,
                     "histograms_us": hist,
+                    "postgres": r.pg.iter().map(|(phase, p)| (phase.clone(), json!({
+                        "calls": p.calls, "statements": p.statements, "seconds": p.seconds, "lease_requests": p.lease_requests,
+                        "statements_per_call": p.per_call(), "server_cpu_s": p.server_cpu_s,
+                        "top_statements": p.top.iter().map(|(c, q)| json!({"calls": c, "query": q})).collect::<Vec<_>>(),
+                    }))).collect::<Map<String, Value>>(),
                 }),
             );
         }
@@ -521,6 +716,7 @@ impl Report {
             .collect();
         json!({
             "machine": self.machine.json(),
+            "postgres": self.postgres,
             "command": if p.quick { "bench/run.sh --quick" } else { "bench/run.sh" },
             "plan": {"mode": if p.quick { "quick" } else { "full" }, "concurrency_1_s": p.concurrency_1.as_secs(),
                 "rate_phase_s": p.rate_phase.as_secs(), "rates": p.rates, "delays_ms": p.delays,

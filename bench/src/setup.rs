@@ -1,17 +1,18 @@
 //! Makes a fresh keybroker ready for proxied calls through its public API: an account, a stored
 //! OpenAI key, a ceiling far above anything the benchmark spends, and a tool token.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 
-/// The `kbs_` confirmation code in the sign-up mail, waited for (bounded) in the outbox.
-async fn mailed_code(outbox: &Path) -> Result<String> {
+/// The `kbs_` confirmation code in the sign-up mail, waited for (bounded) in the outboxes (on
+/// PostgreSQL the mail queue is shared: whichever instance's worker drains it writes the file).
+async fn mailed_code(outboxes: &[PathBuf]) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(entries) = std::fs::read_dir(outbox) {
+        for entries in outboxes.iter().filter_map(|o| std::fs::read_dir(o).ok()) {
             for entry in entries.flatten() {
                 let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
                 if let Some(at) = text.find("kbs_") {
@@ -24,7 +25,7 @@ async fn mailed_code(outbox: &Path) -> Result<String> {
             }
         }
         if Instant::now() > deadline {
-            bail!("no sign-up mail in {}", outbox.display());
+            bail!("no sign-up mail in {outboxes:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -33,7 +34,13 @@ async fn mailed_code(outbox: &Path) -> Result<String> {
 /// Signs up as `email` (confirming through the mail keybroker writes to `<data_dir>/outbox/`,
 /// as it does without SMTP), stores an OpenAI key, sets a generous ceiling and returns a tool
 /// token. Used by both `proxy-bench` and `proxy-drills` (whose login storm signs in as `email`).
-pub async fn account(base: &str, data_dir: &Path, email: &str, password: &str) -> Result<String> {
+/// With several instances on one database, `data_dirs` names each (the mail is looked for in all).
+pub async fn account(
+    base: &str,
+    data_dirs: &[PathBuf],
+    email: &str,
+    password: &str,
+) -> Result<String> {
     let client = reqwest::Client::new();
     let res = client
         .post(format!("{base}/api/v1/auth/signup"))
@@ -43,7 +50,8 @@ pub async fn account(base: &str, data_dir: &Path, email: &str, password: &str) -
     if !res.status().is_success() {
         bail!("sign-up failed: {}", res.status());
     }
-    let code = mailed_code(&data_dir.join("outbox")).await?;
+    let outboxes: Vec<PathBuf> = data_dirs.iter().map(|d| d.join("outbox")).collect();
+    let code = mailed_code(&outboxes).await?;
     let res = client
         .post(format!("{base}/api/v1/auth/signup/confirm"))
         .json(&json!({"token": code, "password": password}))
@@ -86,7 +94,7 @@ pub async fn account(base: &str, data_dir: &Path, email: &str, password: &str) -
     let ceiling = call(
         reqwest::Method::PUT,
         "/api/v1/ceilings/openai",
-        json!({"limit_usd": "1000000.00"}),
+        json!({"limit_usd": "1000000.00", "period": "none"}),
     )
     .await?;
     if !ceiling.status().is_success() {

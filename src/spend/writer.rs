@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::db::Conn;
+use crate::db::{Conn, Value};
 use crate::params;
 
 use crate::db::{Checkpointer, Db, DedicatedWriter};
@@ -494,10 +494,8 @@ fn apply(
                 skip_failed(outcome);
             }
             fold.finish(tx)?;
-            if write_recent && careful {
-                skip_failed(tx.savepoint(|c| recent.write(c)));
-            } else if write_recent {
-                recent.write(tx)?;
+            if write_recent {
+                recent.write(tx, careful)?;
             }
             // On PostgreSQL a failed statement aborted the transaction and its COMMIT would
             // quietly roll everything back: refuse the batch so it is written record by record.
@@ -605,8 +603,6 @@ struct Fold {
     /// Settled amounts per (account, provider, period start).
     spend: std::collections::HashMap<(i64, String, i64), Money>,
     usage: std::collections::HashMap<(i64, String, i64), HourUsage>,
-    key_used: std::collections::HashMap<(i64, String), i64>,
-    token_used: std::collections::HashMap<String, i64>,
     /// The instance whose holds these are ('' for the one instance of a SQLite file); with
     /// shared ceilings, settled spend also comes off its leases.
     instance: String,
@@ -693,17 +689,6 @@ impl Fold {
     }
 
     fn call(&mut self, c: &CallRecord) {
-        if c.outcome != "refused" {
-            let at = self
-                .key_used
-                .entry((c.account, c.provider.clone()))
-                .or_insert(c.at);
-            *at = (*at).max(c.at);
-        }
-        if !c.token_id.is_empty() {
-            let at = self.token_used.entry(c.token_id.clone()).or_insert(c.at);
-            *at = (*at).max(c.at);
-        }
         let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let hour = c.at - c.at.rem_euclid(3600);
         let u = self
@@ -758,29 +743,6 @@ impl Fold {
                 apply_usage(c, account, &provider, hour, &u)
             });
         }
-        let mut key_used: Vec<_> = self.key_used.drain().collect();
-        key_used.sort_unstable();
-        for ((account, provider), at) in key_used {
-            guarded(conn, careful, |c| {
-                c.prepare_cached(
-                    "UPDATE provider_keys SET last_used_at = ?3
-                     WHERE account_id = ?1 AND provider = ?2 AND (last_used_at IS NULL OR last_used_at < ?3)",
-                )?
-                .execute(params![account, provider, at])
-                .map(drop)
-            });
-        }
-        let mut token_used: Vec<_> = self.token_used.drain().collect();
-        token_used.sort_unstable();
-        for (token, at) in token_used {
-            guarded(conn, careful, |c| {
-                c.prepare_cached(
-                    "UPDATE tool_tokens SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
-                )?
-                .execute(params![token, at])
-                .map(drop)
-            });
-        }
         Ok(())
     }
 }
@@ -789,17 +751,59 @@ impl Fold {
 const RECENT_CALLS_EVERY: Duration = Duration::from_secs(1);
 
 /// Calls for the recent-calls list not written yet: at most [`RECENT_CALLS_KEPT`] per account,
-/// since older ones would be trimmed right after their insert. Under load this turns a row insert
-/// (and a trim) per call into at most that many per account per second; a SIGKILL loses at most
-/// the last second of this list, never spend or usage.
+/// since older ones would be trimmed right after their insert, and the latest use of each key and
+/// token. Under load this turns a row insert (and a trim) per call, and two `last_used_at`
+/// updates per batch, into a few statements per account per second (the inserts go
+/// [`RECENT_ROWS_PER_INSERT`] rows at a time); a SIGKILL loses at most the last second of this
+/// list and of `last_used_at`, never spend or usage.
 #[derive(Default)]
 struct RecentCalls {
     calls: std::collections::HashMap<i64, std::collections::VecDeque<Box<CallRecord>>>,
+    key_used: std::collections::HashMap<(i64, String), i64>,
+    token_used: std::collections::HashMap<String, i64>,
     since: Option<std::time::Instant>,
+}
+
+/// Rows per multi-row `INSERT INTO recent_calls` (14 parameters each: 1,400 in all, far below
+/// either backend's limit).
+const RECENT_ROWS_PER_INSERT: usize = 100;
+
+/// `INSERT INTO recent_calls ... VALUES (?1, ..., ?14), (?15, ...)` for `rows` rows.
+fn recent_calls_insert(rows: usize) -> String {
+    const COLUMNS: usize = 14;
+    let mut sql = String::from(
+        "INSERT INTO recent_calls (account_id, provider, at, method, route, status, outcome, model, input_tokens, output_tokens, cost_micros, request_id, token_id, latency_ms) VALUES ",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for col in 0..COLUMNS {
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('?');
+            sql.push_str(&(row * COLUMNS + col + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 impl RecentCalls {
     fn push(&mut self, c: Box<CallRecord>) {
+        if c.outcome != "refused" {
+            let at = self
+                .key_used
+                .entry((c.account, c.provider.clone()))
+                .or_insert(c.at);
+            *at = (*at).max(c.at);
+        }
+        if !c.token_id.is_empty() {
+            let at = self.token_used.entry(c.token_id.clone()).or_insert(c.at);
+            *at = (*at).max(c.at);
+        }
         let calls = self.calls.entry(c.account).or_default();
         if calls.len() >= usize::try_from(RECENT_CALLS_KEPT).unwrap_or(usize::MAX) {
             calls.pop_front();
@@ -817,51 +821,89 @@ impl RecentCalls {
     /// Forgets what [`RecentCalls::write`] wrote (after its transaction committed).
     fn clear(&mut self) {
         self.calls.clear();
+        self.key_used.clear();
+        self.token_used.clear();
         self.since = None;
     }
 
-    /// Inserts the gathered calls and trims each account's list; changes nothing here, so a
-    /// transaction that did not commit can be written again.
-    fn write(&self, conn: &Conn<'_>) -> crate::db::Result<()> {
+    /// Writes the latest uses of keys and tokens, inserts the gathered calls and trims each
+    /// account's list; changes nothing here, so a transaction that did not commit can be written
+    /// again. `careful`: each row (each account's calls) in a savepoint of its own.
+    fn write(&self, conn: &Conn<'_>, careful: bool) -> crate::db::Result<()> {
         if self.since.is_none() {
             return Ok(());
         }
-        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        let mut insert = conn.prepare_cached(
-            "INSERT INTO recent_calls (account_id, provider, at, method, route, status, outcome, model, input_tokens, output_tokens, cost_micros, request_id, token_id, latency_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        )?;
-        let mut trim = conn.prepare_cached(
-            "DELETE FROM recent_calls WHERE account_id = ?1 AND id <= (
-                SELECT id FROM recent_calls WHERE account_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-        )?;
-        for (account, calls) in &self.calls {
-            for c in calls {
-                skip_failed(
-                    insert
-                        .execute(params![
-                            c.account,
-                            c.provider,
-                            c.at,
-                            c.method,
-                            c.route,
-                            c.status,
-                            c.outcome,
-                            c.model,
-                            clamp(c.input_tokens),
-                            clamp(c.output_tokens),
-                            c.cost.micros(),
-                            c.request_id,
-                            c.token_id,
-                            clamp(c.latency_ms)
-                        ])
-                        .map(drop),
-                );
-            }
-            skip_failed(trim.execute(params![*account, RECENT_CALLS_KEPT]).map(drop));
+        // Sorted, like every row the writer touches (see `Fold::write_spend`).
+        let mut key_used: Vec<_> = self.key_used.iter().collect();
+        key_used.sort_unstable();
+        for ((account, provider), at) in key_used {
+            guarded(conn, careful, |c| {
+                c.prepare_cached(
+                    "UPDATE provider_keys SET last_used_at = ?3
+                     WHERE account_id = ?1 AND provider = ?2 AND (last_used_at IS NULL OR last_used_at < ?3)",
+                )?
+                .execute(params![*account, provider, *at])
+                .map(drop)
+            });
+        }
+        let mut token_used: Vec<_> = self.token_used.iter().collect();
+        token_used.sort_unstable();
+        for (token, at) in token_used {
+            guarded(conn, careful, |c| {
+                c.prepare_cached(
+                    "UPDATE tool_tokens SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+                )?
+                .execute(params![token, *at])
+                .map(drop)
+            });
+        }
+        let mut accounts: Vec<_> = self.calls.iter().collect();
+        accounts.sort_unstable_by_key(|(account, _)| **account);
+        for (account, calls) in accounts {
+            guarded(conn, careful, |c| write_recent_calls(c, *account, calls));
         }
         Ok(())
     }
+}
+
+/// One account's gathered calls, [`RECENT_ROWS_PER_INSERT`] rows per statement, then the trim of
+/// its list to [`RECENT_CALLS_KEPT`].
+fn write_recent_calls(
+    conn: &Conn<'_>,
+    account: i64,
+    calls: &std::collections::VecDeque<Box<CallRecord>>,
+) -> crate::db::Result<()> {
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let calls: Vec<&CallRecord> = calls.iter().map(|c| &**c).collect();
+    for chunk in calls.chunks(RECENT_ROWS_PER_INSERT) {
+        let mut values: Vec<Value<'_>> = Vec::with_capacity(chunk.len() * 14);
+        for c in chunk {
+            values.extend([
+                Value::Int(c.account),
+                Value::Text(&c.provider),
+                Value::Int(c.at),
+                Value::Text(&c.method),
+                Value::Text(&c.route),
+                Value::Int(i64::from(c.status)),
+                Value::Text(c.outcome),
+                Value::Text(&c.model),
+                Value::Int(clamp(c.input_tokens)),
+                Value::Int(clamp(c.output_tokens)),
+                Value::Int(c.cost.micros()),
+                Value::Text(&c.request_id),
+                Value::Text(&c.token_id),
+                Value::Int(clamp(c.latency_ms)),
+            ]);
+        }
+        conn.prepare_cached(&recent_calls_insert(chunk.len()))?
+            .execute(values)?;
+    }
+    conn.prepare_cached(
+        "DELETE FROM recent_calls WHERE account_id = ?1 AND id <= (
+            SELECT id FROM recent_calls WHERE account_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+    )?
+    .execute(params![account, RECENT_CALLS_KEPT])?;
+    Ok(())
 }
 
 /// Runs one row's write, in a savepoint when `careful`, and logs and skips it when it fails.
@@ -1247,5 +1289,25 @@ mod tests {
             .read_blocking(|c| c.query_row("SELECT COUNT(*) FROM recent_calls", (), |r| r.get(0)))
             .unwrap();
         assert_eq!(kept, RECENT_CALLS_KEPT);
+        // The newest are kept, inserted in order (the list is shown by id), 100 rows a statement.
+        let (first, last, in_order): (i64, i64, i64) = db
+            .read_blocking(|c| {
+                c.query_row(
+                    "SELECT MIN(at), MAX(at), COUNT(*) FILTER (WHERE at - 1767000000 - 25 = id - (SELECT MIN(id) FROM recent_calls)) FROM recent_calls",
+                    (),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+            })
+            .unwrap();
+        assert_eq!(
+            (first, last, in_order),
+            (1_767_000_025, 1_767_000_000 + n - 1, RECENT_CALLS_KEPT)
+        );
+    }
+
+    #[test]
+    fn a_multi_row_insert_numbers_its_parameters_row_by_row() {
+        let sql = recent_calls_insert(2);
+        assert!(sql.ends_with("VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14), (?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)"), "{sql}");
     }
 }

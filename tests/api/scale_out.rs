@@ -410,6 +410,15 @@ async fn three_instances_share_sessions_keys_tokens_and_one_ceiling_through_a_ki
         .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let killed_id = std::fs::read_to_string(data(1).join("instance-id")).unwrap();
+    // Formatted into psql's SQL below (psql -c has no bind parameters): only a bare id may pass.
+    let killed_id = killed_id.trim();
+    assert!(
+        !killed_id.is_empty()
+            && killed_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-'),
+        "instance-id is not a bare id: {killed_id:?}"
+    );
     running[1].child.kill().unwrap();
     let _ = running[1].child.wait();
     let mut statuses = std::collections::BTreeMap::<u16, u32>::new();

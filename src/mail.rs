@@ -2,8 +2,8 @@
 //! or its file transport into `<data-dir>/outbox/`, and the `mail_queue` table it is sent from.
 //!
 //! A handler queues a mail with [`Outbox::queue`] inside the write transaction that decided it
-//! (so the mail commits with the token it carries, and the request does no extra round trip of
-//! its own), then [`Outbox::wake`]s the worker. The worker, one task per instance, claims one due
+//! (so the mail commits with the token it carries, and the request runs no transaction of its
+//! own for it), then [`Outbox::wake`]s the worker. The worker, one task per instance, claims one due
 //! row at a time with a conditional `UPDATE` (two instances on one PostgreSQL never both take a
 //! row), sends it, and deletes it; a failed send is tried again later ([`BACKOFF_SECS`]) and given
 //! up after [`MAX_ATTEMPTS`]. It also polls, for mail other instances queued or that fell due.
@@ -15,9 +15,8 @@
 use std::fmt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
@@ -66,11 +65,51 @@ pub enum MailError {
     InvalidRecipient,
     #[error("building the message failed: {0}")]
     Build(String),
+    /// What went wrong, described without the server's text (which may quote the address).
     #[error("sending failed: {0}")]
     Send(String),
+    /// The server refused the message for good (an SMTP 5xx): trying again would not help.
+    #[error("the mail server refused the message ({0})")]
+    Refused(String),
 }
 
-/// Why queuing or claiming a mail failed. Carries no address and no body.
+impl MailError {
+    /// Sending this message again cannot succeed.
+    fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            MailError::Refused(_) | MailError::InvalidRecipient | MailError::Build(_)
+        )
+    }
+}
+
+/// An SMTP failure by its class and reply code only: a server's reply text may quote the
+/// recipient's address, which is not logged.
+fn smtp_error(e: &lettre::transport::smtp::Error) -> MailError {
+    let code = e.status().map(|c| c.to_string());
+    if e.is_permanent() {
+        return MailError::Refused(code.unwrap_or_default());
+    }
+    let class = if e.is_transient() {
+        "the server deferred the message"
+    } else if e.is_timeout() {
+        "timed out"
+    } else if e.is_tls() {
+        "TLS failed"
+    } else if e.is_response() {
+        "the server's reply could not be read"
+    } else if e.is_client() {
+        "the client failed"
+    } else {
+        "the connection failed"
+    };
+    MailError::Send(match code {
+        Some(code) => format!("{class} ({code})"),
+        None => class.to_owned(),
+    })
+}
+
+/// Why queuing a mail failed. Carries no address and no body.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error(transparent)]
@@ -157,11 +196,7 @@ impl Mailer {
             .body(body.to_owned())
             .map_err(|e| MailError::Build(e.to_string()))?;
         match &self.transport {
-            Transport::Smtp(t) => t
-                .send(message)
-                .await
-                .map(drop)
-                .map_err(|e| MailError::Send(e.to_string())),
+            Transport::Smtp(t) => t.send(message).await.map(drop).map_err(|e| smtp_error(&e)),
             Transport::File(dir) => {
                 let (dir, bytes) = (dir.clone(), message.formatted());
                 tokio::task::spawn_blocking(move || write_eml(&dir, &bytes))
@@ -433,7 +468,7 @@ impl Worker {
                 tracing::info!(kind, "mail sent");
                 self.finish(id, None).await;
             }
-            Err(e) if attempts >= MAX_ATTEMPTS => {
+            Err(e) if attempts >= MAX_ATTEMPTS || e.is_permanent() => {
                 tracing::warn!(kind, attempts, error = %e, "mail could not be sent; giving up on it");
                 self.finish(id, None).await;
             }

@@ -218,3 +218,22 @@ async fn a_mail_that_does_not_open_is_dropped_without_being_sent() {
         .await;
     assert_eq!(gone, None);
 }
+
+#[tokio::test]
+async fn a_mail_the_server_refuses_for_good_is_given_up_at_once_without_logging_its_reply() {
+    let sink = SmtpSink::refusing().await;
+    let url = SecretString::from(sink.url());
+    let app = TestApp::spawn_with(move |s| s.mail.smtp_url = Some(url)).await;
+    let email = unique_email();
+    assert_eq!(app.signup_request(&email, PASSWORD).await.status(), 202);
+    wait_for_queue(&app, <[_]>::is_empty).await;
+    assert_eq!(sink.refused().len(), 1);
+    assert!(sink.refused()[0].contains(&email));
+    let logs = app.logs();
+    assert!(
+        logs.contains("the mail server refused the message (550)"),
+        "{logs}"
+    );
+    // The server's reply quoted the address; only its code reached the log.
+    app.assert_not_logged(&email);
+}

@@ -6,7 +6,7 @@
 //! own for it), then [`Outbox::wake`]s the worker. The worker, one task per instance, claims one due
 //! row at a time with a conditional `UPDATE` (two instances on one PostgreSQL never both take a
 //! row), sends it, and deletes it; a failed send is tried again later ([`BACKOFF_SECS`]) and given
-//! up after [`MAX_ATTEMPTS`]. It also polls, for mail other instances queued or that fell due.
+//! up after [`MAX_ATTEMPTS`], or at once when the server refuses it for good. It also polls, for mail other instances queued or that fell due.
 //! A crash between sending and deleting sends the mail again at the next claim: at least once.
 //!
 //! Mail bodies carry reset links: the recipient and the body are sealed by the vault, bound to

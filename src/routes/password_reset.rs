@@ -4,8 +4,10 @@
 //! Timing: a request does the same work whether or not the account exists: it generates and
 //! hashes a token, runs one write transaction that always appends an audit entry (so both paths
 //! commit, and fsync, once), and answers 202 with one body. The mail is queued in that
-//! transaction (an existing account's path adds one insert, like the token's) and sent by the
-//! mail worker, so SMTP latency never shows in the response.
+//! transaction and sent by the mail worker, so SMTP latency never shows in the response. An
+//! existing account's path adds the mail's insert (in a savepoint, so a failure is only logged)
+//! beside the token's: microseconds on SQLite, three statements inside the transaction on
+//! PostgreSQL, against the commit's fsync that both paths pay.
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};

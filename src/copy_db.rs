@@ -74,7 +74,7 @@ macro_rules! table {
     };
 }
 
-/// Every table of the schema (SQLite's migrations 0001–0009, PostgreSQL's 0001), parents before
+/// Every table of the schema (SQLite's migrations 0001–0011, PostgreSQL's 0001–0003), parents before
 /// the tables whose foreign keys point at them.
 const TABLES: &[Table] = &[
     table!(vault_canary: id, master_key_id, blob),
@@ -102,6 +102,10 @@ const TABLES: &[Table] = &[
     table!(spend_journal_state: id, epoch, committed_seq),
     table!(signup_tokens: token_hash, account_id, created_at, expires_at, used_at),
     table!(signup_invites: token_hash, email_hash, created_at, expires_at, used_at),
+    // Mail not yet sent: copied sealed, so the PostgreSQL instances send it. A claim left by a
+    // server that was killed mid-send expires as it would have on SQLite.
+    table!(mail_queue: id, kind, subject, to_blob, to_master_key_id, body_blob,
+        body_master_key_id, created_at, attempts, next_attempt_at, claimed_by, claimed_until),
 ];
 
 /// Runtime state of several instances sharing PostgreSQL (which instance is active, ceiling

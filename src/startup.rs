@@ -59,7 +59,8 @@ pub struct AppState {
     /// `/metrics` is served on its own listener; the main one answers 404 for it.
     pub metrics_elsewhere: bool,
     pub security_txt: crate::ops::SecurityTxt,
-    /// Queued outgoing mail (reset links, notifications).
+    /// Outgoing mail (reset links, notifications), queued in the database and sent by this
+    /// instance's mail worker (or another's).
     pub mail: Outbox,
     /// Password checks (login, reauth) per account and per client address.
     pub login_throttle: Throttle,
@@ -340,7 +341,8 @@ impl Application {
         let metrics = Arc::new(crate::metrics::Metrics::new(providers.ids()));
         let proxy = build_proxy(&settings, &db, &metrics).await?;
         let mailer = Mailer::new(&settings.mail, &settings.data_dir)?;
-        let (outbox, mail_worker) = mail::start(mailer);
+        let (outbox, mail_worker) =
+            mail::start(mailer, db.clone(), vault.clone(), settings.clock.clone());
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(PROVIDER_TIMEOUT)
@@ -495,8 +497,8 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until SIGINT/SIGTERM, then drains in-flight requests (up to 30 s) and queued mail
-    /// (up to 30 s).
+    /// Serves until SIGINT/SIGTERM, then drains in-flight requests (up to 30 s) and the mail
+    /// send in flight (up to 30 s; queued mail stays in the database).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let Application {
             server,

@@ -219,6 +219,10 @@ pub enum Purpose {
     ProviderKey,
     AccountEmail,
     Canary,
+    /// A queued mail's recipient (`mail_queue.to_blob`).
+    MailTo,
+    /// A queued mail's body (`mail_queue.body_blob`): it may carry a live reset link.
+    MailBody,
 }
 
 impl Purpose {
@@ -227,6 +231,8 @@ impl Purpose {
             Purpose::ProviderKey => "provider_key",
             Purpose::AccountEmail => "account_email",
             Purpose::Canary => "canary",
+            Purpose::MailTo => "mail_to",
+            Purpose::MailBody => "mail_body",
         }
     }
 }

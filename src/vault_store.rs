@@ -104,6 +104,21 @@ const TABLES: &[BlobTable] = &[
         update: "UPDATE provider_keys SET blob = ?1, master_key_id = ?2 WHERE id = ?4 AND blob = ?3",
         purpose: Purpose::ProviderKey,
     },
+    // A queued mail has two blobs, each with its own key id column, so each is moved on its own.
+    BlobTable {
+        name: "mail_queue (recipient)",
+        select: "SELECT id, 0, '', to_blob FROM mail_queue
+                 WHERE to_master_key_id != ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        update: "UPDATE mail_queue SET to_blob = ?1, to_master_key_id = ?2 WHERE id = ?4 AND to_blob = ?3",
+        purpose: Purpose::MailTo,
+    },
+    BlobTable {
+        name: "mail_queue (body)",
+        select: "SELECT id, 0, '', body_blob FROM mail_queue
+                 WHERE body_master_key_id != ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        update: "UPDATE mail_queue SET body_blob = ?1, body_master_key_id = ?2 WHERE id = ?4 AND body_blob = ?3",
+        purpose: Purpose::MailBody,
+    },
 ];
 
 /// The binding a row of `table` was sealed with.
@@ -127,6 +142,18 @@ fn binding<'a>(
             provider,
             row_id,
         },
+        Purpose::MailTo | Purpose::MailBody => mail_binding(purpose, row_id),
+    }
+}
+
+/// The binding of a queued mail's recipient ([`Purpose::MailTo`]) or body
+/// ([`Purpose::MailBody`]): the row's id, so neither opens on another row or in the other column.
+pub fn mail_binding(purpose: Purpose, mail_id: &str) -> Binding<'_> {
+    Binding {
+        purpose,
+        account_id: 0,
+        provider: "",
+        row_id: mail_id,
     }
 }
 
@@ -147,6 +174,8 @@ pub fn key_id_usage(conn: &Conn<'_>) -> Result<Vec<(String, u64)>, StoreError> {
             SELECT master_key_id, COUNT(*) AS n FROM vault_canary GROUP BY master_key_id
             UNION ALL SELECT master_key_id, COUNT(*) FROM accounts GROUP BY master_key_id
             UNION ALL SELECT master_key_id, COUNT(*) FROM provider_keys GROUP BY master_key_id
+            UNION ALL SELECT to_master_key_id, COUNT(*) FROM mail_queue GROUP BY to_master_key_id
+            UNION ALL SELECT body_master_key_id, COUNT(*) FROM mail_queue GROUP BY body_master_key_id
          ) AS used GROUP BY master_key_id ORDER BY master_key_id",
     )?;
     let rows = stmt.query_map((), |r| {

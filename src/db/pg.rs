@@ -20,6 +20,7 @@ use super::{Conn, DbError, PoolState, Result, Row, RowIndex, RowInner};
 const MIGRATION_SQL: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_shared_ceilings.sql"),
+    include_str!("../../migrations/postgres/0003_mail_queue.sql"),
 ];
 
 /// The advisory lock key migrations run under (any constant: "kb" + "migr").

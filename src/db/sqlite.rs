@@ -25,6 +25,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../../migrations/sqlite/0008_audit_detail.sql"),
     include_str!("../../migrations/sqlite/0009_recent_calls_token_latency.sql"),
     include_str!("../../migrations/sqlite/0010_shared_ceilings.sql"),
+    include_str!("../../migrations/sqlite/0011_mail_queue.sql"),
 ];
 
 static MIGRATIONS: LazyLock<Migrations<'static>> =

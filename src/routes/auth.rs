@@ -370,9 +370,10 @@ pub async fn signup(
         state.clock.unix(),
     );
     let lookup = email.clone();
-    let found = state
+    let (outbox, public_url) = (state.mail.clone(), state.public_url.clone());
+    state
         .db
-        .write(move |conn| -> Result<Found, ApiError> {
+        .write(move |conn| -> Result<(), ApiError> {
             let tx = conn;
             if let Some(invite_hash) = invite_hash {
                 if !invite::redeem(tx, &invite_hash, &email_hash, now)? {
@@ -407,15 +408,18 @@ pub async fn signup(
                     }
                 };
             audit::append(tx, &event(account_id, action, &ctx, outcome, now))?;
-            Ok(found)
+            // Every path queues one mail, in this transaction (it commits with the token).
+            let to = lookup.as_str().to_owned();
+            let mail = match found {
+                Found::Created => confirmation_mail(to, public_url.as_deref(), &token),
+                Found::Existing { confirmed } => existing_account_mail(to, confirmed),
+                Found::Lookalike => lookalike_mail(to),
+            };
+            outbox.queue(tx, &mail, now);
+            Ok(())
         })
         .await?;
-    let to = email.as_str().to_owned();
-    state.mail.enqueue(match found {
-        Found::Created => confirmation_mail(to, state.public_url.as_deref(), &token),
-        Found::Existing { confirmed } => existing_account_mail(to, confirmed),
-        Found::Lookalike => lookalike_mail(to),
-    });
+    state.mail.wake();
     Ok(signup_accepted(state.mail_outbox.as_deref()))
 }
 
@@ -786,10 +790,10 @@ pub async fn change_password(
         .run(move || password::hash(&new_password))
         .await?
         .map_err(password_error)?;
-    let vault = state.vault.clone();
-    let email = state
+    let (vault, outbox) = (state.vault.clone(), state.mail.clone());
+    state
         .db
-        .write(move |conn| -> Result<Option<String>, ApiError> {
+        .write(move |conn| -> Result<(), ApiError> {
             let tx = conn;
             accounts::set_password(tx, account_id, &phc)?;
             session::revoke_others(tx, account_id, &auth.session_hash)?;
@@ -804,20 +808,27 @@ pub async fn change_password(
                     now,
                 ),
             )?;
-            let email = accounts::email_of(tx, &vault, account_id).map_err(ApiError::internal)?;
-            Ok(email)
+            if let Some(to) =
+                accounts::email_of(tx, &vault, account_id).map_err(ApiError::internal)?
+            {
+                outbox.queue(tx, &password_changed_mail(to), now);
+            }
+            Ok(())
         })
         .await?;
-    if let Some(to) = email {
-        state.mail.enqueue(Mail {
-            kind: "password_changed",
-            to,
-            subject: "Your keybroker password was changed",
-            body: "The password of your keybroker account was just changed, and every other \
-                   signed-in session was signed out.\n\nIf this was not you, reset your password \
-                   at once and review your account's audit log.\n"
-                .to_owned(),
-        });
-    }
+    state.mail.wake();
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Tells the owner that the password changed.
+fn password_changed_mail(to: String) -> Mail {
+    Mail {
+        kind: "password_changed",
+        to,
+        subject: "Your keybroker password was changed",
+        body: "The password of your keybroker account was just changed, and every other \
+               signed-in session was signed out.\n\nIf this was not you, reset your password \
+               at once and review your account's audit log.\n"
+            .to_owned(),
+    }
 }

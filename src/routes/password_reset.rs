@@ -3,8 +3,11 @@
 //!
 //! Timing: a request does the same work whether or not the account exists: it generates and
 //! hashes a token, runs one write transaction that always appends an audit entry (so both paths
-//! commit, and fsync, once), and answers 202 with one body. The mail itself is queued for the
-//! mail worker, so SMTP latency never shows in the response.
+//! commit, and fsync, once), and answers 202 with one body. The mail is queued in that
+//! transaction and sent by the mail worker, so SMTP latency never shows in the response. An
+//! existing account's path adds the mail's insert (in a savepoint, so a failure is only logged)
+//! beside the token's: microseconds on SQLite, three statements inside the transaction on
+//! PostgreSQL, against the commit's fsync that both paths pay.
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -83,13 +86,22 @@ pub async fn request(
     let now = state.clock.unix();
     let hasher = state.emails.clone();
     let lookup = email.clone();
-    let found = state
+    let (outbox, public_url) = (state.mail.clone(), state.public_url.clone());
+    state
         .db
-        .write(move |conn| -> Result<bool, ApiError> {
+        .write(move |conn| -> Result<(), ApiError> {
             let tx = conn;
             let account = accounts::find_by_email(tx, &hasher, &lookup)?.map(|a| a.id);
             if let Some(id) = account {
                 reset::issue(tx, id, &token_hash, now)?;
+                // Queued in this transaction, so the link commits with its token; never fails it.
+                if let Some(base) = public_url.as_deref() {
+                    outbox.queue(
+                        tx,
+                        &reset_mail(lookup.as_str().to_owned(), base, &token),
+                        now,
+                    );
+                }
             }
             audit::append(
                 tx,
@@ -101,21 +113,16 @@ pub async fn request(
                     now,
                 ),
             )?;
-            Ok(account.is_some())
+            Ok(())
         })
         .await?;
+    // Woken whatever the address: the worker finds nothing when nothing was queued.
+    state.mail.wake();
     let body = match state.public_url.as_deref() {
-        Some(base) => {
-            if found {
-                state
-                    .mail
-                    .enqueue(reset_mail(email.as_str().to_owned(), base, &token));
-            }
-            json!({
-                "status": "accepted",
-                "message": "if an account exists for this address, a reset link is on its way",
-            })
-        }
+        Some(_) => json!({
+            "status": "accepted",
+            "message": "if an account exists for this address, a reset link is on its way",
+        }),
         None => {
             tracing::warn!(
                 "a password reset was requested, but KEYBROKER_PUBLIC_URL is not set, so no link can be mailed"
@@ -127,6 +134,20 @@ pub async fn request(
     Ok(HttpResponse::build(StatusCode::ACCEPTED)
         .insert_header(("Cache-Control", "no-store"))
         .json(body))
+}
+
+/// Tells the owner that the reset happened.
+fn reset_done_mail(to: String) -> Mail {
+    Mail {
+        kind: "password_reset_done",
+        to,
+        subject: "Your keybroker password was reset",
+        body: "The password of your keybroker account was just reset with a link sent to \
+               this address. Every signed-in session was signed out; sign in again with the \
+               new password.\n\nIf this was not you, reset your password again at once and \
+               review your account's audit log.\n"
+            .to_owned(),
+    }
 }
 
 /// What the reset page and answer say when no link can be built (no `KEYBROKER_PUBLIC_URL`).
@@ -171,54 +192,44 @@ pub async fn confirm(
         .run(move || password::hash(&pw))
         .await?
         .map_err(password_error)?;
-    let vault = state.vault.clone();
-    let (account_id, email) = state
+    let (vault, outbox) = (state.vault.clone(), state.mail.clone());
+    let account_id = state
         .db
-        .write(
-            move |conn| -> Result<Option<(i64, Option<String>)>, ApiError> {
-                let tx = conn;
-                let Some(account_id) = reset::redeem(tx, &token_hash, now)? else {
-                    return Ok(None);
-                };
-                accounts::set_password(tx, account_id, &phc)?;
-                // The link proved the mailbox: an account still waiting for its sign-up
-                // confirmation is confirmed, with the password chosen here.
-                accounts::confirm(tx, account_id, now)?;
-                session::revoke_all(tx, account_id)?;
-                reset::revoke_all(tx, account_id)?;
-                audit::append(
-                    tx,
-                    &event(
-                        Some(account_id),
-                        "password_reset.confirm",
-                        &ctx,
-                        Outcome::Success,
-                        now,
-                    ),
-                )?;
-                let email =
-                    accounts::email_of(tx, &vault, account_id).map_err(ApiError::internal)?;
-                Ok(Some((account_id, email)))
-            },
-        )
+        .write(move |conn| -> Result<Option<i64>, ApiError> {
+            let tx = conn;
+            let Some(account_id) = reset::redeem(tx, &token_hash, now)? else {
+                return Ok(None);
+            };
+            accounts::set_password(tx, account_id, &phc)?;
+            // The link proved the mailbox: an account still waiting for its sign-up
+            // confirmation is confirmed, with the password chosen here.
+            accounts::confirm(tx, account_id, now)?;
+            session::revoke_all(tx, account_id)?;
+            reset::revoke_all(tx, account_id)?;
+            audit::append(
+                tx,
+                &event(
+                    Some(account_id),
+                    "password_reset.confirm",
+                    &ctx,
+                    Outcome::Success,
+                    now,
+                ),
+            )?;
+            if let Some(to) =
+                accounts::email_of(tx, &vault, account_id).map_err(ApiError::internal)?
+            {
+                outbox.queue(tx, &reset_done_mail(to), now);
+            }
+            Ok(Some(account_id))
+        })
         .await?
         .ok_or_else(invalid_token)?;
+    state.mail.wake();
     tracing::info!(
         account_id,
         "password reset; every session of the account was revoked"
     );
-    if let Some(to) = email {
-        state.mail.enqueue(Mail {
-            kind: "password_reset_done",
-            to,
-            subject: "Your keybroker password was reset",
-            body: "The password of your keybroker account was just reset with a link sent to \
-                   this address. Every signed-in session was signed out; sign in again with the \
-                   new password.\n\nIf this was not you, reset your password again at once and \
-                   review your account's audit log.\n"
-                .to_owned(),
-        });
-    }
     Ok(HttpResponse::NoContent()
         .insert_header(("Cache-Control", "no-store"))
         .finish())

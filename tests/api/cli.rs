@@ -373,6 +373,30 @@ async fn rows_under_an_old_master_key_decrypt_after_rotation_and_rewrap_moves_th
         })
         .await
         .unwrap();
+    // A queued mail (due in an hour, so it is still queued when the commands run): its
+    // recipient and body are two more values under key 1.
+    let (vault, due) = (app.state.vault.clone(), app.state.clock.unix() + 3600);
+    app.sql(move |conn| {
+        let mail = keybroker::mail::Mail {
+            kind: "test",
+            to: "queued@example.com".to_owned(),
+            subject: "queued",
+            body: "a reset link".to_owned(),
+        };
+        keybroker::mail::insert(conn, &vault, &mail, due).unwrap();
+        Ok(())
+    })
+    .await;
+    // The sign-up's own mail is sent and deleted by now, or soon: only this one is left.
+    for _ in 0..500 {
+        let queued: i64 = app
+            .sql(|conn| conn.query_row("SELECT COUNT(*) FROM mail_queue", (), |r| r.get(0)))
+            .await;
+        if queued == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Key 2 becomes active: rows sealed under key 1 still open.
     let both = ring(&[("k1", &k1), ("k2", &k2)], "k2");
@@ -405,10 +429,16 @@ async fn rows_under_an_old_master_key_decrypt_after_rotation_and_rewrap_moves_th
 
     let (ok, out, err) = run(&with_database(&["rewrap", "--batch-size", "1"]), &env);
     assert!(ok, "{err}");
-    assert!(out.contains("total: 3 rewrapped, 0 failed"), "{out}");
+    assert!(out.contains("total: 5 rewrapped, 0 failed"), "{out}");
+    for table in ["mail_queue (recipient)", "mail_queue (body)"] {
+        assert!(
+            out.contains(&format!("rewrapped 1 value(s) in {table}")),
+            "{out}"
+        );
+    }
     let ids: Vec<String> = app
         .sql(|conn| {
-            conn.prepare("SELECT master_key_id FROM vault_canary UNION ALL SELECT master_key_id FROM accounts UNION ALL SELECT master_key_id FROM provider_keys")?
+            conn.prepare("SELECT master_key_id FROM vault_canary UNION ALL SELECT master_key_id FROM accounts UNION ALL SELECT master_key_id FROM provider_keys UNION ALL SELECT to_master_key_id FROM mail_queue UNION ALL SELECT body_master_key_id FROM mail_queue")?
                 .query_map((), |r| r.get(0))?
                 .collect()
         })
@@ -421,14 +451,22 @@ async fn rows_under_an_old_master_key_decrypt_after_rotation_and_rewrap_moves_th
     let (ok, _, err) = run(&with_database(&["master-key", "retire", "k1"]), &env);
     assert!(ok, "{err}");
     let only_k2 = ring(&[("k2", &k2)], "k2");
-    let (key, email) = app
+    let (key, email, opened) = app
         .sql(move |conn| {
             Ok((
                 store::open(conn, &only_k2, account_id, "openai"),
                 keybroker::accounts::email_of(conn, &only_k2, account_id),
+                keybroker::vault_store::open_all(conn, &only_k2),
             ))
         })
         .await;
+    let opened = opened.unwrap();
+    assert!(
+        opened
+            .iter()
+            .all(|t| t.failed == 0 && (t.opened == 1 || !t.table.starts_with("mail_queue"))),
+        "{opened:?}"
+    );
     let (_, key) = key.unwrap().unwrap();
     assert_eq!(key.expose(), plaintext.as_bytes());
     let email = email.unwrap().unwrap();

@@ -192,6 +192,22 @@ async fn a_populated_sqlite_directory_moves_to_postgres_with_every_key_login_and
         "0"
     );
     assert!(stop(running).success());
+    // A mail still queued (its SMTP server was down, say): it moves sealed, and PostgreSQL sends it.
+    let vault = keybroker::vault::Vault::new(
+        keybroker::vault::Keyring::from_config(Some(env.get("KEYBROKER_MASTER_KEY")), None, None)
+            .unwrap()
+            .unwrap(),
+    );
+    let conn = keybroker::db::Conn::from_sqlite(rusqlite::Connection::open(&db).unwrap());
+    let queued = keybroker::mail::Mail {
+        kind: "test",
+        to: "queued-before-the-copy@example.com".to_owned(),
+        subject: "Queued before the copy",
+        body: "sent from PostgreSQL".to_owned(),
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    keybroker::mail::insert(&conn, &vault, &queued, now).unwrap();
+    drop(conn);
     let invite = kb(
         &[
             "accounts",
@@ -246,6 +262,7 @@ async fn a_populated_sqlite_directory_moves_to_postgres_with_every_key_login_and
         "copied 1 row(s) of signup_invites",
         "copied 1 row(s) of oauth_states",
         "copied 1 row(s) of vault_canary",
+        "copied 1 row(s) of mail_queue",
         "ok   stored values",
         "ok   canary",
         "ok   email pepper",
@@ -262,6 +279,14 @@ async fn a_populated_sqlite_directory_moves_to_postgres_with_every_key_login_and
     let pg_env = env.clone().with("KEYBROKER_DATABASE_URL", &target);
     let served = serve(&dir.path().join("pg-data"), &pg_env.pairs()).unwrap();
     let base = format!("http://127.0.0.1:{}", served.port);
+    let sent = crate::mail_support::wait_for_outbox(&dir.path().join("pg-data"), 1).await;
+    assert!(
+        sent.iter()
+            .map(|m| crate::mail_support::decode(m))
+            .any(|m| m.contains("queued-before-the-copy@example.com")
+                && m.contains("sent from PostgreSQL")),
+        "{sent:?}"
+    );
     let alice = Remote::login(&base, &alice.email).await;
     assert_eq!(
         ceilings(&alice).await,

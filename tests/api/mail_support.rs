@@ -14,6 +14,8 @@ use tokio::task::JoinHandle;
 pub struct SmtpSink {
     pub port: u16,
     messages: Arc<Mutex<Vec<String>>>,
+    /// Recipients refused (`RCPT` answered 550), in arrival order.
+    refused: Arc<Mutex<Vec<String>>>,
     task: JoinHandle<()>,
 }
 
@@ -25,20 +27,37 @@ impl Drop for SmtpSink {
 
 impl SmtpSink {
     pub async fn start() -> Self {
+        Self::start_as(false).await
+    }
+
+    /// A server that refuses every recipient for good (`550`, quoting the address, as real
+    /// servers do).
+    pub async fn refusing() -> Self {
+        Self::start_as(true).await
+    }
+
+    async fn start_as(refuse: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let messages = Arc::new(Mutex::new(Vec::new()));
-        let store = messages.clone();
+        let refused = Arc::new(Mutex::new(Vec::new()));
+        let (store, refusals) = (messages.clone(), refused.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(session(stream, store.clone()));
+                let refusals = refuse.then(|| refusals.clone());
+                tokio::spawn(session(stream, store.clone(), refusals));
             }
         });
         Self {
             port,
             messages,
+            refused,
             task,
         }
+    }
+
+    pub fn refused(&self) -> Vec<String> {
+        self.refused.lock().unwrap().clone()
     }
 
     pub fn url(&self) -> String {
@@ -59,7 +78,11 @@ impl SmtpSink {
     }
 }
 
-async fn session(stream: TcpStream, store: Arc<Mutex<Vec<String>>>) {
+async fn session(
+    stream: TcpStream,
+    store: Arc<Mutex<Vec<String>>>,
+    refusals: Option<Arc<Mutex<Vec<String>>>>,
+) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     if write.write_all(b"220 sink ESMTP ready\r\n").await.is_err() {
@@ -71,6 +94,18 @@ async fn session(stream: TcpStream, store: Arc<Mutex<Vec<String>>>) {
             .next()
             .unwrap_or("")
             .to_ascii_uppercase();
+        if let (Some(refusals), "RCPT") = (&refusals, verb.as_str()) {
+            let to = line
+                .split_once(':')
+                .map_or("", |(_, to)| to.trim())
+                .to_owned();
+            let reply = format!("550 5.1.1 {to}: recipient address rejected\r\n");
+            refusals.lock().unwrap().push(to);
+            if write.write_all(reply.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let reply: &[u8] = match verb.as_str() {
             "EHLO" | "HELO" => b"250 sink\r\n",
             "MAIL" | "RCPT" | "RSET" | "NOOP" => b"250 ok\r\n",

@@ -26,6 +26,7 @@ mod isolation;
 mod key_helpers;
 mod keys;
 mod log_redaction;
+mod mail_queue;
 mod mail_support;
 mod metrics;
 mod oauth;

@@ -149,7 +149,16 @@ pub fn redacted_url(raw: &str) -> String {
 pub(super) fn describe(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => first_line(&e.to_string()),
+        // tokio-postgres's Display is only the kind ("error connecting to server"): the cause
+        // (an IO error, a TLS failure; never the URL) says what happened.
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!(
+                "{}: {}",
+                first_line(&e.to_string()),
+                first_line(&cause.to_string())
+            ),
+            None => first_line(&e.to_string()),
+        },
     }
 }
 

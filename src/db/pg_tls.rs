@@ -247,9 +247,9 @@ impl TlsOptions {
         if let Some(tls) = find_rustls(e) {
             return Some(self.explain_rustls(tls));
         }
-        // tokio-postgres's own words when the server answered the SSLRequest with 'N'.
-        let text = e.to_string();
-        text.contains("server does not support TLS").then(|| {
+        // tokio-postgres's own words (in the cause) when the server answered the SSLRequest 'N'.
+        let cause = std::error::Error::source(e)?.to_string();
+        cause.contains("server does not support TLS").then(|| {
             "the server does not accept TLS connections (sslmode=require or stricter needs it)"
                 .to_owned()
         })

@@ -19,13 +19,24 @@ fn server_tls(leaf: &Leaf) -> ServerTls<'_> {
 }
 
 fn url(cluster: &PgCluster, host: &str, db: &str, params: &str) -> String {
+    url_as(cluster, "postgres", PASSWORD, host, db, params)
+}
+
+fn url_as(
+    cluster: &PgCluster,
+    user: &str,
+    password: &str,
+    host: &str,
+    db: &str,
+    params: &str,
+) -> String {
     let port = cluster.port();
     let query = if params.is_empty() {
         String::new()
     } else {
         format!("?{params}")
     };
-    format!("postgres://postgres:{PASSWORD}@{host}:{port}/{db}{query}")
+    format!("postgres://{user}:{password}@{host}:{port}/{db}{query}")
 }
 
 fn env<'a>(secrets: &'a [(&'static str, String)], url: &'a str) -> Vec<(&'static str, &'a str)> {
@@ -119,6 +130,22 @@ fn each_sslmode_against_a_tls_only_server_does_what_libpq_does() {
     assert!(all >= 2, "pool and listener: {all}");
     assert_eq!(encrypted, all, "{encrypted} of {all} connections encrypted");
     drop(running);
+
+    // A role that must give its password (scram-sha-256, channel-bound to the TLS connection
+    // when the server offers SCRAM-SHA-256-PLUS).
+    cluster.create_user("kb_tls", "tls-role-pw-789");
+    let owned = cluster.create_database_owned_by("kb_tls", "tls-role-pw-789");
+    let owned_db = owned.rsplit('/').next().unwrap();
+    let params = format!("sslmode=verify-full&sslrootcert={ca}");
+    let as_role = url_as(
+        &cluster,
+        "kb_tls",
+        "tls-role-pw-789",
+        "localhost",
+        owned_db,
+        &params,
+    );
+    drop(serves(&as_role, &secrets));
 
     // Another CA: refused at start with one line saying why, naming neither URL nor password.
     let stderr = refused(

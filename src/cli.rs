@@ -110,8 +110,9 @@ struct DataDir {
     data_dir: PathBuf,
     /// PostgreSQL for the whole store, shared by several instances (postgres://user@host/db).
     /// Also KEYBROKER_DATABASE_URL, or KEYBROKER_DATABASE_URL_FILE naming a file that holds it
-    /// (better: a password on the command line is visible to other users). Unset: the SQLite
-    /// file in the data directory.
+    /// (better: a password on the command line is visible to other users). TLS as libpq's
+    /// `?sslmode=` (disable, prefer: the default, require, verify-ca, verify-full) and
+    /// `&sslrootcert=/path/ca.pem`. Unset: the SQLite file in the data directory.
     #[arg(long, global = true, value_name = "URL")]
     database_url: Option<String>,
 }

@@ -19,6 +19,7 @@
 //! the read itself. A write closure runs inside one transaction; an `Err` rolls it back.
 
 mod pg;
+mod pg_tls;
 mod sqlite;
 mod value;
 

@@ -1,7 +1,8 @@
 //! The PostgreSQL backend: an r2d2 pool of blocking rust-postgres clients (each with its own
 //! prepared-statement cache), migrations from `migrations/postgres/` applied under an advisory
 //! lock so instances starting together take turns, and one listener connection per instance for
-//! `LISTEN`/`NOTIFY`.
+//! `LISTEN`/`NOTIFY`. Every connection (pool, first connect, listener, `inspect`) goes through the
+//! one TLS connector built from the URL's `sslmode` (`pg_tls`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,9 +11,11 @@ use std::time::Duration;
 
 use postgres::fallible_iterator::FallibleIterator as _;
 use postgres::types::{IsNull, ToSql, Type};
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, Statement};
 use secrecy::{ExposeSecret as _, SecretString};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::pg_tls::{self, TlsOptions};
 use super::value::{type_error, FromValue, Value};
 use super::{Conn, DbError, PoolState, Result, Row, RowIndex, RowInner};
 
@@ -32,8 +35,10 @@ const STATEMENT_CACHE: usize = 1024;
 /// `KEYBROKER_DATABASE_URL` and how to pool it.
 #[derive(Clone)]
 pub struct PgSettings {
+    /// The URL without `sslmode` and `sslrootcert`, which tokio-postgres does not know.
     url: SecretString,
     shown: String,
+    tls: TlsOptions,
     /// Most connections this instance opens.
     pub pool_max: u32,
     /// How long a request waits for a connection (or a connection for the server) before it is
@@ -42,7 +47,9 @@ pub struct PgSettings {
 }
 
 impl PgSettings {
-    /// Checks the URL's form (nothing is connected): `postgres://` or `postgresql://`.
+    /// Checks the URL's form (nothing is connected or read): `postgres://` or `postgresql://`,
+    /// libpq's `sslmode` and `sslrootcert` (see `pg_tls`), every other parameter one that
+    /// tokio-postgres knows.
     pub fn parse(url: SecretString) -> Result<Self> {
         Self::parse_as(url, "KEYBROKER_DATABASE_URL")
     }
@@ -60,7 +67,8 @@ impl PgSettings {
                 "{name} must start with postgres:// or postgresql://{unset}"
             )));
         }
-        raw.parse::<postgres::Config>().map_err(|e| {
+        let (stripped, tls) = pg_tls::split_url(raw, name).map_err(DbError::Config)?;
+        stripped.parse::<postgres::Config>().map_err(|e| {
             DbError::Config(format!(
                 "{name} is not a valid PostgreSQL URL ({})",
                 first_line(&e.to_string())
@@ -68,8 +76,9 @@ impl PgSettings {
         })?;
         let shown = redacted_url(raw);
         Ok(Self {
-            url,
+            url: SecretString::from(stripped),
             shown,
+            tls,
             pool_max: 16,
             wait: Duration::from_secs(2),
         })
@@ -80,12 +89,32 @@ impl PgSettings {
         &self.shown
     }
 
+    /// The TLS connector every connection uses (reads `sslrootcert`).
+    fn connector(&self) -> Result<MakeRustlsConnect> {
+        self.tls.connector().map_err(DbError::Config)
+    }
+
+    /// Why a connection failed: TLS failures in operator terms, anything else as `describe`.
+    fn explain(&self, e: &postgres::Error) -> String {
+        self.tls.explain(e).unwrap_or_else(|| describe(e))
+    }
+
+    /// The one error of a connection that failed at start.
+    fn cannot_connect(&self, e: &postgres::Error) -> DbError {
+        DbError::Config(format!(
+            "cannot connect to PostgreSQL at {}: {}",
+            self.shown(),
+            self.explain(e)
+        ))
+    }
+
     fn config(&self) -> Result<postgres::Config> {
         let mut config = self
             .url
             .expose_secret()
             .parse::<postgres::Config>()
             .map_err(|e| DbError::Config(first_line(&e.to_string())))?;
+        config.ssl_mode(self.tls.tokio_mode());
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
@@ -121,7 +150,16 @@ pub fn redacted_url(raw: &str) -> String {
 pub(super) fn describe(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => first_line(&e.to_string()),
+        // tokio-postgres's Display is only the kind ("error connecting to server"): the cause
+        // (an IO error, a TLS failure; never the URL) says what happened.
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!(
+                "{}: {}",
+                first_line(&e.to_string()),
+                first_line(&cause.to_string())
+            ),
+            None => first_line(&e.to_string()),
+        },
     }
 }
 
@@ -147,6 +185,7 @@ pub(super) struct PgConn {
 
 struct Manager {
     config: postgres::Config,
+    tls: MakeRustlsConnect,
     failures: Arc<AtomicU64>,
 }
 
@@ -155,7 +194,7 @@ impl r2d2::ManageConnection for Manager {
     type Error = postgres::Error;
 
     fn connect(&self) -> std::result::Result<PgConn, postgres::Error> {
-        match self.config.connect(NoTls) {
+        match self.config.connect(self.tls.clone()) {
             Ok(client) => Ok(PgConn {
                 client,
                 stmts: HashMap::new(),
@@ -186,6 +225,8 @@ pub(crate) struct Postgres {
     failures: Arc<AtomicU64>,
     listeners: Arc<Mutex<HashMap<&'static str, Vec<Callback>>>>,
     listening: Mutex<bool>,
+    /// The pool's connector, for the listener's connection too.
+    tls: MakeRustlsConnect,
     /// Set when this handle is dropped: the listener thread ends.
     closed: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -193,15 +234,13 @@ pub(crate) struct Postgres {
 impl Postgres {
     pub(super) fn connect(settings: &PgSettings) -> Result<Self> {
         let config = settings.config()?;
-        // One direct connection first, so a wrong password or an unreachable server is one clear
-        // error at start, and the schema is checked before the pool opens anything.
-        let mut first = config.connect(NoTls).map_err(|e| {
-            DbError::Config(format!(
-                "cannot connect to PostgreSQL at {}: {}",
-                settings.shown(),
-                describe(&e)
-            ))
-        })?;
+        let tls = settings.connector()?;
+        // One direct connection first, so a wrong password, an unreachable server or an untrusted
+        // certificate is one clear error at start, and the schema is checked before the pool
+        // opens anything.
+        let mut first = config
+            .connect(tls.clone())
+            .map_err(|e| settings.cannot_connect(&e))?;
         migrate(&mut first, settings.shown())?;
         drop(first);
         let failures = Arc::new(AtomicU64::new(0));
@@ -212,6 +251,7 @@ impl Postgres {
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build_unchecked(Manager {
                 config,
+                tls: tls.clone(),
                 failures: failures.clone(),
             });
         Ok(Self {
@@ -221,6 +261,7 @@ impl Postgres {
             failures,
             listeners: Arc::default(),
             listening: Mutex::new(false),
+            tls,
             closed: Arc::default(),
         })
     }
@@ -319,11 +360,13 @@ impl Postgres {
             .unwrap_or_else(PoisonError::into_inner);
         if !*started {
             let config = self.settings.config()?;
+            let settings = self.settings.clone();
+            let tls = self.tls.clone();
             let listeners = self.listeners.clone();
             let closed = self.closed.clone();
             std::thread::Builder::new()
                 .name("pg-listen".into())
-                .spawn(move || listen_until(&config, &listeners, &closed))
+                .spawn(move || listen_until(&config, &settings, &tls, &listeners, &closed))
                 .map_err(|e| DbError::Thread(e.to_string()))?;
             *started = true;
         }
@@ -348,12 +391,14 @@ impl Drop for Postgres {
 
 fn listen_until(
     config: &postgres::Config,
+    settings: &PgSettings,
+    tls: &MakeRustlsConnect,
     listeners: &Mutex<HashMap<&'static str, Vec<Callback>>>,
     closed: &std::sync::atomic::AtomicBool,
 ) {
     let mut first = true;
     while !closed.load(Ordering::Relaxed) {
-        match config.connect(NoTls) {
+        match config.connect(tls.clone()) {
             Ok(mut client) => {
                 let mut subscribed: Vec<&'static str> = Vec::new();
                 if !first {
@@ -368,7 +413,7 @@ fn listen_until(
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %describe(&e), "the PostgreSQL listener cannot connect; trying again");
+                tracing::warn!(error = %settings.explain(&e), "the PostgreSQL listener cannot connect; trying again");
             }
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -479,13 +524,10 @@ pub const PG_MIGRATIONS_COUNT: usize = MIGRATION_SQL.len();
 
 /// One connection of its own (no pool, no migration) for `check` and `audit verify`.
 pub(super) fn inspect<T>(settings: &PgSettings, f: impl FnOnce(&Conn<'_>) -> T) -> Result<T> {
-    let mut client = settings.config()?.connect(NoTls).map_err(|e| {
-        DbError::Config(format!(
-            "cannot connect to PostgreSQL at {}: {}",
-            settings.shown(),
-            describe(&e)
-        ))
-    })?;
+    let mut client = settings
+        .config()?
+        .connect(settings.connector()?)
+        .map_err(|e| settings.cannot_connect(&e))?;
     let mut stmts = HashMap::new();
     let conn = Conn::pg(Session {
         handle: Handle::Client(&mut client),

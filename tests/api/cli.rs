@@ -130,7 +130,7 @@ fn snapshot(db: &Path) -> (i64, Vec<String>, String) {
     (version, schema, hex::encode(sha2::Sha256::digest(canary)))
 }
 
-fn http_get(port: u16, path: &str) -> (u16, String) {
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     write!(
         s,

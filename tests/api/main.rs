@@ -34,6 +34,7 @@ mod operator_accounts;
 mod ops;
 mod password_reset;
 pub mod pg_cluster;
+mod pg_tls;
 mod providers_file;
 mod providers_more;
 mod proxy;

@@ -1,7 +1,8 @@
 //! A throwaway PostgreSQL cluster for the tests: Debian's server binaries, a temp directory, a free
 //! loopback port. `PgCluster::shared()` is one cluster per test process (each test takes its own
 //! database from `create_database()`); `PgCluster::start()` is a private one, for tests that kill
-//! and restart the server.
+//! and restart the server. `PgCluster::start_tls(..)` is a private one that accepts TLS
+//! connections only (`hostssl`), with the certificate the test gives.
 //!
 //! PostgreSQL refuses to run as root, so when the tests do (CI), every server binary runs as the
 //! `postgres` OS user through `runuser`, and the temp directory is chowned to it. Authentication:
@@ -12,7 +13,8 @@
 //! end of, stops the server and removes the directory when the test process ends however it ends
 //! (the shared cluster is a static, so it is never dropped).
 //!
-//! The admin helpers run the blocking `postgres` client on a thread of their own, so they may be
+//! The admin helpers connect on the Unix socket (so they work whatever TCP demands) and run the
+//! blocking `postgres` client on a thread of their own, so they may be
 //! called from `#[tokio::test]`s (that client panics if it blocks on a runtime's thread).
 
 use std::fs;
@@ -39,6 +41,20 @@ host all postgres 127.0.0.1/32 trust
 host all all 127.0.0.1/32 scram-sha-256
 ";
 
+/// [`PG_HBA`] with TCP connections refused unless they are encrypted.
+const PG_HBA_TLS_ONLY: &str = "\
+# Written by tests/api/pg_cluster.rs: TLS-only TCP, trust for the superuser, passwords for others.
+local all all trust
+hostssl all postgres 127.0.0.1/32 trust
+hostssl all all 127.0.0.1/32 scram-sha-256
+";
+
+/// A server certificate and its key (PEM), for [`PgCluster::start_tls`].
+pub struct ServerTls<'a> {
+    pub cert_pem: &'a str,
+    pub key_pem: &'a str,
+}
+
 static SHARED: OnceLock<PgCluster> = OnceLock::new();
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -50,6 +66,8 @@ pub struct PgCluster {
     port: u16,
     /// The test process is root, so the binaries run as the `postgres` OS user.
     as_postgres: bool,
+    /// `ssl = on` (and only `hostssl` lines in pg_hba.conf).
+    tls: bool,
     /// Stops the server and removes `dir` once its stdin (the pipe we hold) closes.
     watchdog: Mutex<Option<Child>>,
 }
@@ -63,6 +81,16 @@ impl PgCluster {
     /// A new cluster of its own, stopped and removed on drop. Panics when PostgreSQL's server
     /// binaries are missing (CI installs them: `.ci/run`).
     pub fn start() -> PgCluster {
+        Self::start_with(None)
+    }
+
+    /// [`PgCluster::start`] with `ssl = on`, `tls` as the server's certificate, and TCP
+    /// connections refused unless encrypted (the Unix socket stays open to the admin helpers).
+    pub fn start_tls(tls: &ServerTls<'_>) -> PgCluster {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<&ServerTls<'_>>) -> PgCluster {
         let bin = find_bin_dir();
         // /tmp, not TMPDIR: the postgres user must be able to reach it, and the socket's path
         // (made in it) has a limit of about 100 bytes.
@@ -78,6 +106,7 @@ impl PgCluster {
             dir,
             port,
             as_postgres,
+            tls: tls.is_some(),
             watchdog: Mutex::new(None),
         };
         if as_postgres {
@@ -99,10 +128,49 @@ impl PgCluster {
             "initdb",
         );
         // Overwriting keeps initdb's file, so its owner stays postgres.
-        fs::write(data.join("pg_hba.conf"), PG_HBA).expect("write pg_hba.conf");
+        let hba = if tls.is_some() {
+            PG_HBA_TLS_ONLY
+        } else {
+            PG_HBA
+        };
+        fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        if let Some(tls) = tls {
+            cluster.write_server_cert(tls);
+        }
         cluster.spawn_watchdog();
         cluster.pg_ctl_start();
         cluster
+    }
+
+    /// The port the server listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Replaces the server's certificate (a `start_tls` cluster) and reloads the configuration,
+    /// so new connections get it.
+    pub fn set_server_cert(&self, tls: &ServerTls<'_>) {
+        self.write_server_cert(tls);
+        self.admin("SELECT pg_reload_conf()");
+    }
+
+    /// `server.crt` and `server.key` in the data directory, where `ssl = on` looks for them:
+    /// owned by the server's user, the key 0600 (PostgreSQL refuses a key others may read).
+    fn write_server_cert(&self, tls: &ServerTls<'_>) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let data = self.data_dir();
+        for (name, pem) in [("server.crt", tls.cert_pem), ("server.key", tls.key_pem)] {
+            let path = data.join(name);
+            fs::write(&path, pem).unwrap_or_else(|e| panic!("write {name}: {e}"));
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                .unwrap_or_else(|e| panic!("chmod {name}: {e}"));
+            if self.as_postgres {
+                run(
+                    Command::new("chown").arg("postgres").arg(&path),
+                    "chown the server's certificate to postgres",
+                );
+            }
+        }
     }
 
     /// `postgres://postgres@127.0.0.1:PORT/db`: the superuser, no password (trust).
@@ -229,9 +297,10 @@ impl PgCluster {
     fn pg_ctl_start(&self) {
         let options = format!(
             "-c listen_addresses=127.0.0.1 -p {} -k '{}' -c fsync=off -c max_connections=300 \
-             -c shared_buffers=32MB -c password_encryption=scram-sha-256",
+             -c shared_buffers=32MB -c password_encryption=scram-sha-256 -c ssl={}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            if self.tls { "on" } else { "off" }
         );
         let log = self.dir.path().join("log");
         let out = self
@@ -255,8 +324,17 @@ impl PgCluster {
         self.wait_until_accepting();
     }
 
+    /// The superuser on the Unix socket (libpq's key=value form), `db` its database.
+    fn socket_conninfo(&self, db: &str) -> String {
+        format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.dir.path().display(),
+            self.port
+        )
+    }
+
     fn wait_until_accepting(&self) {
-        let url = self.url("postgres");
+        let url = self.socket_conninfo("postgres");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let attempt = off_runtime(|| {
@@ -279,7 +357,7 @@ impl PgCluster {
 
     /// One statement as the superuser on the `postgres` database.
     fn admin(&self, sql: &str) {
-        let url = self.url("postgres");
+        let url = self.socket_conninfo("postgres");
         off_runtime(|| {
             postgres::Client::connect(&url, postgres::NoTls)
                 .and_then(|mut client| client.batch_execute(sql))

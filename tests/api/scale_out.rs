@@ -12,7 +12,7 @@ use crate::pg_cluster::PgCluster;
 use crate::proxy::{chat, OPENAI_KEY};
 
 /// The same secrets for every instance (with a database URL none is ever generated).
-fn shared_secrets() -> Vec<(&'static str, String)> {
+pub fn shared_secrets() -> Vec<(&'static str, String)> {
     vec![
         ("KEYBROKER_MASTER_KEY", random_b64(32)),
         ("KEYBROKER_EMAIL_PEPPER", random_b64(32)),

@@ -27,6 +27,8 @@ pub const HSTS: &str = "max-age=31536000; includeSubDomains";
 /// A test CA and the server certificates it issues (for `localhost` and `127.0.0.1`).
 pub struct Pki {
     ca_der: CertificateDer<'static>,
+    /// The CA certificate as a PEM file holds it (a client's root bundle).
+    pub ca_pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -51,13 +53,19 @@ impl Pki {
         let cert = params.self_signed(&key).unwrap();
         Self {
             ca_der: cert.der().clone(),
+            ca_pem: cert.pem(),
             issuer: Issuer::new(params, key),
         }
     }
 
     pub fn leaf(&self) -> Leaf {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        self.leaf_for(&["localhost", "127.0.0.1"])
+    }
+
+    /// A server certificate naming `names` (DNS names or IP addresses) only.
+    pub fn leaf_for(&self, names: &[&str]) -> Leaf {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().unwrap();

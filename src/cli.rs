@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Missing, Settings, SignupPolicy};
+use crate::accounts::signup::SignupPolicy;
+use crate::config::{Missing, Settings};
 use crate::startup::{self, Application};
 use crate::telemetry::{self, LogFormat};
 use crate::vault_store;

@@ -9,35 +9,20 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
+use crate::accounts::oauth::OAuthSettings;
+use crate::accounts::signup::SignupPolicy;
+use crate::accounts::throttle::ThrottleSettings;
 use crate::clock::{SharedClock, SystemClock};
+use crate::env_var::env_var;
+use crate::mail::MailSettings;
+use crate::secret::ServerSecret;
 use crate::vault::{Keyring, KeyringError, MasterKeyId};
-
-/// A server-side secret (pepper, session key). `Debug` prints nothing of it.
-#[derive(Clone)]
-pub struct ServerSecret(Arc<Zeroizing<Vec<u8>>>);
-
-impl ServerSecret {
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-
-    pub fn from_bytes(bytes: Vec<u8>) -> Self {
-        Self(Arc::new(Zeroizing::new(bytes)))
-    }
-}
-
-impl fmt::Debug for ServerSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ServerSecret(<redacted>)")
-    }
-}
 
 /// Where each secret comes from: the values of the environment variables, if set.
 #[derive(Default, Clone)]
@@ -64,10 +49,6 @@ impl fmt::Debug for SecretSources {
             .field("active_master_key", &self.active_master_key)
             .finish_non_exhaustive()
     }
-}
-
-fn env_var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
 impl SecretSources {
@@ -347,29 +328,6 @@ pub struct Settings {
     pub database: Option<crate::db::PgSettings>,
 }
 
-/// Who may create an account with a password (`KEYBROKER_SIGNUP`). Existing accounts sign in
-/// whatever it says.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum SignupPolicy {
-    /// Anyone who can reach the server (a loud start-up warning when bound off loopback).
-    #[default]
-    Open,
-    /// Only an address the operator invited (`keybroker accounts invite EMAIL`).
-    Invite,
-    /// Nobody: every sign-up is refused with `signup_closed`.
-    Closed,
-}
-
-impl SignupPolicy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SignupPolicy::Open => "open",
-            SignupPolicy::Invite => "invite",
-            SignupPolicy::Closed => "closed",
-        }
-    }
-}
-
 impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")
@@ -500,232 +458,5 @@ impl Settings {
     /// it: a restored database must start with it empty.
     pub fn spend_journal_dir(&self) -> PathBuf {
         self.data_dir.join("spend-journal")
-    }
-}
-
-/// Outgoing mail: SMTP when `KEYBROKER_SMTP_URL` is set, otherwise lettre's file transport into
-/// `<data-dir>/outbox/`, so a default installation works with no mail server.
-#[derive(Clone)]
-pub struct MailSettings {
-    /// `KEYBROKER_SMTP_URL`: `smtp://host:port` (plain), `smtp://host?tls=required` (STARTTLS) or
-    /// `smtps://user:password@host`. A secret, because it may carry the SMTP password.
-    pub smtp_url: Option<SecretString>,
-    /// `KEYBROKER_MAIL_FROM`: the sender, default `keybroker <keybroker@localhost>`.
-    pub from: String,
-}
-
-pub const DEFAULT_MAIL_FROM: &str = "keybroker <keybroker@localhost>";
-
-impl MailSettings {
-    pub fn from_env() -> Self {
-        Self {
-            smtp_url: env_var("KEYBROKER_SMTP_URL").map(SecretString::from),
-            from: env_var("KEYBROKER_MAIL_FROM").unwrap_or_else(|| DEFAULT_MAIL_FROM.to_owned()),
-        }
-    }
-}
-
-impl fmt::Debug for MailSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MailSettings")
-            .field("smtp", &self.smtp_url.is_some())
-            .field("from", &self.from)
-            .finish()
-    }
-}
-
-/// One OAuth provider's client registration and endpoints. Configured only when both the client
-/// id and the client secret are set; the URLs have the provider's real defaults and can be pointed
-/// elsewhere (tests point them at a local fake provider).
-#[derive(Clone)]
-pub struct OAuthClientSettings {
-    pub client_id: String,
-    pub client_secret: SecretString,
-    pub auth_url: String,
-    pub token_url: String,
-    /// GitHub: `/user` (for the stable numeric id). Google: the OpenID userinfo endpoint.
-    pub userinfo_url: String,
-    /// GitHub only: `/user/emails`, which says which addresses are verified.
-    pub emails_url: Option<String>,
-}
-
-impl fmt::Debug for OAuthClientSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OAuthClientSettings")
-            .field("client_id", &self.client_id)
-            .field("auth_url", &self.auth_url)
-            .field("token_url", &self.token_url)
-            .field("userinfo_url", &self.userinfo_url)
-            .field("emails_url", &self.emails_url)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The OAuth providers that are configured (each `None` when its client id or secret is unset).
-#[derive(Clone, Debug, Default)]
-pub struct OAuthSettings {
-    pub github: Option<OAuthClientSettings>,
-    pub google: Option<OAuthClientSettings>,
-}
-
-impl OAuthSettings {
-    /// `KEYBROKER_OAUTH_{GITHUB,GOOGLE}_{CLIENT_ID,CLIENT_SECRET,AUTH_URL,TOKEN_URL,USERINFO_URL}`,
-    /// plus `KEYBROKER_OAUTH_GITHUB_EMAILS_URL`.
-    pub fn from_env() -> Self {
-        let direct =
-            |var: &str| Ok::<_, std::convert::Infallible>(env_var(var).map(SecretString::from));
-        match Self::from_env_with(direct) {
-            Ok(settings) => settings,
-            Err(never) => match never {},
-        }
-    }
-
-    /// As [`OAuthSettings::from_env`], with each client secret read by `secret` (given the
-    /// variable's name; `secret_files::value` also reads its `_FILE` form).
-    pub fn from_env_with<E>(
-        secret: impl Fn(&str) -> Result<Option<SecretString>, E>,
-    ) -> Result<Self, E> {
-        Ok(Self {
-            github: OAuthClientSettings::from_env(
-                "GITHUB",
-                secret("KEYBROKER_OAUTH_GITHUB_CLIENT_SECRET")?,
-                "https://github.com/login/oauth/authorize",
-                "https://github.com/login/oauth/access_token",
-                "https://api.github.com/user",
-                Some("https://api.github.com/user/emails"),
-            ),
-            google: OAuthClientSettings::from_env(
-                "GOOGLE",
-                secret("KEYBROKER_OAUTH_GOOGLE_CLIENT_SECRET")?,
-                "https://accounts.google.com/o/oauth2/v2/auth",
-                "https://oauth2.googleapis.com/token",
-                "https://openidconnect.googleapis.com/v1/userinfo",
-                None,
-            ),
-        })
-    }
-}
-
-impl OAuthClientSettings {
-    fn from_env(
-        provider: &str,
-        client_secret: Option<SecretString>,
-        auth_url: &str,
-        token_url: &str,
-        userinfo_url: &str,
-        emails_url: Option<&str>,
-    ) -> Option<Self> {
-        let var = |what: &str| env_var(&format!("KEYBROKER_OAUTH_{provider}_{what}"));
-        let client_id = var("CLIENT_ID")?;
-        let client_secret = client_secret?;
-        Some(Self {
-            client_id,
-            client_secret,
-            auth_url: var("AUTH_URL").unwrap_or_else(|| auth_url.to_owned()),
-            token_url: var("TOKEN_URL").unwrap_or_else(|| token_url.to_owned()),
-            userinfo_url: var("USERINFO_URL").unwrap_or_else(|| userinfo_url.to_owned()),
-            emails_url: emails_url.map(|d| var("EMAILS_URL").unwrap_or_else(|| d.to_owned())),
-        })
-    }
-}
-
-/// At most `attempts` within `window`, refilled evenly over the window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limit {
-    pub attempts: u32,
-    pub window: Duration,
-}
-
-/// Limits keyed by account (the peppered email hash, whether or not the account exists) and by
-/// client address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LimitPair {
-    pub per_account: Limit,
-    pub per_client: Limit,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ThrottleSettings {
-    /// Password checks: login and reauth.
-    pub login: LimitPair,
-    /// Password-reset requests (each may send a mail).
-    pub reset: LimitPair,
-    /// Sign-ups (each sends a mail to the address).
-    pub signup: LimitPair,
-}
-
-impl Default for ThrottleSettings {
-    fn default() -> Self {
-        let limit = |attempts, secs| Limit {
-            attempts,
-            window: Duration::from_secs(secs),
-        };
-        Self {
-            login: LimitPair {
-                per_account: limit(10, 15 * 60),
-                per_client: limit(50, 15 * 60),
-            },
-            reset: LimitPair {
-                per_account: limit(5, 60 * 60),
-                per_client: limit(20, 60 * 60),
-            },
-            signup: LimitPair {
-                per_account: limit(5, 60 * 60),
-                per_client: limit(20, 60 * 60),
-            },
-        }
-    }
-}
-
-impl ThrottleSettings {
-    /// `KEYBROKER_LOGIN_ATTEMPTS_PER_ACCOUNT` (10), `KEYBROKER_LOGIN_ATTEMPTS_PER_CLIENT` (50),
-    /// `KEYBROKER_LOGIN_WINDOW_SECS` (900), `KEYBROKER_RESET_REQUESTS_PER_ACCOUNT` (5),
-    /// `KEYBROKER_RESET_REQUESTS_PER_CLIENT` (20), `KEYBROKER_RESET_WINDOW_SECS` (3600), and the
-    /// same three for `SIGNUP` (5, 20, 3600). A value
-    /// that is not a positive integer is ignored with a warning.
-    pub fn from_env() -> Self {
-        let d = Self::default();
-        let num = |name: &str, default: u64| -> u64 {
-            match env_var(name).map(|v| v.trim().parse::<u64>()) {
-                None => default,
-                Some(Ok(n)) if n > 0 && n <= u64::from(u32::MAX) => n,
-                Some(_) => {
-                    tracing::warn!(
-                        variable = name,
-                        default,
-                        "not a positive integer; using the default"
-                    );
-                    default
-                }
-            }
-        };
-        let pair = |prefix: &str, what: &str, d: LimitPair| {
-            let window = Duration::from_secs(num(
-                &format!("KEYBROKER_{prefix}_WINDOW_SECS"),
-                d.per_account.window.as_secs(),
-            ));
-            let attempts = |scope: &str, default: u32| {
-                u32::try_from(num(
-                    &format!("KEYBROKER_{prefix}_{what}_PER_{scope}"),
-                    u64::from(default),
-                ))
-                .unwrap_or(default)
-            };
-            LimitPair {
-                per_account: Limit {
-                    attempts: attempts("ACCOUNT", d.per_account.attempts),
-                    window,
-                },
-                per_client: Limit {
-                    attempts: attempts("CLIENT", d.per_client.attempts),
-                    window,
-                },
-            }
-        };
-        Self {
-            login: pair("LOGIN", "ATTEMPTS", d.login),
-            reset: pair("RESET", "REQUESTS", d.reset),
-            signup: pair("SIGNUP", "REQUESTS", d.signup),
-        }
     }
 }

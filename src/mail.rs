@@ -21,13 +21,13 @@ use std::time::Duration;
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::clock::SharedClock;
-use crate::config::MailSettings;
 use crate::db::{Conn, Db, DbError, Optional as _};
+use crate::env_var::env_var;
 use crate::params;
 use crate::vault::{Purpose, Vault, VaultError};
 use crate::vault_store::mail_binding;
@@ -510,6 +510,37 @@ impl MailWorker {
             tracing::warn!("the mail in flight was not sent before shutdown; it stays queued");
             handle.abort();
         }
+    }
+}
+
+/// Outgoing mail: SMTP when `KEYBROKER_SMTP_URL` is set, otherwise lettre's file transport into
+/// `<data-dir>/outbox/`, so a default installation works with no mail server.
+#[derive(Clone)]
+pub struct MailSettings {
+    /// `KEYBROKER_SMTP_URL`: `smtp://host:port` (plain), `smtp://host?tls=required` (STARTTLS) or
+    /// `smtps://user:password@host`. A secret, because it may carry the SMTP password.
+    pub smtp_url: Option<SecretString>,
+    /// `KEYBROKER_MAIL_FROM`: the sender, default `keybroker <keybroker@localhost>`.
+    pub from: String,
+}
+
+pub const DEFAULT_MAIL_FROM: &str = "keybroker <keybroker@localhost>";
+
+impl MailSettings {
+    pub fn from_env() -> Self {
+        Self {
+            smtp_url: env_var("KEYBROKER_SMTP_URL").map(SecretString::from),
+            from: env_var("KEYBROKER_MAIL_FROM").unwrap_or_else(|| DEFAULT_MAIL_FROM.to_owned()),
+        }
+    }
+}
+
+impl fmt::Debug for MailSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MailSettings")
+            .field("smtp", &self.smtp_url.is_some())
+            .field("from", &self.from)
+            .finish()
     }
 }
 

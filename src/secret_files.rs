@@ -8,7 +8,8 @@ use std::path::Path;
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
-use crate::config::{ConfigError, OAuthSettings, SecretSources, Settings};
+use crate::accounts::oauth::OAuthSettings;
+use crate::config::{ConfigError, SecretSources, Settings};
 
 type Field = fn(&mut SecretSources) -> &mut Option<SecretString>;
 

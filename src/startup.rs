@@ -9,12 +9,12 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
+use crate::accounts::oauth::OAuthSettings;
+use crate::accounts::signup::SignupPolicy;
 use crate::accounts::throttle::Throttle;
 use crate::accounts::EmailHasher;
 use crate::clock::SharedClock;
-use crate::config::{
-    self, ConfigError, OAuthSettings, ServerSecret, ServerSecrets, Settings, SignupPolicy,
-};
+use crate::config::{self, ConfigError, ServerSecrets, Settings};
 use crate::db::{Db, DbError};
 use crate::error::extractors;
 use crate::http::client_addr::{self, TrustedProxies};
@@ -26,6 +26,7 @@ use crate::mail::{self, MailError, MailWorker, Mailer, Outbox};
 use crate::metering::prices::PriceTable;
 use crate::proxy::Proxy;
 use crate::routes;
+use crate::secret::ServerSecret;
 use crate::spend::journal::HoldJournal;
 use crate::spend::shared::Shared;
 use crate::spend::store;

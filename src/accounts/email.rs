@@ -24,7 +24,7 @@ use sha2::Sha256;
 use unicode_normalization::UnicodeNormalization;
 use unicode_security::MixedScript;
 
-use crate::config::ServerSecret;
+use crate::secret::ServerSecret;
 
 const MAX_LEN: usize = 254;
 const MAX_LOCAL_LEN: usize = 64;

@@ -303,7 +303,7 @@ pub fn email_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ServerSecret;
+    use crate::secret::ServerSecret;
     use crate::vault::{Keyring, MasterKeyId};
 
     fn setup() -> (Conn<'static>, Vault, EmailHasher) {

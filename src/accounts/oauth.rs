@@ -24,7 +24,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::accounts::Email;
-use crate::config::{OAuthClientSettings, OAuthSettings, ServerSecret};
+use crate::env_var::env_var;
+use crate::secret::ServerSecret;
 
 /// The pre-login cookie. `SameSite=Lax` (not Strict): the provider's redirect back to the
 /// callback is a cross-site top-level navigation, which a Strict cookie would not accompany.
@@ -403,6 +404,101 @@ pub fn providers_of(conn: &Conn<'_>, account_id: i64) -> crate::db::Result<Vec<S
     )?;
     let rows = stmt.query_map([account_id], |r| r.get(0))?;
     rows.collect()
+}
+
+/// One OAuth provider's client registration and endpoints. Configured only when both the client
+/// id and the client secret are set; the URLs have the provider's real defaults and can be pointed
+/// elsewhere (tests point them at a local fake provider).
+#[derive(Clone)]
+pub struct OAuthClientSettings {
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub auth_url: String,
+    pub token_url: String,
+    /// GitHub: `/user` (for the stable numeric id). Google: the OpenID userinfo endpoint.
+    pub userinfo_url: String,
+    /// GitHub only: `/user/emails`, which says which addresses are verified.
+    pub emails_url: Option<String>,
+}
+
+impl std::fmt::Debug for OAuthClientSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthClientSettings")
+            .field("client_id", &self.client_id)
+            .field("auth_url", &self.auth_url)
+            .field("token_url", &self.token_url)
+            .field("userinfo_url", &self.userinfo_url)
+            .field("emails_url", &self.emails_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The OAuth providers that are configured (each `None` when its client id or secret is unset).
+#[derive(Clone, Debug, Default)]
+pub struct OAuthSettings {
+    pub github: Option<OAuthClientSettings>,
+    pub google: Option<OAuthClientSettings>,
+}
+
+impl OAuthSettings {
+    /// `KEYBROKER_OAUTH_{GITHUB,GOOGLE}_{CLIENT_ID,CLIENT_SECRET,AUTH_URL,TOKEN_URL,USERINFO_URL}`,
+    /// plus `KEYBROKER_OAUTH_GITHUB_EMAILS_URL`.
+    pub fn from_env() -> Self {
+        let direct =
+            |var: &str| Ok::<_, std::convert::Infallible>(env_var(var).map(SecretString::from));
+        match Self::from_env_with(direct) {
+            Ok(settings) => settings,
+            Err(never) => match never {},
+        }
+    }
+
+    /// As [`OAuthSettings::from_env`], with each client secret read by `secret` (given the
+    /// variable's name; `secret_files::value` also reads its `_FILE` form).
+    pub fn from_env_with<E>(
+        secret: impl Fn(&str) -> Result<Option<SecretString>, E>,
+    ) -> Result<Self, E> {
+        Ok(Self {
+            github: OAuthClientSettings::from_env(
+                "GITHUB",
+                secret("KEYBROKER_OAUTH_GITHUB_CLIENT_SECRET")?,
+                "https://github.com/login/oauth/authorize",
+                "https://github.com/login/oauth/access_token",
+                "https://api.github.com/user",
+                Some("https://api.github.com/user/emails"),
+            ),
+            google: OAuthClientSettings::from_env(
+                "GOOGLE",
+                secret("KEYBROKER_OAUTH_GOOGLE_CLIENT_SECRET")?,
+                "https://accounts.google.com/o/oauth2/v2/auth",
+                "https://oauth2.googleapis.com/token",
+                "https://openidconnect.googleapis.com/v1/userinfo",
+                None,
+            ),
+        })
+    }
+}
+
+impl OAuthClientSettings {
+    fn from_env(
+        provider: &str,
+        client_secret: Option<SecretString>,
+        auth_url: &str,
+        token_url: &str,
+        userinfo_url: &str,
+        emails_url: Option<&str>,
+    ) -> Option<Self> {
+        let var = |what: &str| env_var(&format!("KEYBROKER_OAUTH_{provider}_{what}"));
+        let client_id = var("CLIENT_ID")?;
+        let client_secret = client_secret?;
+        Some(Self {
+            client_id,
+            client_secret,
+            auth_url: var("AUTH_URL").unwrap_or_else(|| auth_url.to_owned()),
+            token_url: var("TOKEN_URL").unwrap_or_else(|| token_url.to_owned()),
+            userinfo_url: var("USERINFO_URL").unwrap_or_else(|| userinfo_url.to_owned()),
+            emails_url: emails_url.map(|d| var("EMAILS_URL").unwrap_or_else(|| d.to_owned())),
+        })
+    }
 }
 
 #[cfg(test)]

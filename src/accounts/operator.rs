@@ -119,7 +119,7 @@ pub fn record_sign_in(conn: &Conn<'_>, account_id: i64, now: i64) -> crate::db::
 mod tests {
     use super::*;
     use crate::accounts::{create_unconfirmed_in, find_by_email, Email, EmailHasher};
-    use crate::config::ServerSecret;
+    use crate::secret::ServerSecret;
     use crate::vault::{Keyring, MasterKeyId};
 
     fn setup() -> (Conn<'static>, Vault, EmailHasher) {

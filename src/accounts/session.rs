@@ -11,7 +11,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::ServerSecret;
+use crate::secret::ServerSecret;
 
 /// `__Host-` makes the browser insist on `Secure`, `Path=/` and no `Domain`.
 pub const COOKIE_NAME: &str = "__Host-kb_session";

@@ -85,6 +85,29 @@ pub fn revoke_all(conn: &Conn<'_>, account_id: i64) -> crate::db::Result<usize> 
     )
 }
 
+/// Who may create an account with a password (`KEYBROKER_SIGNUP`). Existing accounts sign in
+/// whatever it says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SignupPolicy {
+    /// Anyone who can reach the server (a loud start-up warning when bound off loopback).
+    #[default]
+    Open,
+    /// Only an address the operator invited (`keybroker accounts invite EMAIL`).
+    Invite,
+    /// Nobody: every sign-up is refused with `signup_closed`.
+    Closed,
+}
+
+impl SignupPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignupPolicy::Open => "open",
+            SignupPolicy::Invite => "invite",
+            SignupPolicy::Closed => "closed",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
 use crate::clock::SharedClock;
-use crate::config::{Limit, LimitPair};
+use crate::env_var::env_var;
 
 /// Past this many tracked keys, keys whose limit has fully refilled are dropped, so a flood of
 /// distinct emails or addresses cannot grow memory without bound.
@@ -104,6 +104,107 @@ impl Throttle {
         limiter
             .check_key(key)
             .map_err(|not_until| RetryAfter(not_until.wait_time_from(clock.now())))
+    }
+}
+
+/// At most `attempts` within `window`, refilled evenly over the window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    pub attempts: u32,
+    pub window: Duration,
+}
+
+/// Limits keyed by account (the peppered email hash, whether or not the account exists) and by
+/// client address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitPair {
+    pub per_account: Limit,
+    pub per_client: Limit,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThrottleSettings {
+    /// Password checks: login and reauth.
+    pub login: LimitPair,
+    /// Password-reset requests (each may send a mail).
+    pub reset: LimitPair,
+    /// Sign-ups (each sends a mail to the address).
+    pub signup: LimitPair,
+}
+
+impl Default for ThrottleSettings {
+    fn default() -> Self {
+        let limit = |attempts, secs| Limit {
+            attempts,
+            window: Duration::from_secs(secs),
+        };
+        Self {
+            login: LimitPair {
+                per_account: limit(10, 15 * 60),
+                per_client: limit(50, 15 * 60),
+            },
+            reset: LimitPair {
+                per_account: limit(5, 60 * 60),
+                per_client: limit(20, 60 * 60),
+            },
+            signup: LimitPair {
+                per_account: limit(5, 60 * 60),
+                per_client: limit(20, 60 * 60),
+            },
+        }
+    }
+}
+
+impl ThrottleSettings {
+    /// `KEYBROKER_LOGIN_ATTEMPTS_PER_ACCOUNT` (10), `KEYBROKER_LOGIN_ATTEMPTS_PER_CLIENT` (50),
+    /// `KEYBROKER_LOGIN_WINDOW_SECS` (900), `KEYBROKER_RESET_REQUESTS_PER_ACCOUNT` (5),
+    /// `KEYBROKER_RESET_REQUESTS_PER_CLIENT` (20), `KEYBROKER_RESET_WINDOW_SECS` (3600), and the
+    /// same three for `SIGNUP` (5, 20, 3600). A value
+    /// that is not a positive integer is ignored with a warning.
+    pub fn from_env() -> Self {
+        let d = Self::default();
+        let num = |name: &str, default: u64| -> u64 {
+            match env_var(name).map(|v| v.trim().parse::<u64>()) {
+                None => default,
+                Some(Ok(n)) if n > 0 && n <= u64::from(u32::MAX) => n,
+                Some(_) => {
+                    tracing::warn!(
+                        variable = name,
+                        default,
+                        "not a positive integer; using the default"
+                    );
+                    default
+                }
+            }
+        };
+        let pair = |prefix: &str, what: &str, d: LimitPair| {
+            let window = Duration::from_secs(num(
+                &format!("KEYBROKER_{prefix}_WINDOW_SECS"),
+                d.per_account.window.as_secs(),
+            ));
+            let attempts = |scope: &str, default: u32| {
+                u32::try_from(num(
+                    &format!("KEYBROKER_{prefix}_{what}_PER_{scope}"),
+                    u64::from(default),
+                ))
+                .unwrap_or(default)
+            };
+            LimitPair {
+                per_account: Limit {
+                    attempts: attempts("ACCOUNT", d.per_account.attempts),
+                    window,
+                },
+                per_client: Limit {
+                    attempts: attempts("CLIENT", d.per_client.attempts),
+                    window,
+                },
+            }
+        };
+        Self {
+            login: pair("LOGIN", "ATTEMPTS", d.login),
+            reset: pair("RESET", "REQUESTS", d.reset),
+            signup: pair("SIGNUP", "REQUESTS", d.signup),
+        }
     }
 }
 

@@ -9,8 +9,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::config::ServerSecret;
 use crate::providers::Provider;
+use crate::secret::ServerSecret;
 
 /// Longest key accepted. Real keys are under 300 characters; 4 KiB leaves room for odd ones
 /// while keeping a pasted document out of the vault.

@@ -11,11 +11,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::accounts::password::{self, PasswordError, Verdict};
+use crate::accounts::signup::SignupPolicy;
 use crate::accounts::signup::{self, SignupToken};
 use crate::accounts::throttle::RetryAfter;
 use crate::accounts::{self, invite, oauth, reset, session, Email};
 use crate::audit::{self, Actor, Outcome};
-use crate::config::SignupPolicy;
 use crate::error::ApiError;
 use crate::http::auth::{check_origin, Authenticated, RequestContext};
 use crate::mail::Mail;

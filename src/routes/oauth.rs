@@ -11,9 +11,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use crate::accounts::oauth::{self, OAuthError, Prelogin, Provider, PRELOGIN_COOKIE};
+use crate::accounts::signup::SignupPolicy;
 use crate::accounts::{self, session};
 use crate::audit::{self, Outcome};
-use crate::config::SignupPolicy;
 use crate::error::ApiError;
 use crate::http::auth::{Authenticated, RequestContext};
 use crate::routes::auth::{event, session_cookie};
@@ -87,7 +87,14 @@ fn expired_prelogin_cookie() -> Cookie<'static> {
 fn configured<'a>(
     state: &'a AppState,
     provider: &str,
-) -> Result<(Provider, &'a crate::config::OAuthClientSettings, &'a str), Failure> {
+) -> Result<
+    (
+        Provider,
+        &'a crate::accounts::oauth::OAuthClientSettings,
+        &'a str,
+    ),
+    Failure,
+> {
     let not_here = || {
         fail(
             StatusCode::NOT_FOUND,

@@ -254,7 +254,7 @@ async fn the_audit_page_shows_100_entries_and_links_the_older_ones() {
 async fn the_login_page_offers_only_the_configured_oauth_providers() {
     let app = TestApp::spawn_with(|s| {
         s.public_url = Some("http://keybroker.test".to_owned());
-        s.oauth.github = Some(keybroker::config::OAuthClientSettings {
+        s.oauth.github = Some(keybroker::accounts::oauth::OAuthClientSettings {
             client_id: "client".to_owned(),
             client_secret: secrecy::SecretString::from("secret".to_owned()),
             auth_url: "http://127.0.0.1:9/authorize".to_owned(),

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use keybroker::config::{Limit, LimitPair};
+use keybroker::accounts::throttle::{Limit, LimitPair};
 use serde_json::{json, Value};
 
 use crate::helpers::{take_signup_token, unique_email, Session, TestApp, PASSWORD};

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use keybroker::config::{OAuthClientSettings, SignupPolicy};
+use keybroker::accounts::oauth::OAuthClientSettings;
+use keybroker::accounts::signup::SignupPolicy;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use reqwest::{Method, Url};
 use secrecy::SecretString;

@@ -9,7 +9,8 @@ use std::process::{Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use keybroker::config::{SecretSources, SignupPolicy};
+use keybroker::accounts::signup::SignupPolicy;
+use keybroker::config::SecretSources;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 

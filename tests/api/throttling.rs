@@ -3,7 +3,7 @@
 
 use std::time::Duration as StdDuration;
 
-use keybroker::config::{Limit, LimitPair};
+use keybroker::accounts::throttle::{Limit, LimitPair};
 use serde_json::{json, Value};
 use time::Duration;
 

@@ -47,7 +47,7 @@ pub fn client() -> Result<reqwest::Client> {
 }
 
 /// One stream: (time to first chunk, gaps between chunks), µs. `None` when it failed.
-async fn one(client: &reqwest::Client, t: &Target) -> Option<(u64, Vec<u64>)> {
+async fn one(client: &reqwest::Client, t: &Target) -> Result<(u64, Vec<u64>), String> {
     let mut rb = client
         .post(&t.url)
         .header("content-type", "application/json")
@@ -56,12 +56,20 @@ async fn one(client: &reqwest::Client, t: &Target) -> Option<(u64, Vec<u64>)> {
         rb = rb.bearer_auth(token);
     }
     let start = Instant::now();
-    let mut res = rb.send().await.ok()?;
+    let mut res = rb.send().await.map_err(|e| format!("sending: {e}"))?;
     if !res.status().is_success() {
-        return None;
+        let status = res.status();
+        let body = res.text().await.unwrap_or_default();
+        let body: String = body.chars().take(200).collect();
+        return Err(format!("status {status}: {body}"));
     }
     let (mut first, mut gaps, mut last) = (None, Vec::new(), None::<Instant>);
-    while res.chunk().await.ok()?.is_some() {
+    while res
+        .chunk()
+        .await
+        .map_err(|e| format!("reading: {e}"))?
+        .is_some()
+    {
         let now = Instant::now();
         match last {
             None => first = Some((now - start).as_micros() as u64),
@@ -69,7 +77,7 @@ async fn one(client: &reqwest::Client, t: &Target) -> Option<(u64, Vec<u64>)> {
         }
         last = Some(now);
     }
-    Some((first?, gaps))
+    Ok((first.ok_or("no chunk before the end")?, gaps))
 }
 
 /// `concurrency` streams at a time, `rounds` times over.
@@ -85,7 +93,7 @@ pub async fn measure(t: &Target, concurrency: usize, rounds: usize) -> Result<St
         let tasks: Vec<_> = (0..concurrency)
             .map(|_| {
                 let (client, t) = (client.clone(), t.clone());
-                tokio::spawn(async move { one(&client, &t).await })
+                tokio::spawn(async move { one(&client, &t).await.ok() })
             })
             .collect();
         for task in tasks {
@@ -111,7 +119,7 @@ pub async fn hold_open(t: &Target, n: usize, sample: impl Fn() -> f64) -> Result
     let tasks: Vec<_> = (0..n)
         .map(|_| {
             let (client, t) = (client.clone(), t.clone());
-            tokio::spawn(async move { one(&client, &t).await.is_some() })
+            tokio::spawn(async move { one(&client, &t).await.err() })
         })
         .collect();
     let mut peak: f64 = 0.0;
@@ -119,13 +127,21 @@ pub async fn hold_open(t: &Target, n: usize, sample: impl Fn() -> f64) -> Result
         peak = peak.max(sample());
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    // Why streams failed, counted by reason, so a failure can be told from the harness's own
+    // (a refused connection) or keybroker's (its status and error body).
     let (mut ok, mut errors) = (0, 0);
+    let mut reasons = std::collections::BTreeMap::<String, u64>::new();
     for task in tasks {
-        if task.await? {
-            ok += 1;
-        } else {
-            errors += 1;
+        match task.await? {
+            None => ok += 1,
+            Some(reason) => {
+                errors += 1;
+                *reasons.entry(reason).or_default() += 1;
+            }
         }
+    }
+    for (reason, n) in reasons.iter().take(10) {
+        eprintln!("  {n} stream(s) failed: {reason}");
     }
     Ok((ok, errors, peak))
 }

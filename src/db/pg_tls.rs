@@ -190,19 +190,15 @@ impl TlsOptions {
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS set-up failed: {e}"))?;
         let algorithms = provider.signature_verification_algorithms;
+        let relaxed = |roots| Arc::new(danger::Relaxed { roots, algorithms });
         let config = match self.check() {
             Check::Nothing => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(danger::NoCertificateCheck {
-                    algorithms,
-                }))
+                .with_custom_certificate_verifier(relaxed(None))
                 .with_no_client_auth(),
             Check::Chain => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(danger::ChainOnly {
-                    roots: Arc::new(self.root_store()?),
-                    algorithms,
-                }))
+                .with_custom_certificate_verifier(relaxed(Some(Arc::new(self.root_store()?))))
                 .with_no_client_auth(),
             Check::ChainAndName => builder
                 .with_root_certificates(self.root_store()?)
@@ -304,63 +300,25 @@ fn find_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustl
     None
 }
 
-/// The two verifiers that check less than rustls's default. Both still verify the handshake's
-/// signatures with the certificate's key, so the peer holds the key of what it presented.
+/// The verifier for the modes that check less than rustls's default. It still verifies the
+/// handshake's signatures with the certificate's key, so the peer holds the key of what it
+/// presented.
 mod danger {
     use super::*;
 
-    /// libpq's `prefer`/`require` with no root file: the connection is encrypted against a
-    /// passive listener, and any certificate is taken (an active attacker can answer in the
-    /// server's place; `verify-full` is what stops that).
+    /// `roots: None`: libpq's `prefer`/`require` with no root file. The connection is encrypted
+    /// against a passive listener and any certificate is taken (an active attacker can answer in
+    /// the server's place; `verify-full` is what stops that).
+    ///
+    /// `roots: Some(..)`: libpq's `verify-ca`. The chain must lead to a trusted root and be valid
+    /// now (the same check rustls's default verifier makes first); the host name is not compared.
     #[derive(Debug)]
-    pub(super) struct NoCertificateCheck {
+    pub(super) struct Relaxed {
+        pub(super) roots: Option<Arc<RootCertStore>>,
         pub(super) algorithms: WebPkiSupportedAlgorithms,
     }
 
-    /// libpq's `verify-ca`: the chain must lead to a trusted root and be valid now (the same
-    /// check rustls's default verifier makes first); the host name is not compared.
-    #[derive(Debug)]
-    pub(super) struct ChainOnly {
-        pub(super) roots: Arc<RootCertStore>,
-        pub(super) algorithms: WebPkiSupportedAlgorithms,
-    }
-
-    impl ServerCertVerifier for NoCertificateCheck {
-        fn verify_server_cert(
-            &self,
-            _end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            _server_name: &ServerName<'_>,
-            _ocsp_response: &[u8],
-            _now: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.algorithms.supported_schemes()
-        }
-    }
-
-    impl ServerCertVerifier for ChainOnly {
+    impl ServerCertVerifier for Relaxed {
         fn verify_server_cert(
             &self,
             end_entity: &CertificateDer<'_>,
@@ -369,14 +327,16 @@ mod danger {
             _ocsp_response: &[u8],
             now: UnixTime,
         ) -> Result<ServerCertVerified, rustls::Error> {
-            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-            rustls::client::verify_server_cert_signed_by_trust_anchor(
-                &cert,
-                &self.roots,
-                intermediates,
-                now,
-                self.algorithms.all,
-            )?;
+            if let Some(roots) = &self.roots {
+                let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+                rustls::client::verify_server_cert_signed_by_trust_anchor(
+                    &cert,
+                    roots,
+                    intermediates,
+                    now,
+                    self.algorithms.all,
+                )?;
+            }
             Ok(ServerCertVerified::assertion())
         }
 

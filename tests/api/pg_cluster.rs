@@ -190,9 +190,16 @@ impl PgCluster {
 
     /// A fresh, empty database (`kb_<n>_<pid>`), owned by the superuser; its `url`.
     pub fn create_database(&self) -> String {
+        let db = self.create_database_named();
+        self.url(&db)
+    }
+
+    /// [`PgCluster::create_database`], returning the database's name instead of its URL (for a
+    /// test that builds its own URL: another host name, TLS parameters).
+    pub fn create_database_named(&self) -> String {
         let db = unique_name();
         self.admin(&format!("CREATE DATABASE {}", ident(&db)));
-        self.url(&db)
+        db
     }
 
     /// A fresh, empty database owned by `owner` (a role from `create_user`), so the role may

@@ -106,12 +106,7 @@ fn each_sslmode_against_a_tls_only_server_does_what_libpq_does() {
     let (pki, other_ca) = (Pki::new(), Pki::new());
     let leaf = pki.leaf();
     let cluster = PgCluster::start_tls(&server_tls(&leaf));
-    let db = cluster
-        .create_database()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let db = cluster.create_database_named();
     let files = tempfile::tempdir().unwrap();
     let ca = write_ca(files.path(), "ca.pem", &pki);
     let wrong_ca = write_ca(files.path(), "other-ca.pem", &other_ca);
@@ -201,12 +196,7 @@ fn each_sslmode_against_a_tls_only_server_does_what_libpq_does() {
 #[test]
 fn require_against_a_server_without_tls_is_refused_and_prefer_falls_back() {
     let cluster = PgCluster::shared();
-    let db = cluster
-        .create_database()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let db = cluster.create_database_named();
     let secrets = shared_secrets();
     let stderr = refused(&url(cluster, "127.0.0.1", &db, "sslmode=require"), &secrets);
     assert!(

@@ -615,9 +615,9 @@ struct Fold {
     lease_spent: std::collections::HashMap<(i64, String), Money>,
     /// Each row in a savepoint of its own (see `apply`).
     careful: bool,
-    /// Holds opened in an earlier batch or still open, gathered to be written together:
-    /// [`HOLDS_PER_STATEMENT`] rows per `INSERT` and ids per `DELETE` (not careful only: a
-    /// careful batch writes each in its own savepoint).
+    /// Holds opened in this batch and still open, and holds opened in an earlier one that
+    /// closed, gathered to be written together: [`HOLDS_PER_STATEMENT`] rows per `INSERT` and
+    /// ids per `DELETE` (a careful batch writes each at once, in its record's savepoint).
     holds_opened: Vec<OpenedHold>,
     holds_closed: Vec<i64>,
 }
@@ -638,13 +638,7 @@ struct OpenedHold {
 /// when each hold was its own `INSERT` and `DELETE`.
 const HOLDS_PER_STATEMENT: usize = 100;
 
-const INSERT_HOLD: &str = "INSERT INTO spend_holds (id, account_id, provider, amount_micros, period_start, created_at, instance_id)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-     ON CONFLICT (instance_id, id) DO UPDATE SET account_id = excluded.account_id,
-         provider = excluded.provider, amount_micros = excluded.amount_micros,
-         period_start = excluded.period_start, created_at = excluded.created_at";
-
-/// `INSERT_HOLD` for `rows` rows, the instance bound once as `?1`.
+/// The hold `INSERT` for `rows` rows, the instance bound once as `?1`.
 fn insert_holds(rows: usize) -> String {
     let mut sql = String::from(
         "INSERT INTO spend_holds (id, account_id, provider, amount_micros, period_start, created_at, instance_id) VALUES ",
@@ -713,33 +707,25 @@ impl Fold {
         let transient = self.transient.contains(&e.reservation);
         match e.kind {
             SpendKind::Reserved if transient => {}
-            SpendKind::Reserved if !self.careful => self.holds_opened.push(OpenedHold {
-                id,
-                account: e.account,
-                provider: e.provider,
-                amount_micros: e.amount.micros(),
-                period_start: e.period_start.unix_timestamp(),
-                created_at: e.at.unix_timestamp(),
-            }),
             SpendKind::Reserved => {
-                conn.prepare_cached(INSERT_HOLD)?.execute(params![
+                self.holds_opened.push(OpenedHold {
                     id,
-                    e.account,
-                    e.provider,
-                    e.amount.micros(),
-                    e.period_start.unix_timestamp(),
-                    e.at.unix_timestamp(),
-                    self.instance
-                ])?;
+                    account: e.account,
+                    provider: e.provider,
+                    amount_micros: e.amount.micros(),
+                    period_start: e.period_start.unix_timestamp(),
+                    created_at: e.at.unix_timestamp(),
+                });
+                if self.careful {
+                    self.write_holds(conn)?;
+                }
             }
             SpendKind::Released | SpendKind::Settled { .. } | SpendKind::Abandoned => {
-                if !transient && !self.careful {
+                if !transient {
                     self.holds_closed.push(id);
-                } else if !transient {
-                    conn.prepare_cached(
-                        "DELETE FROM spend_holds WHERE instance_id = ?2 AND id = ?1",
-                    )?
-                    .execute(params![id, self.instance])?;
+                    if self.careful {
+                        self.write_holds(conn)?;
+                    }
                 }
                 if e.kind != SpendKind::Released && self.shared {
                     let sum = self
@@ -787,11 +773,15 @@ impl Fold {
         u.fallback_priced += i64::from(c.priced_by_fallback);
     }
 
-    /// The gathered holds, many rows per statement. A statement that fails marks the batch
-    /// (see [`skip_failed`]), which is then written again record by record.
-    fn write_holds(&mut self, conn: &Conn<'_>) {
+    /// Writes the gathered holds, many rows per statement, and forgets them. A careful batch
+    /// calls it after each record (one row, inside that record's savepoint); otherwise it runs
+    /// once, and a failure marks the batch (see [`skip_failed`]) to be written again carefully.
+    fn write_holds(&mut self, conn: &Conn<'_>) -> crate::db::Result<()> {
+        // Taken first: a failed write is not tried again with the next record's.
+        let opened = std::mem::take(&mut self.holds_opened);
+        let closed = std::mem::take(&mut self.holds_closed);
         let instance = Value::Text(&self.instance);
-        for chunk in self.holds_opened.chunks(HOLDS_PER_STATEMENT) {
+        for chunk in opened.chunks(HOLDS_PER_STATEMENT) {
             let mut values = Vec::with_capacity(1 + chunk.len() * 6);
             values.push(instance);
             for h in chunk {
@@ -804,22 +794,17 @@ impl Fold {
                     Value::Int(h.created_at),
                 ]);
             }
-            skip_failed(
-                conn.prepare_cached(&insert_holds(chunk.len()))
-                    .and_then(|mut st| st.execute(values))
-                    .map(drop),
-            );
+            conn.prepare_cached(&insert_holds(chunk.len()))?
+                .execute(values)?;
         }
-        for chunk in self.holds_closed.chunks(HOLDS_PER_STATEMENT) {
+        for chunk in closed.chunks(HOLDS_PER_STATEMENT) {
             let mut values = Vec::with_capacity(1 + chunk.len());
             values.push(instance);
             values.extend(chunk.iter().map(|id| Value::Int(*id)));
-            skip_failed(
-                conn.prepare_cached(&delete_holds(chunk.len()))
-                    .and_then(|mut st| st.execute(values))
-                    .map(drop),
-            );
+            conn.prepare_cached(&delete_holds(chunk.len()))?
+                .execute(values)?;
         }
+        Ok(())
     }
 
     /// Adds the settled sums gathered so far to their spend rows.
@@ -839,7 +824,7 @@ impl Fold {
     /// Writes the folded rows. Like a single record, a row that cannot be written (its account
     /// was deleted meanwhile) is logged and skipped without losing the rest of the batch.
     fn finish(mut self, conn: &Conn<'_>) -> crate::db::Result<()> {
-        self.write_holds(conn);
+        skip_failed(self.write_holds(conn));
         self.write_spend(conn)?;
         let careful = self.careful;
         // Spend written above leaves the lease it was held in, in the same transaction, so

@@ -26,6 +26,7 @@ pub mod openapi;
 pub mod ops;
 pub mod providers;
 pub mod proxy;
+pub mod queue;
 pub mod redact_cmd;
 pub mod routes;
 pub mod secret;

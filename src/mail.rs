@@ -22,8 +22,7 @@ use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
+use tokio::sync::Notify;
 
 use crate::clock::SharedClock;
 use crate::db::{Conn, Db, DbError, Optional as _};
@@ -347,16 +346,11 @@ fn retry_at(conn: &Conn<'_>, id: &str, worker: &str, due: i64) -> Result<(), DbE
 
 /// Seconds to wait after the `attempts`th failed attempt.
 fn backoff(attempts: i64) -> i64 {
-    let i = usize::try_from(attempts.saturating_sub(1)).unwrap_or(0);
-    BACKOFF_SECS[i.min(BACKOFF_SECS.len() - 1)]
+    crate::queue::backoff(&BACKOFF_SECS, attempts)
 }
 
-/// Owns the task that sends queued mail; [`MailWorker::shutdown`] stops it.
-#[derive(Debug)]
-pub struct MailWorker {
-    handle: JoinHandle<()>,
-    stop: watch::Sender<bool>,
-}
+/// Owns the task that sends queued mail; `shutdown` stops it.
+pub type MailWorker = crate::queue::QueueWorker;
 
 struct Worker {
     /// This run's claim mark (`claimed_by`); a new one at every start.
@@ -365,11 +359,10 @@ struct Worker {
     db: Db,
     vault: Arc<Vault>,
     clock: SharedClock,
-    wake: Arc<Notify>,
 }
 
 /// Starts the worker task on the current runtime. It looks for due mail at once, so what an
-/// earlier run left queued goes out now.
+/// earlier run left queued goes out now. Shutdown lets the send in flight finish (up to 30 s).
 pub fn start(
     mailer: Mailer,
     db: Db,
@@ -377,45 +370,31 @@ pub fn start(
     clock: SharedClock,
 ) -> (Outbox, MailWorker) {
     let wake = Arc::new(Notify::new());
-    let (stop, stopped) = watch::channel(false);
     let worker = Worker {
         id: uuid::Uuid::new_v4().to_string(),
         mailer,
         db,
         vault: vault.clone(),
         clock,
-        wake: wake.clone(),
     };
-    let handle = tokio::spawn(worker.run(stopped));
-    (Outbox { vault, wake }, MailWorker { handle, stop })
+    let handle = crate::queue::spawn(worker, wake.clone(), POLL, DRAIN_TIMEOUT);
+    (Outbox { vault, wake }, handle)
+}
+
+impl crate::queue::Job for Worker {
+    type Claimed = Claimed;
+    const NAME: &'static str = "mail";
+
+    async fn next(&self) -> Result<Option<Claimed>, DbError> {
+        Worker::next(self).await
+    }
+
+    async fn deliver(&self, claimed: Claimed) {
+        Worker::deliver(self, claimed).await
+    }
 }
 
 impl Worker {
-    async fn run(self, mut stopped: watch::Receiver<bool>) {
-        loop {
-            // Everything due, one row at a time; the stop is looked at between sends only, so
-            // the send in flight finishes.
-            while !*stopped.borrow() {
-                match self.next().await {
-                    Ok(Some(claimed)) => self.deliver(claimed).await,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "mail queue: claiming failed; trying again later");
-                        break;
-                    }
-                }
-            }
-            if *stopped.borrow() {
-                return;
-            }
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(POLL) => {}
-                _ = stopped.changed() => return,
-            }
-        }
-    }
-
     async fn next(&self) -> Result<Option<Claimed>, DbError> {
         let now = self.clock.unix();
         if !self.db.read(move |c| any_due(c, now)).await? {
@@ -493,22 +472,6 @@ impl Worker {
             .await;
         if let Err(e) = done {
             tracing::warn!(error = %e, "mail queue: updating a row after sending failed");
-        }
-    }
-}
-
-impl MailWorker {
-    /// Stops claiming, lets the send in flight finish (up to 30 s), then stops. What is still
-    /// queued stays in the database for the next start (or another instance).
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let mut handle = self.handle;
-        if tokio::time::timeout(DRAIN_TIMEOUT, &mut handle)
-            .await
-            .is_err()
-        {
-            tracing::warn!("the mail in flight was not sent before shutdown; it stays queued");
-            handle.abort();
         }
     }
 }

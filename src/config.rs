@@ -305,6 +305,8 @@ pub struct Settings {
     /// `KEYBROKER_PROVIDERS`: a TOML file that changes or adds providers (`providers::Registry`).
     pub providers_file: Option<PathBuf>,
     pub mail: MailSettings,
+    /// Webhooks: whether they may reach private addresses (`KEYBROKER_WEBHOOK_ALLOW_PRIVATE`).
+    pub webhook: crate::webhooks::WebhookSettings,
     pub oauth: OAuthSettings,
     pub throttle: ThrottleSettings,
     /// HTTPS with this certificate and key; plain HTTP when `None` (`crate::transport`).
@@ -336,6 +338,7 @@ impl fmt::Debug for Settings {
             .field("public_url", &self.public_url)
             .field("workers", &self.workers)
             .field("mail", &self.mail)
+            .field("webhook", &self.webhook)
             .field("oauth", &self.oauth)
             .field("throttle", &self.throttle)
             .field("tls", &self.tls)
@@ -361,6 +364,7 @@ impl Settings {
             prices_file: env_var("KEYBROKER_PRICES").map(PathBuf::from),
             providers_file: env_var("KEYBROKER_PROVIDERS").map(PathBuf::from),
             mail: MailSettings::from_env(),
+            webhook: crate::webhooks::WebhookSettings::from_env(),
             oauth: OAuthSettings::from_env(),
             throttle: ThrottleSettings::from_env(),
             tls: None,

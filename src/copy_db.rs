@@ -74,7 +74,7 @@ macro_rules! table {
     };
 }
 
-/// Every table of the schema (SQLite's migrations 0001–0011, PostgreSQL's 0001–0003), parents before
+/// Every table of the schema (SQLite's migrations 0001–0011 and 0014, PostgreSQL's 0001–0003 and 0006), parents before
 /// the tables whose foreign keys point at them.
 const TABLES: &[Table] = &[
     table!(vault_canary: id, master_key_id, blob),
@@ -93,7 +93,8 @@ const TABLES: &[Table] = &[
     table!(tool_tokens: id, account_id, name, token_hash, created_at, expires_at, revoked_at,
         last_used_at, rowid; overriding reseed rowid),
     table!(tool_token_providers: token_id, provider),
-    table!(spend: account_id, provider, limit_micros, period, period_start, spent_micros),
+    table!(spend: account_id, provider, limit_micros, period, period_start, spent_micros,
+        alert_percents, alerted_percent, alerted_period_start),
     table!(spend_holds: instance_id, id, account_id, provider, amount_micros, period_start, created_at),
     table!(usage_hourly: account_id, provider, hour, calls, refused, failed, input_tokens,
         cached_input_tokens, output_tokens, reasoning_tokens, spend_micros, fallback_priced),
@@ -106,6 +107,10 @@ const TABLES: &[Table] = &[
     // server that was killed mid-send expires as it would have on SQLite.
     table!(mail_queue: id, kind, subject, to_blob, to_master_key_id, body_blob,
         body_master_key_id, created_at, attempts, next_attempt_at, claimed_by, claimed_until),
+    // The secret is copied sealed (bound to the account id, which is kept).
+    table!(webhooks: account_id, url, secret_blob, secret_master_key_id, created_at, updated_at),
+    table!(webhook_deliveries: id, account_id, event, body, created_at, status, attempts,
+        next_attempt_at, claimed_by, claimed_until, last_attempt_at, last_status_code, last_error),
 ];
 
 /// Runtime state of several instances sharing PostgreSQL (which instance is active, ceiling

@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod accounts_cmd;
+pub mod alerts;
 pub mod audit;
 pub mod backup;
 pub mod check;
@@ -40,3 +41,4 @@ pub mod tokens;
 pub mod transport;
 pub mod vault;
 pub mod vault_store;
+pub mod webhooks;

@@ -45,6 +45,8 @@ pub enum ErrorType {
     /// Latin ones), the shape of an address made to look like another.
     EmailLookalike,
     InternalError,
+    /// A ceiling's `alert_at_percent` is not a list of at most 10 whole percents from 1 to 100.
+    InvalidAlertPercent,
     InvalidAmount,
     InvalidBody,
     InvalidCursor,
@@ -68,6 +70,8 @@ pub enum ErrorType {
     InvalidRequestBody,
     InvalidTime,
     InvalidToken,
+    /// A webhook secret shorter than 16 or longer than 256 bytes, or with control characters.
+    InvalidWebhookSecret,
     KeyExists,
     KeyInUrl,
     LastSignInMethod,
@@ -105,6 +109,13 @@ pub enum ErrorType {
     UpstreamBadResponse,
     UpstreamTimeout,
     UpstreamUnreachable,
+    /// A webhook URL whose host resolves to a loopback, private, link-local, CGNAT, multicast,
+    /// documentation or metadata address (allowed only with `KEYBROKER_WEBHOOK_ALLOW_PRIVATE=1`).
+    WebhookUrlForbidden,
+    /// A webhook URL that is not absolute http(s), carries a user name or password, or is too long.
+    WebhookUrlInvalid,
+    /// A webhook URL whose host did not resolve.
+    WebhookUrlUnresolvable,
 }
 
 /// `{"status": "ok"}` or `{"status": "ready"}`.
@@ -249,6 +260,8 @@ pub struct AuditPage {
 #[derive(Serialize, ToSchema)]
 pub struct CeilingView {
     pub provider: String,
+    /// The alert thresholds, whole percents of the limit, sorted (empty: no alerts).
+    pub alert_at_percent: Vec<u8>,
     pub limit_usd: Option<String>,
     pub spent_usd: String,
     pub reserved_usd: String,
@@ -258,6 +271,49 @@ pub struct CeilingView {
     pub period_start: String,
     /// `ok` or `reached`.
     pub state: String,
+}
+
+/// The account's webhook; the secret is never shown, only that one is set.
+#[derive(Serialize, ToSchema)]
+pub struct WebhookView {
+    pub url: String,
+    pub secret_set: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// One delivery of an event to the webhook.
+#[derive(Serialize, ToSchema)]
+pub struct Delivery {
+    pub id: String,
+    /// `webhook.test` or `spend.threshold_crossed`.
+    pub event: String,
+    /// `pending`, `delivered` or `failed` (given up).
+    pub status: String,
+    pub attempts: i64,
+    pub created_at: String,
+    pub last_attempt_at: Option<String>,
+    /// When the next attempt is due (pending deliveries only).
+    pub next_attempt_at: Option<String>,
+    /// The receiver's last status code, if it answered.
+    pub last_status_code: Option<i64>,
+    /// The last failure's class: `http_status`, `timeout`, `connect`, `request`, `dns`,
+    /// `forbidden_address`, `no_webhook`, `webhook_deleted`, `secret_unavailable`. Never the
+    /// receiver's answer.
+    pub last_error: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WebhookStatus {
+    pub webhook: Option<WebhookView>,
+    /// The latest deliveries, newest first.
+    pub deliveries: Vec<Delivery>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct QueuedDelivery {
+    pub id: String,
+    pub status: String,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -418,6 +474,10 @@ fn proxy_root() {}
         routes::spend::reset_ceiling,
         routes::spend::usage,
         routes::spend::prices,
+        routes::webhook::put,
+        routes::webhook::get,
+        routes::webhook::delete,
+        routes::webhook::test,
     ),
     components(schemas(ErrorBody, ErrorDetail, ErrorType)),
     modifiers(&Security),
@@ -427,6 +487,7 @@ fn proxy_root() {}
         (name = "tokens", description = "Tool tokens for the proxy"),
         (name = "spend", description = "Ceilings, usage and prices"),
         (name = "audit", description = "The account's audit log"),
+        (name = "webhooks", description = "The account's webhook and its deliveries"),
         (name = "proxy", description = "Provider calls with the account's key injected"),
         (name = "operations", description = "Health and metrics"),
         (name = "discovery", description = "security.txt and this document"),

@@ -78,10 +78,7 @@ impl QueueWorker {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let mut handle = self.handle;
-        if tokio::time::timeout(self.drain, &mut handle)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(self.drain, &mut handle).await.is_err() {
             tracing::warn!(
                 queue = self.name,
                 "the attempt in flight did not finish before shutdown; it stays queued"

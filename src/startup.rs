@@ -63,6 +63,9 @@ pub struct AppState {
     /// Outgoing mail (reset links, notifications), queued in the database and sent by this
     /// instance's mail worker (or another's).
     pub mail: Outbox,
+    /// Webhook deliveries, queued in the database and sent by this instance's worker (or
+    /// another's).
+    pub webhooks: crate::webhooks::Webhooks,
     /// Password checks (login, reauth) per account and per client address.
     pub login_throttle: Throttle,
     /// Password-reset requests per email and per client address.
@@ -120,6 +123,7 @@ pub struct Application {
     server: Server,
     state: web::Data<AppState>,
     mail_worker: MailWorker,
+    webhook_worker: crate::queue::QueueWorker,
     transport: Transport,
     /// The `--metrics-bind` listener and its port.
     metrics_server: Option<(Server, u16)>,
@@ -344,6 +348,24 @@ impl Application {
         let mailer = Mailer::new(&settings.mail, &settings.data_dir)?;
         let (outbox, mail_worker) =
             mail::start(mailer, db.clone(), vault.clone(), settings.clock.clone());
+        let (webhooks, webhook_worker) = crate::webhooks::start(
+            db.clone(),
+            vault.clone(),
+            settings.clock.clone(),
+            settings.webhook.clone(),
+        );
+        if settings.webhook.danger_allow_private_addresses {
+            tracing::warn!("KEYBROKER_WEBHOOK_ALLOW_PRIVATE is set: webhooks may reach loopback, private and link-local addresses (the cloud metadata service included)");
+        }
+        // Spend alerts: the spend writer tells this hook of every threshold a batch crosses.
+        proxy
+            .writer
+            .set_alert_hook(Arc::new(crate::alerts::SpendAlerts::new(
+                vault.clone(),
+                outbox.clone(),
+                webhooks.clone(),
+                settings.clock.clone(),
+            )));
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(PROVIDER_TIMEOUT)
@@ -376,6 +398,7 @@ impl Application {
                 .as_deref()
                 .map(|u| u.trim_end_matches('/').to_owned()),
             mail: outbox,
+            webhooks,
             login_throttle: Throttle::new(settings.throttle.login, &settings.clock),
             reset_throttle: Throttle::new(settings.throttle.reset, &settings.clock),
             signup_throttle: Throttle::new(settings.throttle.signup, &settings.clock),
@@ -475,6 +498,7 @@ impl Application {
             server: server.run(),
             state,
             mail_worker,
+            webhook_worker,
             transport,
             metrics_server,
         })
@@ -506,6 +530,7 @@ impl Application {
             transport,
             metrics_server,
             mail_worker,
+            webhook_worker,
             ..
         } = self;
         let Transport { reloader, redirect } = transport;
@@ -525,7 +550,7 @@ impl Application {
         if let Some(reloader) = reloader {
             reloader.abort();
         }
-        mail_worker.shutdown().await;
+        futures_util::future::join(mail_worker.shutdown(), webhook_worker.shutdown()).await;
         served
     }
 }

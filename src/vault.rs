@@ -223,6 +223,8 @@ pub enum Purpose {
     MailTo,
     /// A queued mail's body (`mail_queue.body_blob`): it may carry a live reset link.
     MailBody,
+    /// An account's webhook signing secret (`webhooks.secret_blob`).
+    WebhookSecret,
 }
 
 impl Purpose {
@@ -233,6 +235,7 @@ impl Purpose {
             Purpose::Canary => "canary",
             Purpose::MailTo => "mail_to",
             Purpose::MailBody => "mail_body",
+            Purpose::WebhookSecret => "webhook_secret",
         }
     }
 }

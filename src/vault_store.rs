@@ -119,6 +119,13 @@ const TABLES: &[BlobTable] = &[
         update: "UPDATE mail_queue SET body_blob = ?1, body_master_key_id = ?2 WHERE id = ?4 AND body_blob = ?3",
         purpose: Purpose::MailBody,
     },
+    BlobTable {
+        name: "webhooks",
+        select: "SELECT substr('00000000000000000000' || CAST(account_id AS TEXT), length(CAST(account_id AS TEXT)) + 1), account_id, '', secret_blob FROM webhooks
+                 WHERE secret_master_key_id != ?1 AND substr('00000000000000000000' || CAST(account_id AS TEXT), length(CAST(account_id AS TEXT)) + 1) > ?2 ORDER BY account_id LIMIT ?3",
+        update: "UPDATE webhooks SET secret_blob = ?1, secret_master_key_id = ?2 WHERE substr('00000000000000000000' || CAST(account_id AS TEXT), length(CAST(account_id AS TEXT)) + 1) = ?4 AND secret_blob = ?3",
+        purpose: Purpose::WebhookSecret,
+    },
 ];
 
 /// The binding a row of `table` was sealed with.
@@ -143,6 +150,7 @@ fn binding<'a>(
             row_id,
         },
         Purpose::MailTo | Purpose::MailBody => mail_binding(purpose, row_id),
+        Purpose::WebhookSecret => webhook_binding(account_id),
     }
 }
 
@@ -154,6 +162,17 @@ pub fn mail_binding(purpose: Purpose, mail_id: &str) -> Binding<'_> {
         account_id: 0,
         provider: "",
         row_id: mail_id,
+    }
+}
+
+/// The binding of an account's webhook secret: the account (one webhook each), so a secret
+/// copied onto another account's row does not open.
+pub fn webhook_binding(account_id: i64) -> Binding<'static> {
+    Binding {
+        purpose: Purpose::WebhookSecret,
+        account_id,
+        provider: "",
+        row_id: "webhook",
     }
 }
 
@@ -176,6 +195,7 @@ pub fn key_id_usage(conn: &Conn<'_>) -> Result<Vec<(String, u64)>, StoreError> {
             UNION ALL SELECT master_key_id, COUNT(*) FROM provider_keys GROUP BY master_key_id
             UNION ALL SELECT to_master_key_id, COUNT(*) FROM mail_queue GROUP BY to_master_key_id
             UNION ALL SELECT body_master_key_id, COUNT(*) FROM mail_queue GROUP BY body_master_key_id
+            UNION ALL SELECT secret_master_key_id, COUNT(*) FROM webhooks GROUP BY secret_master_key_id
          ) AS used GROUP BY master_key_id ORDER BY master_key_id",
     )?;
     let rows = stmt.query_map((), |r| {

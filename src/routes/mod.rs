@@ -14,6 +14,7 @@ pub mod proxied;
 pub mod sessions;
 pub mod spend;
 pub mod tokens;
+pub mod webhook;
 
 use actix_web::http::Method;
 use actix_web::{guard, web, Resource};
@@ -96,6 +97,10 @@ route_table! {
     POST "/api/v1/ceilings/{provider}/reset" => spend::reset_ceiling;
     GET "/api/v1/usage" => spend::usage;
     GET "/api/v1/prices" => spend::prices;
+    PUT "/api/v1/webhook" => webhook::put;
+    GET "/api/v1/webhook" => webhook::get;
+    DELETE "/api/v1/webhook" => webhook::delete;
+    POST "/api/v1/webhook/test" => webhook::test;
     GET "/auth/oauth/{provider}/start" => oauth::start;
     GET "/auth/oauth/{provider}/callback" => oauth::callback;
 }

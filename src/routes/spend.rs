@@ -14,6 +14,7 @@ use crate::spend::{CeilingState, Period, Snapshot};
 use crate::startup::AppState;
 
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CeilingBody {
     /// Decimal USD, at most 6 decimals.
     #[schema(pattern = "^[0-9]+(\\.[0-9]{1,6})?$")]
@@ -21,6 +22,11 @@ pub struct CeilingBody {
     #[serde(default)]
     #[schema(pattern = "^(none|daily|monthly)$")]
     period: Option<String>,
+    /// Whole percents of the limit (1 to 100, at most 10) at which spend alerts go out: one
+    /// mail, one webhook event and one audit entry per threshold and period. Left out: the
+    /// thresholds stay as they are; `[]` removes them.
+    #[serde(default)]
+    alert_at_percent: Option<Vec<i64>>,
 }
 
 fn provider_id(state: &AppState, raw: &str) -> Result<&'static str, ApiError> {
@@ -29,8 +35,9 @@ fn provider_id(state: &AppState, raw: &str) -> Result<&'static str, ApiError> {
     })
 }
 
-fn view(provider: &str, s: &Snapshot) -> Value {
+fn view(provider: &str, s: &Snapshot, alerts: &[u8]) -> Value {
     json!({
+        "alert_at_percent": alerts,
         "provider": provider,
         "limit_usd": s.limit.map(|m| m.to_string()),
         "spent_usd": s.spent.to_string(),
@@ -152,6 +159,17 @@ async fn persist_and_audit(
     snap: &Snapshot,
     action: &'static str,
 ) -> Result<(), ApiError> {
+    persist(state, auth, provider, snap).await?;
+    let detail = ceiling_change(before, snap);
+    audit_outcome(state, auth, provider, action, Outcome::Success, detail).await
+}
+
+async fn persist(
+    state: &AppState,
+    auth: &Authenticated,
+    provider: &'static str,
+    snap: &Snapshot,
+) -> Result<(), ApiError> {
     state.proxy.writer.record_ceiling(CeilingRow {
         account: auth.account_id,
         provider: provider.to_owned(),
@@ -169,8 +187,24 @@ async fn persist_and_audit(
             .await
             .map_err(|e| ApiError::from_db(&e))?;
     }
-    let detail = ceiling_change(before, snap);
-    audit_outcome(state, auth, provider, action, Outcome::Success, detail).await
+    Ok(())
+}
+
+/// Stores the ceiling's alert thresholds (`None`: keeps them) and re-arms them against the
+/// spend so far; the thresholds before and after.
+async fn store_alerts(
+    state: &AppState,
+    account: i64,
+    provider: &'static str,
+    thresholds: Option<Vec<u8>>,
+) -> Result<(Vec<u8>, Vec<u8>), ApiError> {
+    state
+        .db
+        .write(move |c| {
+            crate::alerts::store_thresholds(c, account, provider, thresholds.as_deref())
+                .map_err(ApiError::from)
+        })
+        .await
 }
 
 #[utoipa::path(
@@ -179,7 +213,7 @@ async fn persist_and_audit(
     request_body = CeilingBody,
     responses(
         (status = 200, description = "The ceiling as set", body = crate::openapi::CeilingView),
-        (status = 400, description = "unknown_provider, invalid_amount, invalid_period", body = crate::openapi::ErrorBody),
+        (status = 400, description = "unknown_provider, invalid_amount, invalid_period, invalid_alert_percent, invalid_json", body = crate::openapi::ErrorBody),
         (status = 403, description = "reauth_required (raising a limit or shortening the period of an existing ceiling), csrf", body = crate::openapi::ErrorBody),
     ),
     security(("session" = [], "csrf" = []))
@@ -206,6 +240,12 @@ pub async fn put_ceiling(
             ApiError::bad_request("invalid_period", "period is one of none, daily, monthly")
         })?,
     };
+    let thresholds = body
+        .alert_at_percent
+        .as_deref()
+        .map(crate::alerts::parse_thresholds)
+        .transpose()
+        .map_err(|message| ApiError::bad_request("invalid_alert_percent", message))?;
     let recent = auth.require_recent_auth(state.clock.unix());
     sync_shared(&state, auth.account_id, provider).await?;
     let before = state.proxy.ledger.snapshot(auth.account_id, provider);
@@ -223,8 +263,26 @@ pub async fn put_ceiling(
         }
         (Err(_), Ok(())) => return Err(ApiError::internal("ceiling refused after a re-auth")),
     };
-    persist_and_audit(&state, &auth, provider, &before, &snap, "ceiling.set").await?;
-    Ok(HttpResponse::Ok().json(view(provider, &snap)))
+    persist(&state, &auth, provider, &snap).await?;
+    let (alerts_before, alerts) =
+        store_alerts(&state, auth.account_id, provider, thresholds).await?;
+    let mut detail = ceiling_change(&before, &snap);
+    if alerts_before != alerts {
+        if !detail.is_empty() {
+            detail.push_str("; ");
+        }
+        detail.push_str(&format!("alerts {alerts_before:?} -> {alerts:?}"));
+    }
+    audit_outcome(
+        &state,
+        &auth,
+        provider,
+        "ceiling.set",
+        Outcome::Success,
+        detail,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(view(provider, &snap, &alerts)))
 }
 
 #[utoipa::path(
@@ -256,13 +314,19 @@ pub async fn list_ceilings(
                 .observe(&crate::spend::shared::current(row, now));
         }
     }
+    let account = auth.account_id;
+    let alerts = state
+        .db
+        .read(move |c| crate::alerts::thresholds_of(c, account))
+        .await
+        .map_err(|e| ApiError::from_db(&e))?;
     let rows: Vec<Value> = state
         .proxy
         .ledger
         .snapshots(auth.account_id)
         .iter()
         .filter(|(_, s)| s.limit.is_some())
-        .map(|(p, s)| view(p, s))
+        .map(|(p, s)| view(p, s, alerts.get(p).map_or(&[][..], Vec::as_slice)))
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "ceilings": rows })))
 }
@@ -291,7 +355,9 @@ pub async fn reset_ceiling(
     let before = state.proxy.ledger.snapshot(auth.account_id, provider);
     let snap = state.proxy.ledger.reset(auth.account_id, provider);
     persist_and_audit(&state, &auth, provider, &before, &snap, "ceiling.reset").await?;
-    Ok(HttpResponse::Ok().json(view(provider, &snap)))
+    // The reset set `alerted_percent` back to 0 with the spend: every threshold alerts again.
+    let (_, alerts) = store_alerts(&state, auth.account_id, provider, None).await?;
+    Ok(HttpResponse::Ok().json(view(provider, &snap, &alerts)))
 }
 
 #[utoipa::path(

@@ -152,7 +152,19 @@ pub fn charge(
     period_start: i64,
     amount: i64,
 ) -> Result<bool, crate::db::DbError> {
-    let charged = conn.execute(
+    charge_returning(conn, account, provider, period_start, amount).map(|row| row.is_some())
+}
+
+/// [`charge`], returning the row as the charge left it (what `alerts::after_charge` decides
+/// on) in the same statement; `None` when the account is gone.
+pub fn charge_returning(
+    conn: &Conn<'_>,
+    account: i64,
+    provider: &str,
+    period_start: i64,
+    amount: i64,
+) -> Result<Option<crate::alerts::Charged>, crate::db::DbError> {
+    conn.prepare_cached(
         "INSERT INTO spend (account_id, provider, period_start, spent_micros)
          SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM accounts WHERE id = ?1)
          ON CONFLICT (account_id, provider) DO UPDATE SET
@@ -161,10 +173,22 @@ pub fn charge(
                 WHEN excluded.period_start > spend.period_start THEN excluded.spent_micros
                 ELSE spend.spent_micros END,
             period_start = CASE WHEN excluded.period_start > spend.period_start
-                            THEN excluded.period_start ELSE spend.period_start END",
-        params![account, provider, period_start, amount],
-    )?;
-    Ok(charged > 0)
+                            THEN excluded.period_start ELSE spend.period_start END
+         RETURNING limit_micros, spent_micros, period, period_start, alert_percents, alerted_percent,
+                   alerted_period_start",
+    )?
+    .query_row(params![account, provider, period_start, amount], |r| {
+        Ok(crate::alerts::Charged {
+            limit_micros: r.get(0)?,
+            spent_micros: r.get(1)?,
+            period: r.get(2)?,
+            period_start: r.get(3)?,
+            alert_percents: r.get(4)?,
+            alerted_percent: r.get(5)?,
+            alerted_period_start: r.get(6)?,
+        })
+    })
+    .optional()
 }
 
 /// Usage of one provider over a time range.

@@ -18,10 +18,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::alerts::AlertHook;
 use crate::db::{Conn, Value};
 use crate::params;
 
@@ -120,7 +121,12 @@ pub struct SpendWriter {
     stopping: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+    /// Told of every alert threshold a batch's spend crosses (`alerts`); set once, after start.
+    alerts: Arc<OnceLock<Arc<dyn AlertHook>>>,
 }
+
+/// The alert hook as the writer thread sees it (unset until the application installs it).
+type Alerts = Arc<OnceLock<Arc<dyn AlertHook>>>;
 
 /// How often the WAL is checkpointed (see [`SpendWriter::start`]).
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -200,6 +206,8 @@ impl SpendWriter {
         let thread_stopping = stopping.clone();
         let journal = journal.map(Arc::new);
         let thread_journal = journal.clone();
+        let alerts: Alerts = Arc::new(OnceLock::new());
+        let thread_alerts = alerts.clone();
         let thread = std::thread::Builder::new()
             .name("spend-writer".into())
             .spawn(move || {
@@ -211,6 +219,7 @@ impl SpendWriter {
                     thread_journal,
                     &thread_stopping,
                     instance.as_deref(),
+                    &thread_alerts,
                 )
             })
             .map_err(|e| crate::db::DbError::Thread(e.to_string()))?;
@@ -221,6 +230,7 @@ impl SpendWriter {
             stopping,
             thread: Mutex::new(Some(thread)),
             checkpointer: Mutex::new(checkpointer),
+            alerts,
         }))
     }
 
@@ -260,6 +270,12 @@ impl SpendWriter {
 
     pub fn record_call(&self, call: CallRecord) {
         let _ = self.send(Msg::Call(Box::new(call)));
+    }
+
+    /// Installs the hook told of alert thresholds crossed (once; a second call changes nothing).
+    /// Before it is set, crossings are not looked for.
+    pub fn set_alert_hook(&self, hook: Arc<dyn AlertHook>) {
+        let _ = self.alerts.set(hook);
     }
 
     pub fn record_ceiling(&self, row: CeilingRow) {
@@ -320,10 +336,14 @@ fn run(
     journal: Option<Arc<HoldJournal>>,
     stopping: &AtomicBool,
     instance: Option<&str>,
+    alerts: &Alerts,
 ) {
     let published = |seq: u64| {
         if let Some(journal) = &journal {
             journal.committed(seq);
+        }
+        if let Some(hook) = alerts.get() {
+            hook.committed();
         }
     };
     let mut batch = Vec::with_capacity(256);
@@ -348,6 +368,7 @@ fn run(
                         true,
                         stopping,
                         instance,
+                        alerts.get(),
                     );
                     continue;
                 }
@@ -394,6 +415,7 @@ fn run(
             stop,
             stopping,
             instance,
+            alerts.get(),
         );
         depth.fetch_sub(n, Ordering::Relaxed);
         if committed {
@@ -419,6 +441,7 @@ fn run(
                     true,
                     stopping,
                     instance,
+                    alerts.get(),
                 );
                 for b in barriers {
                     let _ = b.send(());
@@ -450,6 +473,7 @@ fn apply(
     force: bool,
     stopping: &AtomicBool,
     instance: Option<&str>,
+    alerts: Option<&Arc<dyn AlertHook>>,
 ) -> (Vec<SyncSender<()>>, bool) {
     let force = force
         || batch
@@ -474,6 +498,7 @@ fn apply(
         let result = conn.write(|tx| -> crate::db::Result<()> {
             let mut fold = Fold::of(batch, instance);
             fold.careful = careful;
+            fold.alerts = alerts.cloned();
             for msg in batch.iter() {
                 let outcome = match msg {
                     Msg::Spend(e) if careful => {
@@ -620,6 +645,8 @@ struct Fold {
     /// ids per `DELETE` (a careful batch writes each at once, in its record's savepoint).
     holds_opened: Vec<OpenedHold>,
     holds_closed: Vec<i64>,
+    /// Told of alert thresholds the spend written crosses.
+    alerts: Option<Arc<dyn AlertHook>>,
 }
 
 /// A hold row to insert.
@@ -745,7 +772,7 @@ impl Fold {
             SpendKind::Reset => {
                 self.write_spend(conn)?;
                 conn.prepare_cached(
-                    "UPDATE spend SET spent_micros = 0 WHERE account_id = ?1 AND provider = ?2",
+                    "UPDATE spend SET spent_micros = 0, alerted_percent = 0 WHERE account_id = ?1 AND provider = ?2",
                 )?
                 .execute(params![e.account, e.provider])?;
             }
@@ -815,7 +842,14 @@ impl Fold {
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for ((account, provider, period_start), amount) in rows {
             guarded(conn, self.careful, |c| {
-                add_spend(c, account, &provider, period_start, amount)
+                add_spend(
+                    c,
+                    account,
+                    &provider,
+                    period_start,
+                    amount,
+                    self.alerts.as_deref(),
+                )
             });
         }
         Ok(())
@@ -1023,16 +1057,31 @@ fn skip_failed(outcome: crate::db::Result<()>) {
     }
 }
 
-/// Adds `amount` to the spend of `period_start` (a newer period replaces an older one).
+/// Adds `amount` to the spend of `period_start` (a newer period replaces an older one), then
+/// looks for alert thresholds it crossed (no statement unless one was).
 fn add_spend(
     conn: &Conn<'_>,
     account: i64,
     provider: &str,
     period_start: i64,
     amount: Money,
+    alerts: Option<&dyn AlertHook>,
 ) -> crate::db::Result<()> {
     // An account deleted meanwhile has nothing left to charge.
-    crate::spend::store::charge(conn, account, provider, period_start, amount.micros()).map(drop)
+    let charged = crate::spend::store::charge_returning(
+        conn,
+        account,
+        provider,
+        period_start,
+        amount.micros(),
+    )?;
+    if let (Some(hook), Some(charged)) = (alerts, charged) {
+        // An alert that cannot be written never loses the spend (it runs in a savepoint).
+        if let Err(e) = crate::alerts::after_charge(conn, hook, account, provider, &charged) {
+            tracing::error!(error = %e, "spend writer: an alert threshold could not be checked");
+        }
+    }
+    Ok(())
 }
 
 fn apply_usage(

@@ -48,3 +48,4 @@ mod throttling;
 mod tls;
 mod tokens;
 mod vault_storage;
+mod webhooks;

@@ -465,6 +465,7 @@ fn run(
 /// list (a dashboard view, not an account of money) is gathered in `recent` and written once per
 /// [`RECENT_CALLS_EVERY`], or at once with `force`, a flush or a stop. A reset or a ceiling
 /// change writes the sums gathered before it first, so order is kept where it matters.
+#[allow(clippy::too_many_arguments)] // the writer thread's state, passed as it is
 fn apply(
     conn: &mut DedicatedWriter,
     batch: &mut Vec<Msg>,

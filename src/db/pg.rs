@@ -24,9 +24,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_shared_ceilings.sql"),
     include_str!("../../migrations/postgres/0003_mail_queue.sql"),
-    // Numbered 0006 while 0004 and 0005 are taken on other branches; the position in this list,
-    // not the file name, is the schema version (renumbered when they meet).
-    include_str!("../../migrations/postgres/0006_webhooks.sql"),
+    include_str!("../../migrations/postgres/0004_webhooks.sql"),
 ];
 
 /// The advisory lock key migrations run under (any constant: "kb" + "migr").

@@ -26,9 +26,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../../migrations/sqlite/0009_recent_calls_token_latency.sql"),
     include_str!("../../migrations/sqlite/0010_shared_ceilings.sql"),
     include_str!("../../migrations/sqlite/0011_mail_queue.sql"),
-    // Numbered 0014 while 0012 and 0013 are taken on other branches; the position in this list,
-    // not the file name, is the schema version (renumbered when they meet).
-    include_str!("../../migrations/sqlite/0014_webhooks.sql"),
+    include_str!("../../migrations/sqlite/0012_webhooks.sql"),
 ];
 
 static MIGRATIONS: LazyLock<Migrations<'static>> =

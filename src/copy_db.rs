@@ -90,8 +90,10 @@ const TABLES: &[Table] = &[
     table!(password_reset_tokens: token_hash, account_id, created_at, expires_at, used_at),
     table!(oauth_identities: provider, subject, account_id, created_at, last_login_at),
     table!(oauth_states: state_hash, provider, prelogin_hash, created_at, expires_at),
+    // A child token comes after its parent (rowid order), so `parent_id` always finds its row.
     table!(tool_tokens: id, account_id, name, token_hash, created_at, expires_at, revoked_at,
-        last_used_at, rowid; overriding reseed rowid),
+        last_used_at, parent_id, depth, carve_micros, carve_period_start, carve_returned_at,
+        rowid; overriding reseed rowid),
     table!(tool_token_providers: token_id, provider),
     table!(spend: account_id, provider, limit_micros, period, period_start, spent_micros,
         alert_percents, alerted_percent, alerted_period_start),

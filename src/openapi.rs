@@ -40,6 +40,14 @@ pub enum ErrorType {
     BadHost,
     /// A GET or HEAD proxied with a body.
     BodyNotAllowed,
+    /// A child token's limit is what was carved out of its parent: it is not changed or reset (409).
+    ChildBudgetFixed,
+    /// A child token may not mint children (tokens nest at most two deep).
+    ChildDepthExceeded,
+    /// A child token would expire after its parent.
+    ChildOutlivesParent,
+    /// A child token asked for a provider its parent may not use.
+    ChildScopeExceedsParent,
     Csrf,
     /// Sign-up refused: the address mixes scripts within one part (e.g. a Cyrillic letter among
     /// Latin ones), the shape of an address made to look like another.
@@ -57,6 +65,7 @@ pub enum ErrorType {
     InvalidKey,
     InvalidKeyFormat,
     InvalidLabel,
+    InvalidMethod,
     InvalidName,
     InvalidPath,
     InvalidPeriod,
@@ -68,6 +77,7 @@ pub enum ErrorType {
     /// A proxied body the provider could read otherwise than keybroker: not a JSON object where
     /// one is needed, a repeated key, or a count that is not a positive integer (`field`).
     InvalidRequestBody,
+    InvalidTtl,
     InvalidTime,
     InvalidToken,
     /// A webhook secret shorter than 16 or longer than 256 bytes, or with control characters.
@@ -80,6 +90,8 @@ pub enum ErrorType {
     NoKey,
     NotFound,
     NotReady,
+    /// A child token's limit does not fit in what its parent has left (402).
+    ParentSpendLimitReached,
     PasswordTooLong,
     PasswordTooShort,
     PayloadTooLarge,
@@ -95,9 +107,13 @@ pub enum ErrorType {
     SignupClosed,
     SpendCeilingReached,
     /// The call's spend hold could not be recorded (the hold journal could not be written).
+    /// `spend_period` or `alert_at_percent` given for a token without a spend limit.
+    SpendLimitRequired,
     SpendUnavailable,
     /// The database cannot be reached (PostgreSQL down or restarting): 503 with `Retry-After`.
     StoreUnavailable,
+    /// A proxied call that does not fit in its token's own spend limit (402, with the figures).
+    TokenSpendLimitReached,
     TooManyAttempts,
     TooManyInFlight,
     UnknownProvider,
@@ -221,6 +237,37 @@ pub struct TokenView {
     pub expires_at: Option<String>,
     pub expired: bool,
     pub last_used_at: Option<String>,
+    /// The token that minted this one (a child), if any.
+    pub parent_id: Option<String>,
+    /// 0, or 1 for a child, 2 for a grandchild.
+    pub depth: i64,
+    /// The live tokens this one minted (in the list only).
+    pub children: Vec<String>,
+    /// The token's own spend limit (decimal USD), if it has one; the figures below are null
+    /// without one.
+    pub spend_limit_usd: Option<String>,
+    /// `none`, `daily`, `monthly`.
+    pub spend_period: Option<String>,
+    pub spent_usd: Option<String>,
+    pub reserved_usd: Option<String>,
+    pub remaining_usd: Option<String>,
+    pub alert_at_percent: Vec<u8>,
+}
+
+/// What a call would be held at and whether it fits now.
+#[derive(Serialize, ToSchema)]
+pub struct EstimateView {
+    pub provider: String,
+    /// The call's worst case, decimal USD: what the proxy would reserve.
+    pub worst_case_usd: String,
+    /// Priced by a fallback (an endpoint or model the price table does not know).
+    pub priced_by_fallback: bool,
+    /// Whether the call would be admitted now.
+    pub admitted: bool,
+    /// What the tightest limit has left (null without any limit).
+    pub remaining_usd: Option<String>,
+    /// `spend_ceiling` or `token_spend_limit`: the limit that refuses it, or else the tightest.
+    pub limited_by: Option<String>,
 }
 
 /// A new token: `token` (`kb_...`) is shown this once and never again.
@@ -396,7 +443,7 @@ impl Modify for Security {
         (status = 200, description = "The provider's answer, streamed back; headers include x-keybroker-spend-remaining when a ceiling is set", body = Object),
         (status = 400, description = "invalid_path, invalid_body, invalid_request_body (a token endpoint's body is not a JSON object, repeats a key, or has a count that is not a positive integer: `field` names it) or body_not_allowed (a GET or HEAD with a body)", body = ErrorBody),
         (status = 401, description = "authentication_failed", body = ErrorBody),
-        (status = 402, description = "spend_ceiling_reached (with limit_usd, spent_usd, reserved_usd, remaining_usd, hold_usd and x-keybroker-spend-remaining)", body = ErrorBody),
+        (status = 402, description = "spend_ceiling_reached or token_spend_limit_reached (the token's own limit; with token_id), each with limit_usd, spent_usd, reserved_usd, remaining_usd, hold_usd and x-keybroker-spend-remaining", body = ErrorBody),
         (status = 403, description = "provider_not_allowed", body = ErrorBody),
         (status = 404, description = "unknown_provider", body = ErrorBody),
         (status = 413, description = "payload_too_large", body = ErrorBody),
@@ -467,6 +514,11 @@ fn proxy_root() {}
         routes::tokens::create,
         routes::tokens::list,
         routes::tokens::revoke,
+        routes::tokens::update,
+        routes::tokens::reset,
+        routes::tokens::create_child,
+        routes::tokens::revoke_child,
+        routes::estimate::estimate,
         routes::audit::list,
         routes::spend::list_ceilings,
         routes::spend::put_ceiling,

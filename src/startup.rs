@@ -124,6 +124,8 @@ pub struct Application {
     state: web::Data<AppState>,
     mail_worker: MailWorker,
     webhook_worker: crate::queue::QueueWorker,
+    /// Gives child tokens' unspent carves back to their parents (`spend::budget`).
+    carve_sweeper: tokio::task::JoinHandle<()>,
     transport: Transport,
     /// The `--metrics-bind` listener and its port.
     metrics_server: Option<(Server, u16)>,
@@ -414,6 +416,8 @@ impl Application {
             passwords,
         });
 
+        let carve_sweeper = spawn_carve_sweeper(std::sync::Arc::downgrade(&state.clone().into_inner()));
+
         let bind_err = |source| StartError::Bind {
             addr: settings.bind.to_string(),
             source,
@@ -499,6 +503,7 @@ impl Application {
             state,
             mail_worker,
             webhook_worker,
+            carve_sweeper,
             transport,
             metrics_server,
         })
@@ -531,6 +536,7 @@ impl Application {
             metrics_server,
             mail_worker,
             webhook_worker,
+            carve_sweeper,
             ..
         } = self;
         let Transport { reloader, redirect } = transport;
@@ -550,9 +556,29 @@ impl Application {
         if let Some(reloader) = reloader {
             reloader.abort();
         }
+        carve_sweeper.abort();
         futures_util::future::join(mail_worker.shutdown(), webhook_worker.shutdown()).await;
         served
     }
+}
+
+/// Every second, gives back the carves of child tokens that have ended. Holds the state weakly,
+/// so it ends with the application (and is aborted when the server stops).
+fn spawn_carve_sweeper(state: std::sync::Weak<AppState>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(state) = state.upgrade() else {
+                return;
+            };
+            let now = state.clock.unix();
+            if let Err(e) = crate::spend::budget::return_carves(&state.db, &state.proxy, now).await {
+                tracing::warn!(error = %e, "child tokens' carves could not be given back yet");
+            }
+        }
+    })
 }
 
 impl Transport {

@@ -81,6 +81,12 @@ pub struct ToolToken {
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub last_used_at: Option<i64>,
+    /// The token that minted this one (a child token), if any.
+    pub parent_id: Option<String>,
+    /// 0 for a token made by its account's owner, 1 for a child, 2 for a grandchild.
+    pub depth: i64,
+    /// Whether the token had a spend limit of its own when it was loaded (`spend::budget`).
+    pub budgeted: bool,
 }
 
 impl ToolToken {
@@ -133,22 +139,42 @@ pub struct NewToken<'a> {
     pub providers: &'a ProviderScope,
     pub expires_at: Option<i64>,
     pub now: i64,
+    /// Set for a child token.
+    pub parent: Option<Parent<'a>>,
+}
+
+/// Where a child token comes from.
+#[derive(Debug, Clone)]
+pub struct Parent<'a> {
+    pub id: &'a str,
+    /// The child's depth (its parent's + 1).
+    pub depth: i64,
+    /// The part of the parent's budget charged for the child, and the parent's period it was
+    /// charged in; `None` when the parent has no limit to carve from.
+    pub carve: Option<(crate::money::Money, i64)>,
 }
 
 /// Stores a new token and returns it with the secret to show once.
 pub fn create(conn: &Conn<'_>, new: &NewToken<'_>) -> crate::db::Result<(ToolToken, IssuedToken)> {
     let issued = generate();
     let id = format!("tok_{}", uuid::Uuid::new_v4().simple());
+    let parent = new.parent.as_ref();
+    let carve = parent.and_then(|p| p.carve);
     conn.execute(
-        "INSERT INTO tool_tokens (id, account_id, name, token_hash, created_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO tool_tokens (id, account_id, name, token_hash, created_at, expires_at,
+                                  parent_id, depth, carve_micros, carve_period_start)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             id,
             new.account_id,
             new.name,
             hash(issued.expose()),
             new.now,
-            new.expires_at
+            new.expires_at,
+            parent.map(|p| p.id),
+            parent.map_or(0, |p| p.depth),
+            carve.map(|(m, _)| m.micros()),
+            carve.map(|(_, start)| start)
         ],
     )?;
     let listed = new.providers.listed();
@@ -172,6 +198,9 @@ pub fn create(conn: &Conn<'_>, new: &NewToken<'_>) -> crate::db::Result<(ToolTok
         created_at: new.now,
         expires_at: new.expires_at,
         last_used_at: None,
+        parent_id: parent.map(|p| p.id.to_owned()),
+        depth: parent.map_or(0, |p| p.depth),
+        budgeted: carve.is_some(),
     };
     Ok((token, issued))
 }
@@ -193,16 +222,37 @@ fn token_row(r: &crate::db::Row<'_>) -> crate::db::Result<ToolToken> {
         created_at: r.get(3)?,
         expires_at: r.get(4)?,
         last_used_at: r.get(5)?,
+        parent_id: r.get(6)?,
+        depth: r.get(7)?,
+        budgeted: r.get::<_, i64>(8)? != 0,
     })
+}
+
+/// The columns [`token_row`] reads, from `tool_tokens t`; `s` is the token's own spend row.
+macro_rules! token_columns {
+    () => {
+        "t.id, t.account_id, t.name, t.created_at, t.expires_at, t.last_used_at, t.parent_id,
+         t.depth, CASE WHEN s.limit_micros IS NULL THEN 0 ELSE 1 END"
+    };
+}
+
+/// The join that finds a token's own spend row (`spend::budget::token_key`).
+macro_rules! token_spend_join {
+    () => {
+        "LEFT JOIN spend s ON s.account_id = t.account_id AND s.provider = 'token:' || t.id"
+    };
 }
 
 /// The account's tokens that are not revoked (expired ones included, so they can be cleaned
 /// up), oldest first.
 pub fn list(conn: &Conn<'_>, account_id: i64) -> crate::db::Result<Vec<ToolToken>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, account_id, name, created_at, expires_at, last_used_at FROM tool_tokens
-         WHERE account_id = ?1 AND revoked_at IS NULL ORDER BY created_at, rowid",
-    )?;
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT ",
+        token_columns!(),
+        " FROM tool_tokens t ",
+        token_spend_join!(),
+        " WHERE t.account_id = ?1 AND t.revoked_at IS NULL ORDER BY t.created_at, t.rowid"
+    ))?;
     let mut tokens = stmt
         .query_map([account_id], token_row)?
         .collect::<crate::db::Result<Vec<_>>>()?;
@@ -212,19 +262,82 @@ pub fn list(conn: &Conn<'_>, account_id: i64) -> crate::db::Result<Vec<ToolToken
     Ok(tokens)
 }
 
-/// Revokes the account's token `id`; false when there is no such live token (another
-/// account's id included).
-pub fn revoke(conn: &Conn<'_>, account_id: i64, id: &str, now: i64) -> crate::db::Result<bool> {
+/// The account's live token `id`, if any (another account's id is none).
+pub fn get(conn: &Conn<'_>, account_id: i64, id: &str) -> crate::db::Result<Option<ToolToken>> {
+    let token = conn
+        .prepare_cached(concat!(
+            "SELECT ",
+            token_columns!(),
+            " FROM tool_tokens t ",
+            token_spend_join!(),
+            " WHERE t.id = ?1 AND t.account_id = ?2 AND t.revoked_at IS NULL"
+        ))?
+        .query_row(params![id, account_id], token_row)
+        .optional()?;
+    let Some(mut token) = token else {
+        return Ok(None);
+    };
+    token.providers = providers_of(conn, &token.id)?;
+    Ok(Some(token))
+}
+
+/// The ids of the live tokens `id` minted, and theirs (every depth), `id` not included.
+pub fn descendants(conn: &Conn<'_>, account_id: i64, id: &str) -> crate::db::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut frontier = vec![id.to_owned()];
+    // Depth is bounded (`spend::budget::MAX_DEPTH`); the bound here only guards a bad row.
+    for _ in 0..8 {
+        let mut next = Vec::new();
+        for parent in &frontier {
+            let children: Vec<String> = conn
+                .prepare_cached(
+                    "SELECT id FROM tool_tokens
+                     WHERE parent_id = ?1 AND account_id = ?2 AND revoked_at IS NULL ORDER BY id",
+                )?
+                .query_map(params![parent, account_id], |r| r.get(0))?
+                .collect::<crate::db::Result<_>>()?;
+            next.extend(children);
+        }
+        if next.is_empty() {
+            break;
+        }
+        out.extend(next.iter().cloned());
+        frontier = next;
+    }
+    Ok(out)
+}
+
+/// Revokes the account's token `id` and every token it minted (children, grandchildren);
+/// the ids revoked, `id` first, or none when there is no such live token (another account's id
+/// included).
+pub fn revoke(
+    conn: &Conn<'_>,
+    account_id: i64,
+    id: &str,
+    now: i64,
+) -> crate::db::Result<Vec<String>> {
     let n = conn.execute(
         "UPDATE tool_tokens SET revoked_at = ?1
          WHERE id = ?2 AND account_id = ?3 AND revoked_at IS NULL",
         params![now, id, account_id],
     )?;
-    if n == 1 {
-        // Every other instance drops it from its cache when this commits.
-        crate::invalidate::token_changed(conn, id)?;
+    if n != 1 {
+        return Ok(Vec::new());
     }
-    Ok(n == 1)
+    let mut revoked = vec![id.to_owned()];
+    for child in descendants(conn, account_id, id)? {
+        conn.execute(
+            "UPDATE tool_tokens SET revoked_at = ?1
+             WHERE id = ?2 AND account_id = ?3 AND revoked_at IS NULL",
+            params![now, child, account_id],
+        )?;
+        revoked.push(child);
+    }
+    for gone in &revoked {
+        // Every other instance drops it from its cache when this commits.
+        crate::invalidate::token_changed(conn, gone)?;
+    }
+    Ok(revoked)
 }
 
 /// The live, unexpired token `presented` is, if any: a SHA-256 lookup (see the module doc).
@@ -237,12 +350,14 @@ pub fn authenticate(
         return Ok(None);
     }
     let token = conn
-        .prepare_cached(
+        .prepare_cached(concat!(
             // A disabled account's tokens are refused (the cache holds an answer ≤ 1 s).
-            "SELECT t.id, t.account_id, t.name, t.created_at, t.expires_at, t.last_used_at
-             FROM tool_tokens t JOIN accounts a ON a.id = t.account_id
-             WHERE t.token_hash = ?1 AND t.revoked_at IS NULL AND a.disabled_at IS NULL",
-        )?
+            "SELECT ",
+            token_columns!(),
+            " FROM tool_tokens t JOIN accounts a ON a.id = t.account_id ",
+            token_spend_join!(),
+            " WHERE t.token_hash = ?1 AND t.revoked_at IS NULL AND a.disabled_at IS NULL"
+        ))?
         .query_row([hash(presented)], token_row)
         .optional()?;
     let Some(mut token) = token else {
@@ -451,6 +566,7 @@ mod tests {
             providers,
             expires_at,
             now: 100,
+            parent: None,
         }
     }
 
@@ -499,9 +615,9 @@ mod tests {
         let (token, issued) = create(&conn, &new(&ProviderScope::All, Some(200))).unwrap();
         assert!(authenticate(&conn, issued.expose(), 199).unwrap().is_some());
         assert!(authenticate(&conn, issued.expose(), 200).unwrap().is_none());
-        assert!(revoke(&conn, 1, &token.id, 150).unwrap());
+        assert_eq!(revoke(&conn, 1, &token.id, 150).unwrap(), vec![token.id.clone()]);
         assert!(authenticate(&conn, issued.expose(), 150).unwrap().is_none());
-        assert!(!revoke(&conn, 1, &token.id, 150).unwrap());
+        assert!(revoke(&conn, 1, &token.id, 150).unwrap().is_empty());
         assert!(authenticate(&conn, "kb_short", 0).unwrap().is_none());
         assert!(authenticate(&conn, "", 0).unwrap().is_none());
     }

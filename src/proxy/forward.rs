@@ -25,7 +25,8 @@ use crate::proxy::body::{Meter, MeteredBody, Settlement};
 use crate::proxy::headers;
 use crate::proxy::path::UpstreamPath;
 use crate::spend::writer::{CallRecord, SpendWriter};
-use crate::spend::{Ledger, ReserveError};
+use crate::spend::budget::Denied;
+use crate::spend::{Ledger, Refused};
 use crate::startup::AppState;
 use crate::tokens::{self, KeyAccess};
 
@@ -179,7 +180,7 @@ pub fn upstream_client(settings: &ProxySettings) -> awc::Client {
 /// ([`UpstreamPath::folded`]), so no spelling of a path the provider serves the same way is priced
 /// differently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pricing {
+pub(crate) enum Pricing {
     /// A generation endpoint: estimated from the body, settled by the usage reported.
     Tokens(Dialect),
     /// A read, a delete or a token count at a token-metered provider: costs nothing.
@@ -219,7 +220,7 @@ impl Pricing {
     }
 
     /// The dialect a response is metered in, if it is metered by tokens.
-    fn dialect(self) -> Option<Dialect> {
+    pub(crate) fn dialect(self) -> Option<Dialect> {
         match self {
             Pricing::Tokens(d) | Pricing::WorstCase(d) => Some(d),
             Pricing::Free | Pricing::PerRequest => None,
@@ -410,7 +411,7 @@ fn key_header(injection: Injection, key: &str) -> Result<(HeaderName, HeaderValu
 /// below it, the hold is what did not fit, and the answer says how large it was, what is left,
 /// and how to ask for less. `remaining_usd` and `X-Keybroker-Spend-Remaining` mean what the
 /// ceilings API's `remaining_usd` means: limit − spent − held by calls in flight.
-fn refused(provider: &str, refusal: &crate::spend::ledger::Refused) -> ApiError {
+fn refused(provider: &str, refusal: &Refused) -> ApiError {
     use crate::money::Money;
     let remaining = refusal
         .limit
@@ -439,6 +440,149 @@ fn refused(provider: &str, refusal: &crate::spend::ledger::Refused) -> ApiError 
     .with_field("remaining_usd", remaining.to_string())
     .with_field("hold_usd", refusal.requested.to_string())
     .with_spend_remaining(remaining)
+}
+
+/// The 402 for a call that does not fit in its token's own limit (see [`refused`]).
+fn token_refused(provider: &str, token_id: &str, refusal: &Refused) -> ApiError {
+    use crate::money::Money;
+    let remaining = refusal
+        .limit
+        .saturating_sub(refusal.spent)
+        .saturating_sub(refusal.reserved)
+        .max(Money::ZERO);
+    let message = if refusal.spent >= refusal.limit {
+        "this token's spend limit is reached".to_owned()
+    } else {
+        format!(
+            "this call could cost up to ${} (its worst case), and only ${remaining} of this \
+             token's spend limit is left; ask for less output or raise the token's limit",
+            refusal.requested
+        )
+    };
+    ApiError::new(
+        StatusCode::PAYMENT_REQUIRED,
+        "token_spend_limit_reached",
+        message,
+    )
+    .with_field("provider", provider)
+    .with_field("token_id", token_id)
+    .with_field("limit_usd", refusal.limit.to_string())
+    .with_field("spent_usd", refusal.spent.to_string())
+    .with_field("reserved_usd", refusal.reserved.to_string())
+    .with_field("remaining_usd", remaining.to_string())
+    .with_field("hold_usd", refusal.requested.to_string())
+    .with_spend_remaining(remaining)
+}
+
+/// A call as it will be metered: how it is priced, its worst case, the model it names, and the
+/// body to send (OpenAI streams are asked for their usage report).
+pub(crate) struct Priced {
+    pub pricing: Pricing,
+    pub cost: crate::metering::prices::Cost,
+    pub request_model: Option<String>,
+    pub body: web::Bytes,
+    /// keybroker asked for the stream's usage chunk; the client did not, so it is withheld.
+    pub strip_usage_chunk: bool,
+}
+
+/// Prices a call before it is sent: the proxy reserves this, `POST /api/v1/estimate` reports it.
+pub(crate) fn price_call(
+    proxy: &Proxy,
+    provider: &Provider,
+    method: &str,
+    upstream_path: &UpstreamPath,
+    body: web::Bytes,
+) -> Result<Priced, ApiError> {
+    let method = method.to_owned();
+    let mut body = body;
+    let folded = upstream_path.folded();
+    let pricing = Pricing::of(provider, &proxy.prices, &method, folded, body.is_empty());
+    // The response is metered by tokens for token endpoints and for unknown calls (their answer
+    // may report usage); reads cost nothing.
+    let dialect = pricing.dialect();
+    // The body as JSON, parsed once, duplicate keys refused (`None` when it is not JSON).
+    let mut json = if body.is_empty() {
+        None
+    } else {
+        match crate::metering::unique_json::parse(&body) {
+            Ok(value) => Some(value),
+            Err(crate::metering::unique_json::JsonError::NotJson) => None,
+            Err(e @ crate::metering::unique_json::JsonError::DuplicateKey) => {
+                return Err(invalid_body(e.to_string()));
+            }
+        }
+    };
+    if matches!(pricing, Pricing::Tokens(_)) && !json.as_ref().is_some_and(|j| j.is_object()) {
+        return Err(invalid_body("the request body must be a JSON object"));
+    }
+    let request_model = match dialect {
+        Some(Dialect::Google) => estimate::google_model_from_path(folded).map(str::to_owned),
+        _ => json
+            .as_ref()
+            .and_then(|j| j.get("model"))
+            .and_then(|m| m.as_str())
+            .map(str::to_owned),
+    };
+    // OpenAI streams report usage only when asked: ask, and hide the extra chunk from a client
+    // that did not.
+    let mut strip_usage_chunk = false;
+    let ask_usage = provider.stream_usage == crate::providers::StreamUsage::Ask;
+    if let (Pricing::Tokens(Dialect::OpenAi), Some(j), true) = (pricing, json.as_mut(), ask_usage) {
+        if usage::openai_prepare_stream_request(j) {
+            strip_usage_chunk = true;
+            body = serde_json::to_vec(j).map_err(ApiError::internal)?.into();
+        }
+    }
+
+    let estimate = match pricing {
+        Pricing::Tokens(d) => {
+            let parsed = json.as_ref().unwrap_or(&serde_json::Value::Null);
+            estimate::estimate_tokens_parsed(
+                &proxy.prices,
+                &proxy.settings.estimate,
+                provider.id,
+                d,
+                body.len(),
+                parsed,
+                request_model.as_deref(),
+            )
+            .map_err(|e| match e {
+                estimate::EstimateError::InvalidCount(invalid) => invalid_count(invalid),
+                estimate::EstimateError::NotAnObject => invalid_body(e.to_string()),
+            })?
+            .cost
+        }
+        Pricing::Free => crate::metering::prices::Cost {
+            micros: crate::money::Money::ZERO,
+            priced_by_fallback: false,
+        },
+        Pricing::PerRequest => estimate::estimate_request(
+            &proxy.prices,
+            provider.id,
+            &method,
+            upstream_path.path(),
+            json.as_ref(),
+        ),
+        Pricing::WorstCase(d) => {
+            estimate::worst_case(
+                &proxy.prices,
+                &proxy.settings.estimate,
+                provider.id,
+                d,
+                body.len(),
+                json.as_ref(),
+            )
+            .map_err(invalid_count)?
+            .cost
+        }
+    };
+    Ok(Priced {
+        pricing,
+        cost: estimate,
+        request_model,
+        body,
+        strip_usage_chunk,
+    })
 }
 
 pub async fn proxy(
@@ -529,92 +673,18 @@ pub async fn proxy(
     })?;
 
     refuse_body_tricks(&req)?;
-    let mut body = read_body(&req, payload, proxy.settings.max_body_bytes).await?;
+    let body = read_body(&req, payload, proxy.settings.max_body_bytes).await?;
     refuse_read_body(&req, body.len())?;
     let method = req.method().as_str().to_owned();
-    let folded = upstream_path.folded();
-    let pricing = Pricing::of(provider, &proxy.prices, &method, folded, body.is_empty());
-    // The response is metered by tokens for token endpoints and for unknown calls (their answer
-    // may report usage); reads cost nothing.
+    let Priced {
+        pricing,
+        cost: estimate,
+        request_model,
+        body,
+        strip_usage_chunk,
+    } = price_call(proxy, provider, &method, &upstream_path, body)?;
     let dialect = pricing.dialect();
     let free = pricing == Pricing::Free;
-    // The body as JSON, parsed once, duplicate keys refused (`None` when it is not JSON).
-    let mut json = if body.is_empty() {
-        None
-    } else {
-        match crate::metering::unique_json::parse(&body) {
-            Ok(value) => Some(value),
-            Err(crate::metering::unique_json::JsonError::NotJson) => None,
-            Err(e @ crate::metering::unique_json::JsonError::DuplicateKey) => {
-                return Err(invalid_body(e.to_string()));
-            }
-        }
-    };
-    if matches!(pricing, Pricing::Tokens(_)) && !json.as_ref().is_some_and(|j| j.is_object()) {
-        return Err(invalid_body("the request body must be a JSON object"));
-    }
-    let request_model = match dialect {
-        Some(Dialect::Google) => estimate::google_model_from_path(folded).map(str::to_owned),
-        _ => json
-            .as_ref()
-            .and_then(|j| j.get("model"))
-            .and_then(|m| m.as_str())
-            .map(str::to_owned),
-    };
-    // OpenAI streams report usage only when asked: ask, and hide the extra chunk from a client
-    // that did not.
-    let mut strip_usage_chunk = false;
-    let ask_usage = provider.stream_usage == crate::providers::StreamUsage::Ask;
-    if let (Pricing::Tokens(Dialect::OpenAi), Some(j), true) = (pricing, json.as_mut(), ask_usage) {
-        if usage::openai_prepare_stream_request(j) {
-            strip_usage_chunk = true;
-            body = serde_json::to_vec(j).map_err(ApiError::internal)?.into();
-        }
-    }
-
-    let estimate = match pricing {
-        Pricing::Tokens(d) => {
-            let parsed = json.as_ref().unwrap_or(&serde_json::Value::Null);
-            estimate::estimate_tokens_parsed(
-                &proxy.prices,
-                &proxy.settings.estimate,
-                provider.id,
-                d,
-                body.len(),
-                parsed,
-                request_model.as_deref(),
-            )
-            .map_err(|e| match e {
-                estimate::EstimateError::InvalidCount(invalid) => invalid_count(invalid),
-                estimate::EstimateError::NotAnObject => invalid_body(e.to_string()),
-            })?
-            .cost
-        }
-        Pricing::Free => crate::metering::prices::Cost {
-            micros: crate::money::Money::ZERO,
-            priced_by_fallback: false,
-        },
-        Pricing::PerRequest => estimate::estimate_request(
-            &proxy.prices,
-            provider.id,
-            &method,
-            upstream_path.path(),
-            json.as_ref(),
-        ),
-        Pricing::WorstCase(d) => {
-            estimate::worst_case(
-                &proxy.prices,
-                &proxy.settings.estimate,
-                provider.id,
-                d,
-                body.len(),
-                json.as_ref(),
-            )
-            .map_err(invalid_count)?
-            .cost
-        }
-    };
-    drop(json);
     let request_id = req
         .extensions()
         .get::<RequestId>()
@@ -637,61 +707,40 @@ pub async fn proxy(
     if let Some(shared) = proxy.shared.as_ref() {
         shared.check_fresh();
     }
-    let mut leases = 0;
-    let reserved = loop {
-        match proxy
-            .ledger
-            .reserve(token.account_id, provider.id, estimate.micros)
-        {
-            // Shared ceilings: this instance's lease is short; lease more and try again (a few
-            // times, since concurrent calls here may use what was just leased).
-            Err(ReserveError::NeedsLease { want }) if leases < 4 => {
-                leases += 1;
-                let Some(shared) = proxy.shared.as_ref() else {
-                    break Err(ReserveError::Unrecorded);
-                };
-                match shared.lease(token.account_id, provider.id, want).await {
-                    Ok(None) => continue,
-                    Ok(Some(refusal)) => break Err(ReserveError::Ceiling(refusal)),
-                    Err(e) => return Err(ApiError::from_db(&e)),
-                }
-            }
-            other => break other,
-        }
-    };
+    let reserved = crate::spend::budget::reserve_call(
+        proxy,
+        token.account_id,
+        provider.id,
+        &token.id,
+        token.budgeted,
+        estimate.micros,
+    )
+    .await;
     let reservation = match reserved {
         Ok(r) => r,
-        Err(ReserveError::NeedsLease { want }) => {
-            let snap = proxy.ledger.snapshot(token.account_id, provider.id);
-            record.status = 402;
-            record.outcome = "refused";
-            record.took_since(started);
-            proxy.writer.record_call(record);
-            return Err(refused(
-                provider.id,
-                &crate::spend::Refused {
-                    limit: snap.limit.unwrap_or(crate::money::Money::ZERO),
-                    spent: snap.spent,
-                    reserved: snap.reserved,
-                    requested: want,
-                },
-            ));
-        }
-        Err(ReserveError::Ceiling(refusal)) => {
+        Err(Denied::Ceiling(refusal)) => {
             record.status = 402;
             record.outcome = "refused";
             record.took_since(started);
             proxy.writer.record_call(record);
             return Err(refused(provider.id, &refusal));
         }
+        Err(Denied::Token(refusal)) => {
+            record.status = 402;
+            record.outcome = "refused";
+            record.took_since(started);
+            proxy.writer.record_call(record);
+            return Err(token_refused(provider.id, &token.id, &refusal));
+        }
         // The hold could not be journaled: without it a crash could lose this call's cost.
-        Err(ReserveError::Unrecorded) => {
+        Err(Denied::Unrecorded) => {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "spend_unavailable",
                 "keybroker cannot record spend right now; the call was not sent",
             ));
         }
+        Err(Denied::Db(e)) => return Err(ApiError::from_db(&e)),
     };
 
     // The key, for this call only.
@@ -883,10 +932,9 @@ pub async fn proxy(
     };
     // The call's hold survives a crash already: `reserve` journaled it before the call was sent
     // (see `spend::journal`), so nothing waits for the spend writer here.
-    let remaining = proxy
-        .ledger
-        .snapshot(token.account_id, provider.id)
-        .remaining;
+    let remaining =
+        crate::spend::budget::remaining(proxy, token.account_id, provider.id, &token.id)
+            .map(|(m, _)| m);
     let mut out = HttpResponse::build(status);
     for (name, value) in headers::response_headers(response.headers(), &scrubber) {
         out.append_header((name, value));

@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod auth;
 pub mod discovery;
+pub mod estimate;
 pub mod health;
 pub mod keys;
 pub mod oauth;
@@ -89,7 +90,12 @@ route_table! {
     POST "/api/v1/keys/{id}/reveal" => keys::reveal;
     POST "/api/v1/tokens" => tokens::create;
     GET "/api/v1/tokens" => tokens::list;
+    POST "/api/v1/tokens/children" => tokens::create_child;
+    DELETE "/api/v1/tokens/children/{id}" => tokens::revoke_child;
+    PATCH "/api/v1/tokens/{id}" => tokens::update;
     DELETE "/api/v1/tokens/{id}" => tokens::revoke;
+    POST "/api/v1/tokens/{id}/reset" => tokens::reset;
+    POST "/api/v1/estimate" => estimate::estimate;
     GET "/api/v1/audit" => audit::list;
     GET "/api/v1/ceilings" => spend::list_ceilings;
     PUT "/api/v1/ceilings/{provider}" => spend::put_ceiling;

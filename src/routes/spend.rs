@@ -61,7 +61,7 @@ fn period_reach(p: Period) -> u8 {
 
 /// Whether setting `limit` per `period` would let more through than the ceiling `current` holds:
 /// a higher limit, or a period that starts over more often. A first ceiling only tightens.
-fn loosens(current: &Snapshot, limit: Money, period: Period) -> bool {
+pub(crate) fn loosens(current: &Snapshot, limit: Money, period: Period) -> bool {
     current
         .limit
         .is_some_and(|old| limit > old || period_reach(period) > period_reach(current.period))
@@ -120,7 +120,7 @@ async fn audit_outcome(
 
 /// The figures a ceiling change moved, for its audit entry: `limit 5.00 -> 10.00; period monthly
 /// -> daily; spent 3.20 -> 0.00`, each part only when it changed.
-fn ceiling_change(before: &Snapshot, after: &Snapshot) -> String {
+pub(crate) fn ceiling_change(before: &Snapshot, after: &Snapshot) -> String {
     let limit = |s: &Snapshot| s.limit.map_or_else(|| "none".to_owned(), |m| m.to_string());
     let mut parts = Vec::new();
     if before.limit != after.limit {
@@ -141,7 +141,7 @@ fn ceiling_change(before: &Snapshot, after: &Snapshot) -> String {
 
 /// Several instances: the ceiling as the database has it, before it is shown or changed here (the
 /// last change may have been made through another instance).
-async fn sync_shared(state: &AppState, account: i64, provider: &str) -> Result<(), ApiError> {
+pub(crate) async fn sync_shared(state: &AppState, account: i64, provider: &str) -> Result<(), ApiError> {
     match &state.proxy.shared {
         Some(shared) => shared
             .sync(account, provider)
@@ -170,8 +170,19 @@ async fn persist(
     provider: &'static str,
     snap: &Snapshot,
 ) -> Result<(), ApiError> {
+    persist_terms(state, auth.account_id, provider, snap).await
+}
+
+/// Stores a ledger entry's terms (a provider's ceiling or a token's limit, `key`) and, with
+/// several instances, announces them.
+pub(crate) async fn persist_terms(
+    state: &AppState,
+    account: i64,
+    provider: &str,
+    snap: &Snapshot,
+) -> Result<(), ApiError> {
     state.proxy.writer.record_ceiling(CeilingRow {
-        account: auth.account_id,
+        account,
         provider: provider.to_owned(),
         limit: snap.limit,
         period: snap.period,
@@ -183,7 +194,7 @@ async fn persist(
         // Every instance (this one too) takes the new terms and hands back what it leased
         // beyond them; calls lease again under them.
         shared
-            .announce(auth.account_id, provider)
+            .announce(account, provider)
             .await
             .map_err(|e| ApiError::from_db(&e))?;
     }
@@ -325,7 +336,7 @@ pub async fn list_ceilings(
         .ledger
         .snapshots(auth.account_id)
         .iter()
-        .filter(|(_, s)| s.limit.is_some())
+        .filter(|(p, s)| s.limit.is_some() && !crate::spend::budget::is_token_key(p))
         .map(|(p, s)| view(p, s, alerts.get(p).map_or(&[][..], Vec::as_slice)))
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "ceilings": rows })))

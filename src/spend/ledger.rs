@@ -374,6 +374,7 @@ impl Ledger {
             provider: provider.to_owned(),
             amount,
             open: true,
+            joined: None,
         })
     }
 
@@ -461,7 +462,38 @@ impl Ledger {
         e.snapshot()
     }
 
-    /// Every entry of an account, by provider name.
+    /// Whether the pair has a limit now (no entry: none). Creates nothing.
+    pub fn has_limit(&self, account: i64, provider: &str) -> bool {
+        self.existing(account, provider)
+            .is_some_and(|entry| lock(&entry).limit.is_some())
+    }
+
+    /// Takes back up to `amount` of the spend of the period starting `period_start` (nothing
+    /// when the entry has moved to another period since), without announcing it: the caller
+    /// has already written the same credit to the database (`spend::budget`, a child token's
+    /// unspent carve going back to its parent). Returns what was taken back.
+    pub fn credit_local(
+        &self,
+        account: i64,
+        provider: &str,
+        amount: Money,
+        period_start: OffsetDateTime,
+    ) -> Money {
+        let Some(entry) = self.existing(account, provider) else {
+            return Money::ZERO;
+        };
+        let mut e = lock(&entry);
+        e.roll(self.inner.clock.now());
+        if e.period_start != period_start {
+            return Money::ZERO;
+        }
+        let credited = amount.max(Money::ZERO).min(e.spent);
+        e.spent = e.spent.saturating_sub(credited);
+        credited
+    }
+
+    /// Every provider entry of an account, by provider name (tokens' own limits, keyed
+    /// `token:<id>`, are not among them: they are shown with their tokens).
     pub fn snapshots(&self, account: i64) -> Vec<(String, Snapshot)> {
         let now = self.inner.clock.now();
         let entries: Vec<(String, SharedEntry)> = read(&self.inner.entries)
@@ -469,6 +501,7 @@ impl Ledger {
             .map(|providers| {
                 providers
                     .iter()
+                    .filter(|(name, _)| !crate::spend::budget::is_token_key(name))
                     .map(|(name, entry)| (name.clone(), Arc::clone(entry)))
                     .collect()
             })
@@ -610,6 +643,9 @@ pub struct Reservation {
     provider: String,
     amount: Money,
     open: bool,
+    /// A second hold the call needs as well (its token's own budget beside the provider's
+    /// ceiling): settled, released or charged together with this one.
+    joined: Option<Box<Reservation>>,
 }
 
 impl fmt::Debug for Reservation {
@@ -629,10 +665,23 @@ impl Reservation {
         self.amount
     }
 
+    /// This hold and `other` as one: whatever closes this one closes `other` the same way (the
+    /// same charge, release, or full charge when dropped).
+    pub fn join(mut self, other: Reservation) -> Reservation {
+        match self.joined.take() {
+            Some(first) => self.joined = Some(Box::new(first.join(other))),
+            None => self.joined = Some(Box::new(other)),
+        }
+        self
+    }
+
     /// Charges `actual` (negative is taken as zero) and releases the hold. An `actual` above the
     /// reservation is charged in full and reported as an overshoot.
     pub fn settle(mut self, actual: Money) -> Settled {
         self.open = false;
+        if let Some(joined) = self.joined.take() {
+            let _ = joined.settle(actual);
+        }
         self.close(actual.max(Money::ZERO), false)
     }
 
@@ -640,6 +689,9 @@ impl Reservation {
     /// or failed before any work).
     pub fn release(mut self) {
         self.open = false;
+        if let Some(joined) = self.joined.take() {
+            joined.release();
+        }
         let mut e = lock(&self.entry);
         e.reserved = e.reserved.saturating_sub(self.amount).max(Money::ZERO);
         let _ = self.inner.emit(SpendEvent {

@@ -2,6 +2,7 @@
 //! The ledger decides in memory; the writer persists its events in batches; the store reads them
 //! back at start-up (charging holds a crash left behind) and for usage reports.
 
+pub mod budget;
 pub mod journal;
 pub mod ledger;
 pub mod shared;

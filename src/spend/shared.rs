@@ -354,6 +354,12 @@ pub fn release(conn: &Conn<'_>, id: &str) -> Result<(), DbError> {
 }
 
 /// The announcement that the ceiling of (account, provider) changed.
+/// Tells every instance, when the caller's transaction commits, that the pair's ceiling or spend
+/// changed (a child token's carve went back to its parent, say).
+pub fn announce_in(conn: &Conn<'_>, account: i64, provider: &str) -> Result<(), DbError> {
+    conn.notify(CHANNEL, &payload(account, provider))
+}
+
 fn payload(account: i64, provider: &str) -> String {
     format!("{account}:{provider}")
 }

@@ -628,12 +628,14 @@ mod tests {
         conn
     }
 
+    static UNRESTRICTED: Scope = Scope::ALL;
+
     fn new(providers: &ProviderScope, expires_at: Option<i64>) -> NewToken<'_> {
         NewToken {
             account_id: 1,
             name: "ci",
             providers,
-            scope: &Scope::ALL,
+            scope: &UNRESTRICTED,
             expires_at,
             now: 100,
         }

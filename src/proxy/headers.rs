@@ -712,13 +712,14 @@ mod tests {
         };
         assert_eq!(label(&[]), Ok(String::new()));
         assert_eq!(label(&["  nightly eval  "]), Ok("nightly eval".to_owned()));
-        assert_eq!(label(&[&"a".repeat(64)]), Ok("a".repeat(64)));
-        for bad in ["", "   ", &"a".repeat(65), "caf\u{e9}", "tab\there"] {
+        let (longest, too_long) = ("a".repeat(64), "a".repeat(65));
+        assert_eq!(label(&[longest.as_str()]), Ok(longest.clone()));
+        for bad in ["", "   ", too_long.as_str(), "caf\u{e9}", "tab\there"] {
             assert_eq!(label(&[bad]), Err(AgentLabelError::Shape), "{bad:?}");
         }
         assert_eq!(label(&["a", "b"]), Err(AgentLabelError::Shape));
         assert_eq!(
-            label(&["sk-proj-TESTabcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH"]),
+            label(&["deploy bot AKIAIOSFODNN7EXAMPL3"]),
             Err(AgentLabelError::Secret)
         );
     }

@@ -217,9 +217,12 @@ async fn a_malformed_or_secret_shaped_label_is_refused_and_never_stored_or_logge
     // An AWS access key id: a secret shape short enough to be a label.
     let secret: String = "AKIA"
         .chars()
-        .chain(uuid::Uuid::new_v4().as_bytes().iter().map(|b| {
-            char::from(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"[usize::from(*b % 32)])
-        }))
+        .chain(
+            uuid::Uuid::new_v4()
+                .as_bytes()
+                .iter()
+                .map(|b| char::from(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"[usize::from(*b % 32)])),
+        )
         .collect();
     let res = chat(&app, &t, Some(&secret)).await;
     assert_eq!(res.status(), 400);

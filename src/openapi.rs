@@ -52,22 +52,34 @@ pub enum ErrorType {
     /// Sign-up refused: the address mixes scripts within one part (e.g. a Cyrillic letter among
     /// Latin ones), the shape of an address made to look like another.
     EmailLookalike,
+    /// A proxied call outside its token's method or path scope (403); nothing was reserved or sent.
+    ForbiddenByScope,
     InternalError,
     /// A ceiling's `alert_at_percent` is not a list of at most 10 whole percents from 1 to 100.
     InvalidAlertPercent,
+    /// `X-Keybroker-Agent` is not 1-64 printable ASCII characters, or looks like it carries a secret.
+    InvalidAgentLabel,
     InvalidAmount,
     InvalidBody,
     InvalidCursor,
     InvalidEmail,
     InvalidExpiresAt,
     InvalidFormat,
+    /// `GET /api/v1/usage`: `group_by` is not provider, token or agent.
+    InvalidGroupBy,
     InvalidJson,
     InvalidKey,
     InvalidKeyFormat,
     InvalidLabel,
     InvalidMethod,
+    /// Token creation: `methods` is empty or names a method other than GET, HEAD, POST, PUT,
+    /// PATCH, DELETE, OPTIONS.
+    InvalidMethods,
     InvalidName,
     InvalidPath,
+    /// Token creation: `paths` is empty, longer than 32, or holds a pattern that is not an exact
+    /// path or a prefix ending in `/*`.
+    InvalidPaths,
     InvalidPeriod,
     /// Token creation: `providers` was an empty list (leave it out for every provider).
     InvalidProviders,
@@ -233,6 +245,11 @@ pub struct TokenView {
     pub name: String,
     /// Providers the token may use; empty means all.
     pub providers: Vec<String>,
+    /// Methods the token may use; null means every method.
+    pub methods: Option<Vec<String>>,
+    /// Upstream path patterns the token may call (exact, or a prefix ending in `/*`); null means
+    /// every path.
+    pub paths: Option<Vec<String>>,
     pub created_at: String,
     pub expires_at: Option<String>,
     pub expired: bool,
@@ -374,7 +391,12 @@ pub struct Usage {
     pub until: String,
     /// Which window this is, in words: the last 30 days unless since/until were given.
     pub window: String,
-    pub providers: Vec<crate::spend::store::UsageRow>,
+    /// With `group_by=provider` (the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub providers: Option<Vec<crate::spend::store::UsageRow>>,
+    /// With `group_by=token` or `group_by=agent`: one row per (provider, token) or (provider, agent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<crate::spend::store::UsageGroup>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -441,10 +463,10 @@ impl Modify for Security {
     request_body(content = Object, description = "Sent to the provider as is (bounded in size)", content_type = "application/json"),
     responses(
         (status = 200, description = "The provider's answer, streamed back; headers include x-keybroker-spend-remaining when a ceiling is set", body = Object),
-        (status = 400, description = "invalid_path, invalid_body, invalid_request_body (a token endpoint's body is not a JSON object, repeats a key, or has a count that is not a positive integer: `field` names it) or body_not_allowed (a GET or HEAD with a body)", body = ErrorBody),
+        (status = 400, description = "invalid_agent_label (X-Keybroker-Agent: 1-64 printable ASCII characters, no secret), invalid_path, invalid_body, invalid_request_body (a token endpoint's body is not a JSON object, repeats a key, or has a count that is not a positive integer: `field` names it) or body_not_allowed (a GET or HEAD with a body)", body = ErrorBody),
         (status = 401, description = "authentication_failed", body = ErrorBody),
         (status = 402, description = "spend_ceiling_reached or token_spend_limit_reached (the token's own limit; with token_id), each with limit_usd, spent_usd, reserved_usd, remaining_usd, hold_usd and x-keybroker-spend-remaining", body = ErrorBody),
-        (status = 403, description = "provider_not_allowed", body = ErrorBody),
+        (status = 403, description = "provider_not_allowed, or forbidden_by_scope: the token's methods or paths do not include this call", body = ErrorBody),
         (status = 404, description = "unknown_provider", body = ErrorBody),
         (status = 413, description = "payload_too_large", body = ErrorBody),
         (status = 415, description = "unsupported_content_encoding: request bodies are not accepted compressed", body = ErrorBody),

@@ -2,7 +2,8 @@
 //!
 //! A token is `kb_` + base64url(32 random bytes): 256 bits from the OS RNG, 46 characters. It is
 //! shown once, at creation; only its SHA-256 is stored. A token belongs to one account, may be
-//! limited to some providers ([`ProviderScope`]; no provider rows = all), may expire, and is revoked at once.
+//! limited to some providers ([`ProviderScope`]; no provider rows = all) and to some methods and
+//! paths ([`Scope`]), may expire, and is revoked at once.
 //!
 //! Lookup is one SHA-256 and an indexed equality query, not argon2: a password needs a slow hash
 //! because it is guessable, a 256-bit random token is not, and the proxy checks a token on every
@@ -78,6 +79,8 @@ pub struct ToolToken {
     pub name: String,
     /// Provider ids the token may use; empty means every provider.
     pub providers: Vec<String>,
+    /// The methods and upstream paths the token may call.
+    pub scope: Scope,
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub last_used_at: Option<i64>,
@@ -131,12 +134,183 @@ impl ProviderScope {
     }
 }
 
+/// Methods a scope may list.
+pub const SCOPE_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+/// Most path patterns a scope may list, and the longest pattern.
+pub const MAX_PATH_PATTERNS: usize = 32;
+pub const MAX_PATH_PATTERN_LEN: usize = 256;
+
+/// Which calls a token may make at its providers, by method and by upstream path. `None` in
+/// either part means unrestricted; a list is never empty (an empty list from a client is refused,
+/// like an empty provider list: see [`ProviderScope`]).
+///
+/// A path pattern is an exact path (`/v1/balance`) or a prefix ending in `/*` (`/v1/chat/*`),
+/// which matches every path below it. Patterns are matched, in ASCII lower case, against the
+/// checked, normalised path as the provider routes it (`proxy::path::UpstreamPath::folded`), so
+/// no spelling of a path (escapes, case, dot segments, `;params`) reaches outside a pattern.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Upper-case methods from [`SCOPE_METHODS`], without duplicates.
+    pub methods: Option<Vec<String>>,
+    /// Patterns as [`Scope::parse_paths`] accepted them.
+    pub paths: Option<Vec<String>>,
+}
+
+/// Why a list of methods or paths was refused; `Display` says what is expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScopeError {
+    #[error("methods must list at least one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS; leave the field out for every method")]
+    Methods,
+    #[error("paths must list 1-32 patterns of at most 256 characters, each an exact path starting with / or a prefix ending in /* (no other *, no ?, #, %, spaces, empty or dot segments); leave the field out for every path")]
+    Paths,
+}
+
+/// How a pattern matches, its `*` taken off and in lower case.
+enum Pattern {
+    Exact(String),
+    /// Ends with `/`.
+    Under(String),
+}
+
+impl Pattern {
+    fn of(raw: &str) -> Self {
+        let lower = raw.to_ascii_lowercase();
+        match lower.strip_suffix('*') {
+            Some(prefix) => Pattern::Under(prefix.to_owned()),
+            None => Pattern::Exact(lower),
+        }
+    }
+
+    fn matches(&self, folded: &str) -> bool {
+        match self {
+            Pattern::Exact(p) => folded == p,
+            Pattern::Under(prefix) => folded.starts_with(prefix.as_str()),
+        }
+    }
+
+    /// Whether every path `self` matches, `parent` matches too.
+    fn within(&self, parent: &Pattern) -> bool {
+        match (self, parent) {
+            (Pattern::Exact(p), parent) => parent.matches(p),
+            (Pattern::Under(p), Pattern::Under(q)) => p.starts_with(q.as_str()),
+            (Pattern::Under(_), Pattern::Exact(_)) => false,
+        }
+    }
+}
+
+fn valid_pattern(raw: &str) -> bool {
+    let prefix = raw.ends_with("/*");
+    let body = raw.strip_suffix("/*").unwrap_or(raw);
+    raw.starts_with('/')
+        && raw.len() <= MAX_PATH_PATTERN_LEN
+        && !body.contains(['*', '?', '#', '%'])
+        && !raw.chars().any(|c| c.is_control() || c.is_whitespace())
+        // Segments between the slashes (none after the prefix's slash, none at all in `/`).
+        && ((body.is_empty() && prefix)
+            || (body == "/" && !prefix)
+            || body
+                .split('/')
+                .skip(1)
+                .all(|seg| !seg.is_empty() && seg != "." && seg != ".."))
+}
+
+impl Scope {
+    /// Every method and every path.
+    pub const ALL: Scope = Scope {
+        methods: None,
+        paths: None,
+    };
+
+    /// `raw` in upper case, duplicates dropped; refused when empty or naming another method.
+    pub fn parse_methods(raw: &[String]) -> Result<Vec<String>, ScopeError> {
+        let mut out: Vec<String> = Vec::new();
+        for m in raw {
+            let upper = m.trim().to_ascii_uppercase();
+            if !SCOPE_METHODS.contains(&upper.as_str()) {
+                return Err(ScopeError::Methods);
+            }
+            if !out.contains(&upper) {
+                out.push(upper);
+            }
+        }
+        if out.is_empty() {
+            return Err(ScopeError::Methods);
+        }
+        Ok(out)
+    }
+
+    /// `raw` as given, duplicates dropped; refused when empty, too long, or a pattern is not one.
+    pub fn parse_paths(raw: &[String]) -> Result<Vec<String>, ScopeError> {
+        if raw.is_empty() || raw.len() > MAX_PATH_PATTERNS || !raw.iter().all(|p| valid_pattern(p))
+        {
+            return Err(ScopeError::Paths);
+        }
+        let mut out: Vec<String> = Vec::new();
+        for p in raw {
+            if !out.contains(p) {
+                out.push(p.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a call with `method` (upper case, as HTTP sends it) to `folded` (the normalised
+    /// upstream path in lower case) is inside this scope.
+    pub fn permits(&self, method: &str, folded_path: &str) -> bool {
+        self.permits_method(method) && self.permits_path(folded_path)
+    }
+
+    pub fn permits_method(&self, method: &str) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|ms| ms.iter().any(|m| m == method))
+    }
+
+    pub fn permits_path(&self, folded_path: &str) -> bool {
+        self.paths
+            .as_ref()
+            .is_none_or(|ps| ps.iter().any(|p| Pattern::of(p).matches(folded_path)))
+    }
+
+    /// Whether every call this scope permits, `parent` permits too: its methods are a subset of
+    /// the parent's, and each of its path patterns lies inside one of the parent's (an exact path
+    /// the parent matches, or a prefix under one of the parent's prefixes). An unrestricted part
+    /// narrows only an unrestricted parent.
+    pub fn narrows(&self, parent: &Scope) -> bool {
+        let methods = match (&self.methods, &parent.methods) {
+            (_, None) => true,
+            (None, Some(_)) => false,
+            (Some(mine), Some(theirs)) => mine.iter().all(|m| theirs.contains(m)),
+        };
+        let paths = match (&self.paths, &parent.paths) {
+            (_, None) => true,
+            (None, Some(_)) => false,
+            (Some(mine), Some(theirs)) => {
+                let theirs: Vec<Pattern> = theirs.iter().map(|p| Pattern::of(p)).collect();
+                mine.iter()
+                    .all(|p| theirs.iter().any(|q| Pattern::of(p).within(q)))
+            }
+        };
+        methods && paths
+    }
+}
+
+/// A scope list as stored: one entry per line (entries never contain a newline).
+fn stored_list(items: &[String]) -> String {
+    items.join("\n")
+}
+
+fn loaded_list(stored: &str) -> Vec<String> {
+    stored.split('\n').map(str::to_owned).collect()
+}
+
 /// A new token's settings, already validated.
 #[derive(Debug, Clone)]
 pub struct NewToken<'a> {
     pub account_id: i64,
     pub name: &'a str,
     pub providers: &'a ProviderScope,
+    pub scope: &'a Scope,
     pub expires_at: Option<i64>,
     pub now: i64,
     /// Set for a child token.
@@ -162,8 +336,8 @@ pub fn create(conn: &Conn<'_>, new: &NewToken<'_>) -> crate::db::Result<(ToolTok
     let carve = parent.and_then(|p| p.carve);
     conn.execute(
         "INSERT INTO tool_tokens (id, account_id, name, token_hash, created_at, expires_at,
-                                  parent_id, depth, carve_micros, carve_period_start)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                  parent_id, depth, carve_micros, carve_period_start, methods, paths)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             id,
             new.account_id,
@@ -174,7 +348,9 @@ pub fn create(conn: &Conn<'_>, new: &NewToken<'_>) -> crate::db::Result<(ToolTok
             parent.map(|p| p.id),
             parent.map_or(0, |p| p.depth),
             carve.map(|(m, _)| m.micros()),
-            carve.map(|(_, start)| start)
+            carve.map(|(_, start)| start),
+            new.scope.methods.as_deref().map(stored_list),
+            new.scope.paths.as_deref().map(stored_list)
         ],
     )?;
     let listed = new.providers.listed();
@@ -195,6 +371,7 @@ pub fn create(conn: &Conn<'_>, new: &NewToken<'_>) -> crate::db::Result<(ToolTok
         account_id: new.account_id,
         name: new.name.to_owned(),
         providers,
+        scope: new.scope.clone(),
         created_at: new.now,
         expires_at: new.expires_at,
         last_used_at: None,
@@ -214,6 +391,8 @@ fn providers_of(conn: &Conn<'_>, token_id: &str) -> crate::db::Result<Vec<String
 }
 
 fn token_row(r: &crate::db::Row<'_>) -> crate::db::Result<ToolToken> {
+    let methods: Option<String> = r.get(9)?;
+    let paths: Option<String> = r.get(10)?;
     Ok(ToolToken {
         id: r.get(0)?,
         account_id: r.get(1)?,
@@ -225,6 +404,10 @@ fn token_row(r: &crate::db::Row<'_>) -> crate::db::Result<ToolToken> {
         parent_id: r.get(6)?,
         depth: r.get(7)?,
         budgeted: r.get::<_, i64>(8)? != 0,
+        scope: Scope {
+            methods: methods.as_deref().map(loaded_list),
+            paths: paths.as_deref().map(loaded_list),
+        },
     })
 }
 
@@ -232,7 +415,7 @@ fn token_row(r: &crate::db::Row<'_>) -> crate::db::Result<ToolToken> {
 macro_rules! token_columns {
     () => {
         "t.id, t.account_id, t.name, t.created_at, t.expires_at, t.last_used_at, t.parent_id,
-         t.depth, CASE WHEN s.limit_micros IS NULL THEN 0 ELSE 1 END"
+         t.depth, CASE WHEN s.limit_micros IS NULL THEN 0 ELSE 1 END, t.methods, t.paths"
     };
 }
 
@@ -559,11 +742,14 @@ mod tests {
         conn
     }
 
+    static UNRESTRICTED: Scope = Scope::ALL;
+
     fn new(providers: &ProviderScope, expires_at: Option<i64>) -> NewToken<'_> {
         NewToken {
             account_id: 1,
             name: "ci",
             providers,
+            scope: &UNRESTRICTED,
             expires_at,
             now: 100,
             parent: None,
@@ -627,5 +813,132 @@ mod tests {
         let conn = db();
         let (token, _) = create(&conn, &new(&ProviderScope::All, None)).unwrap();
         assert!(token.allows("openai") && token.allows("twilio"));
+    }
+
+    fn scope(methods: Option<&[&str]>, paths: Option<&[&str]>) -> Scope {
+        let owned = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
+        Scope {
+            methods: methods.map(|m| Scope::parse_methods(&owned(m)).unwrap()),
+            paths: paths.map(|p| Scope::parse_paths(&owned(p)).unwrap()),
+        }
+    }
+
+    #[test]
+    fn methods_are_upper_cased_deduplicated_and_never_empty() {
+        let owned = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
+        assert_eq!(
+            Scope::parse_methods(&owned(&["get", "GET", "Post"])),
+            Ok(vec!["GET".to_owned(), "POST".to_owned()])
+        );
+        assert_eq!(Scope::parse_methods(&[]), Err(ScopeError::Methods));
+        assert_eq!(
+            Scope::parse_methods(&owned(&["TRACE"])),
+            Err(ScopeError::Methods)
+        );
+        assert_eq!(
+            Scope::parse_methods(&owned(&["CONNECT"])),
+            Err(ScopeError::Methods)
+        );
+    }
+
+    #[test]
+    fn path_patterns_are_exact_paths_or_prefixes_ending_in_slash_star() {
+        for good in [
+            "/v1/balance",
+            "/v1/chat/*",
+            "/*",
+            "/",
+            "/v1beta/models/gemini:generateContent",
+        ] {
+            assert!(Scope::parse_paths(&[good.to_owned()]).is_ok(), "{good}");
+        }
+        let long = format!("/{}", "a".repeat(256));
+        for bad in [
+            "",
+            "v1/chat",
+            "/v1/*/x",
+            "/v1*",
+            "/v1/chat/**",
+            "/v1?x=1",
+            "/v1#f",
+            "/v1/%2e%2e",
+            "/v1/../x",
+            "/v1/./x",
+            "//x",
+            "/v1/",
+            "//*",
+            "/v1 /x",
+            "/v1\n",
+            long.as_str(),
+        ] {
+            assert_eq!(
+                Scope::parse_paths(&[bad.to_owned()]),
+                Err(ScopeError::Paths),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(Scope::parse_paths(&[]), Err(ScopeError::Paths));
+        let many: Vec<String> = (0..33).map(|i| format!("/v{i}")).collect();
+        assert_eq!(Scope::parse_paths(&many), Err(ScopeError::Paths));
+        assert!(Scope::parse_paths(&many[..32]).is_ok());
+    }
+
+    #[test]
+    fn a_scope_permits_only_its_methods_and_paths() {
+        let s = scope(Some(&["get"]), Some(&["/v1/chat/*", "/v1/Balance"]));
+        assert!(s.permits("GET", "/v1/chat/completions"));
+        assert!(s.permits("GET", "/v1/chat/a/b"));
+        assert!(s.permits("GET", "/v1/balance"));
+        assert!(!s.permits("POST", "/v1/chat/completions"));
+        assert!(!s.permits("GET", "/v1/chat"));
+        assert!(!s.permits("GET", "/v1/chatter"));
+        assert!(!s.permits("GET", "/v1/balance/x"));
+        assert!(!s.permits("GET", "/v1/embeddings"));
+        assert!(Scope::ALL.permits("DELETE", "/anything"));
+        assert!(scope(None, Some(&["/*"])).permits("PATCH", "/x/y"));
+    }
+
+    #[test]
+    fn a_scope_narrows_a_parent_that_permits_everything_it_does() {
+        let parent = scope(Some(&["GET", "POST"]), Some(&["/v1/chat/*", "/v1/models"]));
+        assert!(parent.narrows(&parent));
+        assert!(scope(Some(&["GET"]), Some(&["/v1/chat/completions"])).narrows(&parent));
+        assert!(scope(Some(&["POST"]), Some(&["/v1/chat/sub/*", "/v1/models"])).narrows(&parent));
+        assert!(scope(Some(&["GET"]), Some(&["/V1/Chat/*"])).narrows(&parent));
+        // Wider in one part is wider.
+        assert!(!scope(Some(&["DELETE"]), Some(&["/v1/models"])).narrows(&parent));
+        assert!(!scope(None, Some(&["/v1/models"])).narrows(&parent));
+        assert!(!scope(Some(&["GET"]), None).narrows(&parent));
+        assert!(!scope(Some(&["GET"]), Some(&["/v1/*"])).narrows(&parent));
+        assert!(!scope(Some(&["GET"]), Some(&["/v1/models/*"])).narrows(&parent));
+        assert!(!scope(Some(&["GET"]), Some(&["/v1/chatter"])).narrows(&parent));
+        // Anything narrows an unrestricted parent; an unrestricted child narrows only that.
+        assert!(parent.narrows(&Scope::ALL));
+        assert!(Scope::ALL.narrows(&Scope::ALL));
+        assert!(!Scope::ALL.narrows(&parent));
+        assert!(scope(None, Some(&["/x"])).narrows(&scope(None, Some(&["/*"]))));
+    }
+
+    #[test]
+    fn a_tokens_scope_is_stored_and_loaded_with_it() {
+        let conn = db();
+        let s = scope(Some(&["GET"]), Some(&["/v1/chat/*", "/v1/models"]));
+        let providers = ProviderScope::All;
+        let mut spec = new(&providers, None);
+        spec.scope = &s;
+        let (token, issued) = create(&conn, &spec).unwrap();
+        assert_eq!(token.scope, s);
+        let found = authenticate(&conn, issued.expose(), 100).unwrap().unwrap();
+        assert_eq!(found.scope, s);
+        assert_eq!(list(&conn, 1).unwrap()[0].scope, s);
+        let (open, issued) = create(&conn, &new(&providers, None)).unwrap();
+        assert_eq!(open.scope, Scope::ALL);
+        assert_eq!(
+            authenticate(&conn, issued.expose(), 100)
+                .unwrap()
+                .unwrap()
+                .scope,
+            Scope::ALL
+        );
     }
 }

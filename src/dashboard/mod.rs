@@ -397,6 +397,8 @@ struct CallRow {
     outcome: String,
     cost: String,
     token: String,
+    /// The call's `X-Keybroker-Agent` label; empty without one.
+    agent: String,
     /// `420 ms`; empty for calls recorded before latency was.
     latency: String,
 }
@@ -413,6 +415,7 @@ impl From<RecentCall> for CallRow {
             outcome: c.outcome,
             cost: c.cost.to_string(),
             token: c.token,
+            agent: c.agent,
             latency: if c.latency_ms > 0 {
                 format!("{} ms", c.latency_ms)
             } else {

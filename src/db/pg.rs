@@ -26,6 +26,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../../migrations/postgres/0003_mail_queue.sql"),
     include_str!("../../migrations/postgres/0004_webhooks.sql"),
     include_str!("../../migrations/postgres/0005_token_budgets.sql"),
+    include_str!("../../migrations/postgres/0006_scopes_attribution.sql"),
 ];
 
 /// The advisory lock key migrations run under (any constant: "kb" + "migr").

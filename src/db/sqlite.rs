@@ -28,6 +28,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../../migrations/sqlite/0011_mail_queue.sql"),
     include_str!("../../migrations/sqlite/0012_webhooks.sql"),
     include_str!("../../migrations/sqlite/0013_token_budgets.sql"),
+    include_str!("../../migrations/sqlite/0014_scopes_attribution.sql"),
 ];
 
 static MIGRATIONS: LazyLock<Migrations<'static>> =

@@ -271,6 +271,28 @@ fn free_call(method: &str, folded: &str, bodiless: bool) -> bool {
     }
 }
 
+/// Refuses a call outside the token's method or path scope, matched on the path as the
+/// provider routes it (normalised, in lower case), before anything is reserved or a key opened.
+fn refuse_out_of_scope(
+    scope: &tokens::Scope,
+    method: &str,
+    path: &UpstreamPath,
+) -> Result<(), ApiError> {
+    if !scope.permits_method(method) {
+        return Err(ApiError::forbidden(
+            "forbidden_by_scope",
+            "this token's scope does not include this method",
+        ));
+    }
+    if !scope.permits_path(path.folded()) {
+        return Err(ApiError::forbidden(
+            "forbidden_by_scope",
+            "this token's scope does not include this path",
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses, before the body is read, what would carry a body past the estimate: a GET or HEAD
 /// that declares a body (a provider may read it, or a front end may route the call by an
 /// override), or a compressed body (the provider decompresses what keybroker measured
@@ -633,6 +655,9 @@ pub async fn proxy(
             "this token is not allowed to use this provider",
         ));
     }
+    refuse_out_of_scope(&token.scope, req.method().as_str(), &upstream_path)?;
+    let agent = headers::agent_label(req.headers(), crate::telemetry::redactor())
+        .map_err(|e| ApiError::bad_request("invalid_agent_label", e.to_string()))?;
     // A provider without a base URL (Azure OpenAI until the operator names the resource) is
     // refused before anything is reserved or sent: there is no host to guess.
     if proxy.base_url(provider).is_empty() {
@@ -702,6 +727,7 @@ pub async fn proxy(
         priced_by_fallback: estimate.priced_by_fallback,
         request_id: request_id.clone(),
         token_id: token.id.clone(),
+        agent,
         ..CallRecord::default()
     };
     if let Some(shared) = proxy.shared.as_ref() {

@@ -396,6 +396,51 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
         .then(|| &s[prefix.len()..])
 }
 
+/// The request header a tool names its agent in, for usage attribution. Never forwarded: no
+/// `x-keybroker-*` header is (see [`forwarded`]).
+pub const AGENT_HEADER: &str = "x-keybroker-agent";
+/// Longest agent label, in characters.
+pub const MAX_AGENT_LABEL: usize = 64;
+
+/// Why an `X-Keybroker-Agent` value was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AgentLabelError {
+    #[error(
+        "X-Keybroker-Agent must be sent once, 1-64 printable ASCII characters (spaces allowed)"
+    )]
+    Shape,
+    #[error("X-Keybroker-Agent looks like it carries a secret: labels must not carry secrets (name the agent, e.g. \"nightly-eval\")")]
+    Secret,
+}
+
+/// The call's agent label: trimmed, 1–[`MAX_AGENT_LABEL`] printable ASCII characters; empty when
+/// the header is absent. A label in which `redactor` finds a secret shape is refused, since labels
+/// are stored and shown.
+pub fn agent_label(
+    headers: &HeaderMap,
+    redactor: &redactor::Redactor,
+) -> Result<String, AgentLabelError> {
+    let mut values = headers.get_all(AGENT_HEADER);
+    let Some(value) = values.next() else {
+        return Ok(String::new());
+    };
+    if values.next().is_some() {
+        return Err(AgentLabelError::Shape);
+    }
+    let label = value.as_bytes().trim_ascii();
+    if label.is_empty()
+        || label.len() > MAX_AGENT_LABEL
+        || !label.iter().all(|b| (b' '..=b'~').contains(b))
+    {
+        return Err(AgentLabelError::Shape);
+    }
+    let label = String::from_utf8_lossy(label).into_owned();
+    if redactor.contains_secret(&label) {
+        return Err(AgentLabelError::Secret);
+    }
+    Ok(label)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -650,5 +695,32 @@ mod tests {
         for status in [StatusCode::NO_CONTENT, StatusCode::NOT_MODIFIED] {
             assert_eq!(declared_length(&Method::GET, status, &h), None);
         }
+    }
+
+    #[test]
+    fn an_agent_label_is_trimmed_printable_ascii_of_at_most_64_characters() {
+        let r = redactor::Redactor::new();
+        let label = |v: &[&str]| {
+            let mut h = HeaderMap::new();
+            for value in v {
+                h.append(
+                    HeaderName::from_static(AGENT_HEADER),
+                    HeaderValue::from_bytes(value.as_bytes()).unwrap(),
+                );
+            }
+            agent_label(&h, &r)
+        };
+        assert_eq!(label(&[]), Ok(String::new()));
+        assert_eq!(label(&["  nightly eval  "]), Ok("nightly eval".to_owned()));
+        let (longest, too_long) = ("a".repeat(64), "a".repeat(65));
+        assert_eq!(label(&[longest.as_str()]), Ok(longest.clone()));
+        for bad in ["", "   ", too_long.as_str(), "caf\u{e9}", "tab\there"] {
+            assert_eq!(label(&[bad]), Err(AgentLabelError::Shape), "{bad:?}");
+        }
+        assert_eq!(label(&["a", "b"]), Err(AgentLabelError::Shape));
+        assert_eq!(
+            label(&["deploy bot AKIAIOSFODNN7EXAMPL3"]),
+            Err(AgentLabelError::Secret)
+        );
     }
 }

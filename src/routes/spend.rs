@@ -9,6 +9,7 @@ use crate::audit::{self, Actor, Outcome};
 use crate::error::ApiError;
 use crate::http::auth::Authenticated;
 use crate::money::Money;
+use crate::spend::store::GroupBy;
 use crate::spend::writer::{parse_period, period_name, CeilingRow};
 use crate::spend::{CeilingState, Period, Snapshot};
 use crate::startup::AppState;
@@ -403,6 +404,9 @@ pub async fn delete_ceiling(
 pub struct Range {
     since: Option<String>,
     until: Option<String>,
+    /// `provider` (the default: `providers`, one row per provider), `token` or `agent` (`groups`,
+    /// one row per provider and token, or per provider and `X-Keybroker-Agent` label).
+    group_by: Option<String>,
 }
 
 fn parse_time(raw: &str) -> Result<i64, ApiError> {
@@ -423,8 +427,8 @@ fn parse_time(raw: &str) -> Result<i64, ApiError> {
     get, path = "/api/v1/usage", tag = "spend",
     params(Range),
     responses(
-        (status = 200, description = "Usage per provider in [since, until)", body = crate::openapi::Usage),
-        (status = 400, description = "invalid_time", body = crate::openapi::ErrorBody),
+        (status = 200, description = "Usage per provider (or per provider and token or agent label, by group_by) in [since, until)", body = crate::openapi::Usage),
+        (status = 400, description = "invalid_time, invalid_group_by", body = crate::openapi::ErrorBody),
         (status = 401, description = "authentication_failed", body = crate::openapi::ErrorBody),
     ),
     security(("session" = []))
@@ -453,12 +457,29 @@ pub async fn usage(
             "until is before since",
         ));
     }
+    let group_by = match q.group_by.as_deref() {
+        None => GroupBy::Provider,
+        Some(raw) => GroupBy::parse(raw).ok_or_else(|| {
+            ApiError::bad_request("invalid_group_by", "group_by is provider, token or agent")
+        })?,
+    };
     state.proxy.writer.flush().await;
     let account = auth.account_id;
-    let rows = state
+    let (rows, groups) = state
         .db
-        .read(move |conn| {
-            crate::spend::store::usage(conn, account, since, until).map_err(ApiError::from)
+        .read(move |conn| -> Result<_, ApiError> {
+            Ok(match group_by {
+                GroupBy::Provider => (
+                    Some(crate::spend::store::usage(conn, account, since, until)?),
+                    None,
+                ),
+                by => (
+                    None,
+                    Some(crate::spend::store::usage_grouped(
+                        conn, account, since, until, by,
+                    )?),
+                ),
+            })
         })
         .await?;
     // Ceilings count per period (calendar day or month, UTC); usage without dates is the last 30
@@ -467,12 +488,18 @@ pub async fn usage(
         (None, None) => "the last 30 days (since/until choose another window; ceilings count per period: see /api/v1/ceilings)",
         _ => "as requested: [since, until)",
     };
-    Ok(HttpResponse::Ok().json(json!({
+    let mut body = json!({
         "since": crate::timefmt::rfc3339(since),
         "until": crate::timefmt::rfc3339(until),
         "window": window,
-        "providers": rows,
-    })))
+    });
+    if let Some(obj) = body.as_object_mut() {
+        match (rows, groups) {
+            (Some(rows), _) => obj.insert("providers".into(), json!(rows)),
+            (None, groups) => obj.insert("groups".into(), json!(groups.unwrap_or_default())),
+        };
+    }
+    Ok(HttpResponse::Ok().json(body))
 }
 
 #[utoipa::path(

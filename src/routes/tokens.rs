@@ -20,7 +20,7 @@ use crate::spend::writer::{parse_period, period_name};
 use crate::spend::{Period, Snapshot};
 use crate::startup::AppState;
 use crate::timefmt::{parse_rfc3339, rfc3339, rfc3339_opt};
-use crate::tokens::{self, NewToken, Parent, ProviderScope, ToolToken};
+use crate::tokens::{self, NewToken, Parent, ProviderScope, Scope, ScopeError, ToolToken};
 
 const MAX_NAME_CHARS: usize = 100;
 
@@ -33,6 +33,16 @@ pub struct CreateToken {
     /// is refused (`invalid_providers`), never read as "all".
     #[schema(min_items = 1)]
     providers: Option<Vec<String>>,
+    /// Methods the token may use (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS; any case);
+    /// leave the field out for every method. An empty list is refused (`invalid_methods`).
+    #[schema(min_items = 1)]
+    methods: Option<Vec<String>>,
+    /// Upstream paths the token may call: exact (`/v1/balance`) or a prefix ending in `/*`
+    /// (`/v1/chat/*`), matched case-insensitively on the normalised path; at most 32 patterns of
+    /// at most 256 characters. Leave the field out for every path; an empty list is refused
+    /// (`invalid_paths`).
+    #[schema(min_items = 1, max_items = 32)]
+    paths: Option<Vec<String>>,
     /// RFC 3339, in the future.
     #[schema(format = DateTime)]
     expires_at: Option<String>,
@@ -62,6 +72,8 @@ fn listed_view(l: &Listed<'_>, now: i64) -> Value {
         "id": token.id,
         "name": token.name,
         "providers": token.providers,
+        "methods": token.scope.methods,
+        "paths": token.scope.paths,
         "created_at": rfc3339(token.created_at),
         "expires_at": rfc3339_opt(token.expires_at),
         "expired": token.expired(now),
@@ -179,12 +191,38 @@ fn parse_scope(state: &AppState, raw: Option<Vec<String>>) -> Result<ProviderSco
     })
 }
 
+/// The token's method and path scope: an absent part is unrestricted; a list must be valid.
+fn parse_call_scope(
+    methods: Option<Vec<String>>,
+    paths: Option<Vec<String>>,
+) -> Result<Scope, ApiError> {
+    let refused = |e: ScopeError| {
+        let kind = match e {
+            ScopeError::Methods => "invalid_methods",
+            ScopeError::Paths => "invalid_paths",
+        };
+        ApiError::bad_request(kind, e.to_string())
+    };
+    Ok(Scope {
+        methods: methods
+            .as_deref()
+            .map(Scope::parse_methods)
+            .transpose()
+            .map_err(refused)?,
+        paths: paths
+            .as_deref()
+            .map(Scope::parse_paths)
+            .transpose()
+            .map_err(refused)?,
+    })
+}
+
 #[utoipa::path(
     post, path = "/api/v1/tokens", tag = "tokens", operation_id = "create_token",
     request_body = CreateToken,
     responses(
         (status = 201, description = "Issued; the token is in this answer only", body = crate::openapi::IssuedToken),
-        (status = 400, description = "invalid_name, invalid_providers (an empty list), unknown_provider, invalid_expires_at", body = crate::openapi::ErrorBody),
+        (status = 400, description = "invalid_name, invalid_providers (an empty list), invalid_methods, invalid_paths, unknown_provider, invalid_expires_at", body = crate::openapi::ErrorBody),
         (status = 403, description = "csrf", body = crate::openapi::ErrorBody),
     ),
     security(("session" = [], "csrf" = []))
@@ -197,6 +235,8 @@ pub async fn create(
     let CreateToken {
         name,
         providers,
+        methods,
+        paths,
         expires_at,
         spend_limit_usd,
         spend_period,
@@ -213,6 +253,7 @@ pub async fn create(
             "spend_period and alert_at_percent need a spend_limit_usd",
         ));
     }
+    let scope = parse_call_scope(methods, paths)?;
     let now = state.clock.unix();
     let expires_at = match expires_at {
         None => None,
@@ -235,6 +276,7 @@ pub async fn create(
                 account_id,
                 name: &name,
                 providers: &providers,
+                scope: &scope,
                 expires_at,
                 now,
                 parent: None,
@@ -711,6 +753,12 @@ pub struct CreateChild {
     /// A subset of the calling token's providers; left out, the caller's own.
     #[schema(min_items = 1)]
     providers: Option<Vec<String>>,
+    /// A subset of the calling token's methods; left out, the caller's own.
+    #[schema(min_items = 1)]
+    methods: Option<Vec<String>>,
+    /// Patterns each within one of the calling token's; left out, the caller's own.
+    #[schema(min_items = 1)]
+    paths: Option<Vec<String>>,
 }
 
 /// The tool token a request presents (`Authorization: Bearer kb_...`), looked up in the database
@@ -771,8 +819,21 @@ pub async fn create_child(
         spend_limit_usd,
         ttl_secs,
         providers,
+        methods,
+        paths,
     } = body.into_inner();
     let parent = bearer_token(&state, &req).await?;
+    let asked = parse_call_scope(methods, paths)?;
+    let calls = Scope {
+        methods: asked.methods.or_else(|| parent.scope.methods.clone()),
+        paths: asked.paths.or_else(|| parent.scope.paths.clone()),
+    };
+    if !calls.narrows(&parent.scope) {
+        return Err(ApiError::forbidden(
+            "child_scope_exceeds_parent",
+            "a child token may use only methods and paths its parent may use",
+        ));
+    }
     let name = parse_name(&name)?;
     let limit = parse_limit(&spend_limit_usd)?;
     if !(1..=MAX_CHILD_TTL_SECS).contains(&ttl_secs) {
@@ -860,6 +921,7 @@ pub async fn create_child(
                 account_id: account,
                 name: &name,
                 providers: &scope,
+                scope: &calls,
                 expires_at: Some(expires_at),
                 now,
                 parent: Some(Parent {

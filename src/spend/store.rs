@@ -241,6 +241,111 @@ pub fn usage(
     rows.collect()
 }
 
+/// How `GET /api/v1/usage` groups its rows beside the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Provider,
+    Token,
+    Agent,
+}
+
+impl GroupBy {
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "provider" => Some(Self::Provider),
+            "token" => Some(Self::Token),
+            "agent" => Some(Self::Agent),
+            _ => None,
+        }
+    }
+}
+
+/// Usage of one provider by one token, or under one agent label, over a time range.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct UsageGroup {
+    pub provider: String,
+    /// With `group_by=token`: the token's id ('' for calls made without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    /// With `group_by=token`: the token's name ('' when the token is gone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_name: Option<String>,
+    /// With `group_by=agent`: the `X-Keybroker-Agent` label; null for calls without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub agent: Option<Option<String>>,
+    pub calls: i64,
+    pub refused: i64,
+    pub failed: i64,
+    pub input_tokens: i64,
+    pub cached_input_tokens: i64,
+    pub output_tokens: i64,
+    pub reasoning_tokens: i64,
+    /// Decimal USD.
+    #[schema(value_type = String)]
+    pub spend_usd: Money,
+    pub fallback_priced_calls: i64,
+}
+
+/// Usage for hours starting in `[since, until)` per (provider, token) or (provider, agent label),
+/// from `usage_hourly_by_token`; ordered by provider, then token id or label.
+pub fn usage_grouped(
+    conn: &Conn<'_>,
+    account: i64,
+    since: i64,
+    until: i64,
+    by: GroupBy,
+) -> crate::db::Result<Vec<UsageGroup>> {
+    let since_hour = since - since.rem_euclid(3600);
+    let sql = match by {
+        GroupBy::Agent => {
+            "SELECT u.provider, u.agent, '', CAST(SUM(u.calls) AS BIGINT), CAST(SUM(u.refused) AS BIGINT),
+                    CAST(SUM(u.failed) AS BIGINT), CAST(SUM(u.input_tokens) AS BIGINT),
+                    CAST(SUM(u.cached_input_tokens) AS BIGINT), CAST(SUM(u.output_tokens) AS BIGINT),
+                    CAST(SUM(u.reasoning_tokens) AS BIGINT), CAST(SUM(u.spend_micros) AS BIGINT),
+                    CAST(SUM(u.fallback_priced) AS BIGINT)
+             FROM usage_hourly_by_token u WHERE u.account_id = ?1 AND u.hour >= ?2 AND u.hour < ?3
+             GROUP BY u.provider, u.agent ORDER BY u.provider, u.agent"
+        }
+        GroupBy::Token | GroupBy::Provider => {
+            "SELECT u.provider, u.token_id, COALESCE(MAX(t.name), ''), CAST(SUM(u.calls) AS BIGINT),
+                    CAST(SUM(u.refused) AS BIGINT), CAST(SUM(u.failed) AS BIGINT),
+                    CAST(SUM(u.input_tokens) AS BIGINT), CAST(SUM(u.cached_input_tokens) AS BIGINT),
+                    CAST(SUM(u.output_tokens) AS BIGINT), CAST(SUM(u.reasoning_tokens) AS BIGINT),
+                    CAST(SUM(u.spend_micros) AS BIGINT), CAST(SUM(u.fallback_priced) AS BIGINT)
+             FROM usage_hourly_by_token u
+             LEFT JOIN tool_tokens t ON t.id = u.token_id AND t.account_id = u.account_id
+             WHERE u.account_id = ?1 AND u.hour >= ?2 AND u.hour < ?3
+             GROUP BY u.provider, u.token_id ORDER BY u.provider, u.token_id"
+        }
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params![account, since_hour, until], |r| {
+        let key: String = r.get(1)?;
+        let name: String = r.get(2)?;
+        let (token_id, token_name, agent) = match by {
+            GroupBy::Agent => (None, None, Some((!key.is_empty()).then_some(key))),
+            GroupBy::Token | GroupBy::Provider => (Some(key), Some(name), None),
+        };
+        Ok(UsageGroup {
+            provider: r.get(0)?,
+            token_id,
+            token_name,
+            agent,
+            calls: r.get(3)?,
+            refused: r.get(4)?,
+            failed: r.get(5)?,
+            input_tokens: r.get(6)?,
+            cached_input_tokens: r.get(7)?,
+            output_tokens: r.get(8)?,
+            reasoning_tokens: r.get(9)?,
+            spend_usd: Money::from_micros(r.get(10)?),
+            fallback_priced_calls: r.get(11)?,
+        })
+    })?;
+    rows.collect()
+}
+
 /// One proxied call as the dashboard lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecentCall {
@@ -257,6 +362,8 @@ pub struct RecentCall {
     /// The name of the tool token that made the call (empty if it is gone).
     pub token: String,
     pub latency_ms: i64,
+    /// The call's agent label ('' without one).
+    pub agent: String,
 }
 
 /// The account's latest proxied calls (refusals included), newest first.
@@ -267,7 +374,7 @@ pub fn recent_calls(
 ) -> crate::db::Result<Vec<RecentCall>> {
     conn.prepare_cached(
         "SELECT c.provider, c.at, c.method, c.route, c.status, c.outcome, c.model, c.input_tokens,
-                c.output_tokens, c.cost_micros, COALESCE(t.name, ''), c.latency_ms
+                c.output_tokens, c.cost_micros, COALESCE(t.name, ''), c.latency_ms, c.agent
          FROM recent_calls c LEFT JOIN tool_tokens t ON t.id = c.token_id AND t.account_id = c.account_id
          WHERE c.account_id = ?1 ORDER BY c.id DESC LIMIT ?2",
     )?
@@ -285,6 +392,7 @@ pub fn recent_calls(
             cost: Money::from_micros(r.get(9)?),
             token: r.get(10)?,
             latency_ms: r.get(11)?,
+            agent: r.get(12)?,
         })
     })?
     .collect()

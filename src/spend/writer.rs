@@ -76,6 +76,8 @@ pub struct CallRecord {
     pub request_id: String,
     /// The tool token that made the call (its `last_used_at` is bumped).
     pub token_id: String,
+    /// The call's `X-Keybroker-Agent` label ('' without one), already checked.
+    pub agent: String,
     /// From the call's arrival to its settlement (the whole answer, streamed or not).
     pub latency_ms: u64,
 }
@@ -625,6 +627,28 @@ struct HourUsage {
     fallback_priced: i64,
 }
 
+/// A `usage_hourly_by_token` row's key: (account, hour, provider, token id, agent label).
+type TokenHour = (i64, i64, String, String, String);
+
+impl HourUsage {
+    fn add(&mut self, c: &CallRecord) {
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.calls += 1;
+        self.refused += i64::from(c.outcome == "refused");
+        self.failed += i64::from(c.outcome == "failed" || c.outcome == "upstream_error");
+        self.input_tokens = self.input_tokens.saturating_add(clamp(c.input_tokens));
+        self.cached_input_tokens = self
+            .cached_input_tokens
+            .saturating_add(clamp(c.cached_input_tokens));
+        self.output_tokens = self.output_tokens.saturating_add(clamp(c.output_tokens));
+        self.reasoning_tokens = self
+            .reasoning_tokens
+            .saturating_add(clamp(c.reasoning_tokens));
+        self.spend_micros = self.spend_micros.saturating_add(c.cost.micros());
+        self.fallback_priced += i64::from(c.priced_by_fallback);
+    }
+}
+
 /// One batch, folded: what can be summed is summed and written once.
 #[derive(Default)]
 struct Fold {
@@ -633,6 +657,8 @@ struct Fold {
     /// Settled amounts per (account, provider, period start).
     spend: std::collections::HashMap<(i64, String, i64), Money>,
     usage: std::collections::HashMap<(i64, String, i64), HourUsage>,
+    /// The same usage per (account, hour, provider, token, agent): `usage_hourly_by_token`.
+    usage_by_token: std::collections::HashMap<TokenHour, HourUsage>,
     /// The instance whose holds these are ('' for the one instance of a SQLite file); with
     /// shared ceilings, settled spend also comes off its leases.
     instance: String,
@@ -782,23 +808,21 @@ impl Fold {
     }
 
     fn call(&mut self, c: &CallRecord) {
-        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let hour = c.at - c.at.rem_euclid(3600);
-        let u = self
-            .usage
+        self.usage
             .entry((c.account, c.provider.clone(), hour))
-            .or_default();
-        u.calls += 1;
-        u.refused += i64::from(c.outcome == "refused");
-        u.failed += i64::from(c.outcome == "failed" || c.outcome == "upstream_error");
-        u.input_tokens = u.input_tokens.saturating_add(clamp(c.input_tokens));
-        u.cached_input_tokens = u
-            .cached_input_tokens
-            .saturating_add(clamp(c.cached_input_tokens));
-        u.output_tokens = u.output_tokens.saturating_add(clamp(c.output_tokens));
-        u.reasoning_tokens = u.reasoning_tokens.saturating_add(clamp(c.reasoning_tokens));
-        u.spend_micros = u.spend_micros.saturating_add(c.cost.micros());
-        u.fallback_priced += i64::from(c.priced_by_fallback);
+            .or_default()
+            .add(c);
+        self.usage_by_token
+            .entry((
+                c.account,
+                hour,
+                c.provider.clone(),
+                c.token_id.clone(),
+                c.agent.clone(),
+            ))
+            .or_default()
+            .add(c);
     }
 
     /// Writes the gathered holds, many rows per statement, and forgets them. A careful batch
@@ -878,6 +902,11 @@ impl Fold {
                 apply_usage(c, account, &provider, hour, &u)
             });
         }
+        let mut by_token: Vec<_> = self.usage_by_token.drain().collect();
+        by_token.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (key, u) in by_token {
+            guarded(conn, careful, |c| apply_usage_by_token(c, &key, &u));
+        }
         Ok(())
     }
 }
@@ -899,15 +928,15 @@ struct RecentCalls {
     since: Option<std::time::Instant>,
 }
 
-/// Rows per multi-row `INSERT INTO recent_calls` (14 parameters each: 1,400 in all, far below
+/// Rows per multi-row `INSERT INTO recent_calls` (15 parameters each: 1,500 in all, far below
 /// either backend's limit).
 const RECENT_ROWS_PER_INSERT: usize = 100;
 
-/// `INSERT INTO recent_calls ... VALUES (?1, ..., ?14), (?15, ...)` for `rows` rows.
+/// `INSERT INTO recent_calls ... VALUES (?1, ..., ?15), (?16, ...)` for `rows` rows.
 fn recent_calls_insert(rows: usize) -> String {
-    const COLUMNS: usize = 14;
+    const COLUMNS: usize = 15;
     let mut sql = String::from(
-        "INSERT INTO recent_calls (account_id, provider, at, method, route, status, outcome, model, input_tokens, output_tokens, cost_micros, request_id, token_id, latency_ms) VALUES ",
+        "INSERT INTO recent_calls (account_id, provider, at, method, route, status, outcome, model, input_tokens, output_tokens, cost_micros, request_id, token_id, latency_ms, agent) VALUES ",
     );
     for row in 0..rows {
         if row > 0 {
@@ -1011,7 +1040,7 @@ fn write_recent_calls(
     let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     let calls: Vec<&CallRecord> = calls.iter().map(|c| &**c).collect();
     for chunk in calls.chunks(RECENT_ROWS_PER_INSERT) {
-        let mut values: Vec<Value<'_>> = Vec::with_capacity(chunk.len() * 14);
+        let mut values: Vec<Value<'_>> = Vec::with_capacity(chunk.len() * 15);
         for c in chunk {
             values.extend([
                 Value::Int(c.account),
@@ -1028,6 +1057,7 @@ fn write_recent_calls(
                 Value::Text(&c.request_id),
                 Value::Text(&c.token_id),
                 Value::Int(clamp(c.latency_ms)),
+                Value::Text(&c.agent),
             ]);
         }
         conn.prepare_cached(&recent_calls_insert(chunk.len()))?
@@ -1109,6 +1139,43 @@ fn apply_usage(
         account,
         provider,
         hour,
+        u.calls,
+        u.refused,
+        u.failed,
+        u.input_tokens,
+        u.cached_input_tokens,
+        u.output_tokens,
+        u.reasoning_tokens,
+        u.spend_micros,
+        u.fallback_priced,
+    ])?;
+    Ok(())
+}
+
+/// Adds a batch's usage of one (account, hour, provider, token, agent) to `usage_hourly_by_token`.
+fn apply_usage_by_token(conn: &Conn<'_>, key: &TokenHour, u: &HourUsage) -> crate::db::Result<()> {
+    let (account, hour, provider, token_id, agent) = key;
+    conn.prepare_cached(
+        "INSERT INTO usage_hourly_by_token (account_id, hour, provider, token_id, agent, calls, refused, failed,
+                                   input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, spend_micros, fallback_priced)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+         ON CONFLICT (account_id, hour, provider, token_id, agent) DO UPDATE SET
+            calls = usage_hourly_by_token.calls + excluded.calls,
+            refused = usage_hourly_by_token.refused + excluded.refused,
+            failed = usage_hourly_by_token.failed + excluded.failed,
+            input_tokens = usage_hourly_by_token.input_tokens + excluded.input_tokens,
+            cached_input_tokens = usage_hourly_by_token.cached_input_tokens + excluded.cached_input_tokens,
+            output_tokens = usage_hourly_by_token.output_tokens + excluded.output_tokens,
+            reasoning_tokens = usage_hourly_by_token.reasoning_tokens + excluded.reasoning_tokens,
+            spend_micros = usage_hourly_by_token.spend_micros + excluded.spend_micros,
+            fallback_priced = usage_hourly_by_token.fallback_priced + excluded.fallback_priced",
+    )?
+    .execute(params![
+        *account,
+        *hour,
+        provider.as_str(),
+        token_id.as_str(),
+        agent.as_str(),
         u.calls,
         u.refused,
         u.failed,
@@ -1508,6 +1575,6 @@ mod tests {
     #[test]
     fn a_multi_row_insert_numbers_its_parameters_row_by_row() {
         let sql = recent_calls_insert(2);
-        assert!(sql.ends_with("VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14), (?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)"), "{sql}");
+        assert!(sql.ends_with("VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15), (?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)"), "{sql}");
     }
 }

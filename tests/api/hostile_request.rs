@@ -46,7 +46,7 @@ async fn error_of(res: reqwest::Response) -> (u16, Value) {
 }
 
 /// One request written byte for byte, so no client library normalises its path or head.
-async fn raw(port: u16, head: &str, body: &[u8]) -> (u16, String) {
+pub async fn raw(port: u16, head: &str, body: &[u8]) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();

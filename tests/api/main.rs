@@ -2,6 +2,7 @@
 //! the real binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod attribution;
 mod audit;
 mod auth_basic;
 mod auth_sessions;
@@ -43,7 +44,9 @@ mod remote;
 mod response_headers;
 mod rotation;
 mod scale_out;
+mod scopes;
 mod signup_uniform;
+mod strict_bodies;
 mod throttling;
 mod tls;
 mod tokens;

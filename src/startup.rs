@@ -416,7 +416,8 @@ impl Application {
             passwords,
         });
 
-        let carve_sweeper = spawn_carve_sweeper(std::sync::Arc::downgrade(&state.clone().into_inner()));
+        let carve_sweeper =
+            spawn_carve_sweeper(std::sync::Arc::downgrade(&state.clone().into_inner()));
 
         let bind_err = |source| StartError::Bind {
             addr: settings.bind.to_string(),
@@ -574,7 +575,8 @@ fn spawn_carve_sweeper(state: std::sync::Weak<AppState>) -> tokio::task::JoinHan
                 return;
             };
             let now = state.clock.unix();
-            if let Err(e) = crate::spend::budget::return_carves(&state.db, &state.proxy, now).await {
+            if let Err(e) = crate::spend::budget::return_carves(&state.db, &state.proxy, now).await
+            {
                 tracing::warn!(error = %e, "child tokens' carves could not be given back yet");
             }
         }

@@ -801,7 +801,10 @@ mod tests {
         let (token, issued) = create(&conn, &new(&ProviderScope::All, Some(200))).unwrap();
         assert!(authenticate(&conn, issued.expose(), 199).unwrap().is_some());
         assert!(authenticate(&conn, issued.expose(), 200).unwrap().is_none());
-        assert_eq!(revoke(&conn, 1, &token.id, 150).unwrap(), vec![token.id.clone()]);
+        assert_eq!(
+            revoke(&conn, 1, &token.id, 150).unwrap(),
+            vec![token.id.clone()]
+        );
         assert!(authenticate(&conn, issued.expose(), 150).unwrap().is_none());
         assert!(revoke(&conn, 1, &token.id, 150).unwrap().is_empty());
         assert!(authenticate(&conn, "kb_short", 0).unwrap().is_none());

@@ -59,7 +59,9 @@ pub async fn estimate(
             "this token is not allowed to use this provider",
         ));
     }
-    let method = method.unwrap_or_else(|| "POST".to_owned()).to_ascii_uppercase();
+    let method = method
+        .unwrap_or_else(|| "POST".to_owned())
+        .to_ascii_uppercase();
     if !matches!(
         method.as_str(),
         "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS"

@@ -142,7 +142,11 @@ pub(crate) fn ceiling_change(before: &Snapshot, after: &Snapshot) -> String {
 
 /// Several instances: the ceiling as the database has it, before it is shown or changed here (the
 /// last change may have been made through another instance).
-pub(crate) async fn sync_shared(state: &AppState, account: i64, provider: &str) -> Result<(), ApiError> {
+pub(crate) async fn sync_shared(
+    state: &AppState,
+    account: i64,
+    provider: &str,
+) -> Result<(), ApiError> {
     match &state.proxy.shared {
         Some(shared) => shared
             .sync(account, provider)

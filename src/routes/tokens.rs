@@ -305,12 +305,11 @@ pub async fn create(
     let mut listed_alerts = Vec::new();
     if let Some(limit) = limit {
         let key = token_key(&token.id);
-        let snap = state.proxy.ledger.set_ceiling(
-            account_id,
-            &key,
-            limit,
-            period.unwrap_or(Period::None),
-        );
+        let snap =
+            state
+                .proxy
+                .ledger
+                .set_ceiling(account_id, &key, limit, period.unwrap_or(Period::None));
         if let Err(e) = store_budget(&state, account_id, &key, &snap, alerts).await {
             // A token whose limit could not be stored is not handed out.
             revoke_quietly(&state, account_id, &token.id).await;
@@ -613,24 +612,50 @@ pub async fn update(
     let changed: Option<Snapshot> = match limit {
         Some(None) if before.limit.is_some() => {
             if let Err(refused) = recent {
-                token_audit(&state, &auth, "token.update", &token.id, Outcome::Denied, String::new()).await?;
+                token_audit(
+                    &state,
+                    &auth,
+                    "token.update",
+                    &token.id,
+                    Outcome::Denied,
+                    String::new(),
+                )
+                .await?;
                 return Err(refused);
             }
             Some(state.proxy.ledger.remove_ceiling(account, &key))
         }
         Some(None) => None,
         Some(Some(new_limit)) => {
-            let new_period = period.unwrap_or(if before.limit.is_some() { before.period } else { Period::None });
-            let set = state.proxy.ledger.set_ceiling_unless(account, &key, new_limit, new_period, |current| {
-                recent.is_err() && loosens(current, new_limit, new_period)
+            let new_period = period.unwrap_or(if before.limit.is_some() {
+                before.period
+            } else {
+                Period::None
             });
+            let set = state.proxy.ledger.set_ceiling_unless(
+                account,
+                &key,
+                new_limit,
+                new_period,
+                |current| recent.is_err() && loosens(current, new_limit, new_period),
+            );
             match (set, recent) {
                 (Ok(snap), _) => Some(snap),
                 (Err(_), Err(refused)) => {
-                    token_audit(&state, &auth, "token.update", &token.id, Outcome::Denied, String::new()).await?;
+                    token_audit(
+                        &state,
+                        &auth,
+                        "token.update",
+                        &token.id,
+                        Outcome::Denied,
+                        String::new(),
+                    )
+                    .await?;
                     return Err(refused);
                 }
-                (Err(_), Ok(())) => return Err(ApiError::internal("limit refused after a re-auth")),
+                (Err(_), Ok(())) => {
+                    return Err(ApiError::internal("limit refused after a re-auth"))
+                }
             }
         }
         None => match (period, before.limit) {
@@ -641,22 +666,40 @@ pub async fn update(
                 ))
             }
             (Some(new_period), Some(current)) => {
-                let set = state.proxy.ledger.set_ceiling_unless(account, &key, current, new_period, |c| {
-                    recent.is_err() && loosens(c, current, new_period)
-                });
+                let set = state.proxy.ledger.set_ceiling_unless(
+                    account,
+                    &key,
+                    current,
+                    new_period,
+                    |c| recent.is_err() && loosens(c, current, new_period),
+                );
                 match (set, recent) {
                     (Ok(snap), _) => Some(snap),
                     (Err(_), Err(refused)) => {
-                        token_audit(&state, &auth, "token.update", &token.id, Outcome::Denied, String::new()).await?;
+                        token_audit(
+                            &state,
+                            &auth,
+                            "token.update",
+                            &token.id,
+                            Outcome::Denied,
+                            String::new(),
+                        )
+                        .await?;
                         return Err(refused);
                     }
-                    (Err(_), Ok(())) => return Err(ApiError::internal("limit refused after a re-auth")),
+                    (Err(_), Ok(())) => {
+                        return Err(ApiError::internal("limit refused after a re-auth"))
+                    }
                 }
             }
             (None, _) => None,
         },
     };
-    if alerts.is_some() && changed.as_ref().map_or(before.limit.is_none(), |s| s.limit.is_none()) {
+    if alerts.is_some()
+        && changed
+            .as_ref()
+            .map_or(before.limit.is_none(), |s| s.limit.is_none())
+    {
         return Err(ApiError::bad_request(
             "spend_limit_required",
             "alert_at_percent needs a spend limit on the token",
@@ -664,7 +707,8 @@ pub async fn update(
     }
     let after = changed.clone().unwrap_or_else(|| before.clone());
     if changed.is_some() || alerts.is_some() {
-        let (alerts_before, alerts_after) = store_budget(&state, account, &key, &after, alerts).await?;
+        let (alerts_before, alerts_after) =
+            store_budget(&state, account, &key, &after, alerts).await?;
         let moved = ceiling_change(&before, &after);
         if !moved.is_empty() {
             detail.push(moved);
@@ -674,7 +718,15 @@ pub async fn update(
         }
         state.tokens.invalidate(&token.id);
     }
-    token_audit(&state, &auth, "token.update", &token.id, Outcome::Success, detail.join("; ")).await?;
+    token_audit(
+        &state,
+        &auth,
+        "token.update",
+        &token.id,
+        Outcome::Success,
+        detail.join("; "),
+    )
+    .await?;
     let alerts_now = alerts_of(&state, account, &key).await?;
     let now = state.clock.unix();
     Ok(HttpResponse::Ok()
@@ -713,7 +765,15 @@ pub async fn reset(
         return Err(child_budget_fixed());
     }
     if let Err(refused) = auth.require_recent_auth(state.clock.unix()) {
-        token_audit(&state, &auth, "token.reset", &token.id, Outcome::Denied, String::new()).await?;
+        token_audit(
+            &state,
+            &auth,
+            "token.reset",
+            &token.id,
+            Outcome::Denied,
+            String::new(),
+        )
+        .await?;
         return Err(refused);
     }
     let key = token_key(&token.id);
@@ -721,7 +781,15 @@ pub async fn reset(
     let before = state.proxy.ledger.snapshot(account, &key);
     let snap = state.proxy.ledger.reset(account, &key);
     let (_, alerts) = store_budget(&state, account, &key, &snap, None).await?;
-    token_audit(&state, &auth, "token.reset", &token.id, Outcome::Success, ceiling_change(&before, &snap)).await?;
+    token_audit(
+        &state,
+        &auth,
+        "token.reset",
+        &token.id,
+        Outcome::Success,
+        ceiling_change(&before, &snap),
+    )
+    .await?;
     let now = state.clock.unix();
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -763,7 +831,10 @@ pub struct CreateChild {
 
 /// The tool token a request presents (`Authorization: Bearer kb_...`), looked up in the database
 /// (not the 1-second cache: a token revoked a moment ago mints nothing).
-pub(crate) async fn bearer_token(state: &AppState, req: &HttpRequest) -> Result<ToolToken, ApiError> {
+pub(crate) async fn bearer_token(
+    state: &AppState,
+    req: &HttpRequest,
+) -> Result<ToolToken, ApiError> {
     let presented = zeroize::Zeroizing::new(
         crate::proxy::headers::presented_token(req.headers())
             .ok_or_else(ApiError::authentication_failed)?,
@@ -846,7 +917,10 @@ pub async fn create_child(
     if depth > budget::MAX_DEPTH {
         return Err(ApiError::forbidden(
             "child_depth_exceeded",
-            format!("tokens nest at most {} deep: this token's children may not mint more", budget::MAX_DEPTH),
+            format!(
+                "tokens nest at most {} deep: this token's children may not mint more",
+                budget::MAX_DEPTH
+            ),
         ));
     }
     let scope = match providers {
@@ -953,7 +1027,8 @@ pub async fn create_child(
         Err(e) => {
             if let Some((amount, start)) = carve {
                 if let Err(back) =
-                    budget::refund(&state.db, &state.proxy, account, &parent_key, amount, start).await
+                    budget::refund(&state.db, &state.proxy, account, &parent_key, amount, start)
+                        .await
                 {
                     tracing::error!(error = %back, "a carve for a child that was not made could not be given back");
                 }

@@ -336,11 +336,7 @@ pub fn apply_returned(proxy: &Proxy, returned: &Returned) {
 /// Gives back every carve that is due (the sweeper, every second). Spend this instance's writer
 /// still holds is written first, so the child's spend and the parent's carve are both in the
 /// database when the return is computed.
-pub async fn return_carves(
-    db: &crate::db::Db,
-    proxy: &Proxy,
-    now: i64,
-) -> Result<usize, DbError> {
+pub async fn return_carves(db: &crate::db::Db, proxy: &Proxy, now: i64) -> Result<usize, DbError> {
     let due = db.read(move |c| due_carves(c, now, 100)).await?;
     if due.is_empty() {
         return Ok(0);

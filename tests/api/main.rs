@@ -8,6 +8,7 @@ mod auth_basic;
 mod auth_sessions;
 mod backup;
 mod browser;
+mod budgets;
 mod ceilings;
 mod cli;
 mod copy_db;

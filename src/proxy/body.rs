@@ -181,6 +181,10 @@ pub struct MeteredBody {
     idle: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
     done: bool,
+    /// An SSE stream ends with a comment line saying what budget is left (SDKs skip comments).
+    trailer: Option<Box<dyn Fn() -> Option<Money>>>,
+    /// Whether what was sent so far ends an event (a blank line), so a comment may follow.
+    at_event_end: bool,
 }
 
 impl MeteredBody {
@@ -199,8 +203,24 @@ impl MeteredBody {
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
             done: false,
+            trailer: None,
+            at_event_end: true,
         }
     }
+
+    /// Ends the stream, once it has ended well and settled, with
+    /// `: keybroker spend_remaining_usd=<what remaining() says>` (nothing when it says none).
+    pub fn with_trailer(mut self, remaining: Box<dyn Fn() -> Option<Money>>) -> Self {
+        self.trailer = Some(remaining);
+        self
+    }
+}
+
+fn ends_event(bytes: &[u8], before: bool) -> bool {
+    if bytes.is_empty() {
+        return before;
+    }
+    bytes.ends_with(b"\n\n") || bytes.ends_with(b"\r\n\r\n") || (before && bytes == b"\n")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -274,6 +294,7 @@ impl Stream for MeteredBody {
                     if out.is_empty() {
                         continue;
                     }
+                    this.at_event_end = ends_event(&out, this.at_event_end);
                     return Poll::Ready(Some(Ok(out)));
                 }
                 Poll::Ready(Some(Err(_))) => {
@@ -300,6 +321,16 @@ impl Stream for MeteredBody {
                         this.settlement.flag_masked();
                     }
                     this.settlement.finish(true);
+                    if let Some(remaining) = this.trailer.take() {
+                        if ends_event(&tail, this.at_event_end) {
+                            if let Some(left) = remaining() {
+                                tail.extend_from_slice(
+                                    format!(": keybroker spend_remaining_usd={left}\n\n")
+                                        .as_bytes(),
+                                );
+                            }
+                        }
+                    }
                     return if tail.is_empty() {
                         Poll::Ready(None)
                     } else {

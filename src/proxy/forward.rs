@@ -984,18 +984,32 @@ pub async fn proxy(
     };
     // Withholding OpenAI's usage chunk changes a stream's length; nothing else does.
     let filtered = strip_usage_chunk && content_type.starts_with("text/event-stream");
-    let length = if filtered {
+    // An event stream ends with the budget left, as an SSE comment, when a limit applies.
+    let trailer = content_type.starts_with("text/event-stream") && remaining.is_some();
+    let length = if filtered || trailer {
         None
     } else {
         headers::declared_length(req.method(), status, response.headers())
     };
-    let body = MeteredBody::new(
+    let mut body = MeteredBody::new(
         Box::pin(response),
         settlement,
         filtered,
         scrubber,
         proxy.settings.read_timeout,
     );
+    if trailer {
+        let (ledger, account, provider, token_id) = (
+            proxy.ledger.clone(),
+            token.account_id,
+            provider.id,
+            token.id.clone(),
+        );
+        body = body.with_trailer(Box::new(move || {
+            crate::spend::budget::remaining_in(&ledger, account, provider, &token_id)
+                .map(|(m, _)| m)
+        }));
+    }
     proxy
         .metrics
         .proxy_overhead

@@ -162,15 +162,23 @@ pub fn remaining(
     provider: &str,
     token_id: &str,
 ) -> Option<(Money, LimitedBy)> {
-    let ceiling = proxy
-        .ledger
+    remaining_in(&proxy.ledger, account, provider, token_id)
+}
+
+/// [`remaining`] from a ledger handle (what a stream's trailer keeps).
+pub fn remaining_in(
+    ledger: &crate::spend::Ledger,
+    account: i64,
+    provider: &str,
+    token_id: &str,
+) -> Option<(Money, LimitedBy)> {
+    let ceiling = ledger
         .snapshot(account, provider)
         .remaining
         .map(|m| (m, LimitedBy::Ceiling));
     let key = token_key(token_id);
-    let own = if proxy.ledger.has_limit(account, &key) {
-        proxy
-            .ledger
+    let own = if ledger.has_limit(account, &key) {
+        ledger
             .snapshot(account, &key)
             .remaining
             .map(|m| (m, LimitedBy::Token))

@@ -10,7 +10,7 @@ use crate::fake_upstream::OPENAI_USAGE;
 use crate::helpers::{Session, TestApp};
 use crate::key_helpers::grant_reauth;
 use crate::proxy::{
-    add_key, app_with_upstream, chat, expected_micros, micros, set_ceiling, OPENAI_KEY,
+    add_key, app_with_upstream, chat, drive_sdk, expected_micros, micros, set_ceiling, OPENAI_KEY,
 };
 
 /// A token with its own limit; (id, token).
@@ -389,4 +389,55 @@ async fn an_estimate_says_what_a_call_would_hold_and_which_limit_refuses_it() {
         0,
         "an estimate calls no provider"
     );
+}
+
+#[tokio::test]
+async fn a_stream_through_a_limited_token_ends_with_the_budget_left_and_the_openai_sdk_parses_it() {
+    let (app, _upstream) = app_with_upstream().await;
+    let s = app.signed_up().await;
+    add_key(&app, &s, "openai", OPENAI_KEY).await;
+    let (id, token) = limited_token(&app, &s, "1.00").await;
+    let mut streamed = chat("gpt-4o");
+    streamed["stream"] = json!(true);
+    let res = app
+        .client
+        .post(app.url("/proxy/openai/v1/chat/completions"))
+        .bearer_auth(&token)
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    let last = text
+        .trim_end()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    let left = 1_000_000 - per_call();
+    assert_eq!(
+        last,
+        format!(": keybroker spend_remaining_usd={}", micros_usd(left)),
+        "{text}"
+    );
+    assert!(text.ends_with("\n\n"));
+
+    let out = drive_sdk(&app, "openai", &token, None).await;
+    assert_eq!(out["text"], "Hello from the fake.", "{out}");
+    assert_eq!(out["stream_text"], "Hello from the fake.");
+    let t = listed(&app, &s, &id).await;
+    // The SDK's two calls are to gpt-4o-mini.
+    let mini = expected_micros(&[(OPENAI_USAGE.0, 0.15), (OPENAI_USAGE.1, 0.60)]);
+    assert_eq!(micros(&t["spent_usd"]), per_call() + 2 * mini);
+}
+
+/// Micro-dollars as keybroker writes money: at least two decimals, no trailing zeros beyond.
+fn micros_usd(m: i64) -> String {
+    let (whole, frac) = (m / 1_000_000, m % 1_000_000);
+    let mut frac = format!("{frac:06}");
+    while frac.len() > 2 && frac.ends_with('0') {
+        frac.pop();
+    }
+    format!("{whole}.{frac}")
 }

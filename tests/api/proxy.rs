@@ -167,7 +167,7 @@ fn sdk_python() -> &'static str {
     })
 }
 
-async fn drive_sdk(app: &TestApp, which: &str, token: &str, mode: Option<&str>) -> Value {
+pub async fn drive_sdk(app: &TestApp, which: &str, token: &str, mode: Option<&str>) -> Value {
     let py = sdk_python().to_owned();
     let script = format!("{}/tests/sdk/drive.py", env!("CARGO_MANIFEST_DIR"));
     let (base, token, which, mode) = (

@@ -217,6 +217,8 @@ async function createToken(form) {
   const body = { name: form.elements.name.value, providers };
   const days = Number(form.elements.expires.value);
   if (days > 0) body.expires_at = new Date(Date.now() + days * 86400000).toISOString().replace(/\.\d+Z$/, "Z");
+  const limit = form.elements.spend_limit_usd.value.trim();
+  if (limit) body.spend_limit_usd = limit;
   const data = await api("POST", "/api/v1/tokens", body);
   const base = form.dataset.baseUrl;
   const snippets = providers.length
@@ -237,8 +239,15 @@ function addTokenRow(form, t) {
   // In the form's (the registry's) order, as the server lists them.
   const chosen = Array.from(form.querySelectorAll('input[name="providers"]')).filter((b) => t.providers.includes(b.value));
   cells[1].textContent = chosen.length ? chosen.map((b) => b.parentElement.textContent.trim()).join(", ") : "all providers";
-  cells[2].textContent = shown(t.created_at);
-  cells[3].textContent = shown(t.expires_at);
+  const scope = [];
+  if (t.methods) scope.push(t.methods.join(" "));
+  if (t.paths) scope.push(t.paths.join(" "));
+  cells[2].textContent = scope.length ? scope.join("; ") : "any method and path";
+  cells[3].textContent = t.spend_limit_usd
+    ? "$" + t.spent_usd + " of $" + t.spend_limit_usd + " ($" + t.remaining_usd + " left)"
+    : "no limit";
+  cells[4].textContent = shown(t.created_at);
+  cells[5].textContent = shown(t.expires_at);
   row.dataset.tokenId = t.id;
   const revoke = row.querySelector("button");
   revoke.dataset.call = "DELETE /api/v1/tokens/" + encodeURIComponent(t.id);

@@ -684,6 +684,10 @@ struct TokenView {
     id: String,
     name: String,
     providers: String,
+    /// Methods and paths it is held to, and where it sits among parents and children.
+    scope: String,
+    /// `$0.37 of $1.00 ($0.63 left)`, or `no limit`.
+    spend: String,
     created_at: String,
     expires_at: String,
     last_used_at: String,
@@ -714,16 +718,61 @@ async fn tokens(
         .db
         .read(move |conn| crate::tokens::list(conn, account_id).map_err(ApiError::from))
         .await?;
+    let ledger = &state.proxy.ledger;
     let tokens = rows
-        .into_iter()
+        .iter()
         .filter(|t| !t.expired(now))
-        .map(|t| TokenView {
-            id: t.id,
-            name: t.name,
-            providers: provider_names(&t.providers),
-            created_at: shown(t.created_at),
-            expires_at: shown_or_never(t.expires_at),
-            last_used_at: shown_or_never(t.last_used_at),
+        .map(|t| {
+            let key = crate::spend::budget::token_key(&t.id);
+            let spend = if ledger.has_limit(account_id, &key) {
+                let b = ledger.snapshot(account_id, &key);
+                format!(
+                    "${} of ${} (${} left)",
+                    b.spent,
+                    b.limit.unwrap_or_default(),
+                    b.remaining.unwrap_or_default()
+                )
+            } else {
+                "no limit".to_owned()
+            };
+            let mut scope = Vec::new();
+            if let Some(m) = &t.scope.methods {
+                scope.push(m.join(" "));
+            }
+            if let Some(p) = &t.scope.paths {
+                scope.push(p.join(" "));
+            }
+            if let Some(parent) = t.parent_id.as_deref() {
+                let name = rows
+                    .iter()
+                    .find(|p| p.id == parent)
+                    .map_or(parent, |p| p.name.as_str());
+                scope.push(format!("child of {name}"));
+            }
+            let children = rows
+                .iter()
+                .filter(|c| c.parent_id.as_deref() == Some(t.id.as_str()))
+                .count();
+            if children > 0 {
+                scope.push(format!(
+                    "{children} child token{}",
+                    if children == 1 { "" } else { "s" }
+                ));
+            }
+            TokenView {
+                id: t.id.clone(),
+                name: t.name.clone(),
+                providers: provider_names(&t.providers),
+                scope: if scope.is_empty() {
+                    "any method and path".to_owned()
+                } else {
+                    scope.join("; ")
+                },
+                spend,
+                created_at: shown(t.created_at),
+                expires_at: shown_or_never(t.expires_at),
+                last_used_at: shown_or_never(t.last_used_at),
+            }
         })
         .collect();
     let base_url = state

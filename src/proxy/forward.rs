@@ -984,8 +984,12 @@ pub async fn proxy(
     };
     // Withholding OpenAI's usage chunk changes a stream's length; nothing else does.
     let filtered = strip_usage_chunk && content_type.starts_with("text/event-stream");
-    // An event stream ends with the budget left, as an SSE comment, when a limit applies.
-    let trailer = content_type.starts_with("text/event-stream") && remaining.is_some();
+    // An event stream ends with the budget left, as an SSE comment, when a limit applies. Only
+    // for the OpenAI and Anthropic wire formats, whose SDKs skip comment lines as SSE says; the
+    // Google GenAI SDK reads every line as JSON and fails on one.
+    let trailer = content_type.starts_with("text/event-stream")
+        && matches!(dialect, Some(Dialect::OpenAi | Dialect::Anthropic))
+        && remaining.is_some();
     let length = if filtered || trailer {
         None
     } else {

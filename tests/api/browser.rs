@@ -549,6 +549,7 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
     open(&c, &base, "/dashboard/settings/tokens").await;
     js(&c, "window.sameDocument = true; return null").await;
     fill(&c, "#token-name", "ci agent").await;
+    fill(&c, "#token-limit", "2.50").await;
     click(&c, "#create-token input[value=openai]").await;
     click(&c, "#create-token input[value=anthropic]").await;
     select(&c, "#token-expires", "7").await;
@@ -577,6 +578,8 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
     .await;
     assert_eq!(row[0], json!("ci agent"));
     assert_eq!(row[1], json!("OpenAI, Anthropic"));
+    assert_eq!(row[2], json!("any method and path"));
+    assert_eq!(row[3], json!("$0.00 of $2.50 ($2.50 left)"));
     let api_tokens: Value = app
         .get("/api/v1/tokens", None)
         .header("Cookie", browser_session(&c).await)
@@ -599,7 +602,8 @@ async fn a_user_manages_keys_tokens_and_sessions_in_a_real_browser() {
         (7 * 86_400 - 15 * 60..7 * 86_400).contains(&in_a_week),
         "expires in a week: {expires_at}"
     );
-    assert_eq!(row[3], json!(expires_at.replacen('T', " ", 1)));
+    assert_eq!(row[5], json!(expires_at.replacen('T', " ", 1)));
+    assert_eq!(api_tokens["tokens"][0]["spend_limit_usd"], "2.50");
     at_360(&c, "tokens, just created").await;
     whole_page_screenshots(&c, "tokens-created").await;
     let token = js(

@@ -287,7 +287,7 @@ async fn a_key_split_across_stream_chunks_is_masked_and_the_stream_still_parses_
     assert_eq!(status, 200);
     let text = String::from_utf8(body).unwrap();
     assert!(
-        text.contains("hello") && text.ends_with("data: [DONE]\n\n"),
+        text.contains("hello") && text.contains("data: [DONE]\n\n") && text.ends_with("\n\n"),
         "{text}"
     );
     assert!(text.contains("[REDACTED"), "{text}");

@@ -154,9 +154,12 @@ async fn a_misspelt_optional_field_is_refused_not_silently_dropped() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["type"], "invalid_json");
     assert_eq!(body["error"]["field"], "expires");
-    assert_eq!(
-        body["error"]["message"],
-        "expires is not a field keybroker knows"
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("expires is not a field keybroker knows"),
+        "{body}"
     );
     // The typo of a required field names the typo, not the missing field.
     let res = app
